@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Installs what the demo and the tests need on a bare Debian machine:
+# PostgreSQL and Redis server binaries (Debian packages). Does nothing when
+# they are already present.
+set -euo pipefail
+
+have_postgres() {
+  command -v initdb >/dev/null 2>&1 || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1
+}
+have_redis() {
+  command -v redis-server >/dev/null 2>&1
+}
+
+missing=()
+have_postgres || missing+=(postgresql)
+have_redis || missing+=(redis-server)
+
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "installing ${missing[*]} (Debian packages)"
+  sudo=""
+  if [ "$(id -u)" -ne 0 ]; then sudo="sudo"; fi
+  export DEBIAN_FRONTEND=noninteractive
+  $sudo apt-get update -qq
+  $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+have_postgres || { echo "PostgreSQL server binaries still missing" >&2; exit 1; }
+have_redis || { echo "redis-server still missing" >&2; exit 1; }

@@ -1,0 +1,158 @@
+//! `DeletionRequest`: a GDPR Art. 17 erasure of one server (or a whole tenant).
+
+// Each `printcolumn(...)` of kube's derive repeats the same keys by design.
+#![allow(clippy::duplicated_attributes)]
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use kube::{CustomResource, KubeSchema};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+/// An erasure of a tenant's server, or of the whole tenant, across every
+/// table, derived view and Redis key, with a tombstone and a verifiable
+/// receipt. The spec cannot be changed once applied.
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "archiver.uptime.dev",
+    version = "v1alpha1",
+    kind = "DeletionRequest",
+    namespaced,
+    status = "DeletionRequestStatus",
+    shortname = "dr",
+    category = "archiver",
+    doc = "A GDPR erasure of a tenant's server (or whole tenant), run in one transaction across every surface, with a tombstone and a verifiable receipt.",
+    printcolumn(name = "Tenant", type_ = "string", json_path = ".spec.tenantId"),
+    printcolumn(name = "Server", type_ = "string", json_path = ".spec.serverSlug"),
+    printcolumn(name = "Reason", type_ = "string", json_path = ".spec.reason"),
+    printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
+    printcolumn(name = "Deadline", type_ = "string", json_path = ".status.deadline"),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
+)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = kube::core::Rule::new("self == oldSelf").message("spec is immutable: create a new DeletionRequest instead"))]
+pub struct DeletionRequestSpec {
+    /// Tenant whose data is erased.
+    pub tenant_id: Uuid,
+    /// Server to erase; omit to erase every server of the tenant.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 200))]
+    #[x_kube(validation = kube::core::Rule::new("self.matches('^[A-Za-z0-9][A-Za-z0-9._-]*$')").message("must be a server slug (letters, digits, '.', '_', '-')"))]
+    pub server_slug: Option<String>,
+    /// Why the data is erased.
+    pub reason: DeletionReason,
+    /// Person accountable for the request.
+    pub requester: Uuid,
+    /// When the request was received; the 30-day deadline counts from here.
+    /// Defaults to the object's creation time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub received_at: Option<DateTime<Utc>>,
+}
+
+/// Reason recorded on the tombstone.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum DeletionReason {
+    /// GDPR Article 17 request from the data subject.
+    GdprArt17,
+    /// The tenant left; their data goes.
+    TenantChurned,
+    /// Operator clean-up.
+    ManualCleanup,
+    /// The quarterly deletion drill on a synthetic tenant.
+    Drill,
+}
+
+impl DeletionReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::GdprArt17 => "gdpr-art17",
+            Self::TenantChurned => "tenant-churned",
+            Self::ManualCleanup => "manual-cleanup",
+            Self::Drill => "drill",
+        }
+    }
+}
+
+/// Lifecycle phase of an erasure.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum DeletionPhase {
+    #[default]
+    Pending,
+    Running,
+    Completed,
+    Failed,
+}
+
+/// Observed state of a DeletionRequest.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DeletionRequestStatus {
+    /// Generation of the spec this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// Ready, Verified.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<DeletionPhase>,
+    /// receivedAt + 30 days.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deadline: Option<DateTime<Utc>>,
+    /// Runs started so far.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attempts: Option<i32>,
+    /// Step and reason of the last failure.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_failure: Option<String>,
+    /// Id of the tombstone row in data_deletion_log.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tombstone_id: Option<i64>,
+    /// Rows or keys removed per surface.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub removed: BTreeMap<String, i64>,
+    /// Recount after commit: every surface must be zero.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verification: Option<Verification>,
+    /// Read-side caches told to forget the pair.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cache_invalidations: Vec<CacheInvalidation>,
+    /// Canonical JSON receipt, also stored in operator_audit_log.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub receipt: Option<String>,
+    /// SHA-256 (hex) of `receipt`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub receipt_sha256: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<DateTime<Utc>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub completed_at: Option<DateTime<Utc>>,
+}
+
+/// Result of recounting every surface after commit.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Verification {
+    /// True when every surface counted zero.
+    pub verified: bool,
+    /// Rows or keys still found, per surface.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub remaining: BTreeMap<String, i64>,
+    pub checked_at: DateTime<Utc>,
+}
+
+/// One cache-invalidation call.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CacheInvalidation {
+    pub url: String,
+    /// HTTP status returned.
+    pub status: u16,
+}

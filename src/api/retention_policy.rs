@@ -1,0 +1,292 @@
+//! `RetentionPolicy`: the tier table that is the single source of truth for
+//! how long history is kept, and from which the privacy-policy text is rendered.
+
+// Each `printcolumn(...)` of kube's derive repeats the same keys by design.
+#![allow(clippy::duplicated_attributes)]
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use kube::{CustomResource, KubeSchema};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use super::common::{WINDOW_MESSAGE, WINDOW_RULE};
+
+/// Retention tiers and how they are enforced. Exactly one RetentionPolicy may
+/// be in force per operator; with none, or with two, nothing is deleted.
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "archiver.uptime.dev",
+    version = "v1alpha1",
+    kind = "RetentionPolicy",
+    namespaced,
+    status = "RetentionPolicyStatus",
+    shortname = "rp",
+    category = "archiver",
+    doc = "Retention tiers for the uptime history: the database is pruned to them and the privacy-policy retention text is rendered from them.",
+    printcolumn(
+        name = "Hash",
+        type_ = "string",
+        json_path = ".status.policyHash",
+        description = "Hash of the tier table in force"
+    ),
+    printcolumn(
+        name = "Ready",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].status"
+    ),
+    printcolumn(
+        name = "Last Run",
+        type_ = "date",
+        json_path = ".status.lastEnforcement.finishedAt"
+    ),
+    printcolumn(
+        name = "No Tier",
+        type_ = "integer",
+        json_path = ".status.tenantsWithoutTier",
+        priority = 1,
+        description = "Tenants with no tier row (never pruned)"
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
+)]
+#[serde(rename_all = "camelCase")]
+pub struct RetentionPolicySpec {
+    /// Retention windows per tier. Exactly the four tiers public, author,
+    /// team and enterprise; no others, and no per-tenant entries.
+    pub tiers: Tiers,
+    /// When and how fast row-level enforcement runs.
+    #[serde(default)]
+    pub enforcement: Enforcement,
+    /// Holds back a change that shortens any window by more than this.
+    #[serde(default)]
+    pub shrink_guard: ShrinkGuard,
+    /// Where and how the privacy-policy retention section is published.
+    pub privacy_policy: PrivacyPolicyTarget,
+    /// Stop enforcing (nothing is deleted) while true; status keeps updating.
+    #[serde(default)]
+    pub suspend: bool,
+}
+
+/// The four tiers. Each window is in days.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = kube::core::Rule::new("has(self.enterprise.contractualCapDays)").message("enterprise needs contractualCapDays (at most 730)").field_path(".enterprise.contractualCapDays"))]
+#[x_kube(validation = kube::core::Rule::new("!has(self.enterprise.contractualCapDays) || (self.enterprise.perMinuteDays <= self.enterprise.contractualCapDays && self.enterprise.contractualCapDays <= 730)").message("enterprise contractualCapDays must be >= perMinuteDays and <= 730").field_path(".enterprise.contractualCapDays"))]
+#[x_kube(validation = kube::core::Rule::new("!has(self.public.contractualCapDays) && !has(self.author.contractualCapDays) && !has(self.team.contractualCapDays)").message("only the enterprise tier has a contractualCapDays"))]
+pub struct Tiers {
+    /// Free tier for public servers.
+    pub public: TierRetention,
+    /// Paid tier for a single author.
+    pub author: TierRetention,
+    /// Paid tier for teams.
+    pub team: TierRetention,
+    /// Contract tier; per-minute retention may be extended per tenant up to
+    /// `contractualCapDays`.
+    pub enterprise: TierRetention,
+}
+
+impl Tiers {
+    /// The tiers with their names, in a stable order.
+    pub fn iter(&self) -> impl Iterator<Item = (&'static str, &TierRetention)> {
+        [
+            ("public", &self.public),
+            ("author", &self.author),
+            ("team", &self.team),
+            ("enterprise", &self.enterprise),
+        ]
+        .into_iter()
+    }
+}
+
+/// Retention windows of one tier, in days.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = kube::core::Rule::new("self.perMinuteDays <= self.dailyDays").message("perMinuteDays must be <= dailyDays").field_path(".perMinuteDays"))]
+#[x_kube(validation = kube::core::Rule::new("self.dailyDays <= self.monthlyDays").message("dailyDays must be <= monthlyDays").field_path(".dailyDays"))]
+pub struct TierRetention {
+    /// Days per-minute history (probe_minute) is kept.
+    #[schemars(range(min = 1))]
+    pub per_minute_days: u32,
+    /// Days the daily rollup (probe_day, suppression history) is kept. At
+    /// least 30, so uptime_30d is always served from the daily rollup.
+    #[schemars(range(min = 30))]
+    pub daily_days: u32,
+    /// Days the monthly rollup (probe_month) is kept.
+    #[schemars(range(min = 1))]
+    pub monthly_days: u32,
+    /// What the privacy policy promises for this tier.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub guarantee: Option<Guarantee>,
+    /// Enterprise only: the longest per-minute retention a contract may
+    /// extend to (at most 730 days).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 730))]
+    pub contractual_cap_days: Option<u32>,
+}
+
+/// How firmly a tier's retention is promised.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum Guarantee {
+    /// Kept up to the window, but not guaranteed (free tier).
+    BestEffort,
+    /// Kept for the full window.
+    Guaranteed,
+}
+
+/// Row-level enforcement settings.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Enforcement {
+    /// Daily UTC window (HH:MM-HH:MM) in which rows are deleted.
+    #[serde(default = "default_enforcement_window")]
+    #[schemars(length(max = 11))]
+    #[x_kube(validation = kube::core::Rule::new(WINDOW_RULE).message(WINDOW_MESSAGE))]
+    pub window: String,
+    /// At most this many rows are deleted for one tenant in one pass.
+    #[serde(default = "default_max_rows_per_tenant_pass")]
+    #[schemars(range(min = 1))]
+    pub max_rows_per_tenant_pass: i64,
+    /// At most this many rows are deleted in one run (one window).
+    #[serde(default = "default_max_rows_per_run")]
+    #[schemars(range(min = 1))]
+    pub max_rows_per_run: i64,
+}
+
+fn default_enforcement_window() -> String {
+    "03:00-05:00".into()
+}
+fn default_max_rows_per_tenant_pass() -> i64 {
+    100_000
+}
+fn default_max_rows_per_run() -> i64 {
+    5_000_000
+}
+
+impl Default for Enforcement {
+    fn default() -> Self {
+        Self {
+            window: default_enforcement_window(),
+            max_rows_per_tenant_pass: default_max_rows_per_tenant_pass(),
+            max_rows_per_run: default_max_rows_per_run(),
+        }
+    }
+}
+
+/// Guard against a typo that shortens retention by accident.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ShrinkGuard {
+    /// A change that shortens any window by more than this percentage is held
+    /// until the annotation archiver.uptime.dev/confirm-shrink equals the new
+    /// policy hash.
+    #[serde(default = "default_max_shrink_percent")]
+    #[schemars(range(min = 0, max = 100))]
+    pub max_shrink_percent: u32,
+}
+
+fn default_max_shrink_percent() -> u32 {
+    50
+}
+
+impl Default for ShrinkGuard {
+    fn default() -> Self {
+        Self {
+            max_shrink_percent: default_max_shrink_percent(),
+        }
+    }
+}
+
+/// Where the privacy-policy retention section goes, and what it says about erasure.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct PrivacyPolicyTarget {
+    /// ConfigMap (same namespace) that receives the rendered Markdown and JSON.
+    #[serde(default = "default_config_map_name")]
+    #[schemars(length(max = 253))]
+    #[x_kube(validation = kube::core::Rule::new("self.matches('^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$') && size(self) <= 253").message("must be a valid ConfigMap name (lowercase DNS subdomain)"))]
+    pub config_map_name: String,
+    /// Days within which an Article 17 erasure request is answered (at most 30).
+    #[serde(default = "default_article17_days")]
+    #[schemars(range(min = 1, max = 30))]
+    pub article17_response_days: u32,
+    /// Contact for privacy requests, printed in the policy text.
+    #[schemars(length(min = 3, max = 320))]
+    pub contact: String,
+}
+
+fn default_config_map_name() -> String {
+    "privacy-policy-retention".into()
+}
+fn default_article17_days() -> u32 {
+    30
+}
+
+/// Observed state of a RetentionPolicy.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RetentionPolicyStatus {
+    /// Generation of the spec this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// Ready, Conflict, ShrinkHeld.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+    /// SHA-256 of the tier table of this generation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy_hash: Option<String>,
+    /// Hash of the tier table actually being enforced (differs from
+    /// policyHash while a shrink is held).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enforced_policy_hash: Option<String>,
+    /// The last enforcement run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_enforcement: Option<EnforcementRun>,
+    /// When the next enforcement run may start.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_enforcement_at: Option<DateTime<Utc>>,
+    /// Rows older than policy still present, per table.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub drift: BTreeMap<String, i64>,
+    /// Tenants with data but no tier row; they are never pruned.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenants_without_tier: Option<i64>,
+    /// Present while a shrink is held: what confirming it would delete.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shrink_hold: Option<ShrinkHold>,
+}
+
+/// One enforcement run.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct EnforcementRun {
+    pub started_at: DateTime<Utc>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished_at: Option<DateTime<Utc>>,
+    /// Rows deleted per table.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub rows_deleted: BTreeMap<String, i64>,
+    /// True when a row cap stopped the run before it was done.
+    #[serde(default)]
+    pub capped: bool,
+}
+
+/// A held shrink: the new hash to confirm and the rows it would delete.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ShrinkHold {
+    /// Set the confirm-shrink annotation to this value to apply the change.
+    pub policy_hash: String,
+    /// Windows that shrink beyond the guard, e.g. "public.perMinuteDays: 7 -> 0".
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub shrinking: Vec<String>,
+    /// Rows the new values would delete, per table.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub rows_would_delete: BTreeMap<String, i64>,
+}

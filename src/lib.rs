@@ -1,0 +1,18 @@
+//! archiver-operator: a Kubernetes operator that turns four custom resources
+//! (`ArchiverShard`, `RetentionPolicy`, `PartitionSchedule`,
+//! `DeletionRequest`) into the persistence side of an uptime-monitoring
+//! platform: Redis verdicts drained into Postgres history, pruned to the tier
+//! table, partitioned ahead of need, and erased on request with a receipt.
+//!
+//! Domain modules (`archive`, `retention`, `partitions`, `erasure`) know
+//! nothing about Kubernetes; `runtime` adapts them to the API server and to a
+//! directory of manifests.
+
+pub mod api;
+pub mod cli;
+pub mod clock;
+pub mod db;
+pub mod demo;
+pub mod local_servers;
+#[doc(hidden)]
+pub mod testing;
