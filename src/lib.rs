@@ -9,10 +9,15 @@
 //! directory of manifests.
 
 pub mod api;
+pub mod archive;
 pub mod cli;
 pub mod clock;
 pub mod db;
 pub mod demo;
+pub mod erasure;
 pub mod local_servers;
+pub mod partitions;
+pub mod retention;
+pub mod runtime;
 #[doc(hidden)]
 pub mod testing;

@@ -1,0 +1,102 @@
+//! Configuration of an operator process: flags with environment fallbacks.
+//! Secret values (database URL, suppression salt) are redacted from `Debug`
+//! so they cannot reach a log line by accident.
+
+use std::fmt;
+use std::net::SocketAddr;
+
+use clap::Args;
+
+/// A string that never prints its value.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SecretString(String);
+
+impl SecretString {
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+    /// The value, for the one place that needs it (a connection, a hash).
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for SecretString {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+impl std::str::FromStr for SecretString {
+    type Err = std::convert::Infallible;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(Self(s.to_string()))
+    }
+}
+
+/// Flags shared by `run` and `worker`.
+#[derive(Debug, Clone, Args)]
+pub struct OperatorArgs {
+    /// Postgres URL (from a Secret in the cluster).
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    pub database_url: Option<SecretString>,
+    /// Salt for the tenant hashes of the suppression-cluster tables (from a Secret).
+    #[arg(long, env = "ARCHIVER_SUPPRESSION_SALT", hide_env_values = true)]
+    pub suppression_salt: Option<SecretString>,
+    /// Read-side cache-invalidation URL, POSTed on every erasure (repeatable).
+    #[arg(long = "cache-invalidate-url", env = "ARCHIVER_CACHE_INVALIDATE_URLS", value_delimiter = ',')]
+    pub cache_invalidate_urls: Vec<String>,
+    /// Alert-router Redis key pattern erased with a server, e.g.
+    /// `alert:{tenant}:{server}:*` (repeatable).
+    #[arg(long = "alert-key-pattern", env = "ARCHIVER_ALERT_KEY_PATTERNS", value_delimiter = ',')]
+    pub alert_key_patterns: Vec<String>,
+    /// Address of /health, /ready and /metrics.
+    #[arg(long, env = "ARCHIVER_HTTP_ADDR", default_value = "0.0.0.0:8080")]
+    pub http_addr: SocketAddr,
+    /// Namespace to watch (default: all namespaces).
+    #[arg(long, env = "ARCHIVER_NAMESPACE")]
+    pub namespace: Option<String>,
+    /// Log format: `json` (default when stdout is not a terminal) or `text`.
+    #[arg(long, env = "ARCHIVER_LOG_FORMAT")]
+    pub log_format: Option<LogFormat>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Json,
+    Text,
+}
+
+/// What reconcilers may read of the process configuration.
+#[derive(Debug, Clone, Default)]
+pub struct OperatorConfig {
+    pub suppression_salt: Option<SecretString>,
+    pub cache_invalidate_urls: Vec<String>,
+    pub alert_key_patterns: Vec<String>,
+}
+
+impl From<&OperatorArgs> for OperatorConfig {
+    fn from(args: &OperatorArgs) -> Self {
+        Self {
+            suppression_salt: args.suppression_salt.clone(),
+            cache_invalidate_urls: args.cache_invalidate_urls.clone(),
+            alert_key_patterns: args.alert_key_patterns.clone(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secrets_never_print() {
+        let config = OperatorConfig {
+            suppression_salt: Some(SecretString::new("pepper-123")),
+            ..Default::default()
+        };
+        let printed = format!("{config:?}");
+        assert!(!printed.contains("pepper-123"), "{printed}");
+        assert!(printed.contains("<redacted>"));
+    }
+}

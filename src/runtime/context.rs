@@ -1,0 +1,127 @@
+//! What a reconciler gets besides its object: the clock, the database, the
+//! process configuration, Secret resolution and metrics. The same context
+//! type serves the Kubernetes and the manifests source.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, RwLock};
+
+use k8s_openapi::api::core::v1::Secret;
+use sqlx::PgPool;
+
+use super::config::{OperatorConfig, SecretString};
+use super::metrics::Metrics;
+use crate::api::common::SecretKeyRef;
+use crate::clock::SharedClock;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SecretError {
+    #[error("Secret {namespace}/{name} not found")]
+    NotFound { namespace: String, name: String },
+    #[error("Secret {namespace}/{name} has no key {key:?}")]
+    MissingKey {
+        namespace: String,
+        name: String,
+        key: String,
+    },
+    #[error("Secret {namespace}/{name} key {key:?} is not UTF-8")]
+    NotUtf8 {
+        namespace: String,
+        name: String,
+        key: String,
+    },
+    #[error("reading Secret {namespace}/{name}: {source}")]
+    Api {
+        namespace: String,
+        name: String,
+        #[source]
+        source: kube::Error,
+    },
+}
+
+/// Secrets of the manifests source, by (namespace, name), then key.
+pub type SecretMap = BTreeMap<(String, String), BTreeMap<String, SecretString>>;
+
+/// Where `secretRef`s are resolved.
+#[derive(Clone)]
+pub enum SecretSource {
+    /// Secrets of the cluster (read-only, only those referenced).
+    Kubernetes(kube::Client),
+    /// `Secret` manifests found beside the custom resources.
+    Manifests(Arc<RwLock<SecretMap>>),
+}
+
+impl std::fmt::Debug for SecretSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Kubernetes(_) => f.write_str("SecretSource::Kubernetes"),
+            Self::Manifests(_) => f.write_str("SecretSource::Manifests"),
+        }
+    }
+}
+
+impl SecretSource {
+    /// The value of `reference` in `namespace`.
+    pub async fn resolve(&self, namespace: &str, reference: &SecretKeyRef) -> Result<SecretString, SecretError> {
+        let not_found = || SecretError::NotFound {
+            namespace: namespace.to_string(),
+            name: reference.name.clone(),
+        };
+        let missing_key = || SecretError::MissingKey {
+            namespace: namespace.to_string(),
+            name: reference.name.clone(),
+            key: reference.key.clone(),
+        };
+        match self {
+            Self::Manifests(map) => {
+                let map = map.read().unwrap_or_else(|poisoned| poisoned.into_inner());
+                let data = map
+                    .get(&(namespace.to_string(), reference.name.clone()))
+                    .ok_or_else(not_found)?;
+                data.get(&reference.key).cloned().ok_or_else(missing_key)
+            }
+            Self::Kubernetes(client) => {
+                let api: kube::Api<Secret> = kube::Api::namespaced(client.clone(), namespace);
+                let secret = api
+                    .get_opt(&reference.name)
+                    .await
+                    .map_err(|source| SecretError::Api {
+                        namespace: namespace.to_string(),
+                        name: reference.name.clone(),
+                        source,
+                    })?
+                    .ok_or_else(not_found)?;
+                let bytes = secret
+                    .data
+                    .as_ref()
+                    .and_then(|data| data.get(&reference.key))
+                    .map(|value| value.0.clone())
+                    .or_else(|| {
+                        secret
+                            .string_data
+                            .as_ref()
+                            .and_then(|data| data.get(&reference.key))
+                            .map(|value| value.clone().into_bytes())
+                    })
+                    .ok_or_else(missing_key)?;
+                String::from_utf8(bytes)
+                    .map(SecretString::new)
+                    .map_err(|_| SecretError::NotUtf8 {
+                        namespace: namespace.to_string(),
+                        name: reference.name.clone(),
+                        key: reference.key.clone(),
+                    })
+            }
+        }
+    }
+}
+
+/// Everything a reconciler may use, cheap to clone.
+#[derive(Clone, Debug)]
+pub struct Context {
+    pub clock: SharedClock,
+    /// None only in tests of the Kubernetes adapters that need no database.
+    pub db: Option<PgPool>,
+    pub config: Arc<OperatorConfig>,
+    pub secrets: SecretSource,
+    pub metrics: Arc<Metrics>,
+}

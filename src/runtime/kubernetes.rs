@@ -1,0 +1,312 @@
+//! The Kubernetes source: one kube-rs `Controller` per kind, feeding the
+//! domain reconcilers and writing back status (server-side apply), events
+//! and finalizers.
+
+use std::collections::HashMap;
+use std::hash::{DefaultHasher, Hash, Hasher};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use k8s_openapi::NamespaceResourceScope;
+use k8s_openapi::api::apps::v1::Deployment;
+use kube::api::{Api, Patch, PatchParams};
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::events::{Event as KubeEvent, EventType as KubeEventType, Recorder, Reporter};
+use kube::runtime::finalizer::{Event as FinalizerEvent, finalizer};
+use kube::runtime::reflector;
+use kube::runtime::utils::{PredicateConfig, WatchStreamExt};
+use kube::runtime::watcher;
+use kube::{Client, Resource, ResourceExt};
+
+use super::context::Context;
+use super::reconcile::{Event, EventType, FINALIZER, Managed, ObjectStatus, ReconcileError, is_paused, object_label};
+use crate::api::common::{ConditionUpdate, condition_types, set_condition};
+use crate::api::{ArchiverShard, DeletionRequest, PartitionSchedule, RetentionPolicy};
+
+/// Field manager of every server-side apply the operator makes.
+pub const FIELD_MANAGER: &str = "archiver-operator";
+
+#[derive(Debug, thiserror::Error)]
+pub enum KubeSourceError {
+    #[error("reconcile of {object} failed: {source}")]
+    Reconcile {
+        object: String,
+        #[source]
+        source: ReconcileError,
+    },
+    #[error("writing status of {object}: {source}")]
+    Status {
+        object: String,
+        #[source]
+        source: kube::Error,
+    },
+    #[error("finalizer of {object}: {message}")]
+    Finalizer { object: String, message: String },
+}
+
+/// What the Kubernetes adapters share: the domain context, the API client,
+/// the event recorder and each object's consecutive failures (for backoff).
+pub struct KubeContext {
+    pub ctx: Context,
+    pub client: Client,
+    pub recorder: Recorder,
+    failures: Mutex<HashMap<String, u32>>,
+}
+
+impl KubeContext {
+    pub fn new(ctx: Context, client: Client, instance: Option<String>) -> Self {
+        let reporter = Reporter {
+            controller: FIELD_MANAGER.into(),
+            instance,
+        };
+        Self {
+            recorder: Recorder::new(client.clone(), reporter),
+            ctx,
+            client,
+            failures: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn failures(&self) -> std::sync::MutexGuard<'_, HashMap<String, u32>> {
+        self.failures.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+/// Backoff after `failures` consecutive failures: 5 s doubling, at most 5 min.
+pub fn backoff(failures: u32) -> Duration {
+    let seconds = 5u64.saturating_mul(1u64 << failures.saturating_sub(1).min(6));
+    Duration::from_secs(seconds.min(300))
+}
+
+/// Reconciles one object: honours the pause annotation, manages the
+/// finalizer of kinds that need one, runs the domain reconciler, applies the
+/// status and publishes events.
+pub async fn reconcile<K>(object: Arc<K>, kctx: Arc<KubeContext>) -> Result<Action, KubeSourceError>
+where
+    K: Managed + Resource<Scope = NamespaceResourceScope>,
+{
+    if is_paused(object.as_ref()) {
+        tracing::debug!(object = %object_label(object.as_ref()), "paused by annotation");
+        return Ok(Action::await_change());
+    }
+    let namespace = object.namespace().unwrap_or_else(|| "default".into());
+    let api: Api<K> = Api::namespaced(kctx.client.clone(), &namespace);
+    if !K::uses_finalizer() {
+        return apply(object, &api, &kctx).await;
+    }
+    let label = object_label(object.as_ref());
+    finalizer(&api, FINALIZER, object, |event| async {
+        match event {
+            FinalizerEvent::Apply(object) => apply(object, &api, &kctx).await,
+            FinalizerEvent::Cleanup(object) => {
+                object
+                    .cleanup(&kctx.ctx)
+                    .await
+                    .map_err(|source| KubeSourceError::Reconcile {
+                        object: object_label(object.as_ref()),
+                        source,
+                    })?;
+                Ok(Action::await_change())
+            }
+        }
+    })
+    .await
+    .map_err(|error| match error {
+        kube::runtime::finalizer::Error::ApplyFailed(inner) | kube::runtime::finalizer::Error::CleanupFailed(inner) => {
+            inner
+        }
+        other => KubeSourceError::Finalizer {
+            object: label,
+            message: other.to_string(),
+        },
+    })
+}
+
+async fn apply<K>(object: Arc<K>, api: &Api<K>, kctx: &KubeContext) -> Result<Action, KubeSourceError>
+where
+    K: Managed + Resource<Scope = NamespaceResourceScope>,
+{
+    let label = object_label(object.as_ref());
+    let span = tracing::info_span!("reconcile", kind = %K::kind(&()), namespace = %object.namespace().unwrap_or_default(), name = %object.name_any());
+    let _entered = span.enter();
+    let started = Instant::now();
+    let result = object.reconcile(&kctx.ctx).await;
+    let elapsed = started.elapsed().as_secs_f64();
+    kctx.ctx
+        .metrics
+        .observe_reconcile(&K::kind(&()), elapsed, result.as_ref().err().map(ReconcileError::metric_label));
+    match result {
+        Ok(outcome) => {
+            kctx.failures().remove(&label);
+            write_status(object.as_ref(), api, &outcome.status).await?;
+            publish(kctx, object.as_ref(), &outcome.events).await;
+            Ok(Action::requeue(outcome.requeue_after))
+        }
+        Err(source) => {
+            let status = failed_status(object.as_ref(), &source, kctx);
+            write_status(object.as_ref(), api, &status).await?;
+            let event = Event {
+                type_: EventType::Warning,
+                reason: "ReconcileFailed".into(),
+                action: "Reconcile".into(),
+                note: source.to_string(),
+            };
+            publish(kctx, object.as_ref(), std::slice::from_ref(&event)).await;
+            Err(KubeSourceError::Reconcile { object: label, source })
+        }
+    }
+}
+
+/// The previous status with `Ready` false and the error as its message.
+pub fn failed_status<K: Managed>(object: &K, error: &ReconcileError, kctx: &KubeContext) -> K::Status {
+    let mut status = object.status().cloned().unwrap_or_default();
+    status.set_observed_generation(object.meta().generation);
+    set_condition(
+        status.conditions_mut(),
+        ConditionUpdate {
+            type_: condition_types::READY,
+            status: false,
+            reason: "ReconcileFailed",
+            message: error.to_string(),
+        },
+        object.meta().generation,
+        kctx.ctx.clock.now(),
+    );
+    status
+}
+
+/// Server-side applies `status` unless it is what the object already has.
+async fn write_status<K>(object: &K, api: &Api<K>, status: &K::Status) -> Result<(), KubeSourceError>
+where
+    K: Managed,
+{
+    if object.status() == Some(status) {
+        return Ok(());
+    }
+    let patch = serde_json::json!({
+        "apiVersion": K::api_version(&()),
+        "kind": K::kind(&()),
+        "status": status,
+    });
+    api.patch_status(&object.name_any(), &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&patch))
+        .await
+        .map(|_| ())
+        .map_err(|source| KubeSourceError::Status {
+            object: object_label(object),
+            source,
+        })
+}
+
+async fn publish<K: Managed>(kctx: &KubeContext, object: &K, events: &[Event]) {
+    let reference = object.object_ref(&());
+    for event in events {
+        let kube_event = KubeEvent {
+            type_: match event.type_ {
+                EventType::Normal => KubeEventType::Normal,
+                EventType::Warning => KubeEventType::Warning,
+            },
+            reason: event.reason.clone(),
+            note: Some(event.note.chars().take(1000).collect()),
+            action: event.action.clone(),
+            secondary: None,
+        };
+        // An event that cannot be written must not fail the reconcile.
+        if let Err(error) = kctx.recorder.publish(&kube_event, &reference).await {
+            tracing::warn!(%error, object = %object_label(object), "could not publish event");
+        }
+    }
+}
+
+/// Requeue after a failure with per-object exponential backoff.
+pub fn error_policy<K>(object: Arc<K>, error: &KubeSourceError, kctx: Arc<KubeContext>) -> Action
+where
+    K: Managed,
+{
+    let label = object_label(object.as_ref());
+    let failures = {
+        let mut map = kctx.failures();
+        let count = map.entry(label.clone()).or_insert(0);
+        *count += 1;
+        *count
+    };
+    let delay = backoff(failures);
+    tracing::warn!(object = %label, %error, failures, retry_in_s = delay.as_secs(), "reconcile failed");
+    Action::requeue(delay)
+}
+
+/// What should wake a reconcile: a new generation (spec), annotations (pause,
+/// confirm-shrink), finalizers and deletion. Status writes alone do not,
+/// so writing status never loops.
+pub fn reconcile_trigger<K: Resource>(object: &K) -> Option<u64> {
+    let mut hasher = DefaultHasher::new();
+    object.meta().generation.hash(&mut hasher);
+    object.annotations().hash(&mut hasher);
+    object.finalizers().hash(&mut hasher);
+    object.meta().deletion_timestamp.is_some().hash(&mut hasher);
+    Some(hasher.finish())
+}
+
+fn api_for<K>(client: &Client, namespace: Option<&str>) -> Api<K>
+where
+    K: Resource<Scope = NamespaceResourceScope, DynamicType = ()>,
+{
+    match namespace {
+        Some(namespace) => Api::namespaced(client.clone(), namespace),
+        None => Api::all(client.clone()),
+    }
+}
+
+fn controller_for<K>(client: &Client, namespace: Option<&str>) -> Controller<K>
+where
+    K: Managed + Resource<Scope = NamespaceResourceScope>,
+{
+    let api = api_for::<K>(client, namespace);
+    let (reader, writer) = reflector::store();
+    let stream = watcher(api, watcher::Config::default().any_semantic())
+        .default_backoff()
+        .reflect(writer)
+        .applied_objects()
+        .predicate_filter(reconcile_trigger::<K>, PredicateConfig::default());
+    Controller::for_stream(stream, reader)
+}
+
+async fn drive<K>(controller: Controller<K>, kctx: Arc<KubeContext>, shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static)
+where
+    K: Managed + Resource<Scope = NamespaceResourceScope>,
+{
+    controller
+        .graceful_shutdown_on(shutdown)
+        .run(reconcile::<K>, error_policy::<K>, kctx)
+        .for_each(|result| async move {
+            if let Err(error) = result {
+                tracing::debug!(%error, "controller event");
+            }
+        })
+        .await;
+}
+
+/// Runs the four controllers until `shutdown` resolves.
+pub async fn run_controllers(
+    kctx: Arc<KubeContext>,
+    namespace: Option<String>,
+    shutdown: tokio::sync::watch::Receiver<bool>,
+) {
+    let client = kctx.client.clone();
+    let namespace = namespace.as_deref();
+    let stop = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|stop| *stop).await;
+    };
+    // The shard workers are Deployments the operator owns: a change to one
+    // wakes its shard's reconcile.
+    let deployments = api_for::<Deployment>(&client, namespace);
+    let shards = controller_for::<ArchiverShard>(&client, namespace)
+        .owns(deployments, watcher::Config::default().labels("app.kubernetes.io/managed-by=archiver-operator"));
+    tokio::join!(
+        drive(shards, kctx.clone(), stop(shutdown.clone())),
+        drive(controller_for::<RetentionPolicy>(&client, namespace), kctx.clone(), stop(shutdown.clone())),
+        drive(controller_for::<PartitionSchedule>(&client, namespace), kctx.clone(), stop(shutdown.clone())),
+        drive(controller_for::<DeletionRequest>(&client, namespace), kctx.clone(), stop(shutdown.clone())),
+    );
+}
+

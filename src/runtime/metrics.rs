@@ -1,0 +1,114 @@
+//! Prometheus metrics of the process (prefix `archiver_`).
+
+use std::sync::Mutex;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabels {
+    pub kind: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FailureLabels {
+    pub kind: String,
+    pub error: String,
+}
+
+/// The process's metrics and the registry that encodes them.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Mutex<Registry>,
+    pub reconciles: Family<KindLabels, Counter>,
+    pub reconcile_failures: Family<FailureLabels, Counter>,
+    pub reconcile_duration: Family<KindLabels, Histogram>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("archiver");
+        let reconciles = Family::<KindLabels, Counter>::default();
+        let reconcile_failures = Family::<FailureLabels, Counter>::default();
+        let reconcile_duration = Family::<KindLabels, Histogram>::new_with_constructor(|| {
+            Histogram::new(exponential_buckets(0.005, 2.0, 14))
+        });
+        registry.register("reconciles", "Reconciliations run, by kind", reconciles.clone());
+        registry.register(
+            "reconcile_failures",
+            "Reconciliations that failed, by kind and error",
+            reconcile_failures.clone(),
+        );
+        registry.register(
+            "reconcile_duration_seconds",
+            "Duration of one reconciliation, by kind",
+            reconcile_duration.clone(),
+        );
+        Self {
+            registry: Mutex::new(registry),
+            reconciles,
+            reconcile_failures,
+            reconcile_duration,
+        }
+    }
+
+    /// Registers a metric added by a domain module (drain lag, coverage...).
+    pub fn register(&self, name: &str, help: &str, metric: impl prometheus_client::registry::Metric) {
+        self.registry
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .register(name, help, metric);
+    }
+
+    /// Records one reconcile of `kind`: its duration and, if it failed, why.
+    pub fn observe_reconcile(&self, kind: &str, seconds: f64, failure: Option<&str>) {
+        let labels = KindLabels { kind: kind.to_string() };
+        self.reconciles.get_or_create(&labels).inc();
+        self.reconcile_duration.get_or_create(&labels).observe(seconds);
+        if let Some(error) = failure {
+            self.reconcile_failures
+                .get_or_create(&FailureLabels {
+                    kind: kind.to_string(),
+                    error: error.to_string(),
+                })
+                .inc();
+        }
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn encode(&self) -> String {
+        let mut text = String::new();
+        let registry = self.registry.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut text, &registry);
+        text
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reconciles_and_failures_are_encoded_with_the_prefix() {
+        let metrics = Metrics::new();
+        metrics.observe_reconcile("RetentionPolicy", 0.01, None);
+        metrics.observe_reconcile("RetentionPolicy", 0.02, Some("InvalidSpec"));
+        let text = metrics.encode();
+        assert!(text.contains("archiver_reconciles_total{kind=\"RetentionPolicy\"} 2"), "{text}");
+        assert!(
+            text.contains("archiver_reconcile_failures_total{kind=\"RetentionPolicy\",error=\"InvalidSpec\"} 1"),
+            "{text}"
+        );
+        assert!(text.contains("archiver_reconcile_duration_seconds_count{kind=\"RetentionPolicy\"} 2"));
+    }
+}

@@ -1,0 +1,9 @@
+//! Adapters between the domain reconcilers and the world: the Kubernetes API
+//! and a directory of manifests as object sources, leader election, HTTP
+//! endpoints, metrics and logging.
+
+pub mod config;
+pub mod context;
+pub mod metrics;
+pub mod reconcile;
+pub mod kubernetes;

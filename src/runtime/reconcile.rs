@@ -1,0 +1,234 @@
+//! The reconciler interface every kind implements, independent of where
+//! objects come from (the API server or a directory of manifests): the object
+//! and a [`Context`] in; the desired status, events and a requeue time out.
+
+use std::fmt::Debug;
+use std::future::Future;
+use std::time::Duration;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use kube::{Resource, ResourceExt};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use super::context::{Context, SecretError};
+use crate::api::common::{ConditionUpdate, RECONCILE_ANNOTATION, condition_types, set_condition};
+use crate::api::validation::{Document, validate_document};
+
+/// Finalizer of the kinds that must finish work before they go away.
+pub const FINALIZER: &str = "archiver.uptime.dev/cleanup";
+
+/// Severity of an event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub enum EventType {
+    Normal,
+    Warning,
+}
+
+/// Something a person should see in `kubectl describe` (or the status file).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct Event {
+    pub type_: EventType,
+    /// PascalCase reason, e.g. `Reconciled`, `InvalidSpec`.
+    pub reason: String,
+    /// PascalCase action, e.g. `Reconcile`.
+    pub action: String,
+    pub note: String,
+}
+
+/// What one reconcile wants written back.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Outcome<S> {
+    pub status: S,
+    pub events: Vec<Event>,
+    pub requeue_after: Duration,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReconcileError {
+    #[error(transparent)]
+    Secret(#[from] SecretError),
+    #[error("{context}: {source}")]
+    Database {
+        context: String,
+        #[source]
+        source: sqlx::Error,
+    },
+    #[error("no database configured (set --database-url or DATABASE_URL)")]
+    NoDatabase,
+    #[error("{step} failed: {reason}")]
+    Step { step: String, reason: String },
+}
+
+impl ReconcileError {
+    /// Short, bounded label for the failure metric.
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            Self::Secret(_) => "Secret",
+            Self::Database { .. } => "Database",
+            Self::NoDatabase => "NoDatabase",
+            Self::Step { .. } => "Step",
+        }
+    }
+}
+
+/// Status types with the fields every kind has.
+pub trait ObjectStatus: Clone + Default + Serialize + DeserializeOwned + PartialEq + Debug + Send + Sync + 'static {
+    fn conditions(&self) -> &[Condition];
+    fn conditions_mut(&mut self) -> &mut Vec<Condition>;
+    fn set_observed_generation(&mut self, generation: Option<i64>);
+}
+
+macro_rules! object_status {
+    ($($status:ty),*) => {$(
+        impl ObjectStatus for $status {
+            fn conditions(&self) -> &[Condition] {
+                &self.conditions
+            }
+            fn conditions_mut(&mut self) -> &mut Vec<Condition> {
+                &mut self.conditions
+            }
+            fn set_observed_generation(&mut self, generation: Option<i64>) {
+                self.observed_generation = generation;
+            }
+        }
+    )*};
+}
+
+object_status!(
+    crate::api::ArchiverShardStatus,
+    crate::api::RetentionPolicyStatus,
+    crate::api::PartitionScheduleStatus,
+    crate::api::DeletionRequestStatus
+);
+
+/// A kind the operator reconciles.
+pub trait Managed:
+    Resource<DynamicType = ()> + Clone + Serialize + DeserializeOwned + Debug + Send + Sync + 'static
+{
+    type Status: ObjectStatus;
+
+    fn status(&self) -> Option<&Self::Status>;
+
+    /// Whether the object carries [`FINALIZER`] so that [`Managed::cleanup`]
+    /// runs before it disappears.
+    fn uses_finalizer() -> bool {
+        false
+    }
+
+    /// Brings the world in line with the object and returns its new status.
+    fn reconcile(&self, ctx: &Context) -> impl Future<Output = Result<Outcome<Self::Status>, ReconcileError>> + Send;
+
+    /// Runs when a finalizer-carrying object is deleted. Deleting an object
+    /// never undoes data work; this only lets in-flight work finish.
+    fn cleanup(&self, _ctx: &Context) -> impl Future<Output = Result<(), ReconcileError>> + Send {
+        async { Ok(()) }
+    }
+}
+
+/// Whether the object is paused with `archiver.uptime.dev/reconcile: disabled`.
+pub fn is_paused<K: Resource>(object: &K) -> bool {
+    object
+        .annotations()
+        .get(RECONCILE_ANNOTATION)
+        .is_some_and(|value| value == "disabled")
+}
+
+/// `Kind/namespace/name` of an object, for logs and status files.
+pub fn object_label<K: Resource<DynamicType = ()>>(object: &K) -> String {
+    format!(
+        "{}/{}/{}",
+        K::kind(&()),
+        object.namespace().unwrap_or_else(|| "default".into()),
+        object.name_any()
+    )
+}
+
+/// The same problems `archiver-operator validate` reports for this object.
+pub fn spec_problems<K: Managed>(object: &K) -> Vec<String> {
+    let value = match serde_json::to_value(object) {
+        Ok(value) => value,
+        Err(error) => return vec![format!("object does not serialize: {error}")],
+    };
+    let document = Document {
+        file: std::path::PathBuf::from("<object>"),
+        index: 0,
+        value,
+    };
+    validate_document(&document)
+        .into_iter()
+        .map(|problem| match problem.field {
+            Some(field) => format!("{field}: {}", problem.reason),
+            None => problem.reason,
+        })
+        .collect()
+}
+
+/// The starting point of every reconcile: the previous status with
+/// observedGeneration set, and `Ready` false with the reasons when the spec
+/// breaks a rule. Returns the status and whether the spec is valid.
+pub fn begin_status<K: Managed>(object: &K, ctx: &Context) -> (K::Status, Vec<String>) {
+    let mut status = object.status().cloned().unwrap_or_default();
+    status.set_observed_generation(object.meta().generation);
+    let problems = spec_problems(object);
+    if !problems.is_empty() {
+        set_condition(
+            status.conditions_mut(),
+            ConditionUpdate {
+                type_: condition_types::READY,
+                status: false,
+                reason: "InvalidSpec",
+                message: problems.join("; "),
+            },
+            object.meta().generation,
+            ctx.clock.now(),
+        );
+    }
+    (status, problems)
+}
+
+/// Marks the status Ready and returns the outcome with a `Reconciled` event
+/// (or the `InvalidSpec` warning when `problems` is not empty).
+pub fn finish<K: Managed>(
+    object: &K,
+    ctx: &Context,
+    mut status: K::Status,
+    problems: &[String],
+    ready_message: &str,
+    requeue_after: Duration,
+) -> Outcome<K::Status> {
+    let event = if problems.is_empty() {
+        set_condition(
+            status.conditions_mut(),
+            ConditionUpdate {
+                type_: condition_types::READY,
+                status: true,
+                reason: "Reconciled",
+                message: ready_message.to_string(),
+            },
+            object.meta().generation,
+            ctx.clock.now(),
+        );
+        Event {
+            type_: EventType::Normal,
+            reason: "Reconciled".into(),
+            action: "Reconcile".into(),
+            note: ready_message.to_string(),
+        }
+    } else {
+        Event {
+            type_: EventType::Warning,
+            reason: "InvalidSpec".into(),
+            action: "Validate".into(),
+            note: problems.join("; "),
+        }
+    };
+    // Report an event only when something changed, so a steady object does
+    // not fill the event log every requeue.
+    let changed = object.status() != Some(&status);
+    Outcome {
+        status,
+        events: if changed { vec![event] } else { Vec::new() },
+        requeue_after,
+    }
+}

@@ -1,0 +1,263 @@
+//! The Kubernetes adapters against kube's mock service (the tower-test
+//! pattern of controller-rs): every request the reconcile makes is asserted,
+//! in order — status apply, finalizer add/remove, events, Secret reads — and
+//! a paused object makes none.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::TimeZone;
+use http::{Method, Request, Response};
+use kube::client::Body;
+use kube::runtime::controller::Action;
+use kube::{Client, Resource};
+use serde_json::{Value, json};
+use tower_test::mock::{Handle, SendResponse};
+
+use archiver_operator::api::{ArchiverShard, DeletionRequest, RetentionPolicy};
+use archiver_operator::clock::ManualClock;
+use archiver_operator::runtime::context::{Context, SecretSource};
+use archiver_operator::runtime::kubernetes::{KubeContext, backoff, error_policy, reconcile};
+use archiver_operator::runtime::metrics::Metrics;
+
+type MockHandle = Handle<Request<Body>, Response<Body>>;
+
+fn example<T: serde::de::DeserializeOwned>(file: &str) -> T {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples").join(file);
+    let text = std::fs::read_to_string(path).expect("example exists");
+    serde_yaml_ng::from_str(&text).expect("example parses")
+}
+
+fn with_meta<K: Resource>(mut object: K, generation: i64) -> K {
+    object.meta_mut().generation = Some(generation);
+    object.meta_mut().resource_version = Some("1".into());
+    object.meta_mut().uid = Some("0e9c1c52-8f0a-4a55-9d3e-000000000001".into());
+    object
+}
+
+fn mock_context(secrets_from_cluster: bool) -> (Arc<KubeContext>, MockHandle) {
+    let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    let client = Client::new(service, "default");
+    let clock = ManualClock::new(chrono::Utc.with_ymd_and_hms(2026, 11, 23, 9, 0, 0).unwrap());
+    let secrets = if secrets_from_cluster {
+        SecretSource::Kubernetes(client.clone())
+    } else {
+        SecretSource::Manifests(Default::default())
+    };
+    let ctx = Context {
+        clock: Arc::new(clock),
+        db: None,
+        config: Arc::new(Default::default()),
+        secrets,
+        metrics: Arc::new(Metrics::new()),
+    };
+    (Arc::new(KubeContext::new(ctx, client, Some("operator-0".into()))), handle)
+}
+
+/// Waits for the next request, asserts its method and path, returns its JSON body.
+async fn expect_request(handle: &mut MockHandle, method: Method, path: &str) -> (Value, SendResponse<Response<Body>>) {
+    let (request, send) = tokio::time::timeout(Duration::from_secs(5), handle.next_request())
+        .await
+        .unwrap_or_else(|_| panic!("no request; expected {method} {path}"))
+        .expect("the client is still connected");
+    assert_eq!(request.method(), method, "method of {}", request.uri());
+    assert_eq!(request.uri().path(), path);
+    let query = request.uri().query().unwrap_or_default().to_string();
+    let bytes = request.into_body().collect_bytes().await.expect("body");
+    let mut body: Value = if bytes.is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_slice(&bytes).expect("JSON body")
+    };
+    if let Value::Object(map) = &mut body {
+        map.insert("__query".into(), Value::String(query));
+    }
+    (body, send)
+}
+
+fn respond(send: SendResponse<Response<Body>>, body: Value) {
+    send.send_response(Response::builder().body(Body::from(serde_json::to_vec(&body).unwrap())).unwrap());
+}
+
+fn respond_status(send: SendResponse<Response<Body>>, code: u16, body: Value) {
+    send.send_response(
+        Response::builder()
+            .status(code)
+            .body(Body::from(serde_json::to_vec(&body).unwrap()))
+            .unwrap(),
+    );
+}
+
+fn ready(status: &Value) -> (&str, &str) {
+    let condition = status["conditions"]
+        .as_array()
+        .and_then(|c| c.iter().find(|c| c["type"] == "Ready"))
+        .expect("a Ready condition");
+    (condition["status"].as_str().unwrap(), condition["reason"].as_str().unwrap())
+}
+
+async fn assert_no_request(handle: &mut MockHandle) {
+    // Either nothing arrives, or every client is gone (no request can come).
+    if let Ok(Some((request, _))) = tokio::time::timeout(Duration::from_millis(100), handle.next_request()).await {
+        panic!("expected no request, got {} {}", request.method(), request.uri());
+    }
+}
+
+const POLICY_STATUS: &str = "/apis/archiver.uptime.dev/v1alpha1/namespaces/archiver/retentionpolicies/tiers/status";
+const EVENTS: &str = "/apis/events.k8s.io/v1/namespaces/archiver/events";
+
+#[tokio::test]
+async fn retention_policy_status_is_applied_then_an_event_recorded() {
+    let (kctx, mut handle) = mock_context(false);
+    let policy = with_meta(example::<RetentionPolicy>("retention-policy.yaml"), 3);
+    let object = Arc::new(policy.clone());
+    let task = tokio::spawn(reconcile(object, kctx));
+
+    let (patch, send) = expect_request(&mut handle, Method::PATCH, POLICY_STATUS).await;
+    assert!(patch["__query"].as_str().unwrap().contains("fieldManager=archiver-operator"));
+    assert!(patch["__query"].as_str().unwrap().contains("force=true"));
+    assert_eq!(patch["kind"], "RetentionPolicy");
+    assert_eq!(patch["apiVersion"], "archiver.uptime.dev/v1alpha1");
+    assert_eq!(patch["status"]["observedGeneration"], 3);
+    assert_eq!(ready(&patch["status"]), ("True", "Reconciled"));
+    respond(send, serde_json::to_value(&policy).unwrap());
+
+    let (event, send) = expect_request(&mut handle, Method::POST, EVENTS).await;
+    assert_eq!(event["reason"], "Reconciled");
+    assert_eq!(event["type"], "Normal");
+    assert_eq!(event["regarding"]["name"], "tiers");
+    assert_eq!(event["reportingController"], "archiver-operator");
+    respond(send, event.clone());
+
+    let action = task.await.expect("no panic").expect("reconcile succeeds");
+    assert_eq!(action, Action::requeue(Duration::from_secs(300)));
+}
+
+#[tokio::test]
+async fn an_unchanged_status_is_not_written_again() {
+    let (kctx, mut handle) = mock_context(false);
+    let policy = with_meta(example::<RetentionPolicy>("retention-policy.yaml"), 3);
+    // First pass computes the status the object would then carry.
+    let task = tokio::spawn(reconcile(Arc::new(policy.clone()), kctx.clone()));
+    let (patch, send) = expect_request(&mut handle, Method::PATCH, POLICY_STATUS).await;
+    respond(send, serde_json::to_value(&policy).unwrap());
+    let (event, send) = expect_request(&mut handle, Method::POST, EVENTS).await;
+    respond(send, event);
+    task.await.unwrap().unwrap();
+
+    let mut steady = policy;
+    steady.status = Some(serde_json::from_value(patch["status"].clone()).unwrap());
+    // A request would wait for an answer that never comes: the reconcile
+    // must finish on its own, and the server must have seen nothing.
+    tokio::time::timeout(Duration::from_secs(2), reconcile(Arc::new(steady), kctx.clone()))
+        .await
+        .expect("no request was awaited")
+        .expect("steady reconcile");
+    assert_no_request(&mut handle).await;
+}
+
+#[tokio::test]
+async fn a_paused_object_makes_no_request() {
+    let (kctx, mut handle) = mock_context(false);
+    let mut policy = with_meta(example::<RetentionPolicy>("retention-policy.yaml"), 1);
+    policy
+        .meta_mut()
+        .annotations
+        .get_or_insert_with(Default::default)
+        .insert("archiver.uptime.dev/reconcile".into(), "disabled".into());
+    let action = tokio::time::timeout(Duration::from_secs(2), reconcile(Arc::new(policy), kctx.clone()))
+        .await
+        .expect("no request was awaited")
+        .expect("paused is not an error");
+    assert_eq!(action, Action::await_change());
+    assert_no_request(&mut handle).await;
+}
+
+#[tokio::test]
+async fn deletion_request_gets_its_finalizer_then_status_then_loses_it_on_delete() {
+    let (kctx, mut handle) = mock_context(false);
+    let path = "/apis/archiver.uptime.dev/v1alpha1/namespaces/archiver/deletionrequests/erase-6f1c-my-server";
+    let request = with_meta(example::<DeletionRequest>("deletion-request.yaml"), 1);
+
+    // 1. No finalizer yet: the first request adds it (JSON patch with a test).
+    let task = tokio::spawn(reconcile(Arc::new(request.clone()), kctx.clone()));
+    let (patch, send) = expect_request(&mut handle, Method::PATCH, path).await;
+    assert!(patch.to_string().contains("archiver.uptime.dev/cleanup"), "{patch}");
+    let mut with_finalizer = request.clone();
+    with_finalizer.meta_mut().finalizers = Some(vec!["archiver.uptime.dev/cleanup".into()]);
+    respond(send, serde_json::to_value(&with_finalizer).unwrap());
+    task.await.unwrap().expect("finalizer added");
+
+    // 2. With the finalizer: status (Pending, deadline = receivedAt + 30 d) and an event.
+    let task = tokio::spawn(reconcile(Arc::new(with_finalizer.clone()), kctx.clone()));
+    let (status_patch, send) = expect_request(&mut handle, Method::PATCH, &format!("{path}/status")).await;
+    assert_eq!(status_patch["status"]["phase"], "Pending");
+    assert_eq!(status_patch["status"]["deadline"], "2026-12-22T09:00:00Z");
+    respond(send, serde_json::to_value(&with_finalizer).unwrap());
+    let (event, send) = expect_request(&mut handle, Method::POST, EVENTS).await;
+    respond(send, event);
+    task.await.unwrap().expect("status written");
+
+    // 3. Deleted: cleanup runs and the finalizer is removed; nothing else.
+    let mut deleting = with_finalizer.clone();
+    deleting.meta_mut().deletion_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+        k8s_openapi::jiff::Timestamp::from_second(1_795_000_000).unwrap(),
+    ));
+    let task = tokio::spawn(reconcile(Arc::new(deleting.clone()), kctx.clone()));
+    let (remove, send) = expect_request(&mut handle, Method::PATCH, path).await;
+    let text = remove.to_string();
+    assert!(text.contains("remove") || text.contains("finalizers"), "{text}");
+    respond(send, serde_json::to_value(&request).unwrap());
+    task.await.unwrap().expect("finalizer removed");
+    assert_no_request(&mut handle).await;
+}
+
+#[tokio::test]
+async fn shard_reads_its_secret_and_a_missing_one_fails_with_backoff() {
+    let (kctx, mut handle) = mock_context(true);
+    let shard = with_meta(example::<ArchiverShard>("archiver-shard.yaml"), 2);
+    let secret_path = "/api/v1/namespaces/archiver/secrets/redis-shard-0";
+    let status_path = "/apis/archiver.uptime.dev/v1alpha1/namespaces/archiver/archivershards/shard-0/status";
+
+    let task = tokio::spawn(reconcile(Arc::new(shard.clone()), kctx.clone()));
+    let (_, send) = expect_request(&mut handle, Method::GET, secret_path).await;
+    respond(
+        send,
+        json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "redis-shard-0", "namespace": "archiver"},
+               "data": {"url": "cmVkaXM6Ly9zZWNyZXQtaG9zdDo2Mzc5LzA="}}),
+    );
+    let (patch, send) = expect_request(&mut handle, Method::PATCH, status_path).await;
+    assert_eq!(ready(&patch["status"]), ("True", "Reconciled"));
+    assert!(!patch.to_string().contains("secret-host"), "the Redis URL must not reach status");
+    respond(send, serde_json::to_value(&shard).unwrap());
+    let (event, send) = expect_request(&mut handle, Method::POST, EVENTS).await;
+    assert!(!event.to_string().contains("secret-host"), "the Redis URL must not reach an event");
+    respond(send, event);
+    task.await.unwrap().expect("reconciled");
+
+    // The Secret is gone: Ready turns False with the reason, a Warning event, an error.
+    let task = tokio::spawn(reconcile(Arc::new(shard.clone()), kctx.clone()));
+    let (_, send) = expect_request(&mut handle, Method::GET, secret_path).await;
+    respond_status(
+        send,
+        404,
+        json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "NotFound", "code": 404,
+               "message": "secrets \"redis-shard-0\" not found"}),
+    );
+    let (patch, send) = expect_request(&mut handle, Method::PATCH, status_path).await;
+    assert_eq!(ready(&patch["status"]), ("False", "ReconcileFailed"));
+    let message = patch["status"]["conditions"][0]["message"].as_str().unwrap();
+    assert!(message.contains("redis-shard-0"), "{message}");
+    respond(send, serde_json::to_value(&shard).unwrap());
+    let (event, send) = expect_request(&mut handle, Method::POST, EVENTS).await;
+    assert_eq!(event["type"], "Warning");
+    respond(send, event);
+    let error = task.await.unwrap().expect_err("a missing Secret fails the reconcile");
+
+    let first = error_policy(Arc::new(shard.clone()), &error, kctx.clone());
+    let second = error_policy(Arc::new(shard), &error, kctx);
+    assert_eq!(first, Action::requeue(backoff(1)));
+    assert_eq!(second, Action::requeue(backoff(2)));
+    assert!(backoff(2) > backoff(1));
+    assert_eq!(backoff(30), Duration::from_secs(300));
+}
