@@ -7,6 +7,16 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 use crate::api;
+use crate::runtime::config::OperatorArgs;
+use crate::runtime::status_store::{StatusStore, StoredObject};
+
+/// Output format of `status`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum OutputFormat {
+    Table,
+    Json,
+    Yaml,
+}
 
 /// Kubernetes operator that archives uptime verdicts from Redis into Postgres,
 /// enforces tiered retention, manages monthly partitions and runs GDPR erasures.
@@ -42,6 +52,31 @@ pub enum Command {
         #[arg(long, value_name = "DIR", default_value = "examples")]
         examples: PathBuf,
     },
+    /// Run the operator: against the Kubernetes API (default), or standalone
+    /// against a directory of manifests (`--manifests DIR`).
+    Run {
+        /// Read custom resources and Secrets from this directory instead of
+        /// the API server; status goes to DIR/.archiver/status/.
+        #[arg(long, value_name = "DIR")]
+        manifests: Option<PathBuf>,
+        /// Reconcile every object once and exit (0 when all succeeded).
+        #[arg(long, requires = "manifests")]
+        once: bool,
+        /// The time the pass runs at (RFC 3339), for deterministic passes.
+        #[arg(long, value_name = "RFC3339", requires = "once")]
+        now: Option<chrono::DateTime<chrono::Utc>>,
+        #[command(flatten)]
+        operator: OperatorArgs,
+    },
+    /// Print the status the standalone operator keeps for a manifests directory.
+    Status {
+        /// The manifests directory given to `run --manifests`.
+        #[arg(long, value_name = "DIR")]
+        manifests: PathBuf,
+        /// Output format.
+        #[arg(short = 'o', long, value_enum, default_value = "table")]
+        output: OutputFormat,
+    },
     /// Apply the embedded schema migrations to a database (idempotent).
     Migrate {
         /// Postgres URL, e.g. postgres://user:password@host:5432/archiver.
@@ -56,6 +91,13 @@ pub async fn run(cli: Cli) -> ExitCode {
         Command::Crd { output_dir } => print_or_write_crds(output_dir.as_deref()),
         Command::Validate { files } => validate(&files),
         Command::Migrate { database_url } => migrate(&database_url).await,
+        Command::Run {
+            manifests,
+            once,
+            now,
+            operator,
+        } => run_operator(manifests, once, now, operator).await,
+        Command::Status { manifests, output } => print_status(&manifests, output),
         Command::Demo { examples } => match crate::demo::run(&examples).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(error) => {
@@ -90,42 +132,8 @@ fn print_or_write_crds(output_dir: Option<&Path>) -> ExitCode {
     ExitCode::SUCCESS
 }
 
-/// Expands directories into the YAML files they contain (sorted, recursive).
-pub fn manifest_files(paths: &[PathBuf]) -> Vec<PathBuf> {
-    let mut files = Vec::new();
-    for path in paths {
-        if path.is_dir() {
-            let mut found = Vec::new();
-            collect_yaml(path, &mut found);
-            found.sort();
-            files.extend(found);
-        } else {
-            files.push(path.clone());
-        }
-    }
-    files
-}
-
-fn collect_yaml(dir: &Path, out: &mut Vec<PathBuf>) {
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return;
-    };
-    for entry in entries.flatten() {
-        let path = entry.path();
-        let hidden = entry.file_name().to_string_lossy().starts_with('.');
-        if hidden {
-            continue;
-        }
-        if path.is_dir() {
-            collect_yaml(&path, out);
-        } else if path.extension().is_some_and(|e| e == "yaml" || e == "yml") {
-            out.push(path);
-        }
-    }
-}
-
 fn validate(paths: &[PathBuf]) -> ExitCode {
-    let files = manifest_files(paths);
+    let files = api::validation::manifest_files(paths);
     let problems = api::validation::validate_files(&files);
     if problems.is_empty() {
         println!("{} file(s) valid", files.len());
@@ -159,4 +167,138 @@ async fn migrate(database_url: &str) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+async fn run_operator(
+    manifests: Option<PathBuf>,
+    once: bool,
+    now: Option<chrono::DateTime<chrono::Utc>>,
+    operator: OperatorArgs,
+) -> ExitCode {
+    use crate::runtime::operator;
+    crate::runtime::telemetry::init(operator.log_format);
+    let result = match (manifests, once) {
+        (Some(dir), true) => match operator::run_once(dir, now, &operator).await {
+            Ok(report) => {
+                print_pass(&report);
+                if report.is_success() {
+                    Ok(())
+                } else {
+                    Err(operator::RunError::PassFailed {
+                        failed: report.failed.len(),
+                        invalid: report.invalid.len(),
+                    })
+                }
+            }
+            Err(error) => Err(error),
+        },
+        (Some(dir), false) => operator::run_standalone(dir, &operator).await,
+        (None, _) => operator::run_in_cluster(&operator).await,
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn print_pass(report: &crate::runtime::manifests::PassReport) {
+    for label in &report.reconciled {
+        println!("reconciled  {label}");
+    }
+    for label in &report.paused {
+        println!("paused      {label}");
+    }
+    for (label, error) in &report.failed {
+        println!("failed      {label}: {error}");
+    }
+    for problem in &report.invalid {
+        println!("invalid     {problem}");
+    }
+}
+
+fn print_status(dir: &Path, output: OutputFormat) -> ExitCode {
+    let objects = match StatusStore::for_manifests(dir).list() {
+        Ok(objects) => objects,
+        Err(error) => {
+            eprintln!("error: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let printed = match output {
+        OutputFormat::Json => serde_json::to_string_pretty(&objects).map_err(|e| e.to_string()),
+        OutputFormat::Yaml => serde_yaml_ng::to_string(&objects).map_err(|e| e.to_string()),
+        OutputFormat::Table => Ok(status_table(&objects)),
+    };
+    match printed {
+        Ok(text) => {
+            println!("{}", text.trim_end());
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!("error: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// One line per object: what `kubectl get archiver` would show.
+pub fn status_table(objects: &[StoredObject]) -> String {
+    let mut rows = vec![[
+        "KIND".to_string(),
+        "NAMESPACE".into(),
+        "NAME".into(),
+        "GEN".into(),
+        "OBSERVED".into(),
+        "READY".into(),
+        "REASON".into(),
+        "LAST RECONCILED".into(),
+    ]];
+    for object in objects {
+        let ready = object.status["conditions"]
+            .as_array()
+            .and_then(|c| c.iter().find(|c| c["type"] == "Ready"));
+        let field = |key: &str| {
+            ready
+                .and_then(|c| c[key].as_str())
+                .unwrap_or("-")
+                .to_string()
+        };
+        let reason = if object.paused {
+            "Paused".to_string()
+        } else {
+            field("reason")
+        };
+        rows.push([
+            object.kind.clone(),
+            object.namespace.clone(),
+            object.name.clone(),
+            object.generation.to_string(),
+            object.status["observedGeneration"]
+                .as_i64()
+                .map_or("-".into(), |g| g.to_string()),
+            field("status"),
+            reason,
+            object
+                .last_reconciled
+                .map_or("-".into(), |t| t.format("%Y-%m-%dT%H:%M:%SZ").to_string()),
+        ]);
+    }
+    let widths: Vec<usize> = (0..8)
+        .map(|i| rows.iter().map(|row| row[i].len()).max().unwrap_or(0))
+        .collect();
+    rows.iter()
+        .map(|row| {
+            row.iter()
+                .zip(&widths)
+                .map(|(cell, width)| format!("{cell:<width$}"))
+                .collect::<Vec<_>>()
+                .join("  ")
+                .trim_end()
+                .to_string()
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
 }

@@ -48,7 +48,7 @@ pub async fn run(examples: &Path) -> Result<(), DemoError> {
     println!("   tables: {}", tables.join(", "));
 
     println!("== validating the manifests in {}", examples.display());
-    let files: Vec<PathBuf> = crate::cli::manifest_files(&[examples.to_path_buf()]);
+    let files: Vec<PathBuf> = crate::api::validation::manifest_files(&[examples.to_path_buf()]);
     let problems = validate_files(&files);
     if !problems.is_empty() {
         let problems: Vec<String> = problems.iter().map(ToString::to_string).collect();

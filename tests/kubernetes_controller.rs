@@ -23,7 +23,9 @@ use archiver_operator::runtime::metrics::Metrics;
 type MockHandle = Handle<Request<Body>, Response<Body>>;
 
 fn example<T: serde::de::DeserializeOwned>(file: &str) -> T {
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples").join(file);
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("examples")
+        .join(file);
     let text = std::fs::read_to_string(path).expect("example exists");
     serde_yaml_ng::from_str(&text).expect("example parses")
 }
@@ -51,11 +53,18 @@ fn mock_context(secrets_from_cluster: bool) -> (Arc<KubeContext>, MockHandle) {
         secrets,
         metrics: Arc::new(Metrics::new()),
     };
-    (Arc::new(KubeContext::new(ctx, client, Some("operator-0".into()))), handle)
+    (
+        Arc::new(KubeContext::new(ctx, client, Some("operator-0".into()))),
+        handle,
+    )
 }
 
 /// Waits for the next request, asserts its method and path, returns its JSON body.
-async fn expect_request(handle: &mut MockHandle, method: Method, path: &str) -> (Value, SendResponse<Response<Body>>) {
+async fn expect_request(
+    handle: &mut MockHandle,
+    method: Method,
+    path: &str,
+) -> (Value, SendResponse<Response<Body>>) {
     let (request, send) = tokio::time::timeout(Duration::from_secs(5), handle.next_request())
         .await
         .unwrap_or_else(|_| panic!("no request; expected {method} {path}"))
@@ -76,7 +85,11 @@ async fn expect_request(handle: &mut MockHandle, method: Method, path: &str) -> 
 }
 
 fn respond(send: SendResponse<Response<Body>>, body: Value) {
-    send.send_response(Response::builder().body(Body::from(serde_json::to_vec(&body).unwrap())).unwrap());
+    send.send_response(
+        Response::builder()
+            .body(Body::from(serde_json::to_vec(&body).unwrap()))
+            .unwrap(),
+    );
 }
 
 fn respond_status(send: SendResponse<Response<Body>>, code: u16, body: Value) {
@@ -93,17 +106,27 @@ fn ready(status: &Value) -> (&str, &str) {
         .as_array()
         .and_then(|c| c.iter().find(|c| c["type"] == "Ready"))
         .expect("a Ready condition");
-    (condition["status"].as_str().unwrap(), condition["reason"].as_str().unwrap())
+    (
+        condition["status"].as_str().unwrap(),
+        condition["reason"].as_str().unwrap(),
+    )
 }
 
 async fn assert_no_request(handle: &mut MockHandle) {
     // Either nothing arrives, or every client is gone (no request can come).
-    if let Ok(Some((request, _))) = tokio::time::timeout(Duration::from_millis(100), handle.next_request()).await {
-        panic!("expected no request, got {} {}", request.method(), request.uri());
+    if let Ok(Some((request, _))) =
+        tokio::time::timeout(Duration::from_millis(100), handle.next_request()).await
+    {
+        panic!(
+            "expected no request, got {} {}",
+            request.method(),
+            request.uri()
+        );
     }
 }
 
-const POLICY_STATUS: &str = "/apis/archiver.uptime.dev/v1alpha1/namespaces/archiver/retentionpolicies/tiers/status";
+const POLICY_STATUS: &str =
+    "/apis/archiver.uptime.dev/v1alpha1/namespaces/archiver/retentionpolicies/tiers/status";
 const EVENTS: &str = "/apis/events.k8s.io/v1/namespaces/archiver/events";
 
 #[tokio::test]
@@ -114,7 +137,12 @@ async fn retention_policy_status_is_applied_then_an_event_recorded() {
     let task = tokio::spawn(reconcile(object, kctx));
 
     let (patch, send) = expect_request(&mut handle, Method::PATCH, POLICY_STATUS).await;
-    assert!(patch["__query"].as_str().unwrap().contains("fieldManager=archiver-operator"));
+    assert!(
+        patch["__query"]
+            .as_str()
+            .unwrap()
+            .contains("fieldManager=archiver-operator")
+    );
     assert!(patch["__query"].as_str().unwrap().contains("force=true"));
     assert_eq!(patch["kind"], "RetentionPolicy");
     assert_eq!(patch["apiVersion"], "archiver.uptime.dev/v1alpha1");
@@ -149,10 +177,13 @@ async fn an_unchanged_status_is_not_written_again() {
     steady.status = Some(serde_json::from_value(patch["status"].clone()).unwrap());
     // A request would wait for an answer that never comes: the reconcile
     // must finish on its own, and the server must have seen nothing.
-    tokio::time::timeout(Duration::from_secs(2), reconcile(Arc::new(steady), kctx.clone()))
-        .await
-        .expect("no request was awaited")
-        .expect("steady reconcile");
+    tokio::time::timeout(
+        Duration::from_secs(2),
+        reconcile(Arc::new(steady), kctx.clone()),
+    )
+    .await
+    .expect("no request was awaited")
+    .expect("steady reconcile");
     assert_no_request(&mut handle).await;
 }
 
@@ -165,10 +196,13 @@ async fn a_paused_object_makes_no_request() {
         .annotations
         .get_or_insert_with(Default::default)
         .insert("archiver.uptime.dev/reconcile".into(), "disabled".into());
-    let action = tokio::time::timeout(Duration::from_secs(2), reconcile(Arc::new(policy), kctx.clone()))
-        .await
-        .expect("no request was awaited")
-        .expect("paused is not an error");
+    let action = tokio::time::timeout(
+        Duration::from_secs(2),
+        reconcile(Arc::new(policy), kctx.clone()),
+    )
+    .await
+    .expect("no request was awaited")
+    .expect("paused is not an error");
     assert_eq!(action, Action::await_change());
     assert_no_request(&mut handle).await;
 }
@@ -182,7 +216,10 @@ async fn deletion_request_gets_its_finalizer_then_status_then_loses_it_on_delete
     // 1. No finalizer yet: the first request adds it (JSON patch with a test).
     let task = tokio::spawn(reconcile(Arc::new(request.clone()), kctx.clone()));
     let (patch, send) = expect_request(&mut handle, Method::PATCH, path).await;
-    assert!(patch.to_string().contains("archiver.uptime.dev/cleanup"), "{patch}");
+    assert!(
+        patch.to_string().contains("archiver.uptime.dev/cleanup"),
+        "{patch}"
+    );
     let mut with_finalizer = request.clone();
     with_finalizer.meta_mut().finalizers = Some(vec!["archiver.uptime.dev/cleanup".into()]);
     respond(send, serde_json::to_value(&with_finalizer).unwrap());
@@ -190,7 +227,8 @@ async fn deletion_request_gets_its_finalizer_then_status_then_loses_it_on_delete
 
     // 2. With the finalizer: status (Pending, deadline = receivedAt + 30 d) and an event.
     let task = tokio::spawn(reconcile(Arc::new(with_finalizer.clone()), kctx.clone()));
-    let (status_patch, send) = expect_request(&mut handle, Method::PATCH, &format!("{path}/status")).await;
+    let (status_patch, send) =
+        expect_request(&mut handle, Method::PATCH, &format!("{path}/status")).await;
     assert_eq!(status_patch["status"]["phase"], "Pending");
     assert_eq!(status_patch["status"]["deadline"], "2026-12-22T09:00:00Z");
     respond(send, serde_json::to_value(&with_finalizer).unwrap());
@@ -200,13 +238,17 @@ async fn deletion_request_gets_its_finalizer_then_status_then_loses_it_on_delete
 
     // 3. Deleted: cleanup runs and the finalizer is removed; nothing else.
     let mut deleting = with_finalizer.clone();
-    deleting.meta_mut().deletion_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
-        k8s_openapi::jiff::Timestamp::from_second(1_795_000_000).unwrap(),
-    ));
+    deleting.meta_mut().deletion_timestamp =
+        Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+            k8s_openapi::jiff::Timestamp::from_second(1_795_000_000).unwrap(),
+        ));
     let task = tokio::spawn(reconcile(Arc::new(deleting.clone()), kctx.clone()));
     let (remove, send) = expect_request(&mut handle, Method::PATCH, path).await;
     let text = remove.to_string();
-    assert!(text.contains("remove") || text.contains("finalizers"), "{text}");
+    assert!(
+        text.contains("remove") || text.contains("finalizers"),
+        "{text}"
+    );
     respond(send, serde_json::to_value(&request).unwrap());
     task.await.unwrap().expect("finalizer removed");
     assert_no_request(&mut handle).await;
@@ -217,7 +259,8 @@ async fn shard_reads_its_secret_and_a_missing_one_fails_with_backoff() {
     let (kctx, mut handle) = mock_context(true);
     let shard = with_meta(example::<ArchiverShard>("archiver-shard.yaml"), 2);
     let secret_path = "/api/v1/namespaces/archiver/secrets/redis-shard-0";
-    let status_path = "/apis/archiver.uptime.dev/v1alpha1/namespaces/archiver/archivershards/shard-0/status";
+    let status_path =
+        "/apis/archiver.uptime.dev/v1alpha1/namespaces/archiver/archivershards/shard-0/status";
 
     let task = tokio::spawn(reconcile(Arc::new(shard.clone()), kctx.clone()));
     let (_, send) = expect_request(&mut handle, Method::GET, secret_path).await;
@@ -228,10 +271,16 @@ async fn shard_reads_its_secret_and_a_missing_one_fails_with_backoff() {
     );
     let (patch, send) = expect_request(&mut handle, Method::PATCH, status_path).await;
     assert_eq!(ready(&patch["status"]), ("True", "Reconciled"));
-    assert!(!patch.to_string().contains("secret-host"), "the Redis URL must not reach status");
+    assert!(
+        !patch.to_string().contains("secret-host"),
+        "the Redis URL must not reach status"
+    );
     respond(send, serde_json::to_value(&shard).unwrap());
     let (event, send) = expect_request(&mut handle, Method::POST, EVENTS).await;
-    assert!(!event.to_string().contains("secret-host"), "the Redis URL must not reach an event");
+    assert!(
+        !event.to_string().contains("secret-host"),
+        "the Redis URL must not reach an event"
+    );
     respond(send, event);
     task.await.unwrap().expect("reconciled");
 
@@ -246,13 +295,18 @@ async fn shard_reads_its_secret_and_a_missing_one_fails_with_backoff() {
     );
     let (patch, send) = expect_request(&mut handle, Method::PATCH, status_path).await;
     assert_eq!(ready(&patch["status"]), ("False", "ReconcileFailed"));
-    let message = patch["status"]["conditions"][0]["message"].as_str().unwrap();
+    let message = patch["status"]["conditions"][0]["message"]
+        .as_str()
+        .unwrap();
     assert!(message.contains("redis-shard-0"), "{message}");
     respond(send, serde_json::to_value(&shard).unwrap());
     let (event, send) = expect_request(&mut handle, Method::POST, EVENTS).await;
     assert_eq!(event["type"], "Warning");
     respond(send, event);
-    let error = task.await.unwrap().expect_err("a missing Secret fails the reconcile");
+    let error = task
+        .await
+        .unwrap()
+        .expect_err("a missing Secret fails the reconcile");
 
     let first = error_policy(Arc::new(shard.clone()), &error, kctx.clone());
     let second = error_policy(Arc::new(shard), &error, kctx);

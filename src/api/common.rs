@@ -103,6 +103,12 @@ pub fn kube_time(at: DateTime<Utc>) -> Time {
     Time(k8s_openapi::jiff::Timestamp::from_nanosecond(i128::from(nanos)).unwrap_or_default())
 }
 
+/// Converts a Kubernetes `Time` back into a chrono timestamp.
+pub fn chrono_time(time: &Time) -> Option<DateTime<Utc>> {
+    let nanos = u32::try_from(time.0.subsec_nanosecond()).unwrap_or(0);
+    DateTime::from_timestamp(time.0.as_second(), nanos)
+}
+
 /// The desired state of one condition; [`set_condition`] turns it into a
 /// `metav1.Condition` and keeps `lastTransitionTime` when the status is unchanged.
 #[derive(Debug, Clone, PartialEq, Eq)]

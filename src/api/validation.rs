@@ -359,6 +359,41 @@ pub fn cross_object_problems(docs: &[&Document]) -> Vec<Problem> {
     problems
 }
 
+/// Expands directories into the YAML files they contain (sorted, recursive;
+/// hidden entries such as `.archiver/` and `.git/` are skipped).
+pub fn manifest_files(paths: &[PathBuf]) -> Vec<PathBuf> {
+    let mut files = Vec::new();
+    for path in paths {
+        if path.is_dir() {
+            let mut found = Vec::new();
+            collect_yaml(path, &mut found);
+            found.sort();
+            files.extend(found);
+        } else {
+            files.push(path.clone());
+        }
+    }
+    files
+}
+
+fn collect_yaml(dir: &Path, out: &mut Vec<PathBuf>) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let hidden = entry.file_name().to_string_lossy().starts_with('.');
+        if hidden {
+            continue;
+        }
+        if path.is_dir() {
+            collect_yaml(&path, out);
+        } else if path.extension().is_some_and(|e| e == "yaml" || e == "yml") {
+            out.push(path);
+        }
+    }
+}
+
 /// Validates files as the `validate` command does: every problem of every
 /// document, then the cross-object rules over the valid ones.
 pub fn validate_files(files: &[PathBuf]) -> Vec<Problem> {

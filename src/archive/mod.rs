@@ -25,9 +25,21 @@ impl Managed for ArchiverShard {
             // Resolving the URL proves the Secret reference works; the value
             // itself is never logged or written to status.
             let namespace = self.namespace().unwrap_or_else(|| "default".into());
-            ctx.secrets.resolve(&namespace, &self.spec.redis.url_secret_ref).await?;
+            ctx.secrets
+                .resolve(&namespace, &self.spec.redis.url_secret_ref)
+                .await?;
         }
-        let message = format!("shard {} configured; Redis URL Secret resolved", self.spec.shard_id);
-        Ok(finish(self, ctx, status, &problems, &message, Duration::from_secs(60)))
+        let message = format!(
+            "shard {} configured; Redis URL Secret resolved",
+            self.spec.shard_id
+        );
+        Ok(finish(
+            self,
+            ctx,
+            status,
+            &problems,
+            &message,
+            Duration::from_secs(60),
+        ))
     }
 }

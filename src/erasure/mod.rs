@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 
+use crate::api::common::chrono_time;
 use crate::api::deletion_request::DeletionPhase;
 use crate::api::{DeletionRequest, DeletionRequestStatus};
 use crate::runtime::context::Context;
@@ -20,8 +21,11 @@ pub const RESPONSE_DAYS: i64 = 30;
 /// When the request was received: `spec.receivedAt`, else the object's creation.
 pub fn received_at(request: &DeletionRequest) -> Option<DateTime<Utc>> {
     request.spec.received_at.or_else(|| {
-        let created = request.metadata.creation_timestamp.as_ref()?;
-        DateTime::from_timestamp(created.0.as_second(), created.0.subsec_nanosecond().max(0) as u32)
+        request
+            .metadata
+            .creation_timestamp
+            .as_ref()
+            .and_then(chrono_time)
     })
 }
 
@@ -42,6 +46,13 @@ impl Managed for DeletionRequest {
             status.phase = Some(DeletionPhase::Pending);
         }
         status.deadline = received_at(self).map(|at| at + chrono::Duration::days(RESPONSE_DAYS));
-        Ok(finish(self, ctx, status, &problems, "request accepted", Duration::from_secs(60)))
+        Ok(finish(
+            self,
+            ctx,
+            status,
+            &problems,
+            "request accepted",
+            Duration::from_secs(60),
+        ))
     }
 }

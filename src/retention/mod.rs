@@ -19,6 +19,13 @@ impl Managed for RetentionPolicy {
 
     async fn reconcile(&self, ctx: &Context) -> Result<Outcome<Self::Status>, ReconcileError> {
         let (status, problems) = begin_status(self, ctx);
-        Ok(finish(self, ctx, status, &problems, "tier table valid", Duration::from_secs(300)))
+        Ok(finish(
+            self,
+            ctx,
+            status,
+            &problems,
+            "tier table valid",
+            Duration::from_secs(300),
+        ))
     }
 }

@@ -44,11 +44,19 @@ pub struct OperatorArgs {
     #[arg(long, env = "ARCHIVER_SUPPRESSION_SALT", hide_env_values = true)]
     pub suppression_salt: Option<SecretString>,
     /// Read-side cache-invalidation URL, POSTed on every erasure (repeatable).
-    #[arg(long = "cache-invalidate-url", env = "ARCHIVER_CACHE_INVALIDATE_URLS", value_delimiter = ',')]
+    #[arg(
+        long = "cache-invalidate-url",
+        env = "ARCHIVER_CACHE_INVALIDATE_URLS",
+        value_delimiter = ','
+    )]
     pub cache_invalidate_urls: Vec<String>,
     /// Alert-router Redis key pattern erased with a server, e.g.
     /// `alert:{tenant}:{server}:*` (repeatable).
-    #[arg(long = "alert-key-pattern", env = "ARCHIVER_ALERT_KEY_PATTERNS", value_delimiter = ',')]
+    #[arg(
+        long = "alert-key-pattern",
+        env = "ARCHIVER_ALERT_KEY_PATTERNS",
+        value_delimiter = ','
+    )]
     pub alert_key_patterns: Vec<String>,
     /// Address of /health, /ready and /metrics.
     #[arg(long, env = "ARCHIVER_HTTP_ADDR", default_value = "0.0.0.0:8080")]

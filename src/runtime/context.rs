@@ -61,7 +61,11 @@ impl std::fmt::Debug for SecretSource {
 
 impl SecretSource {
     /// The value of `reference` in `namespace`.
-    pub async fn resolve(&self, namespace: &str, reference: &SecretKeyRef) -> Result<SecretString, SecretError> {
+    pub async fn resolve(
+        &self,
+        namespace: &str,
+        reference: &SecretKeyRef,
+    ) -> Result<SecretString, SecretError> {
         let not_found = || SecretError::NotFound {
             namespace: namespace.to_string(),
             name: reference.name.clone(),

@@ -18,10 +18,13 @@ use kube::runtime::reflector;
 use kube::runtime::utils::{PredicateConfig, WatchStreamExt};
 use kube::runtime::watcher;
 use kube::{Client, Resource, ResourceExt};
+use tracing::Instrument;
 
 use super::context::Context;
-use super::reconcile::{Event, EventType, FINALIZER, Managed, ObjectStatus, ReconcileError, is_paused, object_label};
-use crate::api::common::{ConditionUpdate, condition_types, set_condition};
+use super::reconcile::{
+    Event, EventType, FINALIZER, Managed, ReconcileError, failed_status, failure_event, is_paused,
+    object_label,
+};
 use crate::api::{ArchiverShard, DeletionRequest, PartitionSchedule, RetentionPolicy};
 
 /// Field manager of every server-side apply the operator makes.
@@ -69,7 +72,9 @@ impl KubeContext {
     }
 
     fn failures(&self) -> std::sync::MutexGuard<'_, HashMap<String, u32>> {
-        self.failures.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.failures
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
 
@@ -113,9 +118,8 @@ where
     })
     .await
     .map_err(|error| match error {
-        kube::runtime::finalizer::Error::ApplyFailed(inner) | kube::runtime::finalizer::Error::CleanupFailed(inner) => {
-            inner
-        }
+        kube::runtime::finalizer::Error::ApplyFailed(inner)
+        | kube::runtime::finalizer::Error::CleanupFailed(inner) => inner,
         other => KubeSourceError::Finalizer {
             object: label,
             message: other.to_string(),
@@ -123,19 +127,24 @@ where
     })
 }
 
-async fn apply<K>(object: Arc<K>, api: &Api<K>, kctx: &KubeContext) -> Result<Action, KubeSourceError>
+async fn apply<K>(
+    object: Arc<K>,
+    api: &Api<K>,
+    kctx: &KubeContext,
+) -> Result<Action, KubeSourceError>
 where
     K: Managed + Resource<Scope = NamespaceResourceScope>,
 {
     let label = object_label(object.as_ref());
-    let span = tracing::info_span!("reconcile", kind = %K::kind(&()), namespace = %object.namespace().unwrap_or_default(), name = %object.name_any());
-    let _entered = span.enter();
+    let span = tracing::info_span!("reconcile", kind = %K::kind(&()), namespace = %object.namespace().unwrap_or_default(), object = %object.name_any());
     let started = Instant::now();
-    let result = object.reconcile(&kctx.ctx).await;
+    let result = object.reconcile(&kctx.ctx).instrument(span).await;
     let elapsed = started.elapsed().as_secs_f64();
-    kctx.ctx
-        .metrics
-        .observe_reconcile(&K::kind(&()), elapsed, result.as_ref().err().map(ReconcileError::metric_label));
+    kctx.ctx.metrics.observe_reconcile(
+        &K::kind(&()),
+        elapsed,
+        result.as_ref().err().map(ReconcileError::metric_label),
+    );
     match result {
         Ok(outcome) => {
             kctx.failures().remove(&label);
@@ -144,40 +153,23 @@ where
             Ok(Action::requeue(outcome.requeue_after))
         }
         Err(source) => {
-            let status = failed_status(object.as_ref(), &source, kctx);
+            let status = failed_status(object.as_ref(), &source, kctx.ctx.clock.now());
             write_status(object.as_ref(), api, &status).await?;
-            let event = Event {
-                type_: EventType::Warning,
-                reason: "ReconcileFailed".into(),
-                action: "Reconcile".into(),
-                note: source.to_string(),
-            };
-            publish(kctx, object.as_ref(), std::slice::from_ref(&event)).await;
-            Err(KubeSourceError::Reconcile { object: label, source })
+            publish(kctx, object.as_ref(), &[failure_event(&source)]).await;
+            Err(KubeSourceError::Reconcile {
+                object: label,
+                source,
+            })
         }
     }
 }
 
-/// The previous status with `Ready` false and the error as its message.
-pub fn failed_status<K: Managed>(object: &K, error: &ReconcileError, kctx: &KubeContext) -> K::Status {
-    let mut status = object.status().cloned().unwrap_or_default();
-    status.set_observed_generation(object.meta().generation);
-    set_condition(
-        status.conditions_mut(),
-        ConditionUpdate {
-            type_: condition_types::READY,
-            status: false,
-            reason: "ReconcileFailed",
-            message: error.to_string(),
-        },
-        object.meta().generation,
-        kctx.ctx.clock.now(),
-    );
-    status
-}
-
 /// Server-side applies `status` unless it is what the object already has.
-async fn write_status<K>(object: &K, api: &Api<K>, status: &K::Status) -> Result<(), KubeSourceError>
+async fn write_status<K>(
+    object: &K,
+    api: &Api<K>,
+    status: &K::Status,
+) -> Result<(), KubeSourceError>
 where
     K: Managed,
 {
@@ -189,13 +181,17 @@ where
         "kind": K::kind(&()),
         "status": status,
     });
-    api.patch_status(&object.name_any(), &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&patch))
-        .await
-        .map(|_| ())
-        .map_err(|source| KubeSourceError::Status {
-            object: object_label(object),
-            source,
-        })
+    api.patch_status(
+        &object.name_any(),
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(&patch),
+    )
+    .await
+    .map(|_| ())
+    .map_err(|source| KubeSourceError::Status {
+        object: object_label(object),
+        source,
+    })
 }
 
 async fn publish<K: Managed>(kctx: &KubeContext, object: &K, events: &[Event]) {
@@ -271,8 +267,11 @@ where
     Controller::for_stream(stream, reader)
 }
 
-async fn drive<K>(controller: Controller<K>, kctx: Arc<KubeContext>, shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static)
-where
+async fn drive<K>(
+    controller: Controller<K>,
+    kctx: Arc<KubeContext>,
+    shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+) where
     K: Managed + Resource<Scope = NamespaceResourceScope>,
 {
     controller
@@ -300,13 +299,26 @@ pub async fn run_controllers(
     // The shard workers are Deployments the operator owns: a change to one
     // wakes its shard's reconcile.
     let deployments = api_for::<Deployment>(&client, namespace);
-    let shards = controller_for::<ArchiverShard>(&client, namespace)
-        .owns(deployments, watcher::Config::default().labels("app.kubernetes.io/managed-by=archiver-operator"));
+    let shards = controller_for::<ArchiverShard>(&client, namespace).owns(
+        deployments,
+        watcher::Config::default().labels("app.kubernetes.io/managed-by=archiver-operator"),
+    );
     tokio::join!(
         drive(shards, kctx.clone(), stop(shutdown.clone())),
-        drive(controller_for::<RetentionPolicy>(&client, namespace), kctx.clone(), stop(shutdown.clone())),
-        drive(controller_for::<PartitionSchedule>(&client, namespace), kctx.clone(), stop(shutdown.clone())),
-        drive(controller_for::<DeletionRequest>(&client, namespace), kctx.clone(), stop(shutdown.clone())),
+        drive(
+            controller_for::<RetentionPolicy>(&client, namespace),
+            kctx.clone(),
+            stop(shutdown.clone())
+        ),
+        drive(
+            controller_for::<PartitionSchedule>(&client, namespace),
+            kctx.clone(),
+            stop(shutdown.clone())
+        ),
+        drive(
+            controller_for::<DeletionRequest>(&client, namespace),
+            kctx.clone(),
+            stop(shutdown.clone())
+        ),
     );
 }
-

@@ -42,7 +42,11 @@ impl Metrics {
         let reconcile_duration = Family::<KindLabels, Histogram>::new_with_constructor(|| {
             Histogram::new(exponential_buckets(0.005, 2.0, 14))
         });
-        registry.register("reconciles", "Reconciliations run, by kind", reconciles.clone());
+        registry.register(
+            "reconciles",
+            "Reconciliations run, by kind",
+            reconciles.clone(),
+        );
         registry.register(
             "reconcile_failures",
             "Reconciliations that failed, by kind and error",
@@ -62,7 +66,12 @@ impl Metrics {
     }
 
     /// Registers a metric added by a domain module (drain lag, coverage...).
-    pub fn register(&self, name: &str, help: &str, metric: impl prometheus_client::registry::Metric) {
+    pub fn register(
+        &self,
+        name: &str,
+        help: &str,
+        metric: impl prometheus_client::registry::Metric,
+    ) {
         self.registry
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
@@ -71,9 +80,13 @@ impl Metrics {
 
     /// Records one reconcile of `kind`: its duration and, if it failed, why.
     pub fn observe_reconcile(&self, kind: &str, seconds: f64, failure: Option<&str>) {
-        let labels = KindLabels { kind: kind.to_string() };
+        let labels = KindLabels {
+            kind: kind.to_string(),
+        };
         self.reconciles.get_or_create(&labels).inc();
-        self.reconcile_duration.get_or_create(&labels).observe(seconds);
+        self.reconcile_duration
+            .get_or_create(&labels)
+            .observe(seconds);
         if let Some(error) = failure {
             self.reconcile_failures
                 .get_or_create(&FailureLabels {
@@ -87,7 +100,10 @@ impl Metrics {
     /// The Prometheus text exposition of every metric.
     pub fn encode(&self) -> String {
         let mut text = String::new();
-        let registry = self.registry.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let registry = self
+            .registry
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         // Writing into a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut text, &registry);
         text
@@ -104,11 +120,16 @@ mod tests {
         metrics.observe_reconcile("RetentionPolicy", 0.01, None);
         metrics.observe_reconcile("RetentionPolicy", 0.02, Some("InvalidSpec"));
         let text = metrics.encode();
-        assert!(text.contains("archiver_reconciles_total{kind=\"RetentionPolicy\"} 2"), "{text}");
+        assert!(
+            text.contains("archiver_reconciles_total{kind=\"RetentionPolicy\"} 2"),
+            "{text}"
+        );
         assert!(
             text.contains("archiver_reconcile_failures_total{kind=\"RetentionPolicy\",error=\"InvalidSpec\"} 1"),
             "{text}"
         );
-        assert!(text.contains("archiver_reconcile_duration_seconds_count{kind=\"RetentionPolicy\"} 2"));
+        assert!(
+            text.contains("archiver_reconcile_duration_seconds_count{kind=\"RetentionPolicy\"} 2")
+        );
     }
 }

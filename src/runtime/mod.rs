@@ -4,6 +4,12 @@
 
 pub mod config;
 pub mod context;
-pub mod metrics;
-pub mod reconcile;
+pub mod http;
 pub mod kubernetes;
+pub mod leader;
+pub mod manifests;
+pub mod metrics;
+pub mod operator;
+pub mod reconcile;
+pub mod status_store;
+pub mod telemetry;

@@ -28,6 +28,7 @@ pub enum EventType {
 /// Something a person should see in `kubectl describe` (or the status file).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct Event {
+    #[serde(rename = "type")]
     pub type_: EventType,
     /// PascalCase reason, e.g. `Reconciled`, `InvalidSpec`.
     pub reason: String,
@@ -73,7 +74,9 @@ impl ReconcileError {
 }
 
 /// Status types with the fields every kind has.
-pub trait ObjectStatus: Clone + Default + Serialize + DeserializeOwned + PartialEq + Debug + Send + Sync + 'static {
+pub trait ObjectStatus:
+    Clone + Default + Serialize + DeserializeOwned + PartialEq + Debug + Send + Sync + 'static
+{
     fn conditions(&self) -> &[Condition];
     fn conditions_mut(&mut self) -> &mut Vec<Condition>;
     fn set_observed_generation(&mut self, generation: Option<i64>);
@@ -117,7 +120,10 @@ pub trait Managed:
     }
 
     /// Brings the world in line with the object and returns its new status.
-    fn reconcile(&self, ctx: &Context) -> impl Future<Output = Result<Outcome<Self::Status>, ReconcileError>> + Send;
+    fn reconcile(
+        &self,
+        ctx: &Context,
+    ) -> impl Future<Output = Result<Outcome<Self::Status>, ReconcileError>> + Send;
 
     /// Runs when a finalizer-carrying object is deleted. Deleting an object
     /// never undoes data work; this only lets in-flight work finish.
@@ -230,5 +236,37 @@ pub fn finish<K: Managed>(
         status,
         events: if changed { vec![event] } else { Vec::new() },
         requeue_after,
+    }
+}
+
+/// The previous status with `Ready` false and the error as its message.
+pub fn failed_status<K: Managed>(
+    object: &K,
+    error: &ReconcileError,
+    now: chrono::DateTime<chrono::Utc>,
+) -> K::Status {
+    let mut status = object.status().cloned().unwrap_or_default();
+    status.set_observed_generation(object.meta().generation);
+    set_condition(
+        status.conditions_mut(),
+        ConditionUpdate {
+            type_: condition_types::READY,
+            status: false,
+            reason: "ReconcileFailed",
+            message: error.to_string(),
+        },
+        object.meta().generation,
+        now,
+    );
+    status
+}
+
+/// The event that goes with a failed reconcile.
+pub fn failure_event(error: &ReconcileError) -> Event {
+    Event {
+        type_: EventType::Warning,
+        reason: "ReconcileFailed".into(),
+        action: "Reconcile".into(),
+        note: error.to_string(),
     }
 }

@@ -1,0 +1,227 @@
+//! The standalone operator as a process: HTTP endpoints, and leader election
+//! between two engines sharing one database.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use archiver_operator::clock::SystemClock;
+use archiver_operator::local_servers::free_port;
+use archiver_operator::runtime::context::{Context, SecretSource};
+use archiver_operator::runtime::leader::postgres_advisory_lock;
+use archiver_operator::runtime::manifests::ManifestsEngine;
+use archiver_operator::runtime::metrics::Metrics;
+use archiver_operator::testing::TestDatabase;
+
+fn copy_examples() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples");
+    for entry in std::fs::read_dir(examples).expect("examples") {
+        let path = entry.expect("entry").path();
+        std::fs::copy(&path, dir.path().join(path.file_name().unwrap())).expect("copy");
+    }
+    dir
+}
+
+/// A minimal HTTP/1.0 GET: status code and body.
+fn get(port: u16, path: &str) -> Option<(u16, String)> {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    let code = response.split_whitespace().nth(1)?.parse().ok()?;
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())?;
+    Some((code, body))
+}
+
+struct Stopped(Child);
+
+impl Drop for Stopped {
+    fn drop(&mut self) {
+        // SIGTERM: the operator stops gracefully, as in a pod.
+        unsafe {
+            libc::kill(self.0.id() as i32, libc::SIGTERM);
+        }
+        let _ = self.0.wait();
+    }
+}
+
+#[tokio::test]
+async fn health_ready_and_metrics_answer_as_specified() {
+    let db = TestDatabase::empty().await;
+    let dir = copy_examples();
+    let port = free_port().expect("free port");
+    let child = Command::new(env!("CARGO_BIN_EXE_archiver-operator"))
+        .args(["run", "--manifests", dir.path().to_str().unwrap()])
+        .args(["--http-addr", &format!("127.0.0.1:{port}")])
+        .env("DATABASE_URL", &db.url)
+        .env("ARCHIVER_LOG_FORMAT", "json")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start the operator");
+    let _guard = Stopped(child);
+
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut metrics = String::new();
+    while Instant::now() < deadline {
+        if let Some((200, body)) = get(port, "/metrics")
+            && body.contains("archiver_reconciles_total{kind=\"DeletionRequest\"}")
+        {
+            metrics = body;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(
+        metrics.contains("archiver_reconcile_duration_seconds"),
+        "metrics never showed reconciles: {metrics}"
+    );
+    assert!(
+        metrics.contains("# EOF"),
+        "OpenMetrics text ends with # EOF"
+    );
+
+    let (code, body) = get(port, "/health").expect("/health answers");
+    assert_eq!((code, body.trim()), (200, "ok"));
+    let (code, body) = get(port, "/ready").expect("/ready answers");
+    assert_eq!(code, 200, "{body}");
+    let ready: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+    assert_eq!(ready["ready"], true);
+    assert_eq!(ready["role"], "leader");
+    assert_eq!(ready["database"], "ok");
+    let (code, _) = get(port, "/nothing").expect("404 answers");
+    assert_eq!(code, 404);
+}
+
+fn engine(dir: &Path, db: &TestDatabase) -> (ManifestsEngine, Arc<Metrics>) {
+    let metrics = Arc::new(Metrics::new());
+    let ctx = Context {
+        clock: Arc::new(SystemClock),
+        db: Some(db.pool.clone()),
+        config: Arc::new(Default::default()),
+        secrets: SecretSource::Manifests(Default::default()),
+        metrics: metrics.clone(),
+    };
+    (ManifestsEngine::new(dir.to_path_buf(), ctx), metrics)
+}
+
+fn reconciles(metrics: &Metrics) -> u64 {
+    metrics
+        .encode()
+        .lines()
+        .filter(|line| line.starts_with("archiver_reconciles_total{"))
+        .filter_map(|line| line.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum()
+}
+
+async fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !condition() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn of_two_engines_on_one_database_only_the_leader_reconciles() {
+    let db = TestDatabase::new().await;
+    let dir = copy_examples();
+    let key = 42;
+    let retry = Duration::from_millis(100);
+
+    let (engine_a, metrics_a) = engine(dir.path(), &db);
+    let (engine_b, metrics_b) = engine(dir.path(), &db);
+    let (leader_a, lock_a) = postgres_advisory_lock(db.url.clone(), key, retry);
+    let mut probe_a = leader_a.clone();
+    let (stop_a, stopped_a) = tokio::sync::oneshot::channel::<()>();
+    let run_a = tokio::spawn(async move {
+        engine_a
+            .run(leader_a, async {
+                let _ = stopped_a.await;
+            })
+            .await
+    });
+    probe_a.acquired().await;
+
+    let (leader_b, lock_b) = postgres_advisory_lock(db.url.clone(), key, retry);
+    let probe_b = leader_b.clone();
+    let (stop_b, stopped_b) = tokio::sync::oneshot::channel::<()>();
+    let run_b = tokio::spawn(async move {
+        engine_b
+            .run(leader_b, async {
+                let _ = stopped_b.await;
+            })
+            .await
+    });
+
+    wait_until("the leader to reconcile", || reconciles(&metrics_a) >= 4).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(
+        !probe_b.is_leader(),
+        "the standby must not lead while the leader holds the lock"
+    );
+    assert_eq!(reconciles(&metrics_b), 0, "the standby reconciled");
+
+    // The leader dies (its session goes): the standby takes over.
+    let _ = stop_a.send(());
+    lock_a.abort();
+    let _ = run_a.await;
+    wait_until("the standby to take over and reconcile", || {
+        reconciles(&metrics_b) >= 1
+    })
+    .await;
+    assert!(probe_b.is_leader());
+
+    let _ = stop_b.send(());
+    lock_b.abort();
+    let _ = run_b.await;
+}
+
+#[tokio::test]
+async fn an_edit_in_the_directory_is_reconciled_within_seconds() {
+    let db = TestDatabase::new().await;
+    let dir = copy_examples();
+    let (engine, metrics) = engine(dir.path(), &db);
+    let store = engine.store().clone();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let running = tokio::spawn(async move {
+        engine
+            .run(
+                archiver_operator::runtime::leader::Leadership::always(),
+                async {
+                    let _ = stopped.await;
+                },
+            )
+            .await
+    });
+    wait_until("the first pass", || reconciles(&metrics) >= 4).await;
+
+    let policy = dir.path().join("retention-policy.yaml");
+    let edited = std::fs::read_to_string(&policy)
+        .unwrap()
+        .replace("maxShrinkPercent: 50", "maxShrinkPercent: 30");
+    std::fs::write(&policy, edited).unwrap();
+    let edited_at = Instant::now();
+    wait_until("generation 2 to be observed", || {
+        store
+            .load("RetentionPolicy", "archiver", "tiers")
+            .ok()
+            .flatten()
+            .is_some_and(|s| s.status["observedGeneration"] == 2)
+    })
+    .await;
+    assert!(
+        edited_at.elapsed() < Duration::from_secs(5),
+        "took {:?}",
+        edited_at.elapsed()
+    );
+    let _ = stop.send(());
+    let _ = running.await;
+}
