@@ -4,6 +4,11 @@
 //! The reconciler below checks the shard's configuration (spec rules and the
 //! Redis URL Secret); the drain worker arrives with its own issue.
 
+pub mod redis_source;
+pub mod verdict;
+pub mod worker;
+pub mod writer;
+
 use std::time::Duration;
 
 use kube::ResourceExt;

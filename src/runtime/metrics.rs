@@ -5,12 +5,23 @@ use std::sync::Mutex;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct KindLabels {
     pub kind: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ShardLabels {
+    pub shard: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RejectLabels {
+    pub reason: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -26,6 +37,13 @@ pub struct Metrics {
     pub reconciles: Family<KindLabels, Counter>,
     pub reconcile_failures: Family<FailureLabels, Counter>,
     pub reconcile_duration: Family<KindLabels, Histogram>,
+    /// Seconds between now and the end of the last archived minute.
+    pub lag_seconds: Family<ShardLabels, Gauge>,
+    pub rows_archived: Family<ShardLabels, Counter>,
+    pub rejected_rows: Family<RejectLabels, Counter>,
+    pub tick_duration: Family<ShardLabels, Histogram>,
+    /// How long the next minute has waited for unsealed keys.
+    pub unsealed_wait_seconds: Family<ShardLabels, Gauge>,
 }
 
 impl Default for Metrics {
@@ -57,11 +75,36 @@ impl Metrics {
             "Duration of one reconciliation, by kind",
             reconcile_duration.clone(),
         );
+        let lag_seconds = Family::<ShardLabels, Gauge>::default();
+        let rows_archived = Family::<ShardLabels, Counter>::default();
+        let rejected_rows = Family::<RejectLabels, Counter>::default();
+        let tick_duration = Family::<ShardLabels, Histogram>::new_with_constructor(|| {
+            Histogram::new(exponential_buckets(0.01, 2.0, 14))
+        });
+        let unsealed_wait_seconds = Family::<ShardLabels, Gauge>::default();
+        registry.register("lag_seconds", "Seconds the shard's watermark is behind now", lag_seconds.clone());
+        registry.register("rows_archived", "Rows written to probe_minute", rows_archived.clone());
+        registry.register(
+            "rejected_rows",
+            "Verdicts sent to probe_minute_rejects, by reason",
+            rejected_rows.clone(),
+        );
+        registry.register("tick_duration_seconds", "Duration of one drain tick", tick_duration.clone());
+        registry.register(
+            "unsealed_wait_seconds",
+            "How long the next minute has waited for unsealed verdicts",
+            unsealed_wait_seconds.clone(),
+        );
         Self {
             registry: Mutex::new(registry),
             reconciles,
             reconcile_failures,
             reconcile_duration,
+            lag_seconds,
+            rows_archived,
+            rejected_rows,
+            tick_duration,
+            unsealed_wait_seconds,
         }
     }
 

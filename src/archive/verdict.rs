@@ -1,0 +1,260 @@
+//! Parsing one verdict hash from Redis into the native columns of
+//! `probe_minute`, or into a reject with its reason. Nothing is dropped
+//! silently: every key ends up either as a row or as a reject.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use uuid::Uuid;
+
+/// Regions the `probe_minute` CHECK constraint accepts.
+pub const REGIONS: [&str; 5] = ["us-east", "us-west", "eu-west", "ap-southeast", "sa-east"];
+/// States the `probe_minute` CHECK constraint accepts.
+pub const STATES: [&str; 5] = ["up", "down", "degraded", "auth-walled", "unknown"];
+
+/// Field the archiver writes back after commit; never archived itself.
+pub const ARCHIVED_AT_FIELD: &str = "archived_at";
+const SEALED_FIELD: &str = "verdict_sealed";
+const NATIVE_FIELDS: [&str; 7] = [
+    "state",
+    "p95_ms",
+    "tool_list_hash",
+    "error_kind",
+    "asn",
+    "registry_of_origin",
+    SEALED_FIELD,
+];
+
+/// `verdict:{tenant}:{server}:{region}:{minute}`.
+pub fn verdict_key(tenant: Uuid, server: &str, region: &str, minute: DateTime<Utc>) -> String {
+    format!("verdict:{tenant}:{server}:{region}:{}", minute.timestamp())
+}
+
+/// `verdict-index:{minute}`: the set of that minute's keys.
+pub fn index_key(minute: DateTime<Utc>) -> String {
+    format!("verdict-index:{}", minute.timestamp())
+}
+
+/// SCAN pattern of one minute's keys.
+pub fn scan_pattern(minute: DateTime<Utc>) -> String {
+    format!("verdict:*:*:*:{}", minute.timestamp())
+}
+
+/// One archived row of `probe_minute`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Verdict {
+    pub tenant_id: Uuid,
+    pub server_slug: String,
+    pub region: String,
+    pub minute: DateTime<Utc>,
+    pub state: String,
+    pub p95_ms: Option<i32>,
+    pub tool_list_hash: Option<Vec<u8>>,
+    pub error_kind: Option<String>,
+    pub asn: Option<i32>,
+    pub registry_of_origin: Option<String>,
+    /// Every field that has no native column.
+    pub extra: BTreeMap<String, String>,
+}
+
+/// Why a verdict was rejected; the label of `archiver_rejected_rows_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RejectReason {
+    MalformedKey,
+    UnknownRegion,
+    UnknownState,
+    MissingState,
+    BadNumber,
+    BadHash,
+    /// The key was listed for the minute but was gone (evicted) when read.
+    Vanished,
+}
+
+impl RejectReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::MalformedKey => "malformed_key",
+            Self::UnknownRegion => "unknown_region",
+            Self::UnknownState => "unknown_state",
+            Self::MissingState => "missing_state",
+            Self::BadNumber => "bad_number",
+            Self::BadHash => "bad_hash",
+            Self::Vanished => "vanished",
+        }
+    }
+}
+
+/// A verdict that cannot be archived, with the detail for the rejects table.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Reject {
+    pub reason: RejectReason,
+    pub detail: String,
+}
+
+impl Reject {
+    fn new(reason: RejectReason, detail: impl Into<String>) -> Self {
+        Self {
+            reason,
+            detail: detail.into(),
+        }
+    }
+}
+
+/// Whether the coalescer has finished writing this verdict.
+pub fn is_sealed(fields: &BTreeMap<String, String>) -> bool {
+    fields.get(SEALED_FIELD).is_some_and(|v| v == "1")
+}
+
+/// Parses the key of `minute` and its hash fields.
+pub fn parse(key: &str, fields: &BTreeMap<String, String>, minute: DateTime<Utc>) -> Result<Verdict, Reject> {
+    if fields.is_empty() {
+        return Err(Reject::new(RejectReason::Vanished, "listed for the minute but gone when read"));
+    }
+    let (tenant_id, server_slug, region) = parse_key(key, minute)?;
+    if !REGIONS.contains(&region.as_str()) {
+        return Err(Reject::new(RejectReason::UnknownRegion, format!("region {region:?}")));
+    }
+    let state = fields
+        .get("state")
+        .ok_or_else(|| Reject::new(RejectReason::MissingState, "no state field"))?;
+    if !STATES.contains(&state.as_str()) {
+        return Err(Reject::new(RejectReason::UnknownState, format!("state {state:?}")));
+    }
+    Ok(Verdict {
+        tenant_id,
+        server_slug,
+        region,
+        minute,
+        state: state.clone(),
+        p95_ms: number(fields, "p95_ms")?,
+        tool_list_hash: hash(fields)?,
+        error_kind: text(fields, "error_kind"),
+        asn: number(fields, "asn")?,
+        registry_of_origin: text(fields, "registry_of_origin"),
+        extra: fields
+            .iter()
+            .filter(|(name, _)| !NATIVE_FIELDS.contains(&name.as_str()) && name.as_str() != ARCHIVED_AT_FIELD)
+            .map(|(name, value)| (name.clone(), value.clone()))
+            .collect(),
+    })
+}
+
+fn parse_key(key: &str, minute: DateTime<Utc>) -> Result<(Uuid, String, String), Reject> {
+    let malformed = |why: &str| Reject::new(RejectReason::MalformedKey, format!("{why}: {key:?}"));
+    let parts: Vec<&str> = key.split(':').collect();
+    let [prefix, tenant, server, region, epoch] = parts.as_slice() else {
+        return Err(malformed("expected verdict:{tenant}:{server}:{region}:{minute}"));
+    };
+    if *prefix != "verdict" || server.is_empty() {
+        return Err(malformed("expected verdict:{tenant}:{server}:{region}:{minute}"));
+    }
+    let tenant = Uuid::try_parse(tenant).map_err(|_| malformed("tenant is not a UUID"))?;
+    let epoch: i64 = epoch.parse().map_err(|_| malformed("minute is not a number"))?;
+    if epoch != minute.timestamp() {
+        return Err(malformed("minute does not match the minute being archived"));
+    }
+    Ok((tenant, server.to_string(), region.to_string()))
+}
+
+fn text(fields: &BTreeMap<String, String>, name: &str) -> Option<String> {
+    fields.get(name).filter(|v| !v.is_empty()).cloned()
+}
+
+fn number(fields: &BTreeMap<String, String>, name: &str) -> Result<Option<i32>, Reject> {
+    match fields.get(name).filter(|v| !v.is_empty()) {
+        None => Ok(None),
+        Some(value) => value
+            .parse::<i32>()
+            .ok()
+            .filter(|n| *n >= 0)
+            .map(Some)
+            .ok_or_else(|| Reject::new(RejectReason::BadNumber, format!("{name} {value:?}"))),
+    }
+}
+
+fn hash(fields: &BTreeMap<String, String>) -> Result<Option<Vec<u8>>, Reject> {
+    match fields.get("tool_list_hash").filter(|v| !v.is_empty()) {
+        None => Ok(None),
+        Some(value) => hex::decode(value)
+            .map(Some)
+            .map_err(|_| Reject::new(RejectReason::BadHash, format!("tool_list_hash {value:?}"))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+
+    fn minute() -> DateTime<Utc> {
+        Utc.with_ymd_and_hms(2026, 11, 23, 9, 0, 0).unwrap()
+    }
+
+    fn fields(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    const TENANT: &str = "6f1c2a9e-4b1d-4c55-9a43-2f5e7d8c9b01";
+
+    fn key(region: &str) -> String {
+        format!("verdict:{TENANT}:my-server:{region}:{}", minute().timestamp())
+    }
+
+    #[test]
+    fn a_full_verdict_parses_into_native_columns_and_extra() {
+        let f = fields(&[
+            ("state", "down"),
+            ("p95_ms", "412"),
+            ("tool_list_hash", "00ff10"),
+            ("error_kind", "tls-expired"),
+            ("asn", "16509"),
+            ("registry_of_origin", "mcp.so"),
+            ("verdict_sealed", "1"),
+            ("step_timings", "{\"connect\":12}"),
+            ("archived_at", "1795000000"),
+        ]);
+        let v = parse(&key("us-east"), &f, minute()).unwrap();
+        assert_eq!(v.tenant_id.to_string(), TENANT);
+        assert_eq!((v.server_slug.as_str(), v.region.as_str(), v.state.as_str()), ("my-server", "us-east", "down"));
+        assert_eq!(v.p95_ms, Some(412));
+        assert_eq!(v.tool_list_hash, Some(vec![0x00, 0xff, 0x10]));
+        assert_eq!(v.asn, Some(16509));
+        assert_eq!(v.error_kind.as_deref(), Some("tls-expired"));
+        assert_eq!(v.extra.keys().collect::<Vec<_>>(), vec!["step_timings"]);
+        assert!(is_sealed(&f));
+    }
+
+    #[test]
+    fn empty_optional_fields_are_null() {
+        let v = parse(&key("eu-west"), &fields(&[("state", "up"), ("p95_ms", ""), ("asn", "")]), minute()).unwrap();
+        assert_eq!((v.p95_ms, v.asn, v.error_kind), (None, None, None));
+    }
+
+    #[test]
+    fn every_bad_verdict_is_rejected_with_its_reason() {
+        let up = fields(&[("state", "up")]);
+        let cases: Vec<(String, BTreeMap<String, String>, RejectReason)> = vec![
+            (key("us-easr"), up.clone(), RejectReason::UnknownRegion),
+            (key("us-east"), fields(&[("state", "sideways")]), RejectReason::UnknownState),
+            (key("us-east"), fields(&[("p95_ms", "3")]), RejectReason::MissingState),
+            (key("us-east"), fields(&[("state", "up"), ("p95_ms", "fast")]), RejectReason::BadNumber),
+            (key("us-east"), fields(&[("state", "up"), ("p95_ms", "-1")]), RejectReason::BadNumber),
+            (key("us-east"), fields(&[("state", "up"), ("asn", "99999999999")]), RejectReason::BadNumber),
+            (key("us-east"), fields(&[("state", "up"), ("tool_list_hash", "xyz")]), RejectReason::BadHash),
+            ("verdict:not-a-uuid:s:us-east:1".into(), up.clone(), RejectReason::MalformedKey),
+            (format!("verdict:{TENANT}:s:us-east"), up.clone(), RejectReason::MalformedKey),
+            (format!("verdict:{TENANT}:s:us-east:{}", minute().timestamp() + 60), up.clone(), RejectReason::MalformedKey),
+            (format!("other:{TENANT}:s:us-east:{}", minute().timestamp()), up, RejectReason::MalformedKey),
+        ];
+        for (key, f, reason) in cases {
+            let reject = parse(&key, &f, minute()).expect_err(&key);
+            assert_eq!(reject.reason, reason, "{key} {f:?}: {}", reject.detail);
+        }
+    }
+
+    #[test]
+    fn only_sealed_one_counts_as_sealed() {
+        assert!(!is_sealed(&fields(&[("state", "up")])));
+        assert!(!is_sealed(&fields(&[("verdict_sealed", "0")])));
+    }
+}

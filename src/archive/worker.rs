@@ -1,0 +1,519 @@
+//! The drain worker of one shard: each tick archives minute after minute
+//! behind the watermark, each minute in one Postgres transaction that holds
+//! the shard's watermark row (`FOR UPDATE SKIP LOCKED`) from reading it to
+//! committing the rows and the new watermark together. Two replicas can
+//! therefore never write the same minute, and a crash before commit leaves
+//! nothing behind.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use redis::aio::ConnectionManager;
+use sqlx::{PgConnection, PgPool};
+use uuid::Uuid;
+
+use super::redis_source::{self, MinuteKeys};
+use super::verdict::{self, Reject, Verdict};
+use super::writer::{self, WriteError, WritePath};
+use crate::api::ArchiverShard;
+use crate::api::archiver_shard::Discovery;
+use crate::api::validation::parse_duration;
+use crate::clock::{SharedClock, minute_floor};
+use crate::runtime::metrics::{Metrics, RejectLabels, ShardLabels};
+
+/// Advisory-lock key shared by drain ticks (shared side) and erasures
+/// (exclusive side): an erasure waits for in-flight ticks and blocks new ones.
+pub const ERASURE_LOCK_KEY: i64 = 0x6572_6173_6572_0001;
+/// How long a tick's hold on the watermark is advertised as valid.
+const LOCK_TTL: chrono::Duration = chrono::Duration::seconds(90);
+
+#[derive(Debug, thiserror::Error)]
+pub enum DrainError {
+    #[error("database: {context}: {source}")]
+    Database {
+        context: &'static str,
+        #[source]
+        source: sqlx::Error,
+    },
+}
+
+fn db(context: &'static str) -> impl FnOnce(sqlx::Error) -> DrainError {
+    move |source| DrainError::Database { context, source }
+}
+
+/// What the worker needs of the ArchiverShard spec.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ShardSettings {
+    pub shard_id: i32,
+    /// `namespace/name`, the metric label.
+    pub label: String,
+    pub discovery: Discovery,
+    pub backfill: chrono::Duration,
+    pub acknowledged_gaps: Vec<(DateTime<Utc>, DateTime<Utc>, String)>,
+    pub tick_offset: chrono::Duration,
+}
+
+impl ShardSettings {
+    pub fn from_shard(shard: &ArchiverShard) -> Self {
+        Self {
+            shard_id: shard.spec.shard_id,
+            label: format!(
+                "{}/{}",
+                shard.metadata.namespace.as_deref().unwrap_or("default"),
+                shard.metadata.name.as_deref().unwrap_or("")
+            ),
+            discovery: shard.spec.discovery,
+            // Validated by the spec rules; an hour is the documented default.
+            backfill: parse_duration(&shard.spec.backfill_when_no_watermark).unwrap_or(chrono::Duration::hours(1)),
+            acknowledged_gaps: shard
+                .spec
+                .acknowledged_gaps
+                .iter()
+                .map(|gap| (gap.from, gap.to, gap.reason.clone()))
+                .collect(),
+            tick_offset: chrono::Duration::seconds(i64::from(shard.spec.tick_offset_seconds)),
+        }
+    }
+
+    fn acknowledged(&self, minute: DateTime<Utc>) -> Option<&str> {
+        self.acknowledged_gaps
+            .iter()
+            .find(|(from, to, _)| *from <= minute && minute < *to)
+            .map(|(_, _, reason)| reason.as_str())
+    }
+}
+
+/// Why the watermark did not move past a minute.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WaitReason {
+    /// Some keys of the minute are not sealed yet.
+    Unsealed { keys: usize },
+    /// No keys at all while the previous minute had some: suspected eviction.
+    Gap,
+    /// No partition of probe_minute covers the minute.
+    PartitionMissing,
+    /// Redis did not answer.
+    RedisUnavailable(String),
+}
+
+impl WaitReason {
+    pub fn label(&self) -> &'static str {
+        match self {
+            Self::Unsealed { .. } => "unsealed",
+            Self::Gap => "gap",
+            Self::PartitionMissing => "partition-missing",
+            Self::RedisUnavailable(_) => "redis-unavailable",
+        }
+    }
+
+    fn message(&self, minute: DateTime<Utc>) -> String {
+        match self {
+            Self::Unsealed { keys } => format!("{keys} key(s) of {minute} not sealed yet"),
+            Self::Gap => format!("no keys for {minute} while the minute before had some (suspected eviction)"),
+            Self::PartitionMissing => format!("no partition of probe_minute covers {minute}"),
+            Self::RedisUnavailable(error) => format!("Redis unavailable: {error}"),
+        }
+    }
+}
+
+/// What happened to one minute.
+#[derive(Debug, Clone, PartialEq)]
+pub enum MinuteOutcome {
+    Archived(ArchivedMinute),
+    /// An acknowledged gap: the watermark moved past a minute with no keys.
+    GapSkipped { minute: DateTime<Utc> },
+    Waiting { minute: DateTime<Utc>, reason: WaitReason },
+    /// The next minute has not ended yet.
+    CaughtUp,
+    /// Another replica holds the watermark row.
+    HeldElsewhere,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ArchivedMinute {
+    pub minute: DateTime<Utc>,
+    pub keys: usize,
+    pub rows: u64,
+    pub rejected: usize,
+    /// Rows dropped because their pair was erased at or after the minute.
+    pub erased: usize,
+    pub path: WritePath,
+    pub via: Discovery,
+}
+
+/// What one tick did.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct TickReport {
+    pub archived: Vec<ArchivedMinute>,
+    pub gaps_skipped: Vec<DateTime<Utc>>,
+    /// Where the tick stopped.
+    pub stopped_at: Option<MinuteOutcome>,
+}
+
+impl TickReport {
+    pub fn rows(&self) -> u64 {
+        self.archived.iter().map(|m| m.rows).sum()
+    }
+    pub fn rejected(&self) -> usize {
+        self.archived.iter().map(|m| m.rejected).sum()
+    }
+}
+
+/// The drain worker of one shard.
+pub struct Worker {
+    pub settings: ShardSettings,
+    owner: String,
+    pool: PgPool,
+    redis: ConnectionManager,
+    clock: SharedClock,
+    metrics: Arc<Metrics>,
+    /// Keys of the minute being committed, marked `archived_at` after commit.
+    pending_marks: Vec<String>,
+}
+
+impl Worker {
+    pub async fn connect(
+        settings: ShardSettings,
+        owner: String,
+        pool: PgPool,
+        redis_url: &str,
+        clock: SharedClock,
+        metrics: Arc<Metrics>,
+    ) -> redis::RedisResult<Self> {
+        let client = redis::Client::open(redis_url)?;
+        let config = redis::aio::ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(Duration::from_secs(5)))
+            .set_response_timeout(Some(Duration::from_secs(30)))
+            .set_number_of_retries(2);
+        let redis = client.get_connection_manager_with_config(config).await?;
+        Ok(Self {
+            settings,
+            owner,
+            pool,
+            redis,
+            clock,
+            metrics,
+            pending_marks: Vec::new(),
+        })
+    }
+
+    fn shard_labels(&self) -> ShardLabels {
+        ShardLabels {
+            shard: self.settings.label.clone(),
+        }
+    }
+
+    /// Archives minute after minute until caught up, blocked, or `budget`
+    /// is spent.
+    pub async fn tick(&mut self, budget: Duration) -> Result<TickReport, DrainError> {
+        let started = Instant::now();
+        self.ensure_watermark_row().await?;
+        let mut report = TickReport::default();
+        loop {
+            let outcome = self.archive_next_minute(&report).await?;
+            match outcome {
+                MinuteOutcome::Archived(minute) => report.archived.push(minute),
+                MinuteOutcome::GapSkipped { minute } => report.gaps_skipped.push(minute),
+                other => {
+                    report.stopped_at = Some(other);
+                    break;
+                }
+            }
+            if started.elapsed() >= budget {
+                break;
+            }
+        }
+        self.metrics
+            .tick_duration
+            .get_or_create(&self.shard_labels())
+            .observe(started.elapsed().as_secs_f64());
+        Ok(report)
+    }
+
+    /// A first watermark: the minute before `now - backfill`.
+    async fn ensure_watermark_row(&self) -> Result<(), DrainError> {
+        let start = minute_floor(self.clock.now() - self.settings.backfill) - chrono::Duration::minutes(1);
+        sqlx::query(
+            "INSERT INTO archive_watermark (shard_id, last_minute, owner, taken_at, expires_at) \
+             VALUES ($1, $2, $3, $4, $4) ON CONFLICT (shard_id) DO NOTHING",
+        )
+        .bind(self.settings.shard_id)
+        .bind(start)
+        .bind(&self.owner)
+        .bind(self.clock.now())
+        .execute(&self.pool)
+        .await
+        .map_err(db("creating the watermark"))?;
+        Ok(())
+    }
+
+    async fn archive_next_minute(&mut self, so_far: &TickReport) -> Result<MinuteOutcome, DrainError> {
+        let now = self.clock.now();
+        let mut tx = self.pool.begin().await.map_err(db("beginning the tick"))?;
+        sqlx::query("SELECT pg_advisory_xact_lock_shared($1)")
+            .bind(ERASURE_LOCK_KEY)
+            .execute(&mut *tx)
+            .await
+            .map_err(db("taking the erasure lock (shared)"))?;
+        let row: Option<(DateTime<Utc>, i32)> = sqlx::query_as(
+            "SELECT last_minute, last_minute_keys FROM archive_watermark \
+             WHERE shard_id = $1 FOR UPDATE SKIP LOCKED",
+        )
+        .bind(self.settings.shard_id)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(db("locking the watermark"))?;
+        let Some((last_minute, previous_keys)) = row else {
+            return Ok(MinuteOutcome::HeldElsewhere);
+        };
+        let minute = last_minute + chrono::Duration::minutes(1);
+        self.metrics
+            .lag_seconds
+            .get_or_create(&self.shard_labels())
+            .set((now - minute).num_seconds().max(0));
+        if minute + chrono::Duration::minutes(1) > now {
+            self.record_health(&mut *tx, now, so_far, None).await?;
+            tx.commit().await.map_err(db("committing the tick"))?;
+            self.metrics.unsealed_wait_seconds.get_or_create(&self.shard_labels()).set(0);
+            return Ok(MinuteOutcome::CaughtUp);
+        }
+        let outcome = match redis_source::discover(&mut self.redis, minute, self.settings.discovery).await {
+            Err(error) => Err(WaitReason::RedisUnavailable(error.to_string())),
+            Ok(found) if found.keys.is_empty() => self.empty_minute(&mut *tx, minute, previous_keys).await?,
+            Ok(found) => self.archive_minute(&mut *tx, minute, found).await?,
+        };
+        match outcome {
+            Ok(done) => {
+                let keys = match &done {
+                    MinuteOutcome::Archived(archived) => archived.keys,
+                    _ => 0,
+                };
+                let mut report = so_far.clone();
+                if let MinuteOutcome::Archived(archived) = &done {
+                    report.archived.push(archived.clone());
+                }
+                sqlx::query("UPDATE archive_watermark SET last_minute = $2, last_minute_keys = $3 WHERE shard_id = $1")
+                    .bind(self.settings.shard_id)
+                    .bind(minute)
+                    .bind(i32::try_from(keys).unwrap_or(i32::MAX))
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(db("advancing the watermark"))?;
+                self.record_health(&mut *tx, now, &report, None).await?;
+                tx.commit().await.map_err(db("committing the minute"))?;
+                self.metrics.unsealed_wait_seconds.get_or_create(&self.shard_labels()).set(0);
+                self.mark_committed_keys().await;
+                Ok(done)
+            }
+            Err(reason) => {
+                self.pending_marks.clear();
+                if matches!(reason, WaitReason::Unsealed { .. }) {
+                    let waited = (now - (minute + chrono::Duration::minutes(1))).num_seconds().max(0);
+                    self.metrics.unsealed_wait_seconds.get_or_create(&self.shard_labels()).set(waited);
+                }
+                tracing::info!(shard = %self.settings.label, %minute, reason = reason.label(), "{}", reason.message(minute));
+                self.record_health(&mut *tx, now, so_far, Some((minute, &reason))).await?;
+                tx.commit().await.map_err(db("recording the wait"))?;
+                Ok(MinuteOutcome::Waiting { minute, reason })
+            }
+        }
+    }
+
+    /// Writes the `archived_at` marker on the keys just committed. A failure
+    /// is logged, not fatal: the rows are safely in Postgres.
+    async fn mark_committed_keys(&mut self) {
+        let keys = std::mem::take(&mut self.pending_marks);
+        if keys.is_empty() {
+            return;
+        }
+        if let Err(error) = redis_source::mark_archived(&mut self.redis, &keys, self.clock.now()).await {
+            tracing::warn!(shard = %self.settings.label, %error, "could not mark keys archived");
+        }
+    }
+
+    /// A minute without keys: fine after an idle minute, a suspected
+    /// eviction gap after a busy one (held until acknowledged).
+    async fn empty_minute(
+        &self,
+        tx: &mut PgConnection,
+        minute: DateTime<Utc>,
+        previous_keys: i32,
+    ) -> Result<Result<MinuteOutcome, WaitReason>, DrainError> {
+        if previous_keys == 0 {
+            return Ok(Ok(MinuteOutcome::Archived(ArchivedMinute {
+                minute,
+                keys: 0,
+                rows: 0,
+                rejected: 0,
+                erased: 0,
+                path: WritePath::Copy,
+                via: self.settings.discovery,
+            })));
+        }
+        let Some(reason) = self.settings.acknowledged(minute) else {
+            return Ok(Err(WaitReason::Gap));
+        };
+        sqlx::query(
+            "INSERT INTO operator_audit_log (at, action, subject, actor, payload) \
+             VALUES ($1, 'gap-acknowledged', $2, $3, $4)",
+        )
+        .bind(self.clock.now())
+        .bind(format!("ArchiverShard/{}", self.settings.label))
+        .bind(&self.owner)
+        .bind(serde_json::json!({"shardId": self.settings.shard_id, "minute": minute, "reason": reason}))
+        .execute(&mut *tx)
+        .await
+        .map_err(db("auditing the acknowledged gap"))?;
+        Ok(Ok(MinuteOutcome::GapSkipped { minute }))
+    }
+
+    async fn archive_minute(
+        &mut self,
+        tx: &mut PgConnection,
+        minute: DateTime<Utc>,
+        found: MinuteKeys,
+    ) -> Result<Result<MinuteOutcome, WaitReason>, DrainError> {
+        let fields = match redis_source::read(&mut self.redis, &found.keys).await {
+            Ok(fields) => fields,
+            Err(error) => return Ok(Err(WaitReason::RedisUnavailable(error.to_string()))),
+        };
+        let unsealed = fields.iter().filter(|f| !f.is_empty() && !verdict::is_sealed(f)).count();
+        if unsealed > 0 {
+            return Ok(Err(WaitReason::Unsealed { keys: unsealed }));
+        }
+        let mut rows = Vec::with_capacity(found.keys.len());
+        let mut rejects = Vec::new();
+        for (key, fields) in found.keys.iter().zip(&fields) {
+            match verdict::parse(key, fields, minute) {
+                Ok(row) => rows.push(row),
+                Err(reject) => rejects.push((key.clone(), fields, reject)),
+            }
+        }
+        let erased = drop_erased(tx, minute, &mut rows).await?;
+        let written = match writer::write_minute(tx, &rows, minute, self.clock.now()).await {
+            Ok(written) => written,
+            Err(WriteError::PartitionMissing { .. }) => return Ok(Err(WaitReason::PartitionMissing)),
+            Err(WriteError::Database(source)) => {
+                return Err(DrainError::Database {
+                    context: "writing probe_minute",
+                    source,
+                });
+            }
+        };
+        self.insert_rejects(tx, minute, &rejects).await?;
+        // The marker is written after the commit; a crash in between only
+        // means the next tick finds the rows present (ON CONFLICT absorbs it).
+        let archived = ArchivedMinute {
+            minute,
+            keys: found.keys.len(),
+            rows: written.inserted,
+            rejected: rejects.len(),
+            erased,
+            path: written.path,
+            via: found.via,
+        };
+        self.metrics
+            .rows_archived
+            .get_or_create(&self.shard_labels())
+            .inc_by(written.inserted);
+        for (_, _, reject) in &rejects {
+            self.metrics
+                .rejected_rows
+                .get_or_create(&RejectLabels {
+                    reason: reject.reason.as_str().into(),
+                })
+                .inc();
+        }
+        self.pending_marks = found.keys;
+        Ok(Ok(MinuteOutcome::Archived(archived)))
+    }
+
+    async fn insert_rejects(
+        &self,
+        tx: &mut PgConnection,
+        minute: DateTime<Utc>,
+        rejects: &[(String, &std::collections::BTreeMap<String, String>, Reject)],
+    ) -> Result<(), DrainError> {
+        if rejects.is_empty() {
+            return Ok(());
+        }
+        let keys: Vec<&str> = rejects.iter().map(|(key, _, _)| key.as_str()).collect();
+        let raw: Vec<serde_json::Value> = rejects
+            .iter()
+            .map(|(_, fields, _)| serde_json::to_value(fields).unwrap_or_default())
+            .collect();
+        let reasons: Vec<String> = rejects
+            .iter()
+            .map(|(_, _, reject)| format!("{}: {}", reject.reason.as_str(), reject.detail))
+            .collect();
+        sqlx::query(
+            "INSERT INTO probe_minute_rejects (shard_id, verdict_key, minute_bucket, raw_fields, reason, rejected_at) \
+             SELECT $1, key, $2, raw, reason, $6 FROM unnest($3::text[], $4::jsonb[], $5::text[]) AS r(key, raw, reason) \
+             ON CONFLICT (shard_id, verdict_key) DO NOTHING",
+        )
+        .bind(self.settings.shard_id)
+        .bind(minute)
+        .bind(&keys)
+        .bind(&raw)
+        .bind(&reasons)
+        .bind(self.clock.now())
+        .execute(&mut *tx)
+        .await
+        .map_err(db("writing rejects"))?;
+        Ok(())
+    }
+
+    async fn record_health(
+        &self,
+        tx: &mut PgConnection,
+        now: DateTime<Utc>,
+        report: &TickReport,
+        waiting: Option<(DateTime<Utc>, &WaitReason)>,
+    ) -> Result<(), DrainError> {
+        sqlx::query(
+            "UPDATE archive_watermark SET owner = $2, taken_at = $3, expires_at = $4, last_tick_at = $3, \
+             rows_archived_last_tick = $5, rows_rejected_last_tick = $6, waiting_minute = $7, \
+             waiting_reason = $8, last_error = $9 WHERE shard_id = $1",
+        )
+        .bind(self.settings.shard_id)
+        .bind(&self.owner)
+        .bind(now)
+        .bind(now + LOCK_TTL)
+        .bind(i64::try_from(report.rows()).unwrap_or(i64::MAX))
+        .bind(i64::try_from(report.rejected()).unwrap_or(i64::MAX))
+        .bind(waiting.map(|(minute, _)| minute))
+        .bind(waiting.map(|(_, reason)| reason.label()))
+        .bind(waiting.map(|(minute, reason)| reason.message(minute)))
+        .execute(&mut *tx)
+        .await
+        .map_err(db("recording shard health"))?;
+        Ok(())
+    }
+}
+
+/// Drops rows of pairs erased at or after `minute` (a tombstone with
+/// `deleted_at >= minute`): a tick that read verdicts before an erasure
+/// committed must not bring the erased server back.
+async fn drop_erased(tx: &mut PgConnection, minute: DateTime<Utc>, rows: &mut Vec<Verdict>) -> Result<usize, DrainError> {
+    let tombstones: Vec<(Uuid, Option<String>)> =
+        sqlx::query_as("SELECT tenant_id, server_slug FROM data_deletion_log WHERE deleted_at >= $1")
+            .bind(minute)
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(db("reading tombstones"))?;
+    if tombstones.is_empty() {
+        return Ok(0);
+    }
+    let whole_tenants: BTreeSet<Uuid> = tombstones.iter().filter(|(_, s)| s.is_none()).map(|(t, _)| *t).collect();
+    let pairs: BTreeSet<(Uuid, &str)> = tombstones
+        .iter()
+        .filter_map(|(tenant, server)| server.as_deref().map(|s| (*tenant, s)))
+        .collect();
+    let before = rows.len();
+    rows.retain(|row| {
+        !whole_tenants.contains(&row.tenant_id) && !pairs.contains(&(row.tenant_id, row.server_slug.as_str()))
+    });
+    Ok(before - rows.len())
+}

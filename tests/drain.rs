@@ -1,0 +1,436 @@
+//! The drain worker against real PostgreSQL and Redis: an oracle test over
+//! several minutes of generated verdicts, and the failure cases of the
+//! design (unsealed minutes, gaps, watermark drift, missing partitions,
+//! two replicas, erasures racing a tick, Redis going away).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, TimeZone, Utc};
+use uuid::Uuid;
+
+use archiver_operator::api::archiver_shard::Discovery;
+use archiver_operator::archive::verdict::{REGIONS, index_key, verdict_key};
+use archiver_operator::archive::worker::{MinuteOutcome, ShardSettings, WaitReason, Worker};
+use archiver_operator::archive::writer::WritePath;
+use archiver_operator::clock::{Clock, ManualClock};
+use archiver_operator::local_servers::RedisServer;
+use archiver_operator::runtime::metrics::Metrics;
+use archiver_operator::testing::{TestDatabase, redis_server};
+
+const BUDGET: Duration = Duration::from_secs(60);
+
+fn minute(n: i64) -> DateTime<Utc> {
+    Utc.with_ymd_and_hms(2026, 11, 23, 9, 0, 0).unwrap() + chrono::Duration::minutes(n)
+}
+
+fn tenant(n: usize) -> Uuid {
+    Uuid::from_u128(0x6f1c_0000_0000_4000_8000_0000_0000_0000 + n as u128)
+}
+
+/// What the fixtures say probe_minute must hold: (tenant, server, region, minute, state, p95).
+type Expected = BTreeSet<(Uuid, String, String, DateTime<Utc>, String, Option<i32>)>;
+
+struct Fixture {
+    expected: Expected,
+    rejected_keys: BTreeSet<String>,
+    all_keys: Vec<String>,
+}
+
+/// Writes `minutes` minutes of verdicts: tenants x servers x five regions,
+/// an unknown field on some, and three malformed verdicts per minute.
+async fn seed(redis: &RedisServer, minutes: std::ops::Range<i64>, tenants: usize, with_index: bool) -> Fixture {
+    let client = redis::Client::open(redis.url()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let mut fixture = Fixture {
+        expected: Expected::new(),
+        rejected_keys: BTreeSet::new(),
+        all_keys: Vec::new(),
+    };
+    for m in minutes {
+        let at = minute(m);
+        let mut pipe = redis::pipe();
+        let mut keys = Vec::new();
+        for t in 0..tenants {
+            for s in 0..3 {
+                let server = format!("server-{s}");
+                for (r, region) in REGIONS.iter().enumerate() {
+                    let key = verdict_key(tenant(t), &server, region, at);
+                    let state = ["up", "down", "degraded", "auth-walled", "unknown"][(t + s + r + m as usize) % 5];
+                    let p95 = (t * 7 + s * 3 + r) as i32;
+                    let mut fields: Vec<(&str, String)> = vec![
+                        ("state", state.into()),
+                        ("p95_ms", p95.to_string()),
+                        ("tool_list_hash", format!("{:02x}ab", t % 256)),
+                        ("error_kind", if state == "up" { String::new() } else { "tls-expired".into() }),
+                        ("asn", "16509".into()),
+                        ("registry_of_origin", "mcp.so".into()),
+                        ("verdict_sealed", "1".into()),
+                    ];
+                    if t % 4 == 0 {
+                        fields.push(("step_timings", "{\"connect\":12}".into()));
+                    }
+                    pipe.hset_multiple(&key, &fields).ignore();
+                    fixture
+                        .expected
+                        .insert((tenant(t), server.clone(), region.to_string(), at, state.into(), Some(p95)));
+                    keys.push(key);
+                }
+            }
+        }
+        let malformed = [
+            (verdict_key(tenant(900), "typo", "us-easr", at), "up", "1"),
+            (verdict_key(tenant(901), "slow", "us-east", at), "up", "fast"),
+            (verdict_key(tenant(902), "weird", "eu-west", at), "sideways", "3"),
+        ];
+        for (key, state, p95) in malformed {
+            pipe.hset_multiple(&key, &[("state", state), ("p95_ms", p95), ("verdict_sealed", "1")])
+                .ignore();
+            fixture.rejected_keys.insert(key.clone());
+            keys.push(key);
+        }
+        if with_index {
+            for key in &keys {
+                pipe.sadd(index_key(at), key).ignore();
+            }
+        }
+        pipe.query_async::<()>(&mut conn).await.unwrap();
+        fixture.all_keys.extend(keys);
+    }
+    fixture
+}
+
+async fn november_partition(db: &TestDatabase) {
+    sqlx::query(
+        "CREATE TABLE probe_minute_2026_11 PARTITION OF probe_minute \
+         FOR VALUES FROM ('2026-11-01 00:00+00') TO ('2026-12-01 00:00+00')",
+    )
+    .execute(&db.pool)
+    .await
+    .unwrap();
+}
+
+fn settings(shard_id: i32, discovery: Discovery, first: DateTime<Utc>, now: DateTime<Utc>) -> ShardSettings {
+    ShardSettings {
+        shard_id,
+        label: format!("test/shard-{shard_id}"),
+        discovery,
+        backfill: now - first,
+        acknowledged_gaps: Vec::new(),
+        tick_offset: chrono::Duration::seconds(5),
+    }
+}
+
+async fn worker(db: &TestDatabase, redis: &RedisServer, settings: ShardSettings, clock: &ManualClock, owner: &str) -> Worker {
+    Worker::connect(
+        settings,
+        owner.into(),
+        db.pool.clone(),
+        &redis.url(),
+        Arc::new(clock.clone()),
+        Arc::new(Metrics::new()),
+    )
+    .await
+    .expect("connect the worker")
+}
+
+async fn archived_rows(db: &TestDatabase) -> Expected {
+    let rows: Vec<(Uuid, String, String, DateTime<Utc>, String, Option<i32>)> = sqlx::query_as(
+        "SELECT tenant_id, server_slug, region, minute_bucket, state, p95_ms FROM probe_minute",
+    )
+    .fetch_all(&db.pool)
+    .await
+    .unwrap();
+    rows.into_iter().collect()
+}
+
+async fn watermark(db: &TestDatabase, shard: i32) -> DateTime<Utc> {
+    sqlx::query_scalar("SELECT last_minute FROM archive_watermark WHERE shard_id = $1")
+        .bind(shard)
+        .fetch_one(&db.pool)
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn oracle_every_valid_verdict_archived_once_every_bad_one_rejected() {
+    let db = TestDatabase::new().await;
+    november_partition(&db).await;
+    let redis = redis_server();
+    let fixture = seed(&redis, 0..4, 12, true).await;
+    let clock = ManualClock::new(minute(4) + chrono::Duration::seconds(5));
+    let mut w = worker(&db, &redis, settings(0, Discovery::Auto, minute(0), clock.now()), &clock, "worker-a").await;
+
+    let report = w.tick(BUDGET).await.expect("tick");
+    assert_eq!(report.archived.len(), 4, "{report:?}");
+    assert_eq!(report.stopped_at, Some(MinuteOutcome::CaughtUp));
+    assert!(report.archived.iter().all(|m| m.via == Discovery::Index && m.path == WritePath::Copy));
+    assert_eq!(archived_rows(&db).await, fixture.expected, "probe_minute differs from the fixtures");
+    assert_eq!(report.rows(), fixture.expected.len() as u64);
+
+    let rejects: BTreeSet<String> = sqlx::query_scalar("SELECT verdict_key FROM probe_minute_rejects")
+        .fetch_all(&db.pool)
+        .await
+        .unwrap()
+        .into_iter()
+        .collect();
+    assert_eq!(rejects, fixture.rejected_keys);
+    let reasons: Vec<String> = sqlx::query_scalar("SELECT reason FROM probe_minute_rejects ORDER BY reason")
+        .fetch_all(&db.pool)
+        .await
+        .unwrap();
+    assert!(reasons.iter().any(|r| r.starts_with("unknown_region")));
+    assert!(reasons.iter().any(|r| r.starts_with("bad_number")));
+    assert!(reasons.iter().any(|r| r.starts_with("unknown_state")));
+
+    // Unknown fields went to extra, hashes to bytea.
+    let extra: serde_json::Value = sqlx::query_scalar(
+        "SELECT extra FROM probe_minute WHERE tenant_id = $1 AND server_slug = 'server-0' AND region = 'us-east' AND minute_bucket = $2",
+    )
+    .bind(tenant(0))
+    .bind(minute(0))
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(extra, serde_json::json!({"step_timings": "{\"connect\":12}"}));
+    let hash: Vec<u8> = sqlx::query_scalar("SELECT tool_list_hash FROM probe_minute WHERE tenant_id = $1 LIMIT 1")
+        .bind(tenant(3))
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(hash, vec![0x03, 0xab]);
+    assert_eq!(watermark(&db, 0).await, minute(3));
+
+    // Every key carries the archived_at marker; a second tick changes nothing.
+    let client = redis::Client::open(redis.url()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    for key in fixture.all_keys.iter().take(50) {
+        let marked: Option<String> = redis::cmd("HGET").arg(key).arg("archived_at").query_async(&mut conn).await.unwrap();
+        assert!(marked.is_some(), "{key} not marked archived");
+    }
+    let again = w.tick(BUDGET).await.expect("second tick");
+    assert!(again.archived.is_empty());
+    assert_eq!(archived_rows(&db).await.len(), fixture.expected.len());
+}
+
+#[tokio::test]
+async fn discovery_by_index_and_by_scan_archive_the_same_rows() {
+    let redis = redis_server();
+    seed(&redis, 0..2, 6, true).await;
+    let clock = ManualClock::new(minute(2) + chrono::Duration::seconds(65));
+    let mut results = Vec::new();
+    for discovery in [Discovery::Index, Discovery::Scan] {
+        let db = TestDatabase::new().await;
+        november_partition(&db).await;
+        let mut w = worker(&db, &redis, settings(0, discovery, minute(0), clock.now()), &clock, "w").await;
+        let report = w.tick(BUDGET).await.unwrap();
+        assert!(report.archived.iter().all(|m| m.via == discovery));
+        results.push(archived_rows(&db).await);
+    }
+    assert!(!results[0].is_empty());
+    assert_eq!(results[0], results[1]);
+}
+
+#[tokio::test]
+async fn an_unsealed_minute_waits_then_archives_once_sealed() {
+    let db = TestDatabase::new().await;
+    november_partition(&db).await;
+    let redis = redis_server();
+    let fixture = seed(&redis, 0..1, 2, true).await;
+    let client = redis::Client::open(redis.url()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let half_written = verdict_key(tenant(0), "server-0", "us-east", minute(0));
+    redis::cmd("HSET").arg(&half_written).arg("verdict_sealed").arg("0").query_async::<()>(&mut conn).await.unwrap();
+
+    let clock = ManualClock::new(minute(1) + chrono::Duration::seconds(65));
+    let mut w = worker(&db, &redis, settings(0, Discovery::Index, minute(0), clock.now()), &clock, "w").await;
+    let report = w.tick(BUDGET).await.unwrap();
+    assert!(report.archived.is_empty());
+    assert_eq!(
+        report.stopped_at,
+        Some(MinuteOutcome::Waiting {
+            minute: minute(0),
+            reason: WaitReason::Unsealed { keys: 1 }
+        })
+    );
+    assert!(archived_rows(&db).await.is_empty(), "nothing of a half-written minute is archived");
+    let waiting: Option<String> = sqlx::query_scalar("SELECT waiting_reason FROM archive_watermark WHERE shard_id = 0")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(waiting.as_deref(), Some("unsealed"));
+
+    redis::cmd("HSET").arg(&half_written).arg("verdict_sealed").arg("1").query_async::<()>(&mut conn).await.unwrap();
+    clock.advance(chrono::Duration::seconds(30));
+    let report = w.tick(BUDGET).await.unwrap();
+    assert_eq!(report.archived.len(), 1);
+    assert_eq!(archived_rows(&db).await, fixture.expected);
+}
+
+#[tokio::test]
+async fn a_gap_holds_the_watermark_until_acknowledged() {
+    let db = TestDatabase::new().await;
+    november_partition(&db).await;
+    let redis = redis_server();
+    seed(&redis, 0..1, 2, true).await;
+    seed(&redis, 2..3, 2, true).await; // minute 1 evicted
+    let clock = ManualClock::new(minute(3) + chrono::Duration::seconds(65));
+    let mut config = settings(0, Discovery::Auto, minute(0), clock.now());
+    let mut w = worker(&db, &redis, config.clone(), &clock, "w").await;
+    let report = w.tick(BUDGET).await.unwrap();
+    assert_eq!(report.archived.len(), 1);
+    assert_eq!(
+        report.stopped_at,
+        Some(MinuteOutcome::Waiting {
+            minute: minute(1),
+            reason: WaitReason::Gap
+        })
+    );
+    assert_eq!(watermark(&db, 0).await, minute(0));
+
+    config.acknowledged_gaps = vec![(minute(1), minute(2), "INC-1 eviction".into())];
+    let mut w = worker(&db, &redis, config, &clock, "w").await;
+    let report = w.tick(BUDGET).await.unwrap();
+    assert_eq!(report.gaps_skipped, vec![minute(1)]);
+    assert_eq!(report.archived.len(), 1);
+    assert_eq!(watermark(&db, 0).await, minute(2));
+    let audited: i64 = sqlx::query_scalar("SELECT count(*) FROM operator_audit_log WHERE action = 'gap-acknowledged'")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(audited, 1);
+}
+
+#[tokio::test]
+async fn rows_already_present_after_watermark_drift_take_the_fallback_path() {
+    let db = TestDatabase::new().await;
+    november_partition(&db).await;
+    let redis = redis_server();
+    let fixture = seed(&redis, 0..1, 4, true).await;
+    // A failover lost the watermark commit but not some rows of the minute.
+    let (t, s, r, m, state, p95) = fixture.expected.iter().next().unwrap().clone();
+    sqlx::query(
+        "INSERT INTO probe_minute (tenant_id, server_slug, region, minute_bucket, state, p95_ms) VALUES ($1,$2,$3,$4,$5,$6)",
+    )
+    .bind(t)
+    .bind(&s)
+    .bind(&r)
+    .bind(m)
+    .bind(&state)
+    .bind(p95)
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    let clock = ManualClock::new(minute(1) + chrono::Duration::seconds(65));
+    let mut w = worker(&db, &redis, settings(0, Discovery::Index, minute(0), clock.now()), &clock, "w").await;
+    let report = w.tick(BUDGET).await.unwrap();
+    assert_eq!(report.archived[0].path, WritePath::ConflictFallback);
+    assert_eq!(report.archived[0].rows, fixture.expected.len() as u64 - 1);
+    assert_eq!(archived_rows(&db).await, fixture.expected);
+}
+
+#[tokio::test]
+async fn a_missing_partition_fails_the_minute_and_keeps_the_watermark() {
+    let db = TestDatabase::new().await;
+    let redis = redis_server();
+    let fixture = seed(&redis, 0..1, 2, true).await;
+    let clock = ManualClock::new(minute(1) + chrono::Duration::seconds(65));
+    let mut w = worker(&db, &redis, settings(0, Discovery::Index, minute(0), clock.now()), &clock, "w").await;
+    let report = w.tick(BUDGET).await.unwrap();
+    assert_eq!(
+        report.stopped_at,
+        Some(MinuteOutcome::Waiting {
+            minute: minute(0),
+            reason: WaitReason::PartitionMissing
+        })
+    );
+    assert_eq!(watermark(&db, 0).await, minute(-1));
+    let rejects: i64 = sqlx::query_scalar("SELECT count(*) FROM probe_minute_rejects").fetch_one(&db.pool).await.unwrap();
+    assert_eq!(rejects, 0, "a failed minute writes nothing at all");
+
+    november_partition(&db).await;
+    let report = w.tick(BUDGET).await.unwrap();
+    assert_eq!(report.archived.len(), 1);
+    assert_eq!(archived_rows(&db).await, fixture.expected);
+}
+
+#[tokio::test]
+async fn two_workers_on_one_shard_never_archive_the_same_minute_and_miss_none() {
+    let db = TestDatabase::new().await;
+    november_partition(&db).await;
+    let redis = redis_server();
+    let fixture = seed(&redis, 0..12, 3, true).await;
+    let clock = ManualClock::new(minute(12) + chrono::Duration::seconds(65));
+    let config = settings(0, Discovery::Index, minute(0), clock.now());
+    let mut a = worker(&db, &redis, config.clone(), &clock, "worker-a").await;
+    let mut b = worker(&db, &redis, config, &clock, "worker-b").await;
+    let mut minutes_a = Vec::new();
+    let mut minutes_b = Vec::new();
+    // Ticks of one minute each, interleaved and concurrent.
+    for _ in 0..20 {
+        let (ra, rb) = tokio::join!(a.tick(Duration::ZERO), b.tick(Duration::ZERO));
+        minutes_a.extend(ra.unwrap().archived.into_iter().map(|m| m.minute));
+        minutes_b.extend(rb.unwrap().archived.into_iter().map(|m| m.minute));
+    }
+    let set_a: BTreeSet<_> = minutes_a.iter().collect();
+    let set_b: BTreeSet<_> = minutes_b.iter().collect();
+    assert!(set_a.is_disjoint(&set_b), "both archived {:?}", set_a.intersection(&set_b).collect::<Vec<_>>());
+    assert_eq!(minutes_a.len() + minutes_b.len(), 12, "a={minutes_a:?} b={minutes_b:?}");
+    assert_eq!(archived_rows(&db).await, fixture.expected);
+}
+
+#[tokio::test]
+async fn rows_of_a_pair_erased_at_or_after_the_minute_are_not_archived() {
+    let db = TestDatabase::new().await;
+    november_partition(&db).await;
+    let redis = redis_server();
+    let fixture = seed(&redis, 0..2, 3, true).await;
+    // The erasure of tenant 1 / server-2 committed after minute 0 was read.
+    sqlx::query(
+        "INSERT INTO data_deletion_log (tenant_id, server_slug, deleted_at, reason, requester) \
+         VALUES ($1, 'server-2', $2, 'gdpr-art17', $3)",
+    )
+    .bind(tenant(1))
+    .bind(minute(1) + chrono::Duration::seconds(30))
+    .bind(Uuid::nil())
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    let clock = ManualClock::new(minute(2) + chrono::Duration::seconds(65));
+    let mut w = worker(&db, &redis, settings(0, Discovery::Index, minute(0), clock.now()), &clock, "w").await;
+    let report = w.tick(BUDGET).await.unwrap();
+    assert_eq!(report.archived.iter().map(|m| m.erased).sum::<usize>(), 10, "5 regions x 2 minutes");
+    let expected: Expected = fixture
+        .expected
+        .into_iter()
+        .filter(|(t, s, ..)| !(*t == tenant(1) && s == "server-2"))
+        .collect();
+    assert_eq!(archived_rows(&db).await, expected);
+}
+
+#[tokio::test]
+async fn redis_going_away_holds_the_watermark() {
+    let db = TestDatabase::new().await;
+    november_partition(&db).await;
+    let mut redis = redis_server();
+    seed(&redis, 0..1, 2, true).await;
+    let clock = ManualClock::new(minute(1) + chrono::Duration::seconds(65));
+    let mut w = worker(&db, &redis, settings(0, Discovery::Index, minute(0), clock.now()), &clock, "w").await;
+    redis.stop();
+    let report = w.tick(BUDGET).await.expect("a Redis outage is a wait, not a crash");
+    match report.stopped_at {
+        Some(MinuteOutcome::Waiting {
+            reason: WaitReason::RedisUnavailable(_),
+            ..
+        }) => {}
+        other => panic!("expected a Redis wait, got {other:?}"),
+    }
+    assert_eq!(watermark(&db, 0).await, minute(-1));
+    let reason: Option<String> = sqlx::query_scalar("SELECT waiting_reason FROM archive_watermark WHERE shard_id = 0")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(reason.as_deref(), Some("redis-unavailable"));
+}
+
