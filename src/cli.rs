@@ -68,6 +68,21 @@ pub enum Command {
         #[command(flatten)]
         operator: OperatorArgs,
     },
+    /// Run the drain worker of one ArchiverShard (what the shard's
+    /// Deployment runs; standalone mode runs workers in-process).
+    Worker {
+        /// The shard, as NAMESPACE/NAME.
+        #[arg(long, value_name = "NAMESPACE/NAME")]
+        shard: String,
+        /// Read the shard from this manifests directory instead of the API server.
+        #[arg(long, value_name = "DIR")]
+        manifests: Option<PathBuf>,
+        /// Redis URL of the shard (default: resolved from the shard's Secret).
+        #[arg(long, env = "REDIS_URL", hide_env_values = true)]
+        redis_url: Option<crate::runtime::config::SecretString>,
+        #[command(flatten)]
+        operator: OperatorArgs,
+    },
     /// Print the status the standalone operator keeps for a manifests directory.
     Status {
         /// The manifests directory given to `run --manifests`.
@@ -97,6 +112,25 @@ pub async fn run(cli: Cli) -> ExitCode {
             now,
             operator,
         } => run_operator(manifests, once, now, operator).await,
+        Command::Worker {
+            shard,
+            manifests,
+            redis_url,
+            operator,
+        } => {
+            crate::runtime::telemetry::init(operator.log_format);
+            let source = match manifests {
+                Some(dir) => crate::runtime::operator::ShardSource::Manifests(dir),
+                None => crate::runtime::operator::ShardSource::Kubernetes,
+            };
+            match crate::runtime::operator::run_worker(&shard, source, redis_url, &operator).await {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(error) => {
+                    eprintln!("error: {error}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Command::Status { manifests, output } => print_status(&manifests, output),
         Command::Demo { examples } => match crate::demo::run(&examples).await {
             Ok(()) => ExitCode::SUCCESS,

@@ -3,7 +3,7 @@
 //! design (unsealed minutes, gaps, watermark drift, missing partitions,
 //! two replicas, erasures racing a tick, Redis going away).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -29,8 +29,10 @@ fn tenant(n: usize) -> Uuid {
     Uuid::from_u128(0x6f1c_0000_0000_4000_8000_0000_0000_0000 + n as u128)
 }
 
-/// What the fixtures say probe_minute must hold: (tenant, server, region, minute, state, p95).
-type Expected = BTreeSet<(Uuid, String, String, DateTime<Utc>, String, Option<i32>)>;
+/// One row of probe_minute: (tenant, server, region, minute, state, p95).
+type Row = (Uuid, String, String, DateTime<Utc>, String, Option<i32>);
+/// What the fixtures say probe_minute must hold.
+type Expected = BTreeSet<Row>;
 
 struct Fixture {
     expected: Expected,
@@ -40,7 +42,12 @@ struct Fixture {
 
 /// Writes `minutes` minutes of verdicts: tenants x servers x five regions,
 /// an unknown field on some, and three malformed verdicts per minute.
-async fn seed(redis: &RedisServer, minutes: std::ops::Range<i64>, tenants: usize, with_index: bool) -> Fixture {
+async fn seed(
+    redis: &RedisServer,
+    minutes: std::ops::Range<i64>,
+    tenants: usize,
+    with_index: bool,
+) -> Fixture {
     let client = redis::Client::open(redis.url()).unwrap();
     let mut conn = client.get_multiplexed_async_connection().await.unwrap();
     let mut fixture = Fixture {
@@ -57,13 +64,21 @@ async fn seed(redis: &RedisServer, minutes: std::ops::Range<i64>, tenants: usize
                 let server = format!("server-{s}");
                 for (r, region) in REGIONS.iter().enumerate() {
                     let key = verdict_key(tenant(t), &server, region, at);
-                    let state = ["up", "down", "degraded", "auth-walled", "unknown"][(t + s + r + m as usize) % 5];
+                    let state = ["up", "down", "degraded", "auth-walled", "unknown"]
+                        [(t + s + r + m as usize) % 5];
                     let p95 = (t * 7 + s * 3 + r) as i32;
                     let mut fields: Vec<(&str, String)> = vec![
                         ("state", state.into()),
                         ("p95_ms", p95.to_string()),
                         ("tool_list_hash", format!("{:02x}ab", t % 256)),
-                        ("error_kind", if state == "up" { String::new() } else { "tls-expired".into() }),
+                        (
+                            "error_kind",
+                            if state == "up" {
+                                String::new()
+                            } else {
+                                "tls-expired".into()
+                            },
+                        ),
                         ("asn", "16509".into()),
                         ("registry_of_origin", "mcp.so".into()),
                         ("verdict_sealed", "1".into()),
@@ -72,21 +87,37 @@ async fn seed(redis: &RedisServer, minutes: std::ops::Range<i64>, tenants: usize
                         fields.push(("step_timings", "{\"connect\":12}".into()));
                     }
                     pipe.hset_multiple(&key, &fields).ignore();
-                    fixture
-                        .expected
-                        .insert((tenant(t), server.clone(), region.to_string(), at, state.into(), Some(p95)));
+                    fixture.expected.insert((
+                        tenant(t),
+                        server.clone(),
+                        region.to_string(),
+                        at,
+                        state.into(),
+                        Some(p95),
+                    ));
                     keys.push(key);
                 }
             }
         }
         let malformed = [
             (verdict_key(tenant(900), "typo", "us-easr", at), "up", "1"),
-            (verdict_key(tenant(901), "slow", "us-east", at), "up", "fast"),
-            (verdict_key(tenant(902), "weird", "eu-west", at), "sideways", "3"),
+            (
+                verdict_key(tenant(901), "slow", "us-east", at),
+                "up",
+                "fast",
+            ),
+            (
+                verdict_key(tenant(902), "weird", "eu-west", at),
+                "sideways",
+                "3",
+            ),
         ];
         for (key, state, p95) in malformed {
-            pipe.hset_multiple(&key, &[("state", state), ("p95_ms", p95), ("verdict_sealed", "1")])
-                .ignore();
+            pipe.hset_multiple(
+                &key,
+                &[("state", state), ("p95_ms", p95), ("verdict_sealed", "1")],
+            )
+            .ignore();
             fixture.rejected_keys.insert(key.clone());
             keys.push(key);
         }
@@ -111,7 +142,12 @@ async fn november_partition(db: &TestDatabase) {
     .unwrap();
 }
 
-fn settings(shard_id: i32, discovery: Discovery, first: DateTime<Utc>, now: DateTime<Utc>) -> ShardSettings {
+fn settings(
+    shard_id: i32,
+    discovery: Discovery,
+    first: DateTime<Utc>,
+    now: DateTime<Utc>,
+) -> ShardSettings {
     ShardSettings {
         shard_id,
         label: format!("test/shard-{shard_id}"),
@@ -122,7 +158,13 @@ fn settings(shard_id: i32, discovery: Discovery, first: DateTime<Utc>, now: Date
     }
 }
 
-async fn worker(db: &TestDatabase, redis: &RedisServer, settings: ShardSettings, clock: &ManualClock, owner: &str) -> Worker {
+async fn worker(
+    db: &TestDatabase,
+    redis: &RedisServer,
+    settings: ShardSettings,
+    clock: &ManualClock,
+    owner: &str,
+) -> Worker {
     Worker::connect(
         settings,
         owner.into(),
@@ -136,7 +178,7 @@ async fn worker(db: &TestDatabase, redis: &RedisServer, settings: ShardSettings,
 }
 
 async fn archived_rows(db: &TestDatabase) -> Expected {
-    let rows: Vec<(Uuid, String, String, DateTime<Utc>, String, Option<i32>)> = sqlx::query_as(
+    let rows: Vec<Row> = sqlx::query_as(
         "SELECT tenant_id, server_slug, region, minute_bucket, state, p95_ms FROM probe_minute",
     )
     .fetch_all(&db.pool)
@@ -160,26 +202,44 @@ async fn oracle_every_valid_verdict_archived_once_every_bad_one_rejected() {
     let redis = redis_server();
     let fixture = seed(&redis, 0..4, 12, true).await;
     let clock = ManualClock::new(minute(4) + chrono::Duration::seconds(5));
-    let mut w = worker(&db, &redis, settings(0, Discovery::Auto, minute(0), clock.now()), &clock, "worker-a").await;
+    let mut w = worker(
+        &db,
+        &redis,
+        settings(0, Discovery::Auto, minute(0), clock.now()),
+        &clock,
+        "worker-a",
+    )
+    .await;
 
     let report = w.tick(BUDGET).await.expect("tick");
     assert_eq!(report.archived.len(), 4, "{report:?}");
     assert_eq!(report.stopped_at, Some(MinuteOutcome::CaughtUp));
-    assert!(report.archived.iter().all(|m| m.via == Discovery::Index && m.path == WritePath::Copy));
-    assert_eq!(archived_rows(&db).await, fixture.expected, "probe_minute differs from the fixtures");
+    assert!(
+        report
+            .archived
+            .iter()
+            .all(|m| m.via == Discovery::Index && m.path == WritePath::Copy)
+    );
+    assert_eq!(
+        archived_rows(&db).await,
+        fixture.expected,
+        "probe_minute differs from the fixtures"
+    );
     assert_eq!(report.rows(), fixture.expected.len() as u64);
 
-    let rejects: BTreeSet<String> = sqlx::query_scalar("SELECT verdict_key FROM probe_minute_rejects")
-        .fetch_all(&db.pool)
-        .await
-        .unwrap()
-        .into_iter()
-        .collect();
+    let rejects: BTreeSet<String> =
+        sqlx::query_scalar("SELECT verdict_key FROM probe_minute_rejects")
+            .fetch_all(&db.pool)
+            .await
+            .unwrap()
+            .into_iter()
+            .collect();
     assert_eq!(rejects, fixture.rejected_keys);
-    let reasons: Vec<String> = sqlx::query_scalar("SELECT reason FROM probe_minute_rejects ORDER BY reason")
-        .fetch_all(&db.pool)
-        .await
-        .unwrap();
+    let reasons: Vec<String> =
+        sqlx::query_scalar("SELECT reason FROM probe_minute_rejects ORDER BY reason")
+            .fetch_all(&db.pool)
+            .await
+            .unwrap();
     assert!(reasons.iter().any(|r| r.starts_with("unknown_region")));
     assert!(reasons.iter().any(|r| r.starts_with("bad_number")));
     assert!(reasons.iter().any(|r| r.starts_with("unknown_state")));
@@ -193,12 +253,16 @@ async fn oracle_every_valid_verdict_archived_once_every_bad_one_rejected() {
     .fetch_one(&db.pool)
     .await
     .unwrap();
-    assert_eq!(extra, serde_json::json!({"step_timings": "{\"connect\":12}"}));
-    let hash: Vec<u8> = sqlx::query_scalar("SELECT tool_list_hash FROM probe_minute WHERE tenant_id = $1 LIMIT 1")
-        .bind(tenant(3))
-        .fetch_one(&db.pool)
-        .await
-        .unwrap();
+    assert_eq!(
+        extra,
+        serde_json::json!({"step_timings": "{\"connect\":12}"})
+    );
+    let hash: Vec<u8> =
+        sqlx::query_scalar("SELECT tool_list_hash FROM probe_minute WHERE tenant_id = $1 LIMIT 1")
+            .bind(tenant(3))
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
     assert_eq!(hash, vec![0x03, 0xab]);
     assert_eq!(watermark(&db, 0).await, minute(3));
 
@@ -206,7 +270,12 @@ async fn oracle_every_valid_verdict_archived_once_every_bad_one_rejected() {
     let client = redis::Client::open(redis.url()).unwrap();
     let mut conn = client.get_multiplexed_async_connection().await.unwrap();
     for key in fixture.all_keys.iter().take(50) {
-        let marked: Option<String> = redis::cmd("HGET").arg(key).arg("archived_at").query_async(&mut conn).await.unwrap();
+        let marked: Option<String> = redis::cmd("HGET")
+            .arg(key)
+            .arg("archived_at")
+            .query_async(&mut conn)
+            .await
+            .unwrap();
         assert!(marked.is_some(), "{key} not marked archived");
     }
     let again = w.tick(BUDGET).await.expect("second tick");
@@ -223,7 +292,14 @@ async fn discovery_by_index_and_by_scan_archive_the_same_rows() {
     for discovery in [Discovery::Index, Discovery::Scan] {
         let db = TestDatabase::new().await;
         november_partition(&db).await;
-        let mut w = worker(&db, &redis, settings(0, discovery, minute(0), clock.now()), &clock, "w").await;
+        let mut w = worker(
+            &db,
+            &redis,
+            settings(0, discovery, minute(0), clock.now()),
+            &clock,
+            "w",
+        )
+        .await;
         let report = w.tick(BUDGET).await.unwrap();
         assert!(report.archived.iter().all(|m| m.via == discovery));
         results.push(archived_rows(&db).await);
@@ -241,10 +317,23 @@ async fn an_unsealed_minute_waits_then_archives_once_sealed() {
     let client = redis::Client::open(redis.url()).unwrap();
     let mut conn = client.get_multiplexed_async_connection().await.unwrap();
     let half_written = verdict_key(tenant(0), "server-0", "us-east", minute(0));
-    redis::cmd("HSET").arg(&half_written).arg("verdict_sealed").arg("0").query_async::<()>(&mut conn).await.unwrap();
+    redis::cmd("HSET")
+        .arg(&half_written)
+        .arg("verdict_sealed")
+        .arg("0")
+        .query_async::<()>(&mut conn)
+        .await
+        .unwrap();
 
     let clock = ManualClock::new(minute(1) + chrono::Duration::seconds(65));
-    let mut w = worker(&db, &redis, settings(0, Discovery::Index, minute(0), clock.now()), &clock, "w").await;
+    let mut w = worker(
+        &db,
+        &redis,
+        settings(0, Discovery::Index, minute(0), clock.now()),
+        &clock,
+        "w",
+    )
+    .await;
     let report = w.tick(BUDGET).await.unwrap();
     assert!(report.archived.is_empty());
     assert_eq!(
@@ -254,14 +343,24 @@ async fn an_unsealed_minute_waits_then_archives_once_sealed() {
             reason: WaitReason::Unsealed { keys: 1 }
         })
     );
-    assert!(archived_rows(&db).await.is_empty(), "nothing of a half-written minute is archived");
-    let waiting: Option<String> = sqlx::query_scalar("SELECT waiting_reason FROM archive_watermark WHERE shard_id = 0")
-        .fetch_one(&db.pool)
-        .await
-        .unwrap();
+    assert!(
+        archived_rows(&db).await.is_empty(),
+        "nothing of a half-written minute is archived"
+    );
+    let waiting: Option<String> =
+        sqlx::query_scalar("SELECT waiting_reason FROM archive_watermark WHERE shard_id = 0")
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
     assert_eq!(waiting.as_deref(), Some("unsealed"));
 
-    redis::cmd("HSET").arg(&half_written).arg("verdict_sealed").arg("1").query_async::<()>(&mut conn).await.unwrap();
+    redis::cmd("HSET")
+        .arg(&half_written)
+        .arg("verdict_sealed")
+        .arg("1")
+        .query_async::<()>(&mut conn)
+        .await
+        .unwrap();
     clock.advance(chrono::Duration::seconds(30));
     let report = w.tick(BUDGET).await.unwrap();
     assert_eq!(report.archived.len(), 1);
@@ -295,10 +394,12 @@ async fn a_gap_holds_the_watermark_until_acknowledged() {
     assert_eq!(report.gaps_skipped, vec![minute(1)]);
     assert_eq!(report.archived.len(), 1);
     assert_eq!(watermark(&db, 0).await, minute(2));
-    let audited: i64 = sqlx::query_scalar("SELECT count(*) FROM operator_audit_log WHERE action = 'gap-acknowledged'")
-        .fetch_one(&db.pool)
-        .await
-        .unwrap();
+    let audited: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM operator_audit_log WHERE action = 'gap-acknowledged'",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
     assert_eq!(audited, 1);
 }
 
@@ -323,7 +424,14 @@ async fn rows_already_present_after_watermark_drift_take_the_fallback_path() {
     .await
     .unwrap();
     let clock = ManualClock::new(minute(1) + chrono::Duration::seconds(65));
-    let mut w = worker(&db, &redis, settings(0, Discovery::Index, minute(0), clock.now()), &clock, "w").await;
+    let mut w = worker(
+        &db,
+        &redis,
+        settings(0, Discovery::Index, minute(0), clock.now()),
+        &clock,
+        "w",
+    )
+    .await;
     let report = w.tick(BUDGET).await.unwrap();
     assert_eq!(report.archived[0].path, WritePath::ConflictFallback);
     assert_eq!(report.archived[0].rows, fixture.expected.len() as u64 - 1);
@@ -336,7 +444,14 @@ async fn a_missing_partition_fails_the_minute_and_keeps_the_watermark() {
     let redis = redis_server();
     let fixture = seed(&redis, 0..1, 2, true).await;
     let clock = ManualClock::new(minute(1) + chrono::Duration::seconds(65));
-    let mut w = worker(&db, &redis, settings(0, Discovery::Index, minute(0), clock.now()), &clock, "w").await;
+    let mut w = worker(
+        &db,
+        &redis,
+        settings(0, Discovery::Index, minute(0), clock.now()),
+        &clock,
+        "w",
+    )
+    .await;
     let report = w.tick(BUDGET).await.unwrap();
     assert_eq!(
         report.stopped_at,
@@ -346,7 +461,10 @@ async fn a_missing_partition_fails_the_minute_and_keeps_the_watermark() {
         })
     );
     assert_eq!(watermark(&db, 0).await, minute(-1));
-    let rejects: i64 = sqlx::query_scalar("SELECT count(*) FROM probe_minute_rejects").fetch_one(&db.pool).await.unwrap();
+    let rejects: i64 = sqlx::query_scalar("SELECT count(*) FROM probe_minute_rejects")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
     assert_eq!(rejects, 0, "a failed minute writes nothing at all");
 
     november_partition(&db).await;
@@ -375,8 +493,16 @@ async fn two_workers_on_one_shard_never_archive_the_same_minute_and_miss_none() 
     }
     let set_a: BTreeSet<_> = minutes_a.iter().collect();
     let set_b: BTreeSet<_> = minutes_b.iter().collect();
-    assert!(set_a.is_disjoint(&set_b), "both archived {:?}", set_a.intersection(&set_b).collect::<Vec<_>>());
-    assert_eq!(minutes_a.len() + minutes_b.len(), 12, "a={minutes_a:?} b={minutes_b:?}");
+    assert!(
+        set_a.is_disjoint(&set_b),
+        "both archived {:?}",
+        set_a.intersection(&set_b).collect::<Vec<_>>()
+    );
+    assert_eq!(
+        minutes_a.len() + minutes_b.len(),
+        12,
+        "a={minutes_a:?} b={minutes_b:?}"
+    );
     assert_eq!(archived_rows(&db).await, fixture.expected);
 }
 
@@ -398,9 +524,20 @@ async fn rows_of_a_pair_erased_at_or_after_the_minute_are_not_archived() {
     .await
     .unwrap();
     let clock = ManualClock::new(minute(2) + chrono::Duration::seconds(65));
-    let mut w = worker(&db, &redis, settings(0, Discovery::Index, minute(0), clock.now()), &clock, "w").await;
+    let mut w = worker(
+        &db,
+        &redis,
+        settings(0, Discovery::Index, minute(0), clock.now()),
+        &clock,
+        "w",
+    )
+    .await;
     let report = w.tick(BUDGET).await.unwrap();
-    assert_eq!(report.archived.iter().map(|m| m.erased).sum::<usize>(), 10, "5 regions x 2 minutes");
+    assert_eq!(
+        report.archived.iter().map(|m| m.erased).sum::<usize>(),
+        10,
+        "5 regions x 2 minutes"
+    );
     let expected: Expected = fixture
         .expected
         .into_iter()
@@ -416,9 +553,19 @@ async fn redis_going_away_holds_the_watermark() {
     let mut redis = redis_server();
     seed(&redis, 0..1, 2, true).await;
     let clock = ManualClock::new(minute(1) + chrono::Duration::seconds(65));
-    let mut w = worker(&db, &redis, settings(0, Discovery::Index, minute(0), clock.now()), &clock, "w").await;
+    let mut w = worker(
+        &db,
+        &redis,
+        settings(0, Discovery::Index, minute(0), clock.now()),
+        &clock,
+        "w",
+    )
+    .await;
     redis.stop();
-    let report = w.tick(BUDGET).await.expect("a Redis outage is a wait, not a crash");
+    let report = w
+        .tick(BUDGET)
+        .await
+        .expect("a Redis outage is a wait, not a crash");
     match report.stopped_at {
         Some(MinuteOutcome::Waiting {
             reason: WaitReason::RedisUnavailable(_),
@@ -427,10 +574,10 @@ async fn redis_going_away_holds_the_watermark() {
         other => panic!("expected a Redis wait, got {other:?}"),
     }
     assert_eq!(watermark(&db, 0).await, minute(-1));
-    let reason: Option<String> = sqlx::query_scalar("SELECT waiting_reason FROM archive_watermark WHERE shard_id = 0")
-        .fetch_one(&db.pool)
-        .await
-        .unwrap();
+    let reason: Option<String> =
+        sqlx::query_scalar("SELECT waiting_reason FROM archive_watermark WHERE shard_id = 0")
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
     assert_eq!(reason.as_deref(), Some("redis-unavailable"));
 }
-

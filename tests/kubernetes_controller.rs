@@ -19,6 +19,8 @@ use archiver_operator::clock::ManualClock;
 use archiver_operator::runtime::context::{Context, SecretSource};
 use archiver_operator::runtime::kubernetes::{KubeContext, backoff, error_policy, reconcile};
 use archiver_operator::runtime::metrics::Metrics;
+use archiver_operator::runtime::workers::{KubeWorkers, WorkerHost};
+use archiver_operator::testing::TestDatabase;
 
 type MockHandle = Handle<Request<Body>, Response<Body>>;
 
@@ -52,6 +54,7 @@ fn mock_context(secrets_from_cluster: bool) -> (Arc<KubeContext>, MockHandle) {
         config: Arc::new(Default::default()),
         secrets,
         metrics: Arc::new(Metrics::new()),
+        workers: WorkerHost::Disabled,
     };
     (
         Arc::new(KubeContext::new(ctx, client, Some("operator-0".into()))),
@@ -254,55 +257,160 @@ async fn deletion_request_gets_its_finalizer_then_status_then_loses_it_on_delete
     assert_no_request(&mut handle).await;
 }
 
+const SECRET: &str = "/api/v1/namespaces/archiver/secrets/redis-shard-0";
+const SHARD_STATUS: &str =
+    "/apis/archiver.uptime.dev/v1alpha1/namespaces/archiver/archivershards/shard-0/status";
+
+fn redis_secret() -> Value {
+    json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "redis-shard-0", "namespace": "archiver"},
+           "data": {"url": "cmVkaXM6Ly9zZWNyZXQtaG9zdDo2Mzc5LzA="}})
+}
+
 #[tokio::test]
-async fn shard_reads_its_secret_and_a_missing_one_fails_with_backoff() {
+async fn shard_owns_a_worker_deployment_and_reports_its_watermark() {
+    let db = TestDatabase::new().await;
+    let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    let client = Client::new(service, "default");
+    let (kctx, _) = mock_context(true);
+    let mut ctx = kctx.ctx.clone();
+    ctx.secrets = SecretSource::Kubernetes(client.clone());
+    ctx.db = Some(db.pool.clone());
+    ctx.workers = WorkerHost::Kubernetes(Arc::new(KubeWorkers {
+        client: client.clone(),
+        image: "archiver-operator:test".into(),
+        database_secret: archiver_operator::api::common::SecretKeyRef {
+            name: "archiver-database".into(),
+            key: "url".into(),
+        },
+    }));
+    sqlx::query(
+        "INSERT INTO archive_watermark (shard_id, last_minute, owner, taken_at, expires_at, rows_archived_last_tick) \
+         VALUES (0, '2026-11-23 08:55+00', 'worker-pod-1', now(), now(), 1234)",
+    )
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    let kctx = Arc::new(KubeContext::new(ctx, client, Some("operator-0".into())));
+    let shard = with_meta(example::<ArchiverShard>("archiver-shard.yaml"), 2);
+    let task = tokio::spawn(reconcile(Arc::new(shard.clone()), kctx));
+
+    let (_, send) = expect_request(&mut handle, Method::GET, SECRET).await;
+    respond(send, redis_secret());
+    let (deployment, send) = expect_request(
+        &mut handle,
+        Method::PATCH,
+        "/apis/apps/v1/namespaces/archiver/deployments/archiver-worker-shard-0",
+    )
+    .await;
+    assert!(
+        deployment["__query"]
+            .as_str()
+            .unwrap()
+            .contains("fieldManager=archiver-operator")
+    );
+    assert_eq!(deployment["spec"]["replicas"], 2);
+    assert_eq!(
+        deployment["metadata"]["ownerReferences"][0]["kind"],
+        "ArchiverShard"
+    );
+    assert_eq!(
+        deployment["metadata"]["ownerReferences"][0]["controller"],
+        true
+    );
+    let container = &deployment["spec"]["template"]["spec"]["containers"][0];
+    assert_eq!(
+        container["args"],
+        json!(["worker", "--shard", "archiver/shard-0"])
+    );
+    assert_eq!(
+        container["env"][1]["valueFrom"]["secretKeyRef"]["name"],
+        "redis-shard-0"
+    );
+    assert_eq!(container["securityContext"]["readOnlyRootFilesystem"], true);
+    assert!(
+        !deployment.to_string().contains("secret-host"),
+        "the URL goes by reference, never by value"
+    );
+    respond(send, deployment.clone());
+
+    let (patch, send) = expect_request(&mut handle, Method::PATCH, SHARD_STATUS).await;
+    let status = &patch["status"];
+    assert_eq!(ready(status), ("True", "Reconciled"));
+    assert_eq!(status["workerDeployment"], "archiver-worker-shard-0");
+    assert_eq!(status["lastArchivedMinute"], "2026-11-23T08:55:00Z");
+    assert_eq!(status["lockOwner"], "worker-pod-1");
+    assert_eq!(status["rowsArchivedLastTick"], 1234);
+    assert_eq!(status["lagSeconds"], 240, "09:00 minus the end of 08:55");
+    let lag = status["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["type"] == "LagWithinSLO")
+        .unwrap();
+    assert_eq!(lag["status"], "False", "240 s is above the 180 s SLO");
+    respond(send, serde_json::to_value(&shard).unwrap());
+    let (event, send) = expect_request(&mut handle, Method::POST, EVENTS).await;
+    respond(send, event);
+    task.await.unwrap().expect("reconciled");
+}
+
+#[tokio::test]
+async fn shard_without_database_or_secret_fails_with_the_reason_and_backs_off() {
     let (kctx, mut handle) = mock_context(true);
     let shard = with_meta(example::<ArchiverShard>("archiver-shard.yaml"), 2);
-    let secret_path = "/api/v1/namespaces/archiver/secrets/redis-shard-0";
-    let status_path =
-        "/apis/archiver.uptime.dev/v1alpha1/namespaces/archiver/archivershards/shard-0/status";
 
+    // No database: Ready False saying so, a Warning event, an error.
     let task = tokio::spawn(reconcile(Arc::new(shard.clone()), kctx.clone()));
-    let (_, send) = expect_request(&mut handle, Method::GET, secret_path).await;
-    respond(
-        send,
-        json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "redis-shard-0", "namespace": "archiver"},
-               "data": {"url": "cmVkaXM6Ly9zZWNyZXQtaG9zdDo2Mzc5LzA="}}),
+    let (_, send) = expect_request(&mut handle, Method::GET, SECRET).await;
+    respond(send, redis_secret());
+    let (patch, send) = expect_request(&mut handle, Method::PATCH, SHARD_STATUS).await;
+    assert_eq!(ready(&patch["status"]), ("False", "ReconcileFailed"));
+    assert!(
+        patch.to_string().contains("no database configured"),
+        "{patch}"
     );
-    let (patch, send) = expect_request(&mut handle, Method::PATCH, status_path).await;
-    assert_eq!(ready(&patch["status"]), ("True", "Reconciled"));
     assert!(
         !patch.to_string().contains("secret-host"),
         "the Redis URL must not reach status"
     );
     respond(send, serde_json::to_value(&shard).unwrap());
     let (event, send) = expect_request(&mut handle, Method::POST, EVENTS).await;
+    assert_eq!(event["type"], "Warning");
     assert!(
         !event.to_string().contains("secret-host"),
         "the Redis URL must not reach an event"
     );
     respond(send, event);
-    task.await.unwrap().expect("reconciled");
+    task.await.unwrap().expect_err("no database is an error");
 
-    // The Secret is gone: Ready turns False with the reason, a Warning event, an error.
+    // The Secret is gone: the reason names it.
     let task = tokio::spawn(reconcile(Arc::new(shard.clone()), kctx.clone()));
-    let (_, send) = expect_request(&mut handle, Method::GET, secret_path).await;
+    let (_, send) = expect_request(&mut handle, Method::GET, SECRET).await;
     respond_status(
         send,
         404,
         json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "NotFound", "code": 404,
                "message": "secrets \"redis-shard-0\" not found"}),
     );
-    let (patch, send) = expect_request(&mut handle, Method::PATCH, status_path).await;
+    let (patch, send) = expect_request(&mut handle, Method::PATCH, SHARD_STATUS).await;
     assert_eq!(ready(&patch["status"]), ("False", "ReconcileFailed"));
     let message = patch["status"]["conditions"][0]["message"]
         .as_str()
         .unwrap();
     assert!(message.contains("redis-shard-0"), "{message}");
     respond(send, serde_json::to_value(&shard).unwrap());
-    let (event, send) = expect_request(&mut handle, Method::POST, EVENTS).await;
-    assert_eq!(event["type"], "Warning");
-    respond(send, event);
+    // The same Warning again: kube's recorder updates the event series.
+    let (request, send) = tokio::time::timeout(Duration::from_secs(5), handle.next_request())
+        .await
+        .expect("an event update")
+        .expect("client alive");
+    assert_eq!(request.method(), Method::PATCH);
+    assert!(
+        request.uri().path().starts_with(EVENTS),
+        "{}",
+        request.uri()
+    );
+    respond(send, json!({}));
     let error = task
         .await
         .unwrap()

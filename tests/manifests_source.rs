@@ -4,8 +4,19 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use archiver_operator::testing::TestDatabase;
+use archiver_operator::testing::{TestDatabase, redis_server};
 use serde_json::Value;
+
+/// The examples, with the shard's Redis Secret pointing at `redis`.
+fn copy_examples_with(redis: &archiver_operator::local_servers::RedisServer) -> tempfile::TempDir {
+    let dir = copy_examples();
+    let secret = dir.path().join("secret-redis-shard-0.yaml");
+    let text = std::fs::read_to_string(&secret)
+        .unwrap()
+        .replace("redis://127.0.0.1:6379/0", &redis.url());
+    std::fs::write(secret, text).unwrap();
+    dir
+}
 
 fn copy_examples() -> tempfile::TempDir {
     let dir = tempfile::tempdir().expect("temporary directory");
@@ -82,7 +93,8 @@ fn text(output: &Output) -> String {
 #[tokio::test]
 async fn once_reconciles_every_object_and_status_shows_them_ready() {
     let db = TestDatabase::empty().await;
-    let dir = copy_examples();
+    let redis = redis_server();
+    let dir = copy_examples_with(&redis);
     let output = run_once(dir.path(), "2026-11-23T10:00:00Z", &db.url);
     assert!(output.status.success(), "{}", text(&output));
 
@@ -117,7 +129,8 @@ async fn once_reconciles_every_object_and_status_shows_them_ready() {
 #[tokio::test]
 async fn a_changed_file_is_a_new_generation_on_the_next_pass() {
     let db = TestDatabase::empty().await;
-    let dir = copy_examples();
+    let redis = redis_server();
+    let dir = copy_examples_with(&redis);
     assert!(
         run_once(dir.path(), "2026-11-23T10:00:00Z", &db.url)
             .status
@@ -147,7 +160,8 @@ async fn a_changed_file_is_a_new_generation_on_the_next_pass() {
 #[tokio::test]
 async fn a_broken_file_is_reported_and_the_others_still_reconcile() {
     let db = TestDatabase::empty().await;
-    let dir = copy_examples();
+    let redis = redis_server();
+    let dir = copy_examples_with(&redis);
     let shard = dir.path().join("archiver-shard.yaml");
     let broken = std::fs::read_to_string(&shard)
         .unwrap()
@@ -179,7 +193,8 @@ async fn a_broken_file_is_reported_and_the_others_still_reconcile() {
 #[tokio::test]
 async fn a_paused_object_is_not_reconciled() {
     let db = TestDatabase::empty().await;
-    let dir = copy_examples();
+    let redis = redis_server();
+    let dir = copy_examples_with(&redis);
     let schedule = dir.path().join("partition-schedule.yaml");
     let paused = std::fs::read_to_string(&schedule).unwrap().replace(
         "  annotations:\n",

@@ -108,6 +108,7 @@ fn engine(dir: &Path, db: &TestDatabase) -> (ManifestsEngine, Arc<Metrics>) {
         config: Arc::new(Default::default()),
         secrets: SecretSource::Manifests(Default::default()),
         metrics: metrics.clone(),
+        workers: archiver_operator::runtime::workers::WorkerHost::Disabled,
     };
     (ManifestsEngine::new(dir.to_path_buf(), ctx), metrics)
 }

@@ -4,6 +4,7 @@
 //! The reconciler below checks the shard's configuration (spec rules and the
 //! Redis URL Secret); the drain worker arrives with its own issue.
 
+pub mod health;
 pub mod redis_source;
 pub mod verdict;
 pub mod worker;
@@ -13,9 +14,14 @@ use std::time::Duration;
 
 use kube::ResourceExt;
 
+use crate::api::common::{ConditionUpdate, set_condition};
 use crate::api::{ArchiverShard, ArchiverShardStatus};
 use crate::runtime::context::Context;
 use crate::runtime::reconcile::{Managed, Outcome, ReconcileError, begin_status, finish};
+use crate::runtime::workers::{WorkerInputs, WorkerState, worker_deployment_name};
+
+/// How often the shard's status is refreshed from its watermark.
+const STATUS_REFRESH: Duration = Duration::from_secs(30);
 
 impl Managed for ArchiverShard {
     type Status = ArchiverShardStatus;
@@ -25,26 +31,84 @@ impl Managed for ArchiverShard {
     }
 
     async fn reconcile(&self, ctx: &Context) -> Result<Outcome<Self::Status>, ReconcileError> {
-        let (status, problems) = begin_status(self, ctx);
-        if problems.is_empty() {
-            // Resolving the URL proves the Secret reference works; the value
-            // itself is never logged or written to status.
-            let namespace = self.namespace().unwrap_or_else(|| "default".into());
-            ctx.secrets
-                .resolve(&namespace, &self.spec.redis.url_secret_ref)
-                .await?;
+        let (mut status, problems) = begin_status(self, ctx);
+        if !problems.is_empty() {
+            return Ok(finish(self, ctx, status, &problems, "", STATUS_REFRESH));
         }
-        let message = format!(
-            "shard {} configured; Redis URL Secret resolved",
-            self.spec.shard_id
-        );
-        Ok(finish(
-            self,
-            ctx,
-            status,
-            &problems,
-            &message,
-            Duration::from_secs(60),
-        ))
+        // The URL is only handed to the worker; it never reaches a log,
+        // an event or the status.
+        let namespace = self.namespace().unwrap_or_else(|| "default".into());
+        let redis_url = ctx
+            .secrets
+            .resolve(&namespace, &self.spec.redis.url_secret_ref)
+            .await?;
+        let Some(pool) = ctx.db.as_ref() else {
+            return Err(ReconcileError::NoDatabase);
+        };
+        let state = ctx
+            .workers
+            .ensure(
+                self,
+                WorkerInputs {
+                    redis_url: &redis_url,
+                    pool: Some(pool),
+                    clock: &ctx.clock,
+                    metrics: &ctx.metrics,
+                },
+            )
+            .await?;
+        if let WorkerState::Deployment(name) = &state {
+            status.worker_deployment = Some(name.clone());
+        }
+        let health = health::read(pool, self.spec.shard_id)
+            .await
+            .map_err(|source| ReconcileError::Database {
+                context: "reading the shard's watermark".into(),
+                source,
+            })?;
+        let now = ctx.clock.now();
+        let message = match &health {
+            Some(health) => {
+                health::apply(
+                    &mut status,
+                    health,
+                    self.spec.lag_slo_seconds,
+                    self.metadata.generation,
+                    now,
+                );
+                match (&health.waiting_reason, &health.last_error) {
+                    (Some(_), Some(error)) => format!("waiting: {error}"),
+                    _ => format!(
+                        "archived through {}; lag {} s",
+                        health.last_minute,
+                        health.lag_seconds(now)
+                    ),
+                }
+            }
+            None => "waiting for the first tick".to_string(),
+        };
+        let message = match state {
+            WorkerState::Suspended => "suspended: no worker runs".to_string(),
+            WorkerState::Deployment(_) => format!(
+                "worker Deployment {}; {message}",
+                worker_deployment_name(self)
+            ),
+            _ => message,
+        };
+        let mut outcome = finish(self, ctx, status, &problems, &message, STATUS_REFRESH);
+        if health.is_none() {
+            set_condition(
+                &mut outcome.status.conditions,
+                ConditionUpdate {
+                    type_: health::conditions::LAG_WITHIN_SLO,
+                    status: false,
+                    reason: "NoWatermarkYet",
+                    message: "no tick has run yet".into(),
+                },
+                self.metadata.generation,
+                now,
+            );
+        }
+        Ok(outcome)
     }
 }

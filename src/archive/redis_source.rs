@@ -33,13 +33,25 @@ pub async fn discover(
 ) -> redis::RedisResult<MinuteKeys> {
     let via = match discovery {
         Discovery::Auto => {
-            let exists: bool = redis::cmd("EXISTS").arg(index_key(minute)).query_async(redis).await?;
-            if exists { Discovery::Index } else { Discovery::Scan }
+            let exists: bool = redis::cmd("EXISTS")
+                .arg(index_key(minute))
+                .query_async(redis)
+                .await?;
+            if exists {
+                Discovery::Index
+            } else {
+                Discovery::Scan
+            }
         }
         other => other,
     };
     let mut keys = match via {
-        Discovery::Index => redis::cmd("SMEMBERS").arg(index_key(minute)).query_async(redis).await?,
+        Discovery::Index => {
+            redis::cmd("SMEMBERS")
+                .arg(index_key(minute))
+                .query_async(redis)
+                .await?
+        }
         _ => scan(redis, &scan_pattern(minute)).await?,
     };
     keys.sort();
@@ -69,7 +81,10 @@ async fn scan(redis: &mut ConnectionManager, pattern: &str) -> redis::RedisResul
 
 /// The fields of every key, in order, pipelined. A key gone since discovery
 /// reads as an empty map.
-pub async fn read(redis: &mut ConnectionManager, keys: &[String]) -> redis::RedisResult<Vec<BTreeMap<String, String>>> {
+pub async fn read(
+    redis: &mut ConnectionManager,
+    keys: &[String],
+) -> redis::RedisResult<Vec<BTreeMap<String, String>>> {
     let mut all = Vec::with_capacity(keys.len());
     for chunk in keys.chunks(PIPELINE_BATCH) {
         let mut pipe = redis::pipe();
@@ -85,7 +100,11 @@ pub async fn read(redis: &mut ConnectionManager, keys: &[String]) -> redis::Redi
 /// Marks keys as archived (after the Postgres commit): one script call per
 /// batch. HSET on a key that has meanwhile expired would resurrect it without
 /// a TTL, so only keys that still exist are marked.
-pub async fn mark_archived(redis: &mut ConnectionManager, keys: &[String], at: DateTime<Utc>) -> redis::RedisResult<()> {
+pub async fn mark_archived(
+    redis: &mut ConnectionManager,
+    keys: &[String],
+    at: DateTime<Utc>,
+) -> redis::RedisResult<()> {
     let script = redis::Script::new(
         "for _, key in ipairs(KEYS) do \
            if redis.call('EXISTS', key) == 1 then redis.call('HSET', key, ARGV[1], ARGV[2]) end \

@@ -106,19 +106,32 @@ pub fn is_sealed(fields: &BTreeMap<String, String>) -> bool {
 }
 
 /// Parses the key of `minute` and its hash fields.
-pub fn parse(key: &str, fields: &BTreeMap<String, String>, minute: DateTime<Utc>) -> Result<Verdict, Reject> {
+pub fn parse(
+    key: &str,
+    fields: &BTreeMap<String, String>,
+    minute: DateTime<Utc>,
+) -> Result<Verdict, Reject> {
     if fields.is_empty() {
-        return Err(Reject::new(RejectReason::Vanished, "listed for the minute but gone when read"));
+        return Err(Reject::new(
+            RejectReason::Vanished,
+            "listed for the minute but gone when read",
+        ));
     }
     let (tenant_id, server_slug, region) = parse_key(key, minute)?;
     if !REGIONS.contains(&region.as_str()) {
-        return Err(Reject::new(RejectReason::UnknownRegion, format!("region {region:?}")));
+        return Err(Reject::new(
+            RejectReason::UnknownRegion,
+            format!("region {region:?}"),
+        ));
     }
     let state = fields
         .get("state")
         .ok_or_else(|| Reject::new(RejectReason::MissingState, "no state field"))?;
     if !STATES.contains(&state.as_str()) {
-        return Err(Reject::new(RejectReason::UnknownState, format!("state {state:?}")));
+        return Err(Reject::new(
+            RejectReason::UnknownState,
+            format!("state {state:?}"),
+        ));
     }
     Ok(Verdict {
         tenant_id,
@@ -133,7 +146,9 @@ pub fn parse(key: &str, fields: &BTreeMap<String, String>, minute: DateTime<Utc>
         registry_of_origin: text(fields, "registry_of_origin"),
         extra: fields
             .iter()
-            .filter(|(name, _)| !NATIVE_FIELDS.contains(&name.as_str()) && name.as_str() != ARCHIVED_AT_FIELD)
+            .filter(|(name, _)| {
+                !NATIVE_FIELDS.contains(&name.as_str()) && name.as_str() != ARCHIVED_AT_FIELD
+            })
             .map(|(name, value)| (name.clone(), value.clone()))
             .collect(),
     })
@@ -143,13 +158,19 @@ fn parse_key(key: &str, minute: DateTime<Utc>) -> Result<(Uuid, String, String),
     let malformed = |why: &str| Reject::new(RejectReason::MalformedKey, format!("{why}: {key:?}"));
     let parts: Vec<&str> = key.split(':').collect();
     let [prefix, tenant, server, region, epoch] = parts.as_slice() else {
-        return Err(malformed("expected verdict:{tenant}:{server}:{region}:{minute}"));
+        return Err(malformed(
+            "expected verdict:{tenant}:{server}:{region}:{minute}",
+        ));
     };
     if *prefix != "verdict" || server.is_empty() {
-        return Err(malformed("expected verdict:{tenant}:{server}:{region}:{minute}"));
+        return Err(malformed(
+            "expected verdict:{tenant}:{server}:{region}:{minute}",
+        ));
     }
     let tenant = Uuid::try_parse(tenant).map_err(|_| malformed("tenant is not a UUID"))?;
-    let epoch: i64 = epoch.parse().map_err(|_| malformed("minute is not a number"))?;
+    let epoch: i64 = epoch
+        .parse()
+        .map_err(|_| malformed("minute is not a number"))?;
     if epoch != minute.timestamp() {
         return Err(malformed("minute does not match the minute being archived"));
     }
@@ -191,13 +212,19 @@ mod tests {
     }
 
     fn fields(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
     }
 
     const TENANT: &str = "6f1c2a9e-4b1d-4c55-9a43-2f5e7d8c9b01";
 
     fn key(region: &str) -> String {
-        format!("verdict:{TENANT}:my-server:{region}:{}", minute().timestamp())
+        format!(
+            "verdict:{TENANT}:my-server:{region}:{}",
+            minute().timestamp()
+        )
     }
 
     #[test]
@@ -215,7 +242,10 @@ mod tests {
         ]);
         let v = parse(&key("us-east"), &f, minute()).unwrap();
         assert_eq!(v.tenant_id.to_string(), TENANT);
-        assert_eq!((v.server_slug.as_str(), v.region.as_str(), v.state.as_str()), ("my-server", "us-east", "down"));
+        assert_eq!(
+            (v.server_slug.as_str(), v.region.as_str(), v.state.as_str()),
+            ("my-server", "us-east", "down")
+        );
         assert_eq!(v.p95_ms, Some(412));
         assert_eq!(v.tool_list_hash, Some(vec![0x00, 0xff, 0x10]));
         assert_eq!(v.asn, Some(16509));
@@ -226,7 +256,12 @@ mod tests {
 
     #[test]
     fn empty_optional_fields_are_null() {
-        let v = parse(&key("eu-west"), &fields(&[("state", "up"), ("p95_ms", ""), ("asn", "")]), minute()).unwrap();
+        let v = parse(
+            &key("eu-west"),
+            &fields(&[("state", "up"), ("p95_ms", ""), ("asn", "")]),
+            minute(),
+        )
+        .unwrap();
         assert_eq!((v.p95_ms, v.asn, v.error_kind), (None, None, None));
     }
 
@@ -235,16 +270,56 @@ mod tests {
         let up = fields(&[("state", "up")]);
         let cases: Vec<(String, BTreeMap<String, String>, RejectReason)> = vec![
             (key("us-easr"), up.clone(), RejectReason::UnknownRegion),
-            (key("us-east"), fields(&[("state", "sideways")]), RejectReason::UnknownState),
-            (key("us-east"), fields(&[("p95_ms", "3")]), RejectReason::MissingState),
-            (key("us-east"), fields(&[("state", "up"), ("p95_ms", "fast")]), RejectReason::BadNumber),
-            (key("us-east"), fields(&[("state", "up"), ("p95_ms", "-1")]), RejectReason::BadNumber),
-            (key("us-east"), fields(&[("state", "up"), ("asn", "99999999999")]), RejectReason::BadNumber),
-            (key("us-east"), fields(&[("state", "up"), ("tool_list_hash", "xyz")]), RejectReason::BadHash),
-            ("verdict:not-a-uuid:s:us-east:1".into(), up.clone(), RejectReason::MalformedKey),
-            (format!("verdict:{TENANT}:s:us-east"), up.clone(), RejectReason::MalformedKey),
-            (format!("verdict:{TENANT}:s:us-east:{}", minute().timestamp() + 60), up.clone(), RejectReason::MalformedKey),
-            (format!("other:{TENANT}:s:us-east:{}", minute().timestamp()), up, RejectReason::MalformedKey),
+            (
+                key("us-east"),
+                fields(&[("state", "sideways")]),
+                RejectReason::UnknownState,
+            ),
+            (
+                key("us-east"),
+                fields(&[("p95_ms", "3")]),
+                RejectReason::MissingState,
+            ),
+            (
+                key("us-east"),
+                fields(&[("state", "up"), ("p95_ms", "fast")]),
+                RejectReason::BadNumber,
+            ),
+            (
+                key("us-east"),
+                fields(&[("state", "up"), ("p95_ms", "-1")]),
+                RejectReason::BadNumber,
+            ),
+            (
+                key("us-east"),
+                fields(&[("state", "up"), ("asn", "99999999999")]),
+                RejectReason::BadNumber,
+            ),
+            (
+                key("us-east"),
+                fields(&[("state", "up"), ("tool_list_hash", "xyz")]),
+                RejectReason::BadHash,
+            ),
+            (
+                "verdict:not-a-uuid:s:us-east:1".into(),
+                up.clone(),
+                RejectReason::MalformedKey,
+            ),
+            (
+                format!("verdict:{TENANT}:s:us-east"),
+                up.clone(),
+                RejectReason::MalformedKey,
+            ),
+            (
+                format!("verdict:{TENANT}:s:us-east:{}", minute().timestamp() + 60),
+                up.clone(),
+                RejectReason::MalformedKey,
+            ),
+            (
+                format!("other:{TENANT}:s:us-east:{}", minute().timestamp()),
+                up,
+                RejectReason::MalformedKey,
+            ),
         ];
         for (key, f, reason) in cases {
             let reject = parse(&key, &f, minute()).expect_err(&key);

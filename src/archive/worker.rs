@@ -66,7 +66,8 @@ impl ShardSettings {
             ),
             discovery: shard.spec.discovery,
             // Validated by the spec rules; an hour is the documented default.
-            backfill: parse_duration(&shard.spec.backfill_when_no_watermark).unwrap_or(chrono::Duration::hours(1)),
+            backfill: parse_duration(&shard.spec.backfill_when_no_watermark)
+                .unwrap_or(chrono::Duration::hours(1)),
             acknowledged_gaps: shard
                 .spec
                 .acknowledged_gaps
@@ -111,7 +112,9 @@ impl WaitReason {
     fn message(&self, minute: DateTime<Utc>) -> String {
         match self {
             Self::Unsealed { keys } => format!("{keys} key(s) of {minute} not sealed yet"),
-            Self::Gap => format!("no keys for {minute} while the minute before had some (suspected eviction)"),
+            Self::Gap => format!(
+                "no keys for {minute} while the minute before had some (suspected eviction)"
+            ),
             Self::PartitionMissing => format!("no partition of probe_minute covers {minute}"),
             Self::RedisUnavailable(error) => format!("Redis unavailable: {error}"),
         }
@@ -123,8 +126,13 @@ impl WaitReason {
 pub enum MinuteOutcome {
     Archived(ArchivedMinute),
     /// An acknowledged gap: the watermark moved past a minute with no keys.
-    GapSkipped { minute: DateTime<Utc> },
-    Waiting { minute: DateTime<Utc>, reason: WaitReason },
+    GapSkipped {
+        minute: DateTime<Utc>,
+    },
+    Waiting {
+        minute: DateTime<Utc>,
+        reason: WaitReason,
+    },
     /// The next minute has not ended yet.
     CaughtUp,
     /// Another replica holds the watermark row.
@@ -234,7 +242,8 @@ impl Worker {
 
     /// A first watermark: the minute before `now - backfill`.
     async fn ensure_watermark_row(&self) -> Result<(), DrainError> {
-        let start = minute_floor(self.clock.now() - self.settings.backfill) - chrono::Duration::minutes(1);
+        let start =
+            minute_floor(self.clock.now() - self.settings.backfill) - chrono::Duration::minutes(1);
         sqlx::query(
             "INSERT INTO archive_watermark (shard_id, last_minute, owner, taken_at, expires_at) \
              VALUES ($1, $2, $3, $4, $4) ON CONFLICT (shard_id) DO NOTHING",
@@ -249,7 +258,10 @@ impl Worker {
         Ok(())
     }
 
-    async fn archive_next_minute(&mut self, so_far: &TickReport) -> Result<MinuteOutcome, DrainError> {
+    async fn archive_next_minute(
+        &mut self,
+        so_far: &TickReport,
+    ) -> Result<MinuteOutcome, DrainError> {
         let now = self.clock.now();
         let mut tx = self.pool.begin().await.map_err(db("beginning the tick"))?;
         sqlx::query("SELECT pg_advisory_xact_lock_shared($1)")
@@ -274,16 +286,22 @@ impl Worker {
             .get_or_create(&self.shard_labels())
             .set((now - minute).num_seconds().max(0));
         if minute + chrono::Duration::minutes(1) > now {
-            self.record_health(&mut *tx, now, so_far, None).await?;
+            self.record_health(&mut tx, now, so_far, None).await?;
             tx.commit().await.map_err(db("committing the tick"))?;
-            self.metrics.unsealed_wait_seconds.get_or_create(&self.shard_labels()).set(0);
+            self.metrics
+                .unsealed_wait_seconds
+                .get_or_create(&self.shard_labels())
+                .set(0);
             return Ok(MinuteOutcome::CaughtUp);
         }
-        let outcome = match redis_source::discover(&mut self.redis, minute, self.settings.discovery).await {
-            Err(error) => Err(WaitReason::RedisUnavailable(error.to_string())),
-            Ok(found) if found.keys.is_empty() => self.empty_minute(&mut *tx, minute, previous_keys).await?,
-            Ok(found) => self.archive_minute(&mut *tx, minute, found).await?,
-        };
+        let outcome =
+            match redis_source::discover(&mut self.redis, minute, self.settings.discovery).await {
+                Err(error) => Err(WaitReason::RedisUnavailable(error.to_string())),
+                Ok(found) if found.keys.is_empty() => {
+                    self.empty_minute(&mut tx, minute, previous_keys).await?
+                }
+                Ok(found) => self.archive_minute(&mut tx, minute, found).await?,
+            };
         match outcome {
             Ok(done) => {
                 let keys = match &done {
@@ -301,20 +319,29 @@ impl Worker {
                     .execute(&mut *tx)
                     .await
                     .map_err(db("advancing the watermark"))?;
-                self.record_health(&mut *tx, now, &report, None).await?;
+                self.record_health(&mut tx, now, &report, None).await?;
                 tx.commit().await.map_err(db("committing the minute"))?;
-                self.metrics.unsealed_wait_seconds.get_or_create(&self.shard_labels()).set(0);
+                self.metrics
+                    .unsealed_wait_seconds
+                    .get_or_create(&self.shard_labels())
+                    .set(0);
                 self.mark_committed_keys().await;
                 Ok(done)
             }
             Err(reason) => {
                 self.pending_marks.clear();
                 if matches!(reason, WaitReason::Unsealed { .. }) {
-                    let waited = (now - (minute + chrono::Duration::minutes(1))).num_seconds().max(0);
-                    self.metrics.unsealed_wait_seconds.get_or_create(&self.shard_labels()).set(waited);
+                    let waited = (now - (minute + chrono::Duration::minutes(1)))
+                        .num_seconds()
+                        .max(0);
+                    self.metrics
+                        .unsealed_wait_seconds
+                        .get_or_create(&self.shard_labels())
+                        .set(waited);
                 }
                 tracing::info!(shard = %self.settings.label, %minute, reason = reason.label(), "{}", reason.message(minute));
-                self.record_health(&mut *tx, now, so_far, Some((minute, &reason))).await?;
+                self.record_health(&mut tx, now, so_far, Some((minute, &reason)))
+                    .await?;
                 tx.commit().await.map_err(db("recording the wait"))?;
                 Ok(MinuteOutcome::Waiting { minute, reason })
             }
@@ -328,7 +355,9 @@ impl Worker {
         if keys.is_empty() {
             return;
         }
-        if let Err(error) = redis_source::mark_archived(&mut self.redis, &keys, self.clock.now()).await {
+        if let Err(error) =
+            redis_source::mark_archived(&mut self.redis, &keys, self.clock.now()).await
+        {
             tracing::warn!(shard = %self.settings.label, %error, "could not mark keys archived");
         }
     }
@@ -379,7 +408,10 @@ impl Worker {
             Ok(fields) => fields,
             Err(error) => return Ok(Err(WaitReason::RedisUnavailable(error.to_string()))),
         };
-        let unsealed = fields.iter().filter(|f| !f.is_empty() && !verdict::is_sealed(f)).count();
+        let unsealed = fields
+            .iter()
+            .filter(|f| !f.is_empty() && !verdict::is_sealed(f))
+            .count();
         if unsealed > 0 {
             return Ok(Err(WaitReason::Unsealed { keys: unsealed }));
         }
@@ -394,7 +426,9 @@ impl Worker {
         let erased = drop_erased(tx, minute, &mut rows).await?;
         let written = match writer::write_minute(tx, &rows, minute, self.clock.now()).await {
             Ok(written) => written,
-            Err(WriteError::PartitionMissing { .. }) => return Ok(Err(WaitReason::PartitionMissing)),
+            Err(WriteError::PartitionMissing { .. }) => {
+                return Ok(Err(WaitReason::PartitionMissing));
+            }
             Err(WriteError::Database(source)) => {
                 return Err(DrainError::Database {
                     context: "writing probe_minute",
@@ -496,24 +530,90 @@ impl Worker {
 /// Drops rows of pairs erased at or after `minute` (a tombstone with
 /// `deleted_at >= minute`): a tick that read verdicts before an erasure
 /// committed must not bring the erased server back.
-async fn drop_erased(tx: &mut PgConnection, minute: DateTime<Utc>, rows: &mut Vec<Verdict>) -> Result<usize, DrainError> {
-    let tombstones: Vec<(Uuid, Option<String>)> =
-        sqlx::query_as("SELECT tenant_id, server_slug FROM data_deletion_log WHERE deleted_at >= $1")
-            .bind(minute)
-            .fetch_all(&mut *tx)
-            .await
-            .map_err(db("reading tombstones"))?;
+async fn drop_erased(
+    tx: &mut PgConnection,
+    minute: DateTime<Utc>,
+    rows: &mut Vec<Verdict>,
+) -> Result<usize, DrainError> {
+    let tombstones: Vec<(Uuid, Option<String>)> = sqlx::query_as(
+        "SELECT tenant_id, server_slug FROM data_deletion_log WHERE deleted_at >= $1",
+    )
+    .bind(minute)
+    .fetch_all(&mut *tx)
+    .await
+    .map_err(db("reading tombstones"))?;
     if tombstones.is_empty() {
         return Ok(0);
     }
-    let whole_tenants: BTreeSet<Uuid> = tombstones.iter().filter(|(_, s)| s.is_none()).map(|(t, _)| *t).collect();
+    let whole_tenants: BTreeSet<Uuid> = tombstones
+        .iter()
+        .filter(|(_, s)| s.is_none())
+        .map(|(t, _)| *t)
+        .collect();
     let pairs: BTreeSet<(Uuid, &str)> = tombstones
         .iter()
         .filter_map(|(tenant, server)| server.as_deref().map(|s| (*tenant, s)))
         .collect();
     let before = rows.len();
     rows.retain(|row| {
-        !whole_tenants.contains(&row.tenant_id) && !pairs.contains(&(row.tenant_id, row.server_slug.as_str()))
+        !whole_tenants.contains(&row.tenant_id)
+            && !pairs.contains(&(row.tenant_id, row.server_slug.as_str()))
     });
     Ok(before - rows.len())
+}
+
+/// When the tick after `now` starts: the next minute boundary plus the offset.
+pub fn next_tick_at(now: DateTime<Utc>, offset: chrono::Duration) -> DateTime<Utc> {
+    let this_minute = minute_floor(now) + offset;
+    if this_minute > now {
+        this_minute
+    } else {
+        this_minute + chrono::Duration::minutes(1)
+    }
+}
+
+/// How long a tick may keep archiving when behind: leaves room before the
+/// next tick starts.
+pub const TICK_BUDGET: Duration = Duration::from_secs(50);
+
+/// Ticks every minute until `shutdown` resolves. Sleeps in real time until
+/// the clock's next tick (use `tick` directly to drive a manual clock).
+pub async fn run_forever(mut worker: Worker, shutdown: impl std::future::Future<Output = ()>) {
+    tokio::pin!(shutdown);
+    loop {
+        match worker.tick(TICK_BUDGET).await {
+            Ok(report) => tracing::info!(
+                shard = %worker.settings.label,
+                minutes = report.archived.len(),
+                rows = report.rows(),
+                rejected = report.rejected(),
+                stopped_at = ?report.stopped_at,
+                "tick"
+            ),
+            Err(error) => tracing::warn!(shard = %worker.settings.label, %error, "tick failed"),
+        }
+        let now = worker.clock.now();
+        let wait = (next_tick_at(now, worker.settings.tick_offset) - now)
+            .to_std()
+            .unwrap_or(Duration::from_secs(1));
+        tokio::select! {
+            _ = &mut shutdown => return,
+            _ = tokio::time::sleep(wait) => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+
+    #[test]
+    fn ticks_start_at_the_minute_boundary_plus_the_offset() {
+        let at = |m, s| Utc.with_ymd_and_hms(2026, 11, 23, 9, m, s).unwrap();
+        let offset = chrono::Duration::seconds(5);
+        assert_eq!(next_tick_at(at(0, 0), offset), at(0, 5));
+        assert_eq!(next_tick_at(at(0, 5), offset), at(1, 5));
+        assert_eq!(next_tick_at(at(0, 59), offset), at(1, 5));
+    }
 }

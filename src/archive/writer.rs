@@ -66,7 +66,9 @@ pub async fn write_minute(
         }
         Err(error) if is_unique_violation(&error) => {
             savepoint.rollback().await?;
-            let inserted = write_through_staging(tx, &csv).await.map_err(|e| classify(e, minute))?;
+            let inserted = write_through_staging(tx, &csv)
+                .await
+                .map_err(|e| classify(e, minute))?;
             Ok(Written {
                 path: WritePath::ConflictFallback,
                 inserted,
@@ -96,7 +98,9 @@ async fn write_through_staging(tx: &mut PgConnection, csv: &[u8]) -> Result<u64,
     )
     .execute(&mut *tx)
     .await?;
-    sqlx::query("TRUNCATE probe_minute_staging").execute(&mut *tx).await?;
+    sqlx::query("TRUNCATE probe_minute_staging")
+        .execute(&mut *tx)
+        .await?;
     copy(tx, "probe_minute_staging", csv).await?;
     let inserted = sqlx::query(
         "INSERT INTO probe_minute SELECT * FROM probe_minute_staging ON CONFLICT DO NOTHING",
@@ -114,7 +118,9 @@ fn is_unique_violation(error: &sqlx::Error) -> bool {
 fn classify(error: sqlx::Error, minute: DateTime<Utc>) -> WriteError {
     match &error {
         // "no partition of relation ... found for row"
-        sqlx::Error::Database(db) if db.message().contains("no partition") => WriteError::PartitionMissing { minute },
+        sqlx::Error::Database(db) if db.message().contains("no partition") => {
+            WriteError::PartitionMissing { minute }
+        }
         _ => WriteError::Database(error),
     }
 }
@@ -128,7 +134,11 @@ pub fn encode_csv(rows: &[Verdict], archived_at: DateTime<Utc>) -> Vec<u8> {
         quoted(&mut out, &row.server_slug);
         out.push(',');
         quoted(&mut out, &row.region);
-        let _ = write!(out, ",{},", row.minute.to_rfc3339_opts(SecondsFormat::Secs, true));
+        let _ = write!(
+            out,
+            ",{},",
+            row.minute.to_rfc3339_opts(SecondsFormat::Secs, true)
+        );
         quoted(&mut out, &row.state);
         out.push(',');
         if let Some(p95) = row.p95_ms {

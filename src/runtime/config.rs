@@ -64,6 +64,17 @@ pub struct OperatorArgs {
     /// Namespace to watch (default: all namespaces).
     #[arg(long, env = "ARCHIVER_NAMESPACE")]
     pub namespace: Option<String>,
+    /// Image of the shard worker pods (normally the operator's own image).
+    #[arg(long, env = "ARCHIVER_WORKER_IMAGE", default_value = concat!("archiver-operator:", env!("CARGO_PKG_VERSION")))]
+    pub worker_image: String,
+    /// Secret (NAME:KEY, in each shard's namespace) with the database URL for
+    /// the shard workers.
+    #[arg(
+        long,
+        env = "ARCHIVER_WORKER_DATABASE_SECRET",
+        default_value = "archiver-database:url"
+    )]
+    pub worker_database_secret: String,
     /// Log format: `json` (default when stdout is not a terminal) or `text`.
     #[arg(long, env = "ARCHIVER_LOG_FORMAT")]
     pub log_format: Option<LogFormat>,

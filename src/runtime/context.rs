@@ -128,4 +128,6 @@ pub struct Context {
     pub config: Arc<OperatorConfig>,
     pub secrets: SecretSource,
     pub metrics: Arc<Metrics>,
+    /// Where ArchiverShard drain workers run.
+    pub workers: super::workers::WorkerHost,
 }

@@ -254,6 +254,11 @@ impl ManifestsEngine {
                 continue;
             }
             tracing::info!(object = %label, "manifest removed; forgetting its status");
+            if object.kind == "ArchiverShard" {
+                self.ctx
+                    .workers
+                    .stop(&format!("{}/{}", object.namespace, object.name));
+            }
             if let Err(error) = self
                 .store
                 .remove(&object.kind, &object.namespace, &object.name)

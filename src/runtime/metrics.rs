@@ -82,14 +82,26 @@ impl Metrics {
             Histogram::new(exponential_buckets(0.01, 2.0, 14))
         });
         let unsealed_wait_seconds = Family::<ShardLabels, Gauge>::default();
-        registry.register("lag_seconds", "Seconds the shard's watermark is behind now", lag_seconds.clone());
-        registry.register("rows_archived", "Rows written to probe_minute", rows_archived.clone());
+        registry.register(
+            "lag_seconds",
+            "Seconds the shard's watermark is behind now",
+            lag_seconds.clone(),
+        );
+        registry.register(
+            "rows_archived",
+            "Rows written to probe_minute",
+            rows_archived.clone(),
+        );
         registry.register(
             "rejected_rows",
             "Verdicts sent to probe_minute_rejects, by reason",
             rejected_rows.clone(),
         );
-        registry.register("tick_duration_seconds", "Duration of one drain tick", tick_duration.clone());
+        registry.register(
+            "tick_duration_seconds",
+            "Duration of one drain tick",
+            tick_duration.clone(),
+        );
         registry.register(
             "unsealed_wait_seconds",
             "How long the next minute has waited for unsealed verdicts",

@@ -13,3 +13,4 @@ pub mod operator;
 pub mod reconcile;
 pub mod status_store;
 pub mod telemetry;
+pub mod workers;

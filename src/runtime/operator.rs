@@ -16,6 +16,8 @@ use super::kubernetes::{KubeContext, run_controllers};
 use super::leader::{Leadership, STANDALONE_LOCK_KEY, kubernetes_lease, postgres_advisory_lock};
 use super::manifests::{ManifestsEngine, PassReport};
 use super::metrics::Metrics;
+use super::workers::{InProcessWorkers, KubeWorkers, WorkerHost};
+use crate::api::common::SecretKeyRef;
 use crate::clock::{ManualClock, SharedClock, SystemClock};
 
 /// Name of the Lease the operator replicas compete for.
@@ -35,6 +37,10 @@ pub enum RunError {
         #[source]
         source: std::io::Error,
     },
+    #[error("ArchiverShard {0} not found")]
+    ShardNotFound(String),
+    #[error("worker: {0}")]
+    Worker(String),
     #[error("{failed} object(s) failed and {invalid} manifest problem(s) were found")]
     PassFailed { failed: usize, invalid: usize },
 }
@@ -57,6 +63,7 @@ fn context(
     clock: SharedClock,
     db: Option<PgPool>,
     secrets: SecretSource,
+    workers: WorkerHost,
 ) -> Context {
     Context {
         clock,
@@ -64,6 +71,19 @@ fn context(
         config: Arc::new(OperatorConfig::from(args)),
         secrets,
         metrics: Arc::new(Metrics::new()),
+        workers,
+    }
+}
+
+/// `NAME:KEY` of the Secret the worker pods read the database URL from.
+fn worker_database_secret(args: &OperatorArgs) -> SecretKeyRef {
+    let (name, key) = args
+        .worker_database_secret
+        .split_once(':')
+        .unwrap_or((args.worker_database_secret.as_str(), "url"));
+    SecretKeyRef {
+        name: name.to_string(),
+        key: key.to_string(),
     }
 }
 
@@ -107,7 +127,13 @@ pub async fn run_once(
         None => Arc::new(SystemClock),
     };
     let db = database(args).await?;
-    let ctx = context(args, clock, db, SecretSource::Manifests(Default::default()));
+    let ctx = context(
+        args,
+        clock,
+        db,
+        SecretSource::Manifests(Default::default()),
+        WorkerHost::Inline,
+    );
     let engine = ManifestsEngine::new(dir, ctx);
     let report = engine.pass(true).await;
     Ok(report)
@@ -129,11 +155,13 @@ pub async fn run_standalone(dir: PathBuf, args: &OperatorArgs) -> Result<(), Run
         }
         None => Leadership::always(),
     };
+    let workers = WorkerHost::InProcess(Arc::new(InProcessWorkers::new()));
     let ctx = context(
         args,
         Arc::new(SystemClock),
         db.clone(),
         SecretSource::Manifests(Default::default()),
+        workers,
     );
     let http_state = HttpState {
         leadership: leadership.clone(),
@@ -154,11 +182,17 @@ pub async fn run_standalone(dir: PathBuf, args: &OperatorArgs) -> Result<(), Run
 pub async fn run_in_cluster(args: &OperatorArgs) -> Result<(), RunError> {
     let client = kube::Client::try_default().await?;
     let db = database(args).await?;
+    let workers = WorkerHost::Kubernetes(Arc::new(KubeWorkers {
+        client: client.clone(),
+        image: args.worker_image.clone(),
+        database_secret: worker_database_secret(args),
+    }));
     let ctx = context(
         args,
         Arc::new(SystemClock),
         db.clone(),
         SecretSource::Kubernetes(client.clone()),
+        workers,
     );
     let identity = std::env::var("POD_NAME")
         .unwrap_or_else(|_| format!("archiver-operator-{}", uuid::Uuid::new_v4()));
@@ -199,6 +233,89 @@ pub async fn run_in_cluster(args: &OperatorArgs) -> Result<(), RunError> {
             break;
         }
     }
+    http.abort();
+    Ok(())
+}
+
+/// Where a worker reads its ArchiverShard from.
+#[derive(Debug, Clone)]
+pub enum ShardSource {
+    Kubernetes,
+    Manifests(PathBuf),
+}
+
+/// `worker --shard NAMESPACE/NAME`: the drain loop of one shard, with its
+/// HTTP endpoints. The Redis URL comes from `REDIS_URL` (the Deployment
+/// injects it from the shard's Secret) or is resolved from the Secret.
+pub async fn run_worker(
+    shard_ref: &str,
+    source: ShardSource,
+    redis_url: Option<crate::runtime::config::SecretString>,
+    args: &OperatorArgs,
+) -> Result<(), RunError> {
+    let (namespace, name) = shard_ref.split_once('/').unwrap_or(("default", shard_ref));
+    let (shard, secrets) = match &source {
+        ShardSource::Manifests(dir) => {
+            let set = super::manifests::load(dir);
+            let shard = set
+                .shards
+                .iter()
+                .find(|s| {
+                    s.metadata.namespace.as_deref() == Some(namespace)
+                        && s.metadata.name.as_deref() == Some(name)
+                })
+                .cloned()
+                .ok_or_else(|| RunError::ShardNotFound(shard_ref.to_string()))?;
+            (
+                shard,
+                SecretSource::Manifests(Arc::new(std::sync::RwLock::new(set.secrets))),
+            )
+        }
+        ShardSource::Kubernetes => {
+            let client = kube::Client::try_default().await?;
+            let api: kube::Api<crate::api::ArchiverShard> =
+                kube::Api::namespaced(client.clone(), namespace);
+            let shard = api
+                .get_opt(name)
+                .await?
+                .ok_or_else(|| RunError::ShardNotFound(shard_ref.to_string()))?;
+            (shard, SecretSource::Kubernetes(client))
+        }
+    };
+    let redis_url = match redis_url {
+        Some(url) => url,
+        None => secrets
+            .resolve(namespace, &shard.spec.redis.url_secret_ref)
+            .await
+            .map_err(|e| RunError::Worker(e.to_string()))?,
+    };
+    let pool = database(args)
+        .await?
+        .ok_or_else(|| RunError::Worker("a worker needs --database-url or DATABASE_URL".into()))?;
+    let metrics = Arc::new(Metrics::new());
+    let listener = listen(args).await?;
+    let http = tokio::spawn(serve(
+        listener,
+        HttpState {
+            leadership: Leadership::always(),
+            db: Some(pool.clone()),
+            metrics: metrics.clone(),
+        },
+        terminated(),
+    ));
+    let settings = crate::archive::worker::ShardSettings::from_shard(&shard);
+    let worker = crate::archive::worker::Worker::connect(
+        settings,
+        super::workers::owner_name(),
+        pool,
+        redis_url.expose(),
+        Arc::new(SystemClock),
+        metrics,
+    )
+    .await
+    .map_err(|e| RunError::Worker(format!("connecting to Redis: {e}")))?;
+    tracing::info!(shard = %shard_ref, "worker started");
+    crate::archive::worker::run_forever(worker, terminated()).await;
     http.abort();
     Ok(())
 }
