@@ -49,3 +49,26 @@ pub async fn migrate(pool: &PgPool) -> Result<(), DbError> {
     MIGRATOR.run(pool).await?;
     Ok(())
 }
+
+/// Advisory-lock keys shared by the modules that must exclude each other.
+pub mod locks {
+    use sha2::{Digest, Sha256};
+    use uuid::Uuid;
+
+    /// Drain ticks take this shared, an erasure exclusive: an erasure waits
+    /// for ticks in flight and holds new ones until it commits.
+    pub const ERASURE: i64 = 0x6572_6173_6572_0001;
+
+    /// Per-server key: rollup recomputes and the erasure of that server take
+    /// it, so a recompute can never recreate rows an erasure removed.
+    pub fn server(tenant: Uuid, server_slug: &str) -> i64 {
+        let digest = Sha256::digest(format!("server:{tenant}:{server_slug}"));
+        i64::from_be_bytes(digest[..8].try_into().expect("a SHA-256 digest has 32 bytes"))
+    }
+
+    /// Per-tenant key, for whole-tenant erasures.
+    pub fn tenant(tenant: Uuid) -> i64 {
+        let digest = Sha256::digest(format!("tenant:{tenant}"));
+        i64::from_be_bytes(digest[..8].try_into().expect("a SHA-256 digest has 32 bytes"))
+    }
+}

@@ -25,7 +25,7 @@ use crate::runtime::metrics::{Metrics, RejectLabels, ShardLabels};
 
 /// Advisory-lock key shared by drain ticks (shared side) and erasures
 /// (exclusive side): an erasure waits for in-flight ticks and blocks new ones.
-pub const ERASURE_LOCK_KEY: i64 = 0x6572_6173_6572_0001;
+pub const ERASURE_LOCK_KEY: i64 = crate::db::locks::ERASURE;
 /// How long a tick's hold on the watermark is advertised as valid.
 const LOCK_TTL: chrono::Duration = chrono::Duration::seconds(90);
 
