@@ -112,14 +112,32 @@ fn find_on_path(name: &str) -> Option<PathBuf> {
         .find(|candidate| candidate.is_file())
 }
 
-/// A free TCP port on 127.0.0.1 (the listener is closed before returning).
+/// A free TCP port on 127.0.0.1, chosen below the kernel's ephemeral range
+/// (32768 and up): a client reconnecting to a stopped server on an
+/// ephemeral port can connect to itself and squat that port, so a server
+/// restarted on it could not bind again.
 pub fn free_port() -> Result<u16, LocalServerError> {
-    let listener = TcpListener::bind("127.0.0.1:0").map_err(io_error("finding a free port"))?;
-    let port = listener
-        .local_addr()
-        .map_err(io_error("reading the free port"))?
-        .port();
-    Ok(port)
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static STATE: AtomicU64 = AtomicU64::new(0);
+    let seed = u64::from(std::process::id())
+        ^ std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(0);
+    let _ = STATE.compare_exchange(0, seed | 1, Ordering::SeqCst, Ordering::SeqCst);
+    for _ in 0..200 {
+        let next = STATE
+            .fetch_add(0x9E37_79B9_7F4A_7C15, Ordering::SeqCst)
+            .wrapping_mul(0xD1B5_4A32_D192_ED03);
+        let port = 20_000 + (next >> 40) as u16 % 12_000;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return Ok(port);
+        }
+    }
+    Err(LocalServerError::Io {
+        context: "finding a free port in 20000-31999".into(),
+        source: std::io::Error::from(std::io::ErrorKind::AddrInUse),
+    })
 }
 
 fn wait_for_port(port: u16, timeout: Duration) -> bool {
@@ -208,6 +226,8 @@ pub struct PostgresServer {
     child: Option<Child>,
     dir: Option<tempfile::TempDir>,
     port: u16,
+    binary: PathBuf,
+    run_as: Option<RunAs>,
 }
 
 impl PostgresServer {
@@ -239,23 +259,51 @@ impl PostgresServer {
         run_to_completion(init, "initdb")?;
 
         let port = free_port()?;
-        let log_path = dir.path().join("postgres.log");
-        let log =
-            std::fs::File::create(&log_path).map_err(io_error("creating the PostgreSQL log"))?;
-        if let Some(user) = run_as {
+        let mut started = Self {
+            child: None,
+            dir: Some(dir),
+            port,
+            binary: postgres,
+            run_as,
+        };
+        started.launch()?;
+        Ok(started)
+    }
+
+    fn dir_path(&self) -> PathBuf {
+        self.dir
+            .as_ref()
+            .map(|d| d.path().to_path_buf())
+            .unwrap_or_default()
+    }
+
+    /// Starts the server process on the existing data directory and waits
+    /// until it accepts connections.
+    fn launch(&mut self) -> Result<(), LocalServerError> {
+        let dir = self.dir_path();
+        let log_path = dir.join("postgres.log");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)
+            .map_err(io_error("opening the PostgreSQL log"))?;
+        if let Some(user) = self.run_as {
             chown_recursive(&log_path, user)?;
         }
         let log_err = log
             .try_clone()
             .map_err(io_error("opening the PostgreSQL log"))?;
-        let mut server = command_as(&postgres, run_as);
+        let mut server = command_as(&self.binary, self.run_as);
         server
             .arg("-D")
-            .arg(&data)
-            .args(["-p", &port.to_string()])
+            .arg(dir.join("data"))
+            .args(["-p", &self.port.to_string()])
             .args(["-c", "listen_addresses=127.0.0.1"])
             .arg("-c")
-            .arg(format!("unix_socket_directories={}", socket_dir.display()))
+            .arg(format!(
+                "unix_socket_directories={}",
+                dir.join("socket").display()
+            ))
             // Throw-away data: durability buys nothing and costs seconds.
             .args([
                 "-c",
@@ -269,22 +317,26 @@ impl PostgresServer {
             .stdin(Stdio::null())
             .stdout(log)
             .stderr(log_err);
-        let child = server.spawn().map_err(io_error("starting postgres"))?;
-        let mut started = Self {
-            child: Some(child),
-            dir: Some(dir),
-            port,
-        };
-        if !wait_for_port(port, Duration::from_secs(30)) {
+        self.child = Some(server.spawn().map_err(io_error("starting postgres"))?);
+        if !wait_for_port(self.port, Duration::from_secs(30)) {
             let log = std::fs::read_to_string(&log_path).unwrap_or_default();
-            started.stop();
+            self.stop();
             return Err(LocalServerError::NotReady {
                 what: "postgres",
                 seconds: 30,
                 log,
             });
         }
-        Ok(started)
+        Ok(())
+    }
+
+    /// Stops the server (fast shutdown, as an operator restart would) and
+    /// starts it again on the same port with the same data.
+    pub fn restart(&mut self) -> Result<(), LocalServerError> {
+        if let Some(mut child) = self.child.take() {
+            stop_child(&mut child, libc::SIGINT, Duration::from_secs(10));
+        }
+        self.launch()
     }
 
     pub fn port(&self) -> u16 {
@@ -319,6 +371,7 @@ pub struct RedisServer {
     child: Option<Child>,
     dir: Option<tempfile::TempDir>,
     port: u16,
+    binary: PathBuf,
 }
 
 impl RedisServer {
@@ -332,30 +385,54 @@ impl RedisServer {
             .tempdir()
             .map_err(io_error("creating the Redis directory"))?;
         let port = free_port()?;
-        let mut server = command_as(&binary, None);
+        let mut started = Self {
+            child: None,
+            dir: Some(dir),
+            port,
+            binary,
+        };
+        started.launch()?;
+        Ok(started)
+    }
+
+    fn launch(&mut self) -> Result<(), LocalServerError> {
+        let dir = self
+            .dir
+            .as_ref()
+            .map(|d| d.path().to_path_buf())
+            .unwrap_or_default();
+        let log_path = dir.join("redis.log");
+        let mut server = command_as(&self.binary, None);
         server
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
             .args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
+            .arg("--logfile")
+            .arg(&log_path)
             .arg("--dir")
-            .arg(dir.path())
+            .arg(&dir)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null());
-        let child = server.spawn().map_err(io_error("starting redis-server"))?;
-        let mut started = Self {
-            child: Some(child),
-            dir: Some(dir),
-            port,
-        };
-        if !wait_for_port(port, Duration::from_secs(10)) {
-            started.stop();
+        self.child = Some(server.spawn().map_err(io_error("starting redis-server"))?);
+        if !wait_for_port(self.port, Duration::from_secs(10)) {
+            let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+            self.halt();
             return Err(LocalServerError::NotReady {
                 what: "redis-server",
                 seconds: 10,
-                log: String::new(),
+                log,
             });
         }
-        Ok(started)
+        Ok(())
+    }
+
+    /// Starts a stopped server again on the same port (its data is gone:
+    /// no persistence, like an evicting cache after a crash).
+    pub fn start_again(&mut self) -> Result<(), LocalServerError> {
+        if let Some(mut child) = self.child.take() {
+            stop_child(&mut child, libc::SIGTERM, Duration::from_secs(5));
+        }
+        self.launch()
     }
 
     pub fn port(&self) -> u16 {
@@ -366,10 +443,15 @@ impl RedisServer {
         format!("redis://127.0.0.1:{}/", self.port)
     }
 
-    pub fn stop(&mut self) {
+    /// Stops the process but keeps the directory, so `start_again` works.
+    pub fn halt(&mut self) {
         if let Some(mut child) = self.child.take() {
             stop_child(&mut child, libc::SIGTERM, Duration::from_secs(5));
         }
+    }
+
+    pub fn stop(&mut self) {
+        self.halt();
         if let Some(dir) = self.dir.take() {
             let _ = dir.close();
         }

@@ -561,7 +561,7 @@ async fn redis_going_away_holds_the_watermark() {
         "w",
     )
     .await;
-    redis.stop();
+    redis.halt();
     let report = w
         .tick(BUDGET)
         .await
@@ -580,4 +580,19 @@ async fn redis_going_away_holds_the_watermark() {
             .await
             .unwrap();
     assert_eq!(reason.as_deref(), Some("redis-unavailable"));
+
+    // Redis comes back (empty: no persistence): the worker reconnects by
+    // itself and archives once the minute is there again.
+    redis.start_again().expect("restart redis");
+    let fixture = seed(&redis, 0..1, 2, true).await;
+    let mut report = w.tick(BUDGET).await.expect("tick after the outage");
+    for _ in 0..20 {
+        if !report.archived.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        report = w.tick(BUDGET).await.expect("tick after the outage");
+    }
+    assert_eq!(report.archived.len(), 1, "{report:?}");
+    assert_eq!(archived_rows(&db).await, fixture.expected);
 }

@@ -27,6 +27,7 @@ pub struct ShardHealth {
     pub waiting_minute: Option<DateTime<Utc>>,
     pub waiting_reason: Option<String>,
     pub last_error: Option<String>,
+    pub last_warning: Option<String>,
 }
 
 impl ShardHealth {
@@ -45,7 +46,7 @@ impl ShardHealth {
 pub async fn read(pool: &PgPool, shard_id: i32) -> Result<Option<ShardHealth>, sqlx::Error> {
     sqlx::query_as(
         "SELECT last_minute, owner, expires_at, last_tick_at, rows_archived_last_tick, rows_rejected_last_tick, \
-         waiting_minute, waiting_reason, last_error FROM archive_watermark WHERE shard_id = $1",
+         waiting_minute, waiting_reason, last_error, last_warning FROM archive_watermark WHERE shard_id = $1",
     )
     .bind(shard_id)
     .fetch_optional(pool)

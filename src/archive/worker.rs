@@ -179,6 +179,8 @@ pub struct Worker {
     metrics: Arc<Metrics>,
     /// Keys of the minute being committed, marked `archived_at` after commit.
     pending_marks: Vec<String>,
+    /// A warning about the last archived minute (kept until the next one).
+    warning: Option<String>,
 }
 
 impl Worker {
@@ -204,6 +206,7 @@ impl Worker {
             clock,
             metrics,
             pending_marks: Vec::new(),
+            warning: None,
         })
     }
 
@@ -509,7 +512,7 @@ impl Worker {
         sqlx::query(
             "UPDATE archive_watermark SET owner = $2, taken_at = $3, expires_at = $4, last_tick_at = $3, \
              rows_archived_last_tick = $5, rows_rejected_last_tick = $6, waiting_minute = $7, \
-             waiting_reason = $8, last_error = $9 WHERE shard_id = $1",
+             waiting_reason = $8, last_error = $9, last_warning = $10 WHERE shard_id = $1",
         )
         .bind(self.settings.shard_id)
         .bind(&self.owner)
@@ -520,11 +523,21 @@ impl Worker {
         .bind(waiting.map(|(minute, _)| minute))
         .bind(waiting.map(|(_, reason)| reason.label()))
         .bind(waiting.map(|(minute, reason)| reason.message(minute)))
+        .bind(self.warning.as_deref())
         .execute(&mut *tx)
         .await
         .map_err(db("recording shard health"))?;
         Ok(())
     }
+}
+
+/// A minute with less than half the keys of the one before may have lost
+/// keys to eviction: worth a warning, not a hold (traffic does vary).
+pub fn key_drop_warning(minute: DateTime<Utc>, keys: usize, previous_keys: i32) -> Option<String> {
+    let previous = usize::try_from(previous_keys).unwrap_or(0);
+    (previous >= 10 && keys * 2 < previous).then(|| {
+        format!("{minute} has {keys} keys, the minute before had {previous}: partial eviction?")
+    })
 }
 
 /// Drops rows of pairs erased at or after `minute` (a tombstone with
@@ -607,6 +620,15 @@ pub async fn run_forever(mut worker: Worker, shutdown: impl std::future::Future<
 mod tests {
     use super::*;
     use chrono::TimeZone;
+
+    #[test]
+    fn a_sharp_drop_in_keys_warns_but_small_shards_and_growth_do_not() {
+        let at = Utc.with_ymd_and_hms(2026, 11, 23, 9, 0, 0).unwrap();
+        assert!(key_drop_warning(at, 40, 100).is_some());
+        assert!(key_drop_warning(at, 60, 100).is_none());
+        assert!(key_drop_warning(at, 1, 6).is_none(), "too few keys to tell");
+        assert!(key_drop_warning(at, 500, 100).is_none());
+    }
 
     #[test]
     fn ticks_start_at_the_minute_boundary_plus_the_offset() {

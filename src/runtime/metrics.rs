@@ -44,6 +44,8 @@ pub struct Metrics {
     pub tick_duration: Family<ShardLabels, Histogram>,
     /// How long the next minute has waited for unsealed keys.
     pub unsealed_wait_seconds: Family<ShardLabels, Gauge>,
+    /// Minutes with far fewer keys than the one before.
+    pub key_drop_warnings: Family<ShardLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -107,6 +109,12 @@ impl Metrics {
             "How long the next minute has waited for unsealed verdicts",
             unsealed_wait_seconds.clone(),
         );
+        let key_drop_warnings = Family::<ShardLabels, Counter>::default();
+        registry.register(
+            "key_drop_warnings",
+            "Minutes with less than half the keys of the minute before",
+            key_drop_warnings.clone(),
+        );
         Self {
             registry: Mutex::new(registry),
             reconciles,
@@ -117,6 +125,7 @@ impl Metrics {
             rejected_rows,
             tick_duration,
             unsealed_wait_seconds,
+            key_drop_warnings,
         }
     }
 
