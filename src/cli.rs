@@ -251,6 +251,9 @@ fn print_pass(report: &crate::runtime::manifests::PassReport) {
     for problem in &report.invalid {
         println!("invalid     {problem}");
     }
+    for note in &report.notes {
+        println!("note        {note}");
+    }
 }
 
 fn print_status(dir: &Path, output: OutputFormat) -> ExitCode {

@@ -63,12 +63,20 @@ pub mod locks {
     /// it, so a recompute can never recreate rows an erasure removed.
     pub fn server(tenant: Uuid, server_slug: &str) -> i64 {
         let digest = Sha256::digest(format!("server:{tenant}:{server_slug}"));
-        i64::from_be_bytes(digest[..8].try_into().expect("a SHA-256 digest has 32 bytes"))
+        i64::from_be_bytes(
+            digest[..8]
+                .try_into()
+                .expect("a SHA-256 digest has 32 bytes"),
+        )
     }
 
     /// Per-tenant key, for whole-tenant erasures.
     pub fn tenant(tenant: Uuid) -> i64 {
         let digest = Sha256::digest(format!("tenant:{tenant}"));
-        i64::from_be_bytes(digest[..8].try_into().expect("a SHA-256 digest has 32 bytes"))
+        i64::from_be_bytes(
+            digest[..8]
+                .try_into()
+                .expect("a SHA-256 digest has 32 bytes"),
+        )
     }
 }

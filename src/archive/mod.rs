@@ -7,6 +7,7 @@
 pub mod health;
 pub mod redis_source;
 pub mod verdict;
+pub mod views;
 pub mod worker;
 pub mod writer;
 

@@ -172,6 +172,8 @@ pub struct PassReport {
     pub failed: Vec<(String, String)>,
     pub paused: Vec<String>,
     pub invalid: Vec<String>,
+    /// What else the pass did, one line each.
+    pub notes: Vec<String>,
 }
 
 impl PassReport {

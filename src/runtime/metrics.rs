@@ -46,6 +46,11 @@ pub struct Metrics {
     pub unsealed_wait_seconds: Family<ShardLabels, Gauge>,
     /// Minutes with far fewer keys than the one before.
     pub key_drop_warnings: Family<ShardLabels, Counter>,
+    /// Seconds the derived views (rollups, clusters) are behind now.
+    pub views_lag_seconds: Gauge,
+    pub views_duration: Histogram,
+    /// 1 when the alert router's query uses its index, 0 when the plan flipped.
+    pub suppression_plan_uses_index: Gauge,
 }
 
 impl Default for Metrics {
@@ -115,6 +120,24 @@ impl Metrics {
             "Minutes with less than half the keys of the minute before",
             key_drop_warnings.clone(),
         );
+        let views_lag_seconds = Gauge::default();
+        let views_duration = Histogram::new(exponential_buckets(0.005, 2.0, 14));
+        let suppression_plan_uses_index = Gauge::default();
+        registry.register(
+            "views_lag_seconds",
+            "Seconds the rollups and suppression clusters are behind now",
+            views_lag_seconds.clone(),
+        );
+        registry.register(
+            "views_duration_seconds",
+            "Duration of one derived-view maintenance pass",
+            views_duration.clone(),
+        );
+        registry.register(
+            "suppression_plan_uses_index",
+            "1 when the alert router's cluster query uses its index",
+            suppression_plan_uses_index.clone(),
+        );
         Self {
             registry: Mutex::new(registry),
             reconciles,
@@ -126,6 +149,9 @@ impl Metrics {
             tick_duration,
             unsealed_wait_seconds,
             key_drop_warnings,
+            views_lag_seconds,
+            views_duration,
+            suppression_plan_uses_index,
         }
     }
 

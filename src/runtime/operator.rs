@@ -134,8 +134,29 @@ pub async fn run_once(
         SecretSource::Manifests(Default::default()),
         WorkerHost::Inline,
     );
+    let views = ctx.db.clone().map(|pool| (pool, ctx.clone()));
     let engine = ManifestsEngine::new(dir, ctx);
-    let report = engine.pass(true).await;
+    let mut report = engine.pass(true).await;
+    // The derived views follow the minutes the pass archived.
+    if let Some((pool, ctx)) = views {
+        let salt = ctx.config.suppression_salt.as_ref().map(|s| s.expose());
+        match crate::archive::views::maintain_and_report(&pool, salt, ctx.clock.now(), &ctx.metrics)
+            .await
+        {
+            Ok(views) => report.notes.push(format!(
+                "derived views: {} minute(s) applied, {} day(s) closed{}",
+                views.minutes.len(),
+                views.closed_days.len(),
+                views
+                    .suppression_disabled
+                    .map(|why| format!("; suppression clusters skipped: {why}"))
+                    .unwrap_or_default()
+            )),
+            Err(error) => report
+                .failed
+                .push(("derived views".into(), error.to_string())),
+        }
+    }
     Ok(report)
 }
 
@@ -170,9 +191,27 @@ pub async fn run_standalone(dir: PathBuf, args: &OperatorArgs) -> Result<(), Run
     };
     let listener = listen(args).await?;
     let http = tokio::spawn(serve(listener, http_state, terminated()));
+    let views = ctx.db.clone().map(|pool| {
+        let ctx = ctx.clone();
+        let mut leadership = leadership.clone();
+        tokio::spawn(async move {
+            leadership.acquired().await;
+            crate::archive::views::run_forever(
+                pool,
+                ctx.config.suppression_salt.clone(),
+                ctx.clock.clone(),
+                ctx.metrics.clone(),
+                terminated(),
+            )
+            .await
+        })
+    });
     let engine = ManifestsEngine::new(dir, ctx);
     tracing::info!("standalone operator started");
     engine.run(leadership, terminated()).await;
+    if let Some(views) = views {
+        views.abort();
+    }
     http.abort();
     Ok(())
 }
@@ -220,8 +259,22 @@ pub async fn run_in_cluster(args: &OperatorArgs) -> Result<(), RunError> {
         let controllers = tokio::spawn(run_controllers(
             kctx.clone(),
             args.namespace.clone(),
-            stopped,
+            stopped.clone(),
         ));
+        // The leader also keeps the derived views current.
+        let views = kctx.ctx.db.clone().map(|pool| {
+            let ctx = kctx.ctx.clone();
+            let mut stopped = stopped;
+            tokio::spawn(crate::archive::views::run_forever(
+                pool,
+                ctx.config.suppression_salt.clone(),
+                ctx.clock.clone(),
+                ctx.metrics.clone(),
+                async move {
+                    let _ = stopped.wait_for(|stop| *stop).await;
+                },
+            ))
+        });
         let terminating = tokio::select! {
             _ = leadership.lost() => false,
             _ = &mut terminate => true,
@@ -229,6 +282,9 @@ pub async fn run_in_cluster(args: &OperatorArgs) -> Result<(), RunError> {
         tracing::info!(%identity, "stopping controllers");
         let _ = stop.send(true);
         let _ = controllers.await;
+        if let Some(views) = views {
+            let _ = views.await;
+        }
         if terminating {
             break;
         }
