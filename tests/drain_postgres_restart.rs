@@ -20,7 +20,7 @@ fn minute(n: i64) -> DateTime<Utc> {
     Utc.with_ymd_and_hms(2026, 11, 23, 9, 0, 0).unwrap() + chrono::Duration::minutes(n)
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_postgres_restart_mid_tick_loses_nothing_and_duplicates_nothing() {
     // Started on this test's thread, which outlives the server.
     let mut postgres = PostgresServer::start().expect("start postgres");
@@ -38,7 +38,7 @@ async fn a_postgres_restart_mid_tick_loses_nothing_and_duplicates_nothing() {
     let redis = redis_server();
     let client = redis::Client::open(redis.url()).unwrap();
     let mut conn = client.get_multiplexed_async_connection().await.unwrap();
-    let minutes = 30;
+    let minutes = 90;
     let per_minute = 200 * 5;
     for m in 0..minutes {
         let mut pipe = redis::pipe();
@@ -77,7 +77,7 @@ async fn a_postgres_restart_mid_tick_loses_nothing_and_duplicates_nothing() {
         let result = worker.tick(Duration::from_secs(120)).await;
         (worker, result)
     });
-    tokio::time::sleep(Duration::from_millis(150)).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
     postgres.restart().expect("restart postgres");
     let (mut worker, first) = tick.await.unwrap();
     let first_minutes = first.as_ref().map(|r| r.archived.len()).unwrap_or(0);

@@ -55,6 +55,8 @@ fn mock_context(secrets_from_cluster: bool) -> (Arc<KubeContext>, MockHandle) {
         secrets,
         metrics: Arc::new(Metrics::new()),
         workers: WorkerHost::Disabled,
+        policies: Default::default(),
+        publisher: archiver_operator::runtime::publish::Publisher::Disabled,
     };
     (
         Arc::new(KubeContext::new(ctx, client, Some("operator-0".into()))),

@@ -109,6 +109,8 @@ fn engine(dir: &Path, db: &TestDatabase) -> (ManifestsEngine, Arc<Metrics>) {
         secrets: SecretSource::Manifests(Default::default()),
         metrics: metrics.clone(),
         workers: archiver_operator::runtime::workers::WorkerHost::Disabled,
+        policies: Default::default(),
+        publisher: archiver_operator::runtime::publish::Publisher::Disabled,
     };
     (ManifestsEngine::new(dir.to_path_buf(), ctx), metrics)
 }

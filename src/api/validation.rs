@@ -312,6 +312,14 @@ pub fn parse_duration(text: &str) -> Option<chrono::Duration> {
 /// Rules across objects: duplicates, two RetentionPolicies, two shards on
 /// one watermark row.
 pub fn cross_object_problems(docs: &[&Document]) -> Vec<Problem> {
+    let mut problems = duplicate_problems(docs);
+    problems.extend(policy_conflict_problems(docs));
+    problems
+}
+
+/// Objects that must not run at all: the same object twice, or two shards
+/// on one watermark row.
+pub fn duplicate_problems(docs: &[&Document]) -> Vec<Problem> {
     let mut problems = Vec::new();
     let mut seen: BTreeMap<String, &Document> = BTreeMap::new();
     for doc in docs {
@@ -323,23 +331,6 @@ pub fn cross_object_problems(docs: &[&Document]) -> Vec<Problem> {
             ));
         } else {
             seen.insert(key, doc);
-        }
-    }
-    let policies: Vec<&&Document> = docs
-        .iter()
-        .filter(|d| d.kind() == "RetentionPolicy")
-        .collect();
-    if policies.len() > 1 {
-        let names: Vec<String> = policies.iter().map(|d| d.label()).collect();
-        for doc in &policies {
-            problems.push(doc.problem(
-                None,
-                format!(
-                    "exactly one RetentionPolicy may be in force, found {} ({}); nothing would be deleted",
-                    policies.len(),
-                    names.join(", ")
-                ),
-            ));
         }
     }
     let mut shards: BTreeMap<i64, &Document> = BTreeMap::new();
@@ -357,6 +348,32 @@ pub fn cross_object_problems(docs: &[&Document]) -> Vec<Problem> {
         }
     }
     problems
+}
+
+/// More than one RetentionPolicy: reported, and at run time the policies
+/// report `Conflict` and nothing is deleted.
+pub fn policy_conflict_problems(docs: &[&Document]) -> Vec<Problem> {
+    let policies: Vec<&&Document> = docs
+        .iter()
+        .filter(|d| d.kind() == "RetentionPolicy")
+        .collect();
+    if policies.len() <= 1 {
+        return Vec::new();
+    }
+    let names: Vec<String> = policies.iter().map(|d| d.label()).collect();
+    policies
+        .iter()
+        .map(|doc| {
+            doc.problem(
+                None,
+                format!(
+                    "exactly one RetentionPolicy may be in force, found {} ({}); nothing would be deleted",
+                    policies.len(),
+                    names.join(", ")
+                ),
+            )
+        })
+        .collect()
 }
 
 /// Expands directories into the YAML files they contain (sorted, recursive;

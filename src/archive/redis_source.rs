@@ -79,6 +79,33 @@ async fn scan(redis: &mut ConnectionManager, pattern: &str) -> redis::RedisResul
     }
 }
 
+/// One chunk of a minute: its keys and their fields, in order.
+pub type Chunk = (Vec<String>, Vec<BTreeMap<String, String>>);
+
+/// Reads `keys` chunk by chunk on a task of its own, handing each chunk over
+/// as soon as it arrives (at most two waiting), so the caller can write one
+/// chunk while the next is read.
+pub fn read_in_chunks(
+    redis: ConnectionManager,
+    keys: Vec<String>,
+) -> tokio::sync::mpsc::Receiver<redis::RedisResult<Chunk>> {
+    let (sender, receiver) = tokio::sync::mpsc::channel(2);
+    tokio::spawn(async move {
+        let mut redis = redis;
+        for chunk in keys.chunks(PIPELINE_BATCH) {
+            let result = read(&mut redis, chunk)
+                .await
+                .map(|fields| (chunk.to_vec(), fields));
+            let failed = result.is_err();
+            if sender.send(result).await.is_err() || failed {
+                // The writer stopped listening, or Redis failed: stop reading.
+                return;
+            }
+        }
+    });
+    receiver
+}
+
 /// The fields of every key, in order, pipelined. A key gone since discovery
 /// reads as an empty map.
 pub async fn read(

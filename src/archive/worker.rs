@@ -16,12 +16,13 @@ use uuid::Uuid;
 
 use super::redis_source::{self, MinuteKeys};
 use super::verdict::{self, Reject, Verdict};
-use super::writer::{self, WriteError, WritePath};
+use super::writer::{self, StreamError, WriteError, WritePath};
 use crate::api::ArchiverShard;
 use crate::api::archiver_shard::Discovery;
 use crate::api::validation::parse_duration;
 use crate::clock::{SharedClock, minute_floor};
 use crate::runtime::metrics::{Metrics, RejectLabels, ShardLabels};
+use futures::StreamExt;
 
 /// Advisory-lock key shared by drain ticks (shared side) and erasures
 /// (exclusive side): an erasure waits for in-flight ticks and blocks new ones.
@@ -407,32 +408,40 @@ impl Worker {
         minute: DateTime<Utc>,
         found: MinuteKeys,
     ) -> Result<Result<MinuteOutcome, WaitReason>, DrainError> {
-        let fields = match redis_source::read(&mut self.redis, &found.keys).await {
-            Ok(fields) => fields,
-            Err(error) => return Ok(Err(WaitReason::RedisUnavailable(error.to_string()))),
-        };
-        let unsealed = fields
-            .iter()
-            .filter(|f| !f.is_empty() && !verdict::is_sealed(f))
-            .count();
-        if unsealed > 0 {
-            return Ok(Err(WaitReason::Unsealed { keys: unsealed }));
-        }
-        let mut rows = Vec::with_capacity(found.keys.len());
-        let mut rejects = Vec::new();
-        for (key, fields) in found.keys.iter().zip(&fields) {
-            match verdict::parse(key, fields, minute) {
-                Ok(row) => rows.push(row),
-                Err(reject) => rejects.push((key.clone(), fields, reject)),
+        // Read, check and parse chunk by chunk while the previous chunk is
+        // being copied into Postgres.
+        let tombstones = Tombstones::load(tx, minute).await?;
+        let mut receiver = redis_source::read_in_chunks(self.redis.clone(), found.keys.clone());
+        let mut rejects: Vec<(String, std::collections::BTreeMap<String, String>, Reject)> =
+            Vec::new();
+        let mut erased = 0;
+        let chunks = futures::stream::poll_fn(move |cx| receiver.poll_recv(cx)).map(|chunk| {
+            let (keys, fields) = chunk.map_err(|e| WaitReason::RedisUnavailable(e.to_string()))?;
+            let unsealed = fields
+                .iter()
+                .filter(|f| !f.is_empty() && !verdict::is_sealed(f))
+                .count();
+            if unsealed > 0 {
+                return Err(WaitReason::Unsealed { keys: unsealed });
             }
-        }
-        let erased = drop_erased(tx, minute, &mut rows).await?;
-        let written = match writer::write_minute(tx, &rows, minute, self.clock.now()).await {
+            let mut rows = Vec::with_capacity(keys.len());
+            for (key, fields) in keys.into_iter().zip(fields) {
+                match verdict::parse(&key, &fields, minute) {
+                    Ok(row) => rows.push(row),
+                    Err(reject) => rejects.push((key, fields, reject)),
+                }
+            }
+            erased += tombstones.drop_erased(&mut rows);
+            Ok(rows)
+        });
+        let written = writer::write_minute_streaming(tx, chunks, minute, self.clock.now()).await;
+        let written = match written {
             Ok(written) => written,
-            Err(WriteError::PartitionMissing { .. }) => {
+            Err(StreamError::Aborted(reason)) => return Ok(Err(reason)),
+            Err(StreamError::Write(WriteError::PartitionMissing { .. })) => {
                 return Ok(Err(WaitReason::PartitionMissing));
             }
-            Err(WriteError::Database(source)) => {
+            Err(StreamError::Write(WriteError::Database(source))) => {
                 return Err(DrainError::Database {
                     context: "writing probe_minute",
                     source,
@@ -471,7 +480,7 @@ impl Worker {
         &self,
         tx: &mut PgConnection,
         minute: DateTime<Utc>,
-        rejects: &[(String, &std::collections::BTreeMap<String, String>, Reject)],
+        rejects: &[(String, std::collections::BTreeMap<String, String>, Reject)],
     ) -> Result<(), DrainError> {
         if rejects.is_empty() {
             return Ok(());
@@ -540,39 +549,50 @@ pub fn key_drop_warning(minute: DateTime<Utc>, keys: usize, previous_keys: i32) 
     })
 }
 
-/// Drops rows of pairs erased at or after `minute` (a tombstone with
-/// `deleted_at >= minute`): a tick that read verdicts before an erasure
-/// committed must not bring the erased server back.
-async fn drop_erased(
-    tx: &mut PgConnection,
-    minute: DateTime<Utc>,
-    rows: &mut Vec<Verdict>,
-) -> Result<usize, DrainError> {
-    let tombstones: Vec<(Uuid, Option<String>)> = sqlx::query_as(
-        "SELECT tenant_id, server_slug FROM data_deletion_log WHERE deleted_at >= $1",
-    )
-    .bind(minute)
-    .fetch_all(&mut *tx)
-    .await
-    .map_err(db("reading tombstones"))?;
-    if tombstones.is_empty() {
-        return Ok(0);
+/// Tombstones at or after the minute being archived: a tick that read
+/// verdicts before an erasure committed must not bring the erased server
+/// back, so rows of those pairs are dropped.
+struct Tombstones {
+    whole_tenants: BTreeSet<Uuid>,
+    pairs: BTreeSet<(Uuid, String)>,
+}
+
+impl Tombstones {
+    async fn load(tx: &mut PgConnection, minute: DateTime<Utc>) -> Result<Self, DrainError> {
+        let rows: Vec<(Uuid, Option<String>)> = sqlx::query_as(
+            "SELECT tenant_id, server_slug FROM data_deletion_log WHERE deleted_at >= $1",
+        )
+        .bind(minute)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(db("reading tombstones"))?;
+        let mut tombstones = Self {
+            whole_tenants: BTreeSet::new(),
+            pairs: BTreeSet::new(),
+        };
+        for (tenant, server) in rows {
+            match server {
+                None => tombstones.whole_tenants.insert(tenant),
+                Some(server) => tombstones.pairs.insert((tenant, server)),
+            };
+        }
+        Ok(tombstones)
     }
-    let whole_tenants: BTreeSet<Uuid> = tombstones
-        .iter()
-        .filter(|(_, s)| s.is_none())
-        .map(|(t, _)| *t)
-        .collect();
-    let pairs: BTreeSet<(Uuid, &str)> = tombstones
-        .iter()
-        .filter_map(|(tenant, server)| server.as_deref().map(|s| (*tenant, s)))
-        .collect();
-    let before = rows.len();
-    rows.retain(|row| {
-        !whole_tenants.contains(&row.tenant_id)
-            && !pairs.contains(&(row.tenant_id, row.server_slug.as_str()))
-    });
-    Ok(before - rows.len())
+
+    /// Removes erased rows; returns how many.
+    fn drop_erased(&self, rows: &mut Vec<Verdict>) -> usize {
+        if self.whole_tenants.is_empty() && self.pairs.is_empty() {
+            return 0;
+        }
+        let before = rows.len();
+        rows.retain(|row| {
+            !self.whole_tenants.contains(&row.tenant_id)
+                && !self
+                    .pairs
+                    .contains(&(row.tenant_id, row.server_slug.clone()))
+        });
+        before - rows.len()
+    }
 }
 
 /// When the tick after `now` starts: the next minute boundary plus the offset.

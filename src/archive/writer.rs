@@ -81,6 +81,97 @@ pub async fn write_minute(
     }
 }
 
+/// Why a streamed minute stopped before it was written.
+#[derive(Debug)]
+pub enum StreamError<E> {
+    /// The producer gave up (e.g. an unsealed key, Redis gone): nothing written.
+    Aborted(E),
+    Write(WriteError),
+}
+
+impl<E> From<sqlx::Error> for StreamError<E> {
+    fn from(error: sqlx::Error) -> Self {
+        Self::Write(WriteError::Database(error))
+    }
+}
+
+/// Writes a minute whose rows arrive in chunks, streaming each chunk into
+/// COPY as it comes, so reading Redis overlaps writing Postgres. A producer
+/// error aborts the COPY and leaves nothing behind (the savepoint rolls
+/// back). On a unique violation the whole minute is rewritten through the
+/// staging table, as in [`write_minute`].
+pub async fn write_minute_streaming<S, E>(
+    tx: &mut PgConnection,
+    mut chunks: S,
+    minute: DateTime<Utc>,
+    archived_at: DateTime<Utc>,
+) -> Result<Written, StreamError<E>>
+where
+    S: futures::Stream<Item = Result<Vec<Verdict>, E>> + Unpin,
+{
+    use futures::StreamExt;
+    let statement = format!("COPY probe_minute ({COLUMNS}) FROM STDIN WITH (FORMAT csv)");
+    let mut savepoint = tx.begin().await?;
+    let mut all_csv = Vec::new();
+    let copied = {
+        let mut copy_in = savepoint.copy_in_raw(&statement).await?;
+        let mut failure = None;
+        while let Some(chunk) = chunks.next().await {
+            match chunk {
+                Err(error) => {
+                    failure = Some(StreamError::Aborted(error));
+                    break;
+                }
+                Ok(rows) => {
+                    let csv = encode_csv(&rows, archived_at);
+                    if let Err(error) = copy_in.send(csv.as_slice()).await {
+                        failure = Some(StreamError::Write(classify(error, minute)));
+                        break;
+                    }
+                    all_csv.extend_from_slice(&csv);
+                }
+            }
+        }
+        match failure {
+            Some(failure) => {
+                let _ = copy_in.abort("the minute was abandoned").await;
+                Err(failure)
+            }
+            None => copy_in
+                .finish()
+                .await
+                .map_err(|error| StreamError::Write(WriteError::Database(error))),
+        }
+    };
+    match copied {
+        Ok(inserted) => {
+            savepoint.commit().await?;
+            Ok(Written {
+                path: WritePath::Copy,
+                inserted,
+            })
+        }
+        Err(StreamError::Write(WriteError::Database(error))) if is_unique_violation(&error) => {
+            savepoint.rollback().await?;
+            let inserted = write_through_staging(tx, &all_csv)
+                .await
+                .map_err(|e| StreamError::Write(classify(e, minute)))?;
+            Ok(Written {
+                path: WritePath::ConflictFallback,
+                inserted,
+            })
+        }
+        Err(StreamError::Write(WriteError::Database(error))) => {
+            savepoint.rollback().await?;
+            Err(StreamError::Write(classify(error, minute)))
+        }
+        Err(other) => {
+            savepoint.rollback().await?;
+            Err(other)
+        }
+    }
+}
+
 async fn copy(conn: &mut PgConnection, table: &str, csv: &[u8]) -> Result<u64, sqlx::Error> {
     let statement = format!("COPY {table} ({COLUMNS}) FROM STDIN WITH (FORMAT csv)");
     let mut copy_in = conn.copy_in_raw(&statement).await?;

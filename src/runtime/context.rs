@@ -130,4 +130,8 @@ pub struct Context {
     pub metrics: Arc<Metrics>,
     /// Where ArchiverShard drain workers run.
     pub workers: super::workers::WorkerHost,
+    /// Every RetentionPolicy, kept complete by the source: which one is in force.
+    pub policies: Arc<crate::retention::directory::PolicyDirectory>,
+    /// Where rendered documents (the privacy-policy text) go.
+    pub publisher: super::publish::Publisher,
 }

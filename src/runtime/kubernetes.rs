@@ -257,6 +257,17 @@ fn controller_for<K>(client: &Client, namespace: Option<&str>) -> Controller<K>
 where
     K: Managed + Resource<Scope = NamespaceResourceScope>,
 {
+    controller_and_store(client, namespace).0
+}
+
+/// A controller and the watch cache it reconciles from.
+fn controller_and_store<K>(
+    client: &Client,
+    namespace: Option<&str>,
+) -> (Controller<K>, reflector::Store<K>)
+where
+    K: Managed + Resource<Scope = NamespaceResourceScope>,
+{
     let api = api_for::<K>(client, namespace);
     let (reader, writer) = reflector::store();
     let stream = watcher(api, watcher::Config::default().any_semantic())
@@ -264,7 +275,25 @@ where
         .reflect(writer)
         .applied_objects()
         .predicate_filter(reconcile_trigger::<K>, PredicateConfig::default());
-    Controller::for_stream(stream, reader)
+    (Controller::for_stream(stream, reader.clone()), reader)
+}
+
+/// Keeps the policy directory equal to the watch cache of RetentionPolicies,
+/// and only marks it ready once the cache has listed every object.
+async fn sync_policy_directory(store: reflector::Store<RetentionPolicy>, kctx: Arc<KubeContext>) {
+    if store.wait_until_ready().await.is_err() {
+        return;
+    }
+    loop {
+        let policies = store.state().into_iter().map(|policy| {
+            (
+                super::manifests::namespaced_name(policy.as_ref()),
+                policy.spec.clone(),
+            )
+        });
+        kctx.ctx.policies.replace_all(policies);
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
 }
 
 async fn drive<K>(
@@ -298,6 +327,8 @@ pub async fn run_controllers(
     };
     // The shard workers are Deployments the operator owns: a change to one
     // wakes its shard's reconcile.
+    let (policies, policy_store) = controller_and_store::<RetentionPolicy>(&client, namespace);
+    let directory_sync = tokio::spawn(sync_policy_directory(policy_store, kctx.clone()));
     let deployments = api_for::<Deployment>(&client, namespace);
     let shards = controller_for::<ArchiverShard>(&client, namespace).owns(
         deployments,
@@ -305,11 +336,7 @@ pub async fn run_controllers(
     );
     tokio::join!(
         drive(shards, kctx.clone(), stop(shutdown.clone())),
-        drive(
-            controller_for::<RetentionPolicy>(&client, namespace),
-            kctx.clone(),
-            stop(shutdown.clone())
-        ),
+        drive(policies, kctx.clone(), stop(shutdown.clone())),
         drive(
             controller_for::<PartitionSchedule>(&client, namespace),
             kctx.clone(),
@@ -321,4 +348,5 @@ pub async fn run_controllers(
             stop(shutdown.clone())
         ),
     );
+    directory_sync.abort();
 }

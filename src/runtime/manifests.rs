@@ -22,7 +22,8 @@ use super::leader::Leadership;
 use super::reconcile::{Event, Managed, failed_status, failure_event, is_paused, object_label};
 use super::status_store::{EVENTS_KEPT, StatusStore, StoredEvent, StoredObject};
 use crate::api::validation::{
-    Document, Problem, cross_object_problems, manifest_files, read_documents, validate_document,
+    Document, Problem, duplicate_problems, manifest_files, policy_conflict_problems,
+    read_documents, validate_document,
 };
 use crate::api::{
     ArchiverShard, DeletionRequest, PartitionSchedule, RetentionPolicy, common::kube_time,
@@ -73,9 +74,12 @@ pub fn load(dir: &Path) -> ManifestSet {
             set.problems.extend(problems);
         }
     }
-    let cross = cross_object_problems(&valid);
-    let rejected: BTreeSet<String> = cross.iter().filter_map(|p| p.object.clone()).collect();
-    set.problems.extend(cross);
+    // Duplicates never run. Conflicting RetentionPolicies are reported but
+    // still reconciled: each then reports Conflict, and nothing is deleted.
+    let duplicates = duplicate_problems(&valid);
+    let rejected: BTreeSet<String> = duplicates.iter().filter_map(|p| p.object.clone()).collect();
+    set.problems.extend(duplicates);
+    set.problems.extend(policy_conflict_problems(&valid));
     for doc in valid.into_iter().filter(|d| !rejected.contains(&d.label())) {
         if let Err(problem) = add_document(&mut set, doc) {
             set.problems.push(problem);
@@ -216,6 +220,12 @@ impl ManifestsEngine {
             .secrets
             .write()
             .unwrap_or_else(|poisoned| poisoned.into_inner()) = set.secrets.clone();
+        // Complete before any reconcile reads it.
+        self.ctx.policies.replace_all(
+            set.policies
+                .iter()
+                .map(|p| (namespaced_name(p), p.spec.clone())),
+        );
         let mut report = PassReport::default();
         for problem in &set.problems {
             tracing::warn!(problem = %problem, "invalid manifest skipped");
@@ -421,6 +431,15 @@ impl ManifestsEngine {
             }
         }
     }
+}
+
+/// `namespace/name` of an object.
+pub fn namespaced_name<K: kube::Resource>(object: &K) -> String {
+    format!(
+        "{}/{}",
+        object.namespace().unwrap_or_else(|| "default".into()),
+        object.name_any()
+    )
 }
 
 fn record_events(stored: &mut StoredObject, events: &[Event], now: DateTime<Utc>) {

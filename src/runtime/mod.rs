@@ -10,6 +10,7 @@ pub mod leader;
 pub mod manifests;
 pub mod metrics;
 pub mod operator;
+pub mod publish;
 pub mod reconcile;
 pub mod status_store;
 pub mod telemetry;

@@ -16,6 +16,7 @@ use super::kubernetes::{KubeContext, run_controllers};
 use super::leader::{Leadership, STANDALONE_LOCK_KEY, kubernetes_lease, postgres_advisory_lock};
 use super::manifests::{ManifestsEngine, PassReport};
 use super::metrics::Metrics;
+use super::publish::Publisher;
 use super::workers::{InProcessWorkers, KubeWorkers, WorkerHost};
 use crate::api::common::SecretKeyRef;
 use crate::clock::{ManualClock, SharedClock, SystemClock};
@@ -64,6 +65,7 @@ fn context(
     db: Option<PgPool>,
     secrets: SecretSource,
     workers: WorkerHost,
+    publisher: Publisher,
 ) -> Context {
     Context {
         clock,
@@ -72,6 +74,8 @@ fn context(
         secrets,
         metrics: Arc::new(Metrics::new()),
         workers,
+        policies: Arc::new(crate::retention::directory::PolicyDirectory::new()),
+        publisher,
     }
 }
 
@@ -85,6 +89,11 @@ fn worker_database_secret(args: &OperatorArgs) -> SecretKeyRef {
         name: name.to_string(),
         key: key.to_string(),
     }
+}
+
+/// Standalone mode publishes documents beside the status files.
+pub fn published_dir(manifests: &std::path::Path) -> PathBuf {
+    manifests.join(".archiver").join("published")
 }
 
 async fn listen(args: &OperatorArgs) -> Result<tokio::net::TcpListener, RunError> {
@@ -133,6 +142,7 @@ pub async fn run_once(
         db,
         SecretSource::Manifests(Default::default()),
         WorkerHost::Inline,
+        Publisher::Directory(published_dir(&dir)),
     );
     let views = ctx.db.clone().map(|pool| (pool, ctx.clone()));
     let engine = ManifestsEngine::new(dir, ctx);
@@ -183,6 +193,7 @@ pub async fn run_standalone(dir: PathBuf, args: &OperatorArgs) -> Result<(), Run
         db.clone(),
         SecretSource::Manifests(Default::default()),
         workers,
+        Publisher::Directory(published_dir(&dir)),
     );
     let http_state = HttpState {
         leadership: leadership.clone(),
@@ -232,6 +243,7 @@ pub async fn run_in_cluster(args: &OperatorArgs) -> Result<(), RunError> {
         db.clone(),
         SecretSource::Kubernetes(client.clone()),
         workers,
+        Publisher::Kubernetes(client.clone()),
     );
     let identity = std::env::var("POD_NAME")
         .unwrap_or_else(|_| format!("archiver-operator-{}", uuid::Uuid::new_v4()));
