@@ -148,6 +148,17 @@ pub async fn apply_minute(
     salt: Option<&str>,
 ) -> Result<(), ViewsError> {
     let mut tx = pool.begin().await.map_err(db("beginning a minute"))?;
+    apply_minute_in(&mut tx, minute, salt).await?;
+    tx.commit().await.map_err(db("committing a minute"))?;
+    Ok(())
+}
+
+/// [`apply_minute`] inside the caller's transaction (the benchmark rolls it back).
+pub async fn apply_minute_in(
+    tx: &mut PgConnection,
+    minute: DateTime<Utc>,
+    salt: Option<&str>,
+) -> Result<(), ViewsError> {
     sqlx::query("SELECT pg_advisory_xact_lock_shared($1)")
         .bind(locks::ERASURE)
         .execute(&mut *tx)
@@ -164,18 +175,18 @@ pub async fn apply_minute(
         // Someone else (a previous leader finishing up) applied it already.
         return Ok(());
     }
-    add_minute_to_days(&mut tx, minute).await?;
+    add_minute_to_days(tx, minute).await?;
     if let Some(salt) = salt {
-        add_minute_to_clusters(&mut tx, minute, salt).await?;
+        add_minute_to_clusters(tx, minute, salt).await?;
     }
-    tx.commit().await.map_err(db("committing a minute"))?;
     Ok(())
 }
 
 /// Adds one minute's server-minutes to probe_day: counts, incident
 /// transitions against each server's previous archived server-minute (found
 /// through its latest day row, so midnight is no boundary), and the p95
-/// histogram the day's percentiles are estimated from until the day closes.
+/// histogram the day's percentiles are estimated from until the day closes
+/// (view `probe_day_live`; the exact values are written at close).
 async fn add_minute_to_days(
     tx: &mut PgConnection,
     minute: DateTime<Utc>,
@@ -201,13 +212,12 @@ async fn add_minute_to_days(
         )
         INSERT INTO probe_day AS d (tenant_id, server_slug, day, minutes_total, minutes_up, minutes_down,
             minutes_degraded, minutes_auth_walled, minutes_unknown, incident_count, p95_hist,
-            p95_ms_p50_of_day, p95_ms_p95_of_day, last_minute, last_state, updated_at)
+            last_minute, last_state, updated_at)
         SELECT tenant_id, server_slug, $2, 1,
                (state = 'up')::int, (state = 'down')::int, (state = 'degraded')::int,
                (state = 'auth-walled')::int, (state = 'unknown')::int,
                (state <> 'up' AND coalesce(previous_state = 'up', false))::int,
-               hist, histogram_percentile(hist, 0.5), histogram_percentile(hist, 0.95),
-               $1, state, now()
+               hist, $1, state, now()
         FROM with_previous
         ON CONFLICT (tenant_id, server_slug, day) DO UPDATE SET
             minutes_total = d.minutes_total + 1,
@@ -218,8 +228,6 @@ async fn add_minute_to_days(
             minutes_unknown = d.minutes_unknown + EXCLUDED.minutes_unknown,
             incident_count = d.incident_count + EXCLUDED.incident_count,
             p95_hist = histogram_add(d.p95_hist, EXCLUDED.p95_hist),
-            p95_ms_p50_of_day = histogram_percentile(histogram_add(d.p95_hist, EXCLUDED.p95_hist), 0.5),
-            p95_ms_p95_of_day = histogram_percentile(histogram_add(d.p95_hist, EXCLUDED.p95_hist), 0.95),
             last_minute = EXCLUDED.last_minute,
             last_state = EXCLUDED.last_state,
             updated_at = now()
