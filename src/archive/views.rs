@@ -184,9 +184,9 @@ pub async fn apply_minute_in(
 
 /// Adds one minute's server-minutes to probe_day: counts, incident
 /// transitions against each server's previous archived server-minute (found
-/// through its latest day row, so midnight is no boundary), and the p95
-/// histogram the day's percentiles are estimated from until the day closes
-/// (view `probe_day_live`; the exact values are written at close).
+/// through its latest day row, so midnight is no boundary).
+/// The day's p95 percentiles are written exactly when the day closes; until
+/// then the view `probe_day_live` computes them on read.
 async fn add_minute_to_days(
     tx: &mut PgConnection,
     minute: DateTime<Utc>,
@@ -195,8 +195,9 @@ async fn add_minute_to_days(
         r#"
         WITH minute_rows AS (
             SELECT tenant_id, server_slug,
-                   server_minute_state(array_agg(state)) AS state,
-                   p95_histogram(array_agg(p95_ms)) AS hist
+                   server_minute_state_counts(count(*), count(*) FILTER (WHERE state = 'down'),
+                       count(*) FILTER (WHERE state = 'degraded'), count(*) FILTER (WHERE state = 'up'),
+                       count(*) FILTER (WHERE state = 'auth-walled')) AS state
             FROM probe_minute
             WHERE minute_bucket = $1
             GROUP BY tenant_id, server_slug
@@ -211,13 +212,13 @@ async fn add_minute_to_days(
             ) previous ON true
         )
         INSERT INTO probe_day AS d (tenant_id, server_slug, day, minutes_total, minutes_up, minutes_down,
-            minutes_degraded, minutes_auth_walled, minutes_unknown, incident_count, p95_hist,
+            minutes_degraded, minutes_auth_walled, minutes_unknown, incident_count,
             last_minute, last_state, updated_at)
         SELECT tenant_id, server_slug, $2, 1,
                (state = 'up')::int, (state = 'down')::int, (state = 'degraded')::int,
                (state = 'auth-walled')::int, (state = 'unknown')::int,
                (state <> 'up' AND coalesce(previous_state = 'up', false))::int,
-               hist, $1, state, now()
+               $1, state, now()
         FROM with_previous
         ON CONFLICT (tenant_id, server_slug, day) DO UPDATE SET
             minutes_total = d.minutes_total + 1,
@@ -227,7 +228,6 @@ async fn add_minute_to_days(
             minutes_auth_walled = d.minutes_auth_walled + EXCLUDED.minutes_auth_walled,
             minutes_unknown = d.minutes_unknown + EXCLUDED.minutes_unknown,
             incident_count = d.incident_count + EXCLUDED.incident_count,
-            p95_hist = histogram_add(d.p95_hist, EXCLUDED.p95_hist),
             last_minute = EXCLUDED.last_minute,
             last_state = EXCLUDED.last_state,
             updated_at = now()
@@ -307,7 +307,10 @@ pub async fn recompute_day(tx: &mut PgConnection, day: NaiveDate) -> Result<(), 
     sqlx::query(
         r#"
         WITH server_minutes AS (
-            SELECT tenant_id, server_slug, minute_bucket, server_minute_state(array_agg(state)) AS state
+            SELECT tenant_id, server_slug, minute_bucket,
+                   server_minute_state_counts(count(*), count(*) FILTER (WHERE state = 'down'),
+                       count(*) FILTER (WHERE state = 'degraded'), count(*) FILTER (WHERE state = 'up'),
+                       count(*) FILTER (WHERE state = 'auth-walled')) AS state
             FROM probe_minute
             WHERE minute_bucket >= $1::date AND minute_bucket < $1::date + 1
             GROUP BY tenant_id, server_slug, minute_bucket
@@ -340,23 +343,22 @@ pub async fn recompute_day(tx: &mut PgConnection, day: NaiveDate) -> Result<(), 
         ), latency AS (
             SELECT tenant_id, server_slug,
                    percentile_disc(0.5) WITHIN GROUP (ORDER BY p95_ms) AS p50,
-                   percentile_disc(0.95) WITHIN GROUP (ORDER BY p95_ms) AS p95,
-                   p95_histogram(array_agg(p95_ms)) AS hist
+                   percentile_disc(0.95) WITHIN GROUP (ORDER BY p95_ms) AS p95
             FROM probe_minute
             WHERE minute_bucket >= $1::date AND minute_bucket < $1::date + 1 AND p95_ms IS NOT NULL
             GROUP BY tenant_id, server_slug
         )
         INSERT INTO probe_day AS d (tenant_id, server_slug, day, minutes_total, minutes_up, minutes_down,
-            minutes_degraded, minutes_auth_walled, minutes_unknown, incident_count, p95_hist,
+            minutes_degraded, minutes_auth_walled, minutes_unknown, incident_count,
             p95_ms_p50_of_day, p95_ms_p95_of_day, last_minute, last_state, updated_at, closed)
         SELECT c.tenant_id, c.server_slug, $1, c.total, c.up, c.down, c.degraded, c.walled, c.unknown,
-               c.incidents, l.hist, l.p50, l.p95, c.last_minute, c.last_state, now(), true
+               c.incidents, l.p50, l.p95, c.last_minute, c.last_state, now(), true
         FROM counted c LEFT JOIN latency l USING (tenant_id, server_slug)
         ON CONFLICT (tenant_id, server_slug, day) DO UPDATE SET
             minutes_total = EXCLUDED.minutes_total, minutes_up = EXCLUDED.minutes_up,
             minutes_down = EXCLUDED.minutes_down, minutes_degraded = EXCLUDED.minutes_degraded,
             minutes_auth_walled = EXCLUDED.minutes_auth_walled, minutes_unknown = EXCLUDED.minutes_unknown,
-            incident_count = EXCLUDED.incident_count, p95_hist = EXCLUDED.p95_hist,
+            incident_count = EXCLUDED.incident_count,
             p95_ms_p50_of_day = EXCLUDED.p95_ms_p50_of_day, p95_ms_p95_of_day = EXCLUDED.p95_ms_p95_of_day,
             last_minute = EXCLUDED.last_minute, last_state = EXCLUDED.last_state,
             updated_at = now(), closed = true
