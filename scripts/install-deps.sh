@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what the demo and the tests need on a bare Debian machine:
-# PostgreSQL and Redis server binaries (Debian packages). Does nothing when
-# they are already present.
+# PostgreSQL and Redis server binaries and Lua 5.4 (Debian packages). Does
+# nothing when they are already present. (The chart tests install their
+# Python packages themselves: scripts/chart-tests.sh.)
 set -euo pipefail
 
 have_postgres() {
@@ -11,9 +12,15 @@ have_redis() {
   command -v redis-server >/dev/null 2>&1
 }
 
+have_lua() {
+  command -v lua5.4 >/dev/null 2>&1
+}
+
 missing=()
 have_postgres || missing+=(postgresql)
 have_redis || missing+=(redis-server)
+# The Argo CD health checks (Lua) are executed by the tests.
+have_lua || missing+=(lua5.4)
 
 if [ ${#missing[@]} -gt 0 ]; then
   echo "installing ${missing[*]} (Debian packages)"
@@ -25,3 +32,4 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 have_postgres || { echo "PostgreSQL server binaries still missing" >&2; exit 1; }
 have_redis || { echo "redis-server still missing" >&2; exit 1; }
+have_lua || { echo "lua5.4 still missing" >&2; exit 1; }

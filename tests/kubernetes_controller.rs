@@ -284,6 +284,7 @@ async fn shard_owns_a_worker_deployment_and_reports_its_watermark() {
             name: "archiver-database".into(),
             key: "url".into(),
         },
+        service_account: "archiver-worker".into(),
     }));
     sqlx::query(
         "INSERT INTO archive_watermark (shard_id, last_minute, owner, taken_at, expires_at, rows_archived_last_tick) \
@@ -329,6 +330,10 @@ async fn shard_owns_a_worker_deployment_and_reports_its_watermark() {
         "redis-shard-0"
     );
     assert_eq!(container["securityContext"]["readOnlyRootFilesystem"], true);
+    assert_eq!(
+        deployment["spec"]["template"]["spec"]["serviceAccountName"],
+        "archiver-worker"
+    );
     assert!(
         !deployment.to_string().contains("secret-host"),
         "the URL goes by reference, never by value"

@@ -68,17 +68,25 @@ pub fn crd_file_name(crd: &CustomResourceDefinition) -> String {
 }
 
 fn normalize(value: &mut Value) {
+    normalize_under(value, "");
+}
+
+/// `parent` is the key `value` sits under: the children of `subresources`
+/// are empty objects on purpose (`status: {}` enables the status subresource).
+fn normalize_under(value: &mut Value, parent: &str) {
     match value {
         Value::Object(map) => {
-            for child in map.values_mut() {
-                normalize(child);
+            for (key, child) in map.iter_mut() {
+                normalize_under(child, key);
             }
-            map.retain(|key, child| {
+            if parent != "subresources" {
                 // `default: []` or `default: {}` in a schema is a real value.
-                key == "default" || !is_empty(child)
-            });
+                map.retain(|key, child| key == "default" || !is_empty(child));
+            }
         }
-        Value::Array(items) => items.iter_mut().for_each(normalize),
+        Value::Array(items) => items
+            .iter_mut()
+            .for_each(|item| normalize_under(item, parent)),
         Value::Number(number) => {
             // schemars writes bounds as floats (`minimum: 1.0`); the API
             // server returns them as integers, which would show as drift.
@@ -111,7 +119,7 @@ mod tests {
             Value::Object(map) => {
                 for (key, child) in map {
                     let child_path = format!("{path}.{key}");
-                    if key != "default" && is_empty(child) {
+                    if key != "default" && !path.ends_with(".subresources") && is_empty(child) {
                         found.push(child_path.clone());
                     }
                     find_empty(child, &child_path, found);
@@ -134,6 +142,19 @@ mod tests {
             assert!(
                 found.is_empty(),
                 "{}: empty fields {found:?}",
+                crd.spec.names.kind
+            );
+        }
+    }
+
+    #[test]
+    fn the_printed_crds_keep_the_status_subresource() {
+        for crd in crds() {
+            let json = crd_json(&crd);
+            assert_eq!(
+                json["spec"]["versions"][0]["subresources"]["status"],
+                serde_json::json!({}),
+                "{} lost its status subresource",
                 crd.spec.names.kind
             );
         }

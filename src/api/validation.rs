@@ -376,8 +376,8 @@ pub fn policy_conflict_problems(docs: &[&Document]) -> Vec<Problem> {
         .collect()
 }
 
-/// Expands directories into the YAML files they contain (sorted, recursive;
-/// hidden entries such as `.archiver/` and `.git/` are skipped).
+/// Expands directories into the YAML files directly in them (sorted; hidden
+/// files and sub-directories are skipped).
 pub fn manifest_files(paths: &[PathBuf]) -> Vec<PathBuf> {
     let mut files = Vec::new();
     for path in paths {
@@ -394,18 +394,16 @@ pub fn manifest_files(paths: &[PathBuf]) -> Vec<PathBuf> {
 }
 
 fn collect_yaml(dir: &Path, out: &mut Vec<PathBuf>) {
+    // Not recursive, like `kubectl apply -f DIR` and an Argo CD directory
+    // source: sub-directories (examples/argocd/, .archiver/) are other things.
     let Ok(entries) = std::fs::read_dir(dir) else {
         return;
     };
     for entry in entries.flatten() {
         let path = entry.path();
         let hidden = entry.file_name().to_string_lossy().starts_with('.');
-        if hidden {
-            continue;
-        }
-        if path.is_dir() {
-            collect_yaml(&path, out);
-        } else if path.extension().is_some_and(|e| e == "yaml" || e == "yml") {
+        if !hidden && path.is_file() && path.extension().is_some_and(|e| e == "yaml" || e == "yml")
+        {
             out.push(path);
         }
     }

@@ -75,6 +75,13 @@ pub struct OperatorArgs {
         default_value = "archiver-database:url"
     )]
     pub worker_database_secret: String,
+    /// ServiceAccount of the shard worker pods (needs `get` on its ArchiverShard).
+    #[arg(
+        long,
+        env = "ARCHIVER_WORKER_SERVICE_ACCOUNT",
+        default_value = "default"
+    )]
+    pub worker_service_account: String,
     /// Log format: `json` (default when stdout is not a terminal) or `text`.
     #[arg(long, env = "ARCHIVER_LOG_FORMAT")]
     pub log_format: Option<LogFormat>,

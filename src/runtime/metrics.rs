@@ -30,6 +30,33 @@ pub struct FailureLabels {
     pub error: String,
 }
 
+/// One DeletionRequest.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DeletionLabels {
+    pub namespace: String,
+    pub name: String,
+}
+
+/// The erasure step that failed.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ErasureStepLabels {
+    pub step: String,
+}
+
+/// Rows retention deleted: the table and the tier they were attributed to
+/// (`all` for the cross-tenant suppression history).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RetentionRowLabels {
+    pub table: String,
+    pub tier: String,
+}
+
+/// One table retention prunes.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RetentionTableLabels {
+    pub table: String,
+}
+
 /// The process's metrics and the registry that encodes them.
 #[derive(Debug)]
 pub struct Metrics {
@@ -46,11 +73,27 @@ pub struct Metrics {
     pub unsealed_wait_seconds: Family<ShardLabels, Gauge>,
     /// Minutes with far fewer keys than the one before.
     pub key_drop_warnings: Family<ShardLabels, Counter>,
+    /// Seconds left until an open DeletionRequest's 30-day deadline
+    /// (negative when overdue); removed once the request completed.
+    pub deletion_deadline_seconds: Family<DeletionLabels, Gauge>,
+    /// Duration of a completed erasure (transaction, recount, receipt).
+    pub deletion_duration: Histogram,
+    /// Erasure attempts that failed, by step.
+    pub deletion_failures: Family<ErasureStepLabels, Counter>,
     /// Seconds the derived views (rollups, clusters) are behind now.
     pub views_lag_seconds: Gauge,
     pub views_duration: Histogram,
     /// 1 when the alert router's query uses its index, 0 when the plan flipped.
     pub suppression_plan_uses_index: Gauge,
+    /// Consecutive monthly partitions of probe_minute from the current month
+    /// on (0: this month's rows have no partition).
+    pub partition_coverage_months: Gauge,
+    /// Rows deleted by retention enforcement, per table and tier.
+    pub retention_deleted_rows: Family<RetentionRowLabels, Counter>,
+    /// Rows past retention still present, per table (at the last count).
+    pub retention_drift_rows: Family<RetentionTableLabels, Gauge>,
+    /// Seconds spent deleting in one enforcement run (all its batches).
+    pub retention_run_duration: Histogram,
 }
 
 impl Default for Metrics {
@@ -120,6 +163,24 @@ impl Metrics {
             "Minutes with less than half the keys of the minute before",
             key_drop_warnings.clone(),
         );
+        let deletion_deadline_seconds = Family::<DeletionLabels, Gauge>::default();
+        let deletion_duration = Histogram::new(exponential_buckets(0.05, 2.0, 14));
+        let deletion_failures = Family::<ErasureStepLabels, Counter>::default();
+        registry.register(
+            "deletion_deadline_seconds",
+            "Seconds left until an open DeletionRequest's 30-day deadline",
+            deletion_deadline_seconds.clone(),
+        );
+        registry.register(
+            "deletion_duration_seconds",
+            "Duration of a completed erasure, verification and receipt included",
+            deletion_duration.clone(),
+        );
+        registry.register(
+            "deletion_failures",
+            "Erasure attempts that failed, by step",
+            deletion_failures.clone(),
+        );
         let views_lag_seconds = Gauge::default();
         let views_duration = Histogram::new(exponential_buckets(0.005, 2.0, 14));
         let suppression_plan_uses_index = Gauge::default();
@@ -138,6 +199,30 @@ impl Metrics {
             "1 when the alert router's cluster query uses its index",
             suppression_plan_uses_index.clone(),
         );
+        let partition_coverage_months = Gauge::default();
+        registry.register(
+            "partition_coverage_months",
+            "Consecutive monthly partitions of probe_minute from the current month on",
+            partition_coverage_months.clone(),
+        );
+        let retention_deleted_rows = Family::<RetentionRowLabels, Counter>::default();
+        let retention_drift_rows = Family::<RetentionTableLabels, Gauge>::default();
+        let retention_run_duration = Histogram::new(exponential_buckets(0.1, 2.0, 16));
+        registry.register(
+            "retention_deleted_rows",
+            "Rows deleted by retention enforcement, by table and tier",
+            retention_deleted_rows.clone(),
+        );
+        registry.register(
+            "retention_drift_rows",
+            "Rows older than the retention policy still present, by table",
+            retention_drift_rows.clone(),
+        );
+        registry.register(
+            "retention_run_duration_seconds",
+            "Seconds spent deleting in one retention enforcement run",
+            retention_run_duration.clone(),
+        );
         Self {
             registry: Mutex::new(registry),
             reconciles,
@@ -149,9 +234,16 @@ impl Metrics {
             tick_duration,
             unsealed_wait_seconds,
             key_drop_warnings,
+            deletion_deadline_seconds,
+            deletion_duration,
+            deletion_failures,
             views_lag_seconds,
             views_duration,
             suppression_plan_uses_index,
+            partition_coverage_months,
+            retention_deleted_rows,
+            retention_drift_rows,
+            retention_run_duration,
         }
     }
 

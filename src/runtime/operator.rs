@@ -236,6 +236,7 @@ pub async fn run_in_cluster(args: &OperatorArgs) -> Result<(), RunError> {
         client: client.clone(),
         image: args.worker_image.clone(),
         database_secret: worker_database_secret(args),
+        service_account: args.worker_service_account.clone(),
     }));
     let ctx = context(
         args,

@@ -230,11 +230,16 @@ pub struct KubeWorkers {
     pub image: String,
     /// Secret key (in each shard's namespace) holding the database URL.
     pub database_secret: SecretKeyRef,
+    /// ServiceAccount the worker pods run as.
+    pub service_account: String,
 }
 
 impl KubeWorkers {
     async fn ensure(&self, shard: &ArchiverShard) -> Result<WorkerState, ReconcileError> {
-        let deployment = worker_deployment(shard, &self.image, &self.database_secret);
+        let mut deployment = worker_deployment(shard, &self.image, &self.database_secret);
+        if let Some(pod) = deployment.spec.template.spec.as_mut() {
+            pod.service_account_name = Some(self.service_account.clone());
+        }
         let name = deployment.metadata.name.clone().unwrap_or_default();
         let namespace = shard.namespace().unwrap_or_else(|| "default".into());
         let api: Api<Deployment> = Api::namespaced(self.client.clone(), &namespace);

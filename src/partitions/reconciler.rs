@@ -1,0 +1,566 @@
+//! The `PartitionSchedule` reconciler: a thin adapter from the object and
+//! the context to the domain functions, and from their results to status,
+//! conditions, events and the coverage metric.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use kube::ResourceExt;
+use sqlx::PgPool;
+
+use super::audit::{self, LockDiscipline};
+use super::catalog::{self, CatalogPartition};
+use super::coverage::{self, Coverage};
+use super::create::{self, CreateReport};
+use super::plan::{Candidate, DropDecision, DropInputs, plan_drops};
+use super::policy_registry::{self, PolicyLookup};
+use super::removal::{self, DropSettings, Dropped};
+use super::{PartitionError, conditions};
+use crate::api::common::{ConditionUpdate, UtcWindow, condition_types, set_condition};
+use crate::api::partition_schedule::NextDrop;
+use crate::api::{PartitionSchedule, PartitionScheduleStatus, RetentionPolicySpec};
+use crate::runtime::context::Context;
+use crate::runtime::reconcile::{
+    Event, EventType, Managed, Outcome, ReconcileError, begin_status, finish, object_label,
+};
+
+/// Creation is checked at least this often (the issue: every few minutes).
+const REQUEUE: Duration = Duration::from_secs(120);
+/// Sooner while something is missing, failed, or more may be dropped.
+const REQUEUE_BUSY: Duration = Duration::from_secs(20);
+/// Drops in one reconcile; the rest follow on the next ones.
+const MAX_DROPS_PER_RECONCILE: usize = 12;
+
+impl Managed for PartitionSchedule {
+    type Status = PartitionScheduleStatus;
+
+    fn status(&self) -> Option<&Self::Status> {
+        self.status.as_ref()
+    }
+
+    async fn reconcile(&self, ctx: &Context) -> Result<Outcome<Self::Status>, ReconcileError> {
+        let (status, problems) = begin_status(self, ctx);
+        if !problems.is_empty() {
+            return Ok(finish(self, ctx, status, &problems, "", REQUEUE));
+        }
+        let window = match UtcWindow::parse(&self.spec.drop_window) {
+            Ok(window) => window,
+            Err(error) => {
+                let problems = [format!("spec.dropWindow: {error}")];
+                return Ok(finish(self, ctx, status, &problems, "", REQUEUE));
+            }
+        };
+        let pool = ctx.db.as_ref().ok_or(ReconcileError::NoDatabase)?;
+        let pass = Pass {
+            schedule: self,
+            ctx,
+            pool,
+            now: ctx.clock.now(),
+            window,
+            lock: LockDiscipline::new(Duration::from_secs(u64::from(
+                self.spec.lock_timeout_seconds.max(1),
+            ))),
+            actor: object_label(self),
+        };
+        pass.run(status).await
+    }
+}
+
+/// One reconcile of one schedule.
+struct Pass<'a> {
+    schedule: &'a PartitionSchedule,
+    ctx: &'a Context,
+    pool: &'a PgPool,
+    now: DateTime<Utc>,
+    window: UtcWindow,
+    lock: LockDiscipline,
+    actor: String,
+}
+
+/// What the drop step did.
+#[derive(Debug, Default)]
+struct DropRun {
+    dropped: Vec<Dropped>,
+    /// A verification found rows inside retention: (partition, rows).
+    blocked: Option<(String, i64)>,
+    /// A drop that should have happened and did not (lock timeouts...).
+    failure: Option<String>,
+    /// `max(contract_minute_retention_days)`, read when a policy is in force.
+    longest_contract_days: Option<i32>,
+}
+
+fn reconcile_error(error: PartitionError) -> ReconcileError {
+    match error {
+        PartitionError::Database { context, source } => {
+            ReconcileError::Database { context, source }
+        }
+        other => ReconcileError::Step {
+            step: "partitions".into(),
+            reason: other.to_string(),
+        },
+    }
+}
+
+fn database(context: &str) -> impl FnOnce(sqlx::Error) -> ReconcileError + '_ {
+    move |source| ReconcileError::Database {
+        context: context.to_string(),
+        source,
+    }
+}
+
+impl Pass<'_> {
+    async fn run(
+        &self,
+        mut status: PartitionScheduleStatus,
+    ) -> Result<Outcome<PartitionScheduleStatus>, ReconcileError> {
+        let suspended = self.schedule.spec.suspend;
+        let creation = if suspended {
+            CreateReport::default()
+        } else {
+            create::create_missing(
+                self.pool,
+                self.now,
+                self.schedule.spec.create_ahead_days,
+                self.lock,
+                &self.actor,
+            )
+            .await
+            .map_err(reconcile_error)?
+        };
+        let lookup = self.policy();
+        let policy = match &lookup {
+            PolicyLookup::Found(spec) => Some(spec.as_ref()),
+            _ => None,
+        };
+        let drops = if suspended {
+            DropRun::default()
+        } else {
+            self.drops(policy).await?
+        };
+
+        let partitions = catalog::read_partitions(self.pool)
+            .await
+            .map_err(database("reading the partitions of probe_minute"))?;
+        let coverage =
+            coverage::coverage(&partitions, self.now, self.schedule.spec.create_ahead_days);
+        let (last_create_at, last_drop_at) = audit::last_actions(self.pool)
+            .await
+            .map_err(database("reading the last partition actions"))?;
+        let candidates = plan_drops(
+            &partitions,
+            self.drop_inputs(drops.longest_contract_days),
+            policy,
+        );
+        let warnings = [
+            coverage::unexpected_partitions(&partitions),
+            coverage::growth_warnings(&partitions),
+        ]
+        .concat();
+
+        let previous = self.schedule.status.as_ref();
+        let mut events = Vec::new();
+        status.partitions = coverage::partition_infos(&partitions);
+        status.coverage_months_ahead = Some(coverage.months_ahead);
+        status.last_create_at = last_create_at;
+        status.last_drop_at = last_drop_at;
+        status.next_drop = candidates
+            .first()
+            .map(|c| self.next_drop(c, &lookup, &drops));
+        self.set_covered(&mut status, &coverage, &creation, previous, &mut events);
+        self.set_drop_blocked(&mut status, &lookup, &drops, previous, &mut events);
+        self.ctx
+            .metrics
+            .partition_coverage_months
+            .set(coverage.months_including_current());
+        events.extend(action_events(&creation, &drops));
+        let message = self.ready_message(&partitions, &coverage, &warnings);
+        events.extend(warning_events(&warnings, previous));
+
+        let busy = !coverage.is_covered()
+            || drops.failure.is_some()
+            || (!drops.dropped.is_empty() && self.window.contains(self.now));
+        let requeue = if busy { REQUEUE_BUSY } else { REQUEUE };
+        if coverage.is_covered() {
+            let mut outcome = finish(self.schedule, self.ctx, status, &[], &message, requeue);
+            outcome.events.extend(events);
+            return Ok(outcome);
+        }
+        set_condition(
+            &mut status.conditions,
+            ConditionUpdate {
+                type_: condition_types::READY,
+                status: false,
+                reason: "PartitionsMissing",
+                message,
+            },
+            self.schedule.metadata.generation,
+            self.now,
+        );
+        Ok(Outcome {
+            status,
+            events,
+            requeue_after: requeue,
+        })
+    }
+
+    fn namespace(&self) -> String {
+        self.schedule
+            .namespace()
+            .unwrap_or_else(|| "default".into())
+    }
+
+    fn policy_label(&self) -> String {
+        format!(
+            "{}/{}",
+            self.namespace(),
+            self.schedule.spec.retention_policy_ref.name
+        )
+    }
+
+    fn policy(&self) -> PolicyLookup {
+        policy_registry::in_force(
+            &self.ctx.policies,
+            &self.namespace(),
+            &self.schedule.spec.retention_policy_ref.name,
+        )
+    }
+
+    fn drop_inputs(&self, longest_contract_days: Option<i32>) -> DropInputs<'_> {
+        DropInputs {
+            now: self.now,
+            window: &self.window,
+            longest_contract_days,
+        }
+    }
+
+    /// Finishes leftovers, then drops every eligible partition, oldest
+    /// first, stopping at the first one that is not (history stays
+    /// contiguous) or that fails.
+    async fn drops(&self, policy: Option<&RetentionPolicySpec>) -> Result<DropRun, ReconcileError> {
+        let mut run = DropRun::default();
+        let Some(policy) = policy else {
+            return Ok(run);
+        };
+        run.longest_contract_days = sqlx::query_scalar(
+            "SELECT max(contract_minute_retention_days) FROM tenant_tier_history \
+             WHERE tier = 'enterprise'",
+        )
+        .fetch_one(self.pool)
+        .await
+        .map_err(database("reading the longest contract extension"))?;
+        if !self.window.contains(self.now) {
+            return Ok(run);
+        }
+        let settings = DropSettings {
+            now: self.now,
+            lock: self.lock,
+            tiers: &policy.tiers,
+            actor: &self.actor,
+        };
+        self.finish_leftovers(settings, &mut run).await?;
+        if run.failure.is_some() {
+            return Ok(run);
+        }
+        let partitions: Vec<CatalogPartition> = catalog::read_partitions(self.pool)
+            .await
+            .map_err(database("reading the partitions of probe_minute"))?;
+        let candidates = plan_drops(
+            &partitions,
+            self.drop_inputs(run.longest_contract_days),
+            Some(policy),
+        );
+        let droppable = candidates
+            .iter()
+            .take_while(|c| c.decision == DropDecision::Droppable)
+            .take(MAX_DROPS_PER_RECONCILE);
+        for candidate in droppable {
+            match removal::detach_and_drop(self.pool, &candidate.name, settings).await {
+                Ok(dropped) => run.dropped.push(dropped),
+                Err(PartitionError::RowsInsideRetention { partition, rows }) => {
+                    run.blocked = Some((partition, rows));
+                    break;
+                }
+                Err(error) => {
+                    tracing::warn!(partition = %candidate.name, %error, "partition drop did not complete");
+                    run.failure = Some(error.to_string());
+                    break;
+                }
+            }
+        }
+        Ok(run)
+    }
+
+    /// Drops tables the operator detached but never dropped.
+    async fn finish_leftovers(
+        &self,
+        settings: DropSettings<'_>,
+        run: &mut DropRun,
+    ) -> Result<(), ReconcileError> {
+        let leftovers = audit::detached_not_dropped(self.pool)
+            .await
+            .map_err(database("looking for detached partitions not yet dropped"))?;
+        for (name, recorded) in leftovers {
+            match removal::drop_leftover(self.pool, &name, &recorded, settings).await {
+                Ok(Some(dropped)) => run.dropped.push(dropped),
+                Ok(None) => {}
+                Err(error) => {
+                    tracing::warn!(partition = %name, %error, "detached partition not dropped");
+                    run.failure = Some(error.to_string());
+                    return Ok(());
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn next_drop(&self, candidate: &Candidate, lookup: &PolicyLookup, drops: &DropRun) -> NextDrop {
+        let blocked = drops
+            .blocked
+            .as_ref()
+            .filter(|(partition, _)| *partition == candidate.name);
+        let mut droppable = candidate.decision == DropDecision::Droppable && blocked.is_none();
+        let reason = if self.schedule.spec.suspend {
+            droppable = false;
+            "suspended: nothing is dropped".to_string()
+        } else if candidate.decision == DropDecision::Protected {
+            candidate.reason.clone()
+        } else if let Some(reason) = self.policy_reason(lookup) {
+            reason
+        } else if let Some((_, rows)) = blocked {
+            format!("{rows} row(s) still inside their own retention: not dropped")
+        } else if let (true, Some(failure)) = (droppable, &drops.failure) {
+            format!("{}; last attempt: {failure}", candidate.reason)
+        } else {
+            candidate.reason.clone()
+        };
+        NextDrop {
+            partition: candidate.name.clone(),
+            eligible_at: candidate.eligible_at,
+            droppable,
+            reason,
+        }
+    }
+
+    /// Why no policy can be used, or None when one is in force.
+    fn policy_reason(&self, lookup: &PolicyLookup) -> Option<String> {
+        let label = self.policy_label();
+        match lookup {
+            PolicyLookup::Found(_) => None,
+            PolicyLookup::Missing => Some(format!(
+                "RetentionPolicy {label} is not in force (not published by its reconciler): \
+                 nothing is dropped"
+            )),
+            PolicyLookup::Conflict { reason } => Some(format!(
+                "RetentionPolicy {label} is in conflict ({reason}): nothing is dropped until \
+                 resolved"
+            )),
+        }
+    }
+
+    fn set_covered(
+        &self,
+        status: &mut PartitionScheduleStatus,
+        coverage: &Coverage,
+        creation: &CreateReport,
+        previous: Option<&PartitionScheduleStatus>,
+        events: &mut Vec<Event>,
+    ) {
+        let problems: Vec<String> = creation.problems.iter().map(|p| p.to_string()).collect();
+        let (covered, reason, mut message) = if coverage.is_covered() {
+            (true, "MonthsPresent", self.covered_message(coverage))
+        } else {
+            let missing: Vec<String> = coverage
+                .missing_required
+                .iter()
+                .map(|m| m.to_string())
+                .collect();
+            (
+                false,
+                "MonthsMissing",
+                format!("no partition for {}", missing.join(", ")),
+            )
+        };
+        if !problems.is_empty() {
+            message = format!("{message}; {}", problems.join("; "));
+            let before = previous_message(previous, conditions::COVERED);
+            for problem in problems.iter().filter(|p| !before.contains(p.as_str())) {
+                tracing::warn!(problem = %problem, "partition not created");
+                events.push(warning("PartitionNotCreated", "Create", problem.clone()));
+            }
+        }
+        self.set(status, conditions::COVERED, covered, reason, message);
+    }
+
+    fn covered_message(&self, coverage: &Coverage) -> String {
+        let mut message = format!(
+            "{} and {} month(s) after it have partitions",
+            coverage.current, coverage.months_ahead
+        );
+        if !coverage.next_month_covered() {
+            let next = coverage.current.next();
+            let due = next.start()
+                - chrono::Duration::days(i64::from(self.schedule.spec.create_ahead_days));
+            message.push_str(&format!(
+                "; {next} is created from {} (createAheadDays)",
+                due.format("%Y-%m-%dT%H:%M:%SZ")
+            ));
+        }
+        message
+    }
+
+    fn set_drop_blocked(
+        &self,
+        status: &mut PartitionScheduleStatus,
+        lookup: &PolicyLookup,
+        drops: &DropRun,
+        previous: Option<&PartitionScheduleStatus>,
+        events: &mut Vec<Event>,
+    ) {
+        let (blocked, reason, message) = if self.schedule.spec.suspend {
+            (
+                false,
+                "Suspended",
+                "suspended: nothing is dropped".to_string(),
+            )
+        } else if let Some(reason) = self.policy_reason(lookup) {
+            let kind = match lookup {
+                PolicyLookup::Conflict { .. } => "RetentionPolicyConflict",
+                _ => "NoRetentionPolicy",
+            };
+            (true, kind, reason)
+        } else if let Some((partition, rows)) = &drops.blocked {
+            (
+                true,
+                "RowsInsideRetention",
+                format!(
+                    "{partition}: {rows} row(s) still inside their own retention (tier in force \
+                     at the row's minute; tenants without a tier are kept); nothing was dropped"
+                ),
+            )
+        } else if let Some(kept) = self.still_blocked(status, previous) {
+            kept
+        } else {
+            (false, "NotBlocked", String::new())
+        };
+        let before = previous_message(previous, conditions::DROP_BLOCKED);
+        if blocked && reason == "RowsInsideRetention" && before != message {
+            tracing::warn!(%message, "partition drop blocked");
+            events.push(warning("DropBlocked", "Drop", message.clone()));
+        }
+        if let Some(failure) = &drops.failure {
+            events.push(warning("DropDelayed", "Drop", failure.clone()));
+        }
+        self.set(status, conditions::DROP_BLOCKED, blocked, reason, message);
+    }
+
+    /// Outside the window no verification runs: a block found earlier for
+    /// the same candidate still stands.
+    fn still_blocked(
+        &self,
+        status: &PartitionScheduleStatus,
+        previous: Option<&PartitionScheduleStatus>,
+    ) -> Option<(bool, &'static str, String)> {
+        let previous = previous?;
+        let same_candidate = match (&previous.next_drop, &status.next_drop) {
+            (Some(before), Some(now)) => before.partition == now.partition,
+            _ => false,
+        };
+        let condition = previous
+            .conditions
+            .iter()
+            .find(|c| c.type_ == conditions::DROP_BLOCKED)?;
+        (same_candidate && condition.status == "True" && condition.reason == "RowsInsideRetention")
+            .then(|| (true, "RowsInsideRetention", condition.message.clone()))
+    }
+
+    fn ready_message(
+        &self,
+        partitions: &[CatalogPartition],
+        coverage: &Coverage,
+        warnings: &[String],
+    ) -> String {
+        let mut message = if self.schedule.spec.suspend {
+            "suspended: no partition is created or dropped; ".to_string()
+        } else {
+            String::new()
+        };
+        message.push_str(&format!(
+            "{} partition(s); {} month(s) covered from {}",
+            partitions.len(),
+            coverage.months_including_current(),
+            coverage.current
+        ));
+        for warning in warnings {
+            message.push_str("; warning: ");
+            message.push_str(warning);
+        }
+        message
+    }
+
+    fn set(
+        &self,
+        status: &mut PartitionScheduleStatus,
+        type_: &str,
+        on: bool,
+        reason: &str,
+        message: String,
+    ) {
+        set_condition(
+            &mut status.conditions,
+            ConditionUpdate {
+                type_,
+                status: on,
+                reason,
+                message,
+            },
+            self.schedule.metadata.generation,
+            self.now,
+        );
+    }
+}
+
+fn previous_message(previous: Option<&PartitionScheduleStatus>, type_: &str) -> String {
+    previous
+        .and_then(|s| s.conditions.iter().find(|c| c.type_ == type_))
+        .map(|c| c.message.clone())
+        .unwrap_or_default()
+}
+
+fn warning(reason: &str, action: &str, note: String) -> Event {
+    Event {
+        type_: EventType::Warning,
+        reason: reason.into(),
+        action: action.into(),
+        note,
+    }
+}
+
+fn action_events(creation: &CreateReport, drops: &DropRun) -> Vec<Event> {
+    let created = creation.created.iter().map(|name| Event {
+        type_: EventType::Normal,
+        reason: "PartitionCreated".into(),
+        action: "Create".into(),
+        note: format!("created {name}"),
+    });
+    let dropped = drops.dropped.iter().map(|d| Event {
+        type_: EventType::Normal,
+        reason: "PartitionDropped".into(),
+        action: "Drop".into(),
+        note: format!("detached and dropped {} {}", d.name, d.bounds),
+    });
+    created.chain(dropped).collect()
+}
+
+/// A warning event for each warning the previous status did not show yet,
+/// so a standing anomaly is announced once, not every requeue.
+fn warning_events(warnings: &[String], previous: Option<&PartitionScheduleStatus>) -> Vec<Event> {
+    let before = previous_message(previous, condition_types::READY);
+    warnings
+        .iter()
+        .filter(|w| !before.contains(w.as_str()))
+        .map(|w| {
+            tracing::warn!(warning = %w, "partition anomaly");
+            warning("PartitionAnomaly", "Observe", w.clone())
+        })
+        .collect()
+}

@@ -1,0 +1,478 @@
+//! Detaching and dropping a partition, with every guard on the way:
+//!
+//! 1. bounds come from the catalog, and the hard guard refuses the current
+//!    and future months whatever the planner said;
+//! 2. a verification query counts rows still inside their own retention
+//!    (tier in force at the row's minute); any -> abort;
+//! 3. the intent is committed to the audit log;
+//! 4. one short transaction takes a SHARE lock on the partition (writers to
+//!    it wait, readers do not), verifies again under that lock, and runs a
+//!    plain `DETACH PARTITION` under `lock_timeout`; a lost lock wait rolls
+//!    back to a savepoint and tries again after a pause, keeping the
+//!    verification valid;
+//! 5. the intent to drop is committed, then `DROP TABLE` under
+//!    `lock_timeout`, retried the same way.
+//!
+//! Why not `DETACH PARTITION ... CONCURRENTLY`: it cannot run in a
+//! transaction, so the verification could not be made atomic with the
+//! detach; an interruption leaves the partition "detach pending" and needs
+//! a FINALIZE step; and it waits for every older snapshot, unbounded by
+//! `lock_timeout`. The plain detach needs ACCESS EXCLUSIVE on probe_minute
+//! for a moment: while it waits, inserts queue behind it for at most
+//! `lock_timeout`, then proceed during the pause before the next attempt.
+
+use chrono::{DateTime, Utc};
+use sqlx::{Acquire, PgConnection, PgPool};
+
+use super::audit::{self, LockDiscipline, actions, is_lock_conflict};
+use super::calendar::{Bounds, TABLE};
+use super::catalog;
+use super::plan::is_protected;
+use super::{PartitionError, db_error};
+use crate::api::retention_policy::Tiers;
+
+/// Everything a drop needs besides the partition.
+#[derive(Debug, Clone, Copy)]
+pub struct DropSettings<'a> {
+    pub now: DateTime<Utc>,
+    pub lock: LockDiscipline,
+    /// The tier windows in force, for the verification query.
+    pub tiers: &'a Tiers,
+    pub actor: &'a str,
+}
+
+/// A partition that is gone.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Dropped {
+    pub name: String,
+    pub bounds: Bounds,
+    pub detach_attempts: u32,
+    pub drop_attempts: u32,
+}
+
+/// Rows of the relation `qualified` still inside their own retention at
+/// `now`: the tier in force at the row's minute decides, and an enterprise
+/// contract extension applies; a row with no tier in force at its minute
+/// counts as inside (tenants without a tier are never pruned).
+///
+/// This is the independent second computation behind the planner's horizon
+/// (seed 000 failure mode 7: the two disagree when one is wrong), so it errs
+/// towards keeping: a contract is honoured as billing recorded it, even above
+/// the policy's `contractualCapDays` (the horizon uses the capped value). A
+/// contract above the cap is an inconsistency a person must resolve; it shows
+/// up as `DropBlocked`, never as deleted rows.
+pub async fn rows_inside_retention(
+    conn: &mut PgConnection,
+    qualified: &str,
+    now: DateTime<Utc>,
+    tiers: &Tiers,
+) -> Result<i64, sqlx::Error> {
+    let days = |d: u32| i32::try_from(d).unwrap_or(i32::MAX);
+    // `qualified` comes from `oid::regclass::text`, already quoted.
+    let statement = format!(
+        "SELECT count(*) FROM {qualified} r \
+         LEFT JOIN LATERAL ( \
+             SELECT h.tier, h.contract_minute_retention_days AS contract \
+             FROM tenant_tier_history h \
+             WHERE h.tenant_id = r.tenant_id AND h.valid_from <= r.minute_bucket \
+               AND (h.valid_to IS NULL OR r.minute_bucket < h.valid_to) \
+             ORDER BY h.valid_from DESC LIMIT 1 \
+         ) t ON true \
+         WHERE t.tier IS NULL \
+            OR t.tier NOT IN ('public', 'author', 'team', 'enterprise') \
+            OR r.minute_bucket + interval '1 minute' > $1 - make_interval(days => CASE t.tier \
+                 WHEN 'public' THEN $2 WHEN 'author' THEN $3 WHEN 'team' THEN $4 \
+                 ELSE GREATEST($5, COALESCE(t.contract, 0)) END)"
+    );
+    sqlx::query_scalar(sqlx::AssertSqlSafe(statement))
+        .bind(now)
+        .bind(days(tiers.public.per_minute_days))
+        .bind(days(tiers.author.per_minute_days))
+        .bind(days(tiers.team.per_minute_days))
+        .bind(days(tiers.enterprise.per_minute_days))
+        .fetch_one(&mut *conn)
+        .await
+}
+
+/// Verifies, detaches and drops the partition named `name` of probe_minute.
+pub async fn detach_and_drop(
+    pool: &PgPool,
+    name: &str,
+    settings: DropSettings<'_>,
+) -> Result<Dropped, PartitionError> {
+    let (qualified, bounds) = attached_bounds(pool, name).await?;
+    guard(name, bounds, settings.now, "detach")?;
+    let mut conn = pool
+        .acquire()
+        .await
+        .map_err(db_error("acquiring a connection"))?;
+    // A first count without locks, so a blocked drop costs no audit rows
+    // and no lock traffic; the count that decides runs under the lock.
+    let rows = rows_inside_retention(&mut conn, &qualified, settings.now, settings.tiers)
+        .await
+        .map_err(db_error(format!("verifying the rows of {name}")))?;
+    if rows > 0 {
+        return Err(PartitionError::RowsInsideRetention {
+            partition: name.to_string(),
+            rows,
+        });
+    }
+    let payload = serde_json::json!({"table": TABLE, "from": bounds.from, "to": bounds.to});
+    audit::record(
+        &mut *conn,
+        settings.now,
+        actions::DETACH_INTENT,
+        name,
+        settings.actor,
+        payload.clone(),
+    )
+    .await
+    .map_err(db_error(format!("recording the intent to detach {name}")))?;
+    let detach_attempts = match detach(&mut conn, name, &qualified, bounds, settings).await {
+        Ok(attempts) => attempts,
+        Err(error) => {
+            abandon(&mut conn, name, "detach", &error, settings).await;
+            return Err(error);
+        }
+    };
+    let drop_attempts = drop_detached(&mut conn, name, bounds, settings).await?;
+    Ok(Dropped {
+        name: name.to_string(),
+        bounds,
+        detach_attempts,
+        drop_attempts,
+    })
+}
+
+/// Finishes a drop whose detach committed but whose drop did not (the
+/// process died, or the drop ran out of retries): the table is checked
+/// against the guard with the bounds recorded at detach time, verified
+/// again, and dropped.
+pub async fn drop_leftover(
+    pool: &PgPool,
+    name: &str,
+    recorded: &serde_json::Value,
+    settings: DropSettings<'_>,
+) -> Result<Option<Dropped>, PartitionError> {
+    let mut conn = pool
+        .acquire()
+        .await
+        .map_err(db_error("acquiring a connection"))?;
+    if !catalog::is_detached_table(&mut *conn, name)
+        .await
+        .map_err(db_error(format!("looking up {name}")))?
+    {
+        // Gone already (dropped by hand) or attached again: nothing to finish.
+        return Ok(None);
+    }
+    let bounds = recorded_bounds(recorded).ok_or_else(|| PartitionError::NotAPartition {
+        partition: name.to_string(),
+        reason: "its detach was recorded without bounds".into(),
+    })?;
+    guard(name, bounds, settings.now, "drop")?;
+    let rows = rows_inside_retention(
+        &mut conn,
+        &super::quote_ident(name),
+        settings.now,
+        settings.tiers,
+    )
+    .await
+    .map_err(db_error(format!("verifying the rows of {name}")))?;
+    if rows > 0 {
+        return Err(PartitionError::RowsInsideRetention {
+            partition: name.to_string(),
+            rows,
+        });
+    }
+    let drop_attempts = drop_detached(&mut conn, name, bounds, settings).await?;
+    Ok(Some(Dropped {
+        name: name.to_string(),
+        bounds,
+        detach_attempts: 0,
+        drop_attempts,
+    }))
+}
+
+fn recorded_bounds(payload: &serde_json::Value) -> Option<Bounds> {
+    let at = |key: &str| -> Option<DateTime<Utc>> {
+        serde_json::from_value(payload.get(key)?.clone()).ok()
+    };
+    Some(Bounds {
+        from: at("from")?,
+        to: at("to")?,
+    })
+}
+
+/// The hard guard, applied right before acting and independent of the plan.
+fn guard(
+    name: &str,
+    bounds: Bounds,
+    now: DateTime<Utc>,
+    step: &'static str,
+) -> Result<(), PartitionError> {
+    if is_protected(&bounds, now) {
+        return Err(PartitionError::Protected {
+            partition: name.to_string(),
+            bounds,
+            step,
+        });
+    }
+    Ok(())
+}
+
+/// The catalog's bounds of an attached partition of probe_minute.
+async fn attached_bounds(pool: &PgPool, name: &str) -> Result<(String, Bounds), PartitionError> {
+    let partitions = catalog::read_partitions(pool)
+        .await
+        .map_err(db_error("reading the partitions of probe_minute"))?;
+    let partition = partitions
+        .into_iter()
+        .find(|p| p.name == name)
+        .ok_or_else(|| PartitionError::NotAPartition {
+            partition: name.to_string(),
+            reason: format!("not a partition of {TABLE}"),
+        })?;
+    let bounds = partition
+        .bounds
+        .ok_or_else(|| PartitionError::NotAPartition {
+            partition: name.to_string(),
+            reason: format!("its bound is {}", partition.bound_expression),
+        })?;
+    Ok((partition.qualified, bounds))
+}
+
+/// The detach transaction; returns how many DETACH attempts it took.
+async fn detach(
+    conn: &mut PgConnection,
+    name: &str,
+    qualified: &str,
+    bounds: Bounds,
+    settings: DropSettings<'_>,
+) -> Result<u32, PartitionError> {
+    let lock = settings.lock;
+    let context = |what: &str| format!("{what} {name}");
+    let mut attempt = 1;
+    let mut tx = conn
+        .begin()
+        .await
+        .map_err(db_error("starting the detach transaction"))?;
+    lock.apply(&mut tx)
+        .await
+        .map_err(db_error("setting lock_timeout"))?;
+    // SHARE: no row can be written into the partition from here on, while
+    // readers carry on. The bounds are read again under it.
+    let statement = format!("LOCK TABLE {qualified} IN SHARE MODE");
+    retry_locked(&mut tx, &statement, lock, &mut attempt)
+        .await
+        .map_err(|e| lock_error(e, "lock", name, attempt, lock, context("locking")))?;
+    let (_, locked_bounds) = attached_bounds_in(&mut tx, name).await?;
+    if locked_bounds != bounds {
+        return Err(PartitionError::NotAPartition {
+            partition: name.to_string(),
+            reason: format!("its bounds changed to {locked_bounds} while it was being dropped"),
+        });
+    }
+    guard(name, locked_bounds, settings.now, "detach")?;
+    let rows = rows_inside_retention(&mut tx, qualified, settings.now, settings.tiers)
+        .await
+        .map_err(db_error(context("verifying the rows of")))?;
+    if rows > 0 {
+        return Err(PartitionError::RowsInsideRetention {
+            partition: name.to_string(),
+            rows,
+        });
+    }
+    let statement = format!("ALTER TABLE {TABLE} DETACH PARTITION {qualified}");
+    retry_locked(&mut tx, &statement, lock, &mut attempt)
+        .await
+        .map_err(|e| lock_error(e, "detach", name, attempt, lock, context("detaching")))?;
+    audit::record(
+        &mut *tx,
+        settings.now,
+        actions::DETACH,
+        name,
+        settings.actor,
+        serde_json::json!({
+            "table": TABLE, "from": bounds.from, "to": bounds.to,
+            "rowsInsideRetention": 0, "attempts": attempt,
+        }),
+    )
+    .await
+    .map_err(db_error(context("recording the detach of")))?;
+    tx.commit()
+        .await
+        .map_err(db_error(context("committing the detach of")))?;
+    tracing::info!(partition = %name, %bounds, attempts = attempt, "detached partition");
+    Ok(attempt)
+}
+
+/// Runs `statement` inside a savepoint, trying again after `lock.backoff`
+/// when it loses a lock wait, until `attempt` reaches `lock.attempts`.
+/// Rolling back to the savepoint withdraws the queued lock request, so
+/// nothing waits behind us during the pause.
+async fn retry_locked(
+    tx: &mut PgConnection,
+    statement: &str,
+    lock: LockDiscipline,
+    attempt: &mut u32,
+) -> Result<(), sqlx::Error> {
+    loop {
+        let mut savepoint = tx.begin().await?;
+        match sqlx::query(sqlx::AssertSqlSafe(statement.to_string()))
+            .execute(&mut *savepoint)
+            .await
+        {
+            Ok(_) => return savepoint.commit().await,
+            Err(error) if is_lock_conflict(&error) && *attempt < lock.attempts => {
+                savepoint.rollback().await?;
+                tracing::info!(statement, attempt = *attempt, "lock wait lost; retrying");
+                *attempt += 1;
+                tokio::time::sleep(lock.backoff).await;
+            }
+            Err(error) => {
+                let _ = savepoint.rollback().await;
+                return Err(error);
+            }
+        }
+    }
+}
+
+fn lock_error(
+    error: sqlx::Error,
+    step: &'static str,
+    name: &str,
+    attempts: u32,
+    lock: LockDiscipline,
+    context: String,
+) -> PartitionError {
+    if is_lock_conflict(&error) {
+        PartitionError::LockTimeout {
+            step,
+            partition: name.to_string(),
+            attempts,
+            lock_timeout: lock.lock_timeout,
+        }
+    } else {
+        PartitionError::Database {
+            context,
+            source: error,
+        }
+    }
+}
+
+async fn attached_bounds_in(
+    conn: &mut PgConnection,
+    name: &str,
+) -> Result<(String, Bounds), PartitionError> {
+    let partitions = catalog::read_partitions(&mut *conn)
+        .await
+        .map_err(db_error("re-reading the partitions under lock"))?;
+    let partition = partitions
+        .into_iter()
+        .find(|p| p.name == name)
+        .ok_or_else(|| PartitionError::NotAPartition {
+            partition: name.to_string(),
+            reason: "it was detached by someone else meanwhile".into(),
+        })?;
+    let bounds = partition
+        .bounds
+        .ok_or_else(|| PartitionError::NotAPartition {
+            partition: name.to_string(),
+            reason: format!("its bound is {}", partition.bound_expression),
+        })?;
+    Ok((partition.qualified, bounds))
+}
+
+/// Commits the intent, then drops the detached table under `lock_timeout`.
+async fn drop_detached(
+    conn: &mut PgConnection,
+    name: &str,
+    bounds: Bounds,
+    settings: DropSettings<'_>,
+) -> Result<u32, PartitionError> {
+    let lock = settings.lock;
+    let payload = serde_json::json!({"table": TABLE, "from": bounds.from, "to": bounds.to});
+    audit::record(
+        &mut *conn,
+        settings.now,
+        actions::DROP_INTENT,
+        name,
+        settings.actor,
+        payload,
+    )
+    .await
+    .map_err(db_error(format!("recording the intent to drop {name}")))?;
+    let mut attempt = 1;
+    let result = async {
+        let mut tx = conn.begin().await?;
+        lock.apply(&mut tx).await?;
+        // Only a plain table that is no longer a partition may go here:
+        // whatever happened since the detach, an attached partition is not
+        // dropped by this path.
+        if !catalog::is_detached_table(&mut *tx, name).await? {
+            return Ok(false);
+        }
+        let statement = format!("DROP TABLE {}", super::quote_ident(name));
+        retry_locked(&mut tx, &statement, lock, &mut attempt).await?;
+        audit::record(
+            &mut *tx,
+            settings.now,
+            actions::DROP,
+            name,
+            settings.actor,
+            serde_json::json!({
+                "table": TABLE, "from": bounds.from, "to": bounds.to, "attempts": attempt,
+            }),
+        )
+        .await?;
+        tx.commit().await?;
+        Ok::<_, sqlx::Error>(true)
+    }
+    .await;
+    match result {
+        Ok(true) => {
+            tracing::info!(partition = %name, %bounds, attempts = attempt, "dropped partition");
+            Ok(attempt)
+        }
+        Ok(false) => Err(PartitionError::NotAPartition {
+            partition: name.to_string(),
+            reason: "it is not a detached table any more; left as is".into(),
+        }),
+        Err(error) => {
+            let error = lock_error(
+                error,
+                "drop",
+                name,
+                attempt,
+                lock,
+                format!("dropping {name}"),
+            );
+            abandon(conn, name, "drop", &error, settings).await;
+            Err(error)
+        }
+    }
+}
+
+/// Records that a step gave up, so the audit log explains an intent row
+/// without a matching action. Best effort: the step's own error is what
+/// the caller reports.
+async fn abandon(
+    conn: &mut PgConnection,
+    name: &str,
+    step: &str,
+    error: &PartitionError,
+    settings: DropSettings<'_>,
+) {
+    let recorded = audit::record(
+        &mut *conn,
+        settings.now,
+        actions::ABANDONED,
+        name,
+        settings.actor,
+        serde_json::json!({"table": TABLE, "step": step, "error": error.to_string()}),
+    )
+    .await;
+    if let Err(audit_error) = recorded {
+        tracing::warn!(partition = %name, %audit_error, "could not record an abandoned {step}");
+    }
+}

@@ -1,0 +1,729 @@
+"""The Helm chart charts/archiver-operator: rendered and linted with the real
+Helm library, every object checked against the Kubernetes JSON schemas
+(kubernetes-validate), and the properties a production install relies on:
+least-privilege RBAC without wildcards, the restricted pod security profile,
+the operator's configuration, the alerts, the copies of the CRDs and of the
+Argo CD health checks."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import helm_python as helm
+import jsonschema
+import kubernetes_validate
+import pytest
+import yaml
+
+from conftest import (
+    CHART_DIR,
+    NAMESPACE,
+    REPO,
+    VARIANTS,
+    crds,
+    notes,
+    of_kind,
+    one,
+    render,
+)
+
+sys.path.insert(0, str(Path(__file__).parent))
+import sync_generated  # noqa: E402
+
+# The chart declares kubeVersion >= 1.28 (the CRDs use x-kubernetes-validations
+# fieldPath, new in 1.28): validate against the oldest and the
+# newest schema kubernetes-validate ships.
+KUBE_VERSIONS = ["1.28.0", kubernetes_validate.latest_version() + ".0"]
+GROUP = "archiver.uptime.dev"
+KINDS = ["ArchiverShard", "RetentionPolicy", "PartitionSchedule", "DeletionRequest"]
+PLURALS = ["archivershards", "retentionpolicies", "partitionschedules", "deletionrequests"]
+
+# ---------------------------------------------------------------------------
+# Helm: render, lint, values schema
+
+
+def test_helm_library_is_the_real_one() -> None:
+    # helm-python-sdk binds libhelm_c, built from Helm's Go SDK (v4).
+    assert helm.helm_sdk_version().startswith("v4."), helm.helm_sdk_version()
+    assert Path(helm.library_path).name.startswith("libhelm_c")
+
+
+def test_chart_metadata_matches_the_crate() -> None:
+    with helm.Chart.load(CHART_DIR) as chart:
+        meta = chart.metadata
+    assert meta["apiVersion"] == "v2"
+    assert meta["kubeVersion"] == f">={KUBE_VERSIONS[0]}-0", "validate against the oldest supported Kubernetes"
+    assert meta["name"] == "archiver-operator"
+    cargo = (REPO / "Cargo.toml").read_text()
+    version = re.search(r'^version\s*=\s*"([^"]+)"', cargo, re.M).group(1)
+    assert meta["appVersion"] == version, "appVersion must be the crate version (the image tag)"
+
+
+@pytest.mark.parametrize("name", sorted(VARIANTS))
+def test_helm_lint_is_clean(name: str) -> None:
+    report = helm.lint(CHART_DIR, VARIANTS[name], strict=True, namespace=NAMESPACE)
+    assert report["errors"] == [], report
+    problems = [m for m in report["messages"] if m["severity"] >= 2]
+    assert problems == [], problems
+
+
+@pytest.mark.parametrize(
+    "values, where",
+    [
+        ({"replicaCont": 3}, "replicaCont"),
+        ({"networkPolicy": {"enabeld": True}}, "enabeld"),
+        ({"metrics": {"serviceMonitor": {"enabled": True, "intervall": "30s"}}}, "intervall"),
+        ({"rbac": {"secretNames": ["Redis_Shard"]}}, "/rbac/secretNames/0"),
+        ({"logFormat": "xml"}, "/logFormat"),
+        ({"replicaCount": 0}, "/replicaCount"),
+        ({"watchNamespace": "Archiver"}, "/watchNamespace"),
+        ({"cacheInvalidateUrls": ["http://a,http://b"]}, "/cacheInvalidateUrls/0"),
+        ({"workers": {"databaseSecret": {"name": "db", "key": "a:b"}}}, "/workers/databaseSecret/key"),
+        ({"image": {"digest": "latest"}}, "/image/digest"),
+        ({"metrics": {"prometheusRule": {"enabled": True, "lagFor": "five minutes"}}}, "/metrics/prometheusRule/lagFor"),
+    ],
+)
+def test_values_schema_rejects_typos_and_bad_values(values: dict[str, Any], where: str) -> None:
+    with helm.Chart.load(CHART_DIR) as chart:
+        with pytest.raises(helm.HelmValuesError) as raised:
+            chart.validate_schema(values)
+        assert where in str(raised.value), str(raised.value)
+        with pytest.raises(helm.HelmValuesError):
+            chart.render(values, name="x", namespace="y")
+
+
+def test_values_schema_is_draft_07_and_strict() -> None:
+    with helm.Chart.load(CHART_DIR) as chart:
+        schema = chart.schema
+        defaults = chart.values
+    assert schema["$schema"] == "http://json-schema.org/draft-07/schema#"
+    jsonschema.Draft7Validator.check_schema(schema)
+    jsonschema.Draft7Validator(schema).validate(defaults)
+
+    # Every object with declared properties closes them, down the tree.
+    def walk(node: dict[str, Any], path: str) -> None:
+        if "properties" in node:
+            assert node.get("additionalProperties") is False, f"{path or '/'} allows unknown keys"
+            for key, child in node["properties"].items():
+                walk(child, f"{path}/{key}")
+
+    walk(schema, "")
+    # values.yaml documents every key the schema knows, and nothing else.
+    assert set(defaults) - {"global"} <= set(schema["properties"])
+
+
+def test_notes_render() -> None:
+    text = notes()
+    assert "archiver-operator-leader" in text
+    assert "kubectl get archiver -A" in text
+
+
+# ---------------------------------------------------------------------------
+# Kubernetes schemas
+
+MONITORING_SCHEMAS: dict[str, dict[str, Any]] = {
+    # kubernetes-validate has only the built-in kinds. The prometheus-operator
+    # kinds are checked structurally against the fields of their CRDs the
+    # chart uses (monitoring.coreos.com/v1), closed to catch misspellings.
+    "ServiceMonitor": {
+        "type": "object",
+        "required": ["apiVersion", "kind", "metadata", "spec"],
+        "properties": {
+            "apiVersion": {"const": "monitoring.coreos.com/v1"},
+            "spec": {
+                "type": "object",
+                "additionalProperties": False,
+                "required": ["selector", "endpoints"],
+                "properties": {
+                    "selector": {"type": "object", "required": ["matchLabels"]},
+                    "namespaceSelector": {"type": "object"},
+                    "endpoints": {
+                        "type": "array",
+                        "minItems": 1,
+                        "items": {
+                            "type": "object",
+                            "additionalProperties": False,
+                            "required": ["port", "path"],
+                            "properties": {
+                                "port": {"type": "string"},
+                                "path": {"type": "string"},
+                                "interval": {"type": "string", "pattern": "^[0-9]+(ms|s|m|h)$"},
+                                "scrapeTimeout": {"type": "string", "pattern": "^[0-9]+(ms|s|m|h)$"},
+                            },
+                        },
+                    },
+                },
+            },
+        },
+    },
+    "PodMonitor": {
+        "type": "object",
+        "required": ["apiVersion", "kind", "metadata", "spec"],
+        "properties": {
+            "apiVersion": {"const": "monitoring.coreos.com/v1"},
+            "spec": {
+                "type": "object",
+                "additionalProperties": False,
+                "required": ["selector", "podMetricsEndpoints"],
+                "properties": {
+                    "selector": {"type": "object", "required": ["matchLabels"]},
+                    "namespaceSelector": {
+                        "type": "object",
+                        "additionalProperties": False,
+                        "properties": {
+                            "any": {"type": "boolean"},
+                            "matchNames": {"type": "array", "items": {"type": "string"}},
+                        },
+                    },
+                    "podMetricsEndpoints": {
+                        "type": "array",
+                        "minItems": 1,
+                        "items": {
+                            "type": "object",
+                            "additionalProperties": False,
+                            "required": ["port", "path"],
+                            "properties": {
+                                "port": {"type": "string"},
+                                "path": {"type": "string"},
+                                "interval": {"type": "string"},
+                                "scrapeTimeout": {"type": "string"},
+                            },
+                        },
+                    },
+                },
+            },
+        },
+    },
+    "PrometheusRule": {
+        "type": "object",
+        "required": ["apiVersion", "kind", "metadata", "spec"],
+        "properties": {
+            "apiVersion": {"const": "monitoring.coreos.com/v1"},
+            "spec": {
+                "type": "object",
+                "additionalProperties": False,
+                "required": ["groups"],
+                "properties": {
+                    "groups": {
+                        "type": "array",
+                        "items": {
+                            "type": "object",
+                            "additionalProperties": False,
+                            "required": ["name", "rules"],
+                            "properties": {
+                                "name": {"type": "string"},
+                                "rules": {
+                                    "type": "array",
+                                    "items": {
+                                        "type": "object",
+                                        "additionalProperties": False,
+                                        "required": ["expr"],
+                                        "properties": {
+                                            "alert": {"type": "string", "pattern": "^[A-Za-z_][A-Za-z0-9_]*$"},
+                                            "record": {"type": "string"},
+                                            "expr": {"type": "string", "minLength": 1},
+                                            "for": {"type": "string", "pattern": "^[0-9]+(ms|s|m|h|d)$"},
+                                            "labels": {"type": "object", "additionalProperties": {"type": "string"}},
+                                            "annotations": {"type": "object", "additionalProperties": {"type": "string"}},
+                                        },
+                                    },
+                                },
+                            },
+                        },
+                    }
+                },
+            },
+        },
+    },
+}
+
+
+def test_every_rendered_object_matches_the_kubernetes_schemas(variant: tuple[str, dict[str, Any]]) -> None:
+    name, values = variant
+    objects = render(values)
+    assert objects, name
+    for obj in objects:
+        label = f"{name}: {obj['kind']}/{obj['metadata']['name']}"
+        assert obj["metadata"]["name"], label
+        if obj["kind"] in MONITORING_SCHEMAS:
+            jsonschema.validate(obj, MONITORING_SCHEMAS[obj["kind"]])
+            continue
+        for version in KUBE_VERSIONS:
+            try:
+                kubernetes_validate.validate(obj, version, strict=True)
+            except kubernetes_validate.ValidationError as error:
+                path = ".".join(str(p) for p in error.path)
+                pytest.fail(f"{label} against Kubernetes {version}: {path}: {error.message}")
+        # Namespaced objects go to the release namespace, or to the namespace
+        # they are about (watched namespace, worker namespaces).
+        if obj["kind"] not in ("ClusterRole", "ClusterRoleBinding"):
+            assert obj["metadata"].get("namespace"), label
+
+
+def test_crds_are_the_repository_crds_byte_for_byte() -> None:
+    repo_crds = {p.name: p.read_bytes() for p in (REPO / "crds").glob("*.yaml")}
+    chart_crds = {p.name: p.read_bytes() for p in (CHART_DIR / "crds").glob("*.yaml")}
+    assert set(chart_crds) == set(repo_crds), "run python3 tests/chart/sync_generated.py"
+    for file, data in repo_crds.items():
+        assert chart_crds[file] == data, f"charts/archiver-operator/crds/{file} is stale: run python3 tests/chart/sync_generated.py"
+    # Helm loads exactly these, and they are valid CustomResourceDefinitions.
+    loaded = crds()
+    assert sorted(c["filename"].split("/")[-1] for c in loaded) == sorted(repo_crds)
+    kinds = []
+    for crd in loaded:
+        for doc in yaml.safe_load_all(crd["data"]):
+            if not doc:
+                continue
+            for version in KUBE_VERSIONS:
+                kubernetes_validate.validate(doc, version, strict=True)
+            assert doc["spec"]["group"] == GROUP
+            kinds.append(doc["spec"]["names"]["kind"])
+    assert sorted(kinds) == sorted(KINDS)
+
+
+def test_crds_serve_the_status_subresource() -> None:
+    for crd in crds():
+        for doc in yaml.safe_load_all(crd["data"]):
+            if not doc:
+                continue
+            for served in doc["spec"]["versions"]:
+                assert served.get("subresources", {}).get("status") == {}, doc["metadata"]["name"]
+
+
+# ---------------------------------------------------------------------------
+# RBAC
+
+RBAC_KINDS = ("ClusterRole", "Role", "ClusterRoleBinding", "RoleBinding")
+
+
+def rules_of(objects: list[dict[str, Any]], kind: str, name_suffix: str = "") -> list[dict[str, Any]]:
+    roles = [o for o in objects if o["kind"] == kind and o["metadata"]["name"].endswith(name_suffix)]
+    return [rule for role in roles for rule in role.get("rules", [])]
+
+
+def test_rbac_has_no_wildcard_anywhere(variant: tuple[str, dict[str, Any]]) -> None:
+    _, values = variant
+    for obj in render(values):
+        if obj["kind"] not in RBAC_KINDS:
+            continue
+        for rule in obj.get("rules", []):
+            for field in ("apiGroups", "resources", "verbs", "resourceNames", "nonResourceURLs"):
+                for item in rule.get(field, []):
+                    assert "*" not in item, f"{obj['kind']}/{obj['metadata']['name']}: {field} {item}"
+            assert "nonResourceURLs" not in rule
+            # Nothing that escalates.
+            assert not {"escalate", "bind", "impersonate", "deletecollection"} & set(rule["verbs"])
+        assert "aggregationRule" not in obj
+
+
+def flatten(rules: list[dict[str, Any]]) -> set[tuple[str, str, str, tuple[str, ...]]]:
+    return {
+        (group, resource, verb, tuple(rule.get("resourceNames", [])))
+        for rule in rules
+        for group in rule["apiGroups"]
+        for resource in rule["resources"]
+        for verb in rule["verbs"]
+    }
+
+
+def expected_operator_permissions(secrets: list[str], config_maps: list[str]) -> set[tuple[str, str, str, tuple[str, ...]]]:
+    perms = set()
+    for plural in PLURALS:
+        perms |= {(GROUP, plural, "list", ()), (GROUP, plural, "watch", ())}
+        perms.add((GROUP, f"{plural}/status", "patch", ()))
+    perms.add((GROUP, "deletionrequests", "patch", ()))
+    perms.add((GROUP, "archivershards/finalizers", "update", ()))
+    perms |= {("apps", "deployments", v, ()) for v in ("list", "watch", "create", "patch")}
+    perms |= {("events.k8s.io", "events", v, ()) for v in ("create", "patch")}
+    if secrets:
+        perms.add(("", "secrets", "get", tuple(secrets)))
+    if config_maps:
+        perms |= {("", "configmaps", v, tuple(config_maps)) for v in ("create", "patch")}
+    return perms
+
+
+def test_operator_rbac_is_exactly_what_the_code_calls() -> None:
+    objects = render()
+    role = [o for o in of_kind(objects, "ClusterRole") if o["metadata"]["name"] == "archiver-operator"]
+    assert len(role) == 1
+    assert flatten(role[0]["rules"]) == expected_operator_permissions(
+        ["redis-shard-0"], ["privacy-policy-retention"]
+    )
+    binding = [o for o in of_kind(objects, "ClusterRoleBinding") if o["metadata"]["name"] == "archiver-operator"][0]
+    assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "archiver-operator"}
+    sa = one(objects, "ServiceAccount")
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": sa["metadata"]["name"], "namespace": NAMESPACE}]
+
+    # Leader election: one Lease by name, in the release namespace only.
+    leader = [o for o in of_kind(objects, "Role") if o["metadata"]["name"].endswith("-leader-election")]
+    assert len(leader) == 1 and leader[0]["metadata"]["namespace"] == NAMESPACE
+    assert flatten(leader[0]["rules"]) == {
+        ("coordination.k8s.io", "leases", "create", ()),
+        ("coordination.k8s.io", "leases", "get", ("archiver-operator-leader",)),
+        ("coordination.k8s.io", "leases", "patch", ("archiver-operator-leader",)),
+    }
+
+
+def test_secrets_are_readable_only_by_name() -> None:
+    for values in VARIANTS.values():
+        objects = render(values)
+        for obj in objects:
+            for rule in obj.get("rules", []) if obj["kind"] in RBAC_KINDS else []:
+                if "secrets" in rule["resources"]:
+                    assert rule["apiGroups"] == [""]
+                    assert rule["verbs"] == ["get"], rule
+                    assert rule.get("resourceNames"), rule
+                if "configmaps" in rule["resources"]:
+                    assert rule.get("resourceNames"), rule
+    # No names: no Secret access at all.
+    objects = render({"rbac": {"secretNames": [], "configMapNames": []}})
+    resources = {r for o in objects if o["kind"] in RBAC_KINDS for rule in o.get("rules", []) for r in rule["resources"]}
+    assert "secrets" not in resources and "configmaps" not in resources
+
+
+def test_single_namespace_install_has_only_namespaced_roles() -> None:
+    objects = render(VARIANTS["single-namespace"])
+    assert of_kind(objects, "ClusterRole") == []
+    assert of_kind(objects, "ClusterRoleBinding") == []
+    operator = [o for o in of_kind(objects, "Role") if o["metadata"]["name"] == "archiver-operator"][0]
+    assert operator["metadata"]["namespace"] == "archiver"
+    assert flatten(operator["rules"]) == expected_operator_permissions(
+        ["redis-shard-0"], ["privacy-policy-retention"]
+    )
+    binding = [o for o in of_kind(objects, "RoleBinding") if o["metadata"]["name"] == "archiver-operator"][0]
+    assert binding["metadata"]["namespace"] == "archiver"
+    assert binding["subjects"][0]["namespace"] == NAMESPACE
+    env = env_of(one(objects, "Deployment"))
+    assert env["ARCHIVER_NAMESPACE"]["value"] == "archiver"
+    # The workers' Role is in the watched namespace.
+    workers = [o for o in of_kind(objects, "Role") if o["metadata"]["name"].endswith("-worker")]
+    assert [w["metadata"]["namespace"] for w in workers] == ["archiver"]
+    pod_monitor = one(objects, "PodMonitor")
+    assert pod_monitor["spec"]["namespaceSelector"] == {"matchNames": ["archiver"]}
+
+
+def test_workers_may_get_their_shard_in_each_shard_namespace() -> None:
+    objects = render(VARIANTS["everything"])
+    roles = [o for o in of_kind(objects, "Role") if o["metadata"]["name"].endswith("-worker")]
+    assert sorted(r["metadata"]["namespace"] for r in roles) == ["archiver-eu", "archiver-us"]
+    for role in roles:
+        assert flatten(role["rules"]) == {(GROUP, "archivershards", "get", ())}
+    bindings = [o for o in of_kind(objects, "RoleBinding") if o["metadata"]["name"].endswith("-worker")]
+    for binding in bindings:
+        ns = binding["metadata"]["namespace"]
+        assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "default", "namespace": ns}]
+    # Default: the release namespace.
+    roles = [o for o in of_kind(render(), "Role") if o["metadata"]["name"].endswith("-worker")]
+    assert [r["metadata"]["namespace"] for r in roles] == [NAMESPACE]
+
+
+def test_aggregated_roles_let_editors_manage_the_four_kinds() -> None:
+    objects = render()
+    view = [o for o in of_kind(objects, "ClusterRole") if o["metadata"]["name"].endswith("-view")][0]
+    edit = [o for o in of_kind(objects, "ClusterRole") if o["metadata"]["name"].endswith("-edit")][0]
+    assert view["metadata"]["labels"]["rbac.authorization.k8s.io/aggregate-to-view"] == "true"
+    assert edit["metadata"]["labels"]["rbac.authorization.k8s.io/aggregate-to-edit"] == "true"
+    assert "rbac.authorization.k8s.io/aggregate-to-view" not in edit["metadata"]["labels"]
+    assert {p for (_, p, _, _) in flatten(view["rules"])} == set(PLURALS)
+    assert {v for (_, _, v, _) in flatten(edit["rules"])} == {"create", "update", "patch", "delete"}
+
+
+# ---------------------------------------------------------------------------
+# The operator Deployment
+
+
+def env_of(deployment: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    return {e["name"]: e for e in container["env"]}
+
+
+def test_pod_security_is_restricted(variant: tuple[str, dict[str, Any]]) -> None:
+    name, values = variant
+    deployment = one(render(values), "Deployment")
+    pod = deployment["spec"]["template"]["spec"]
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    assert pod["securityContext"]["runAsUser"] == 65532
+    for key in ("hostNetwork", "hostPID", "hostIPC"):
+        assert not pod.get(key), key
+    for volume in pod.get("volumes", []):
+        assert "hostPath" not in volume, volume
+    for container in pod["containers"] + pod.get("initContainers", []):
+        sc = container["securityContext"]
+        assert sc["runAsNonRoot"] is True
+        assert sc["allowPrivilegeEscalation"] is False
+        assert sc["readOnlyRootFilesystem"] is True
+        assert sc["capabilities"] == {"drop": ["ALL"]}
+        assert sc["seccompProfile"] == {"type": "RuntimeDefault"}
+        assert not sc.get("privileged")
+        resources = container["resources"]
+        assert resources["requests"]["cpu"] and resources["requests"]["memory"], name
+        assert resources["limits"]["memory"], name
+
+
+def test_deployment_runs_the_operator_with_leader_election_and_probes() -> None:
+    objects = render()
+    deployment = one(objects, "Deployment")
+    assert deployment["spec"]["replicas"] == 2
+    pod = deployment["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    assert container["image"] == "archiver-operator:0.1.0"
+    assert container["args"] == ["run"]
+    assert container["ports"] == [{"name": "http", "containerPort": 8080, "protocol": "TCP"}]
+    assert container["livenessProbe"]["httpGet"] == {"path": "/health", "port": "http"}
+    assert container["readinessProbe"]["httpGet"] == {"path": "/ready", "port": "http"}
+    assert container["startupProbe"]["httpGet"]["path"] == "/health"
+    env = env_of(deployment)
+    assert env["POD_NAME"]["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.name"}}
+    assert env["POD_NAMESPACE"]["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.namespace"}}
+    assert env["DATABASE_URL"]["valueFrom"] == {"secretKeyRef": {"name": "archiver-database", "key": "url"}}
+    assert env["ARCHIVER_LOG_FORMAT"]["value"] == "json"
+    assert env["ARCHIVER_WORKER_IMAGE"]["value"] == "archiver-operator:0.1.0"
+    assert env["ARCHIVER_WORKER_DATABASE_SECRET"]["value"] == "archiver-database:url"
+    assert env["ARCHIVER_HTTP_ADDR"]["value"] == "0.0.0.0:8080"
+    for absent in ("ARCHIVER_NAMESPACE", "ARCHIVER_SUPPRESSION_SALT", "ARCHIVER_CACHE_INVALIDATE_URLS", "ARCHIVER_ALERT_KEY_PATTERNS"):
+        assert absent not in env, absent
+    # Every value is written once, and never as a literal secret.
+    assert all("value" not in e or "://" not in e["value"] for e in env.values() if e["name"] == "DATABASE_URL")
+    assert pod["serviceAccountName"] == one(objects, "ServiceAccount")["metadata"]["name"]
+    assert pod["automountServiceAccountToken"] is True
+    assert one(objects, "ServiceAccount")["automountServiceAccountToken"] is False
+    # The replicas spread over nodes and one survives a drain.
+    assert pod["topologySpreadConstraints"][0]["topologyKey"] == "kubernetes.io/hostname"
+    pdb = one(objects, "PodDisruptionBudget")
+    assert pdb["spec"]["minAvailable"] == 1
+    assert pdb["spec"]["selector"] == deployment["spec"]["selector"]
+    service = one(objects, "Service")
+    assert service["spec"]["selector"] == deployment["spec"]["selector"]["matchLabels"]
+    assert service["spec"]["ports"][0]["targetPort"] == "http"
+
+
+def test_configuration_reaches_the_environment() -> None:
+    values = VARIANTS["everything"]
+    deployment = one(render(values), "Deployment")
+    env = env_of(deployment)
+    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    assert container["image"] == "registry.example.com/archiver-operator@sha256:" + "ab" * 32
+    assert env["ARCHIVER_SUPPRESSION_SALT"]["valueFrom"] == {"secretKeyRef": {"name": "archiver-salt", "key": "salt"}}
+    assert env["ARCHIVER_CACHE_INVALIDATE_URLS"]["value"] == ",".join(values["cacheInvalidateUrls"])
+    assert env["ARCHIVER_ALERT_KEY_PATTERNS"]["value"] == ",".join(values["alertKeyPatterns"])
+    assert env["ARCHIVER_WORKER_IMAGE"]["value"] == "registry.example.com/archiver-operator:worker"
+    assert env["ARCHIVER_WORKER_DATABASE_SECRET"]["value"] == "archiver-db-workers:dsn"
+    assert env["ARCHIVER_LOG_FORMAT"]["value"] == "text"
+    assert env["RUST_LOG"]["value"].startswith("info")
+    assert deployment["spec"]["replicas"] == 3
+
+
+def test_every_environment_variable_is_one_the_binary_reads() -> None:
+    source = "\n".join(p.read_text() for p in (REPO / "src").rglob("*.rs"))
+    for values in VARIANTS.values():
+        for name in env_of(one(render(values), "Deployment")):
+            if name == "RUST_LOG":
+                continue
+            assert f'"{name}"' in source, f"{name} is not read anywhere in src/"
+
+
+def test_single_replica_has_no_disruption_budget() -> None:
+    assert of_kind(render({"replicaCount": 1}), "PodDisruptionBudget") == []
+
+
+# ---------------------------------------------------------------------------
+# Monitoring
+
+
+def test_monitors_scrape_the_operator_and_the_workers() -> None:
+    objects = render(VARIANTS["monitoring"])
+    sm = one(objects, "ServiceMonitor")
+    service = one(objects, "Service")
+    assert sm["spec"]["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items()
+    assert sm["spec"]["endpoints"][0]["port"] == service["spec"]["ports"][0]["name"]
+    assert sm["metadata"]["labels"]["release"] == "kube-prometheus"
+    pm = one(objects, "PodMonitor")
+    # The labels the operator puts on worker pods (src/runtime/workers.rs).
+    assert pm["spec"]["selector"]["matchLabels"] == {
+        "app.kubernetes.io/name": "archiver-worker",
+        "app.kubernetes.io/managed-by": "archiver-operator",
+    }
+    workers_rs = (REPO / "src" / "runtime" / "workers.rs").read_text()
+    assert '"archiver-worker"' in workers_rs and 'name: Some("http".into())' in workers_rs
+    assert pm["spec"]["namespaceSelector"] == {"any": True}
+    assert of_kind(render(), "ServiceMonitor") == []
+    assert of_kind(render(), "PrometheusRule") == []
+
+
+def alerts(values: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    rule = one(render(values), "PrometheusRule")
+    return {r["alert"]: r for group in rule["spec"]["groups"] for r in group["rules"] if "alert" in r}
+
+
+def test_alerts_page_on_the_signals_that_matter() -> None:
+    rules = alerts(VARIANTS["monitoring"])
+    assert rules["ArchiverLagAboveSLO"]["expr"] == "max by (namespace, shard) (archiver_lag_seconds) > 180"
+    assert rules["ArchiverLagAboveSLO"]["for"] == "5m"
+    assert rules["ArchiverLagAboveSLO"]["labels"] == {"severity": "critical", "team": "platform"}
+    assert "archiver_partition_coverage_months) < 1" in rules["ArchiverPartitionMissing"]["expr"]
+    assert rules["ArchiverDeletionDeadlineNear"]["expr"].endswith("(archiver_deletion_deadline_seconds) < 432000")
+    assert rules["ArchiverDeletionDeadlineImminent"]["expr"].endswith("< 86400")
+    assert "increase(archiver_rejected_rows_total[15m]) > 0" in rules["ArchiverRejectedRows"]["expr"].replace(")) > 0", ") > 0")
+    assert "archiver_suppression_plan_uses_index" in rules["ArchiverSuppressionPlanFlip"]["expr"]
+    # Prometheus templates survive Helm's templating.
+    assert "{{ $labels.shard }}" in rules["ArchiverLagAboveSLO"]["annotations"]["summary"]
+    for rule in rules.values():
+        assert rule["labels"]["severity"] in ("warning", "critical")
+        assert rule["annotations"]["summary"] and rule["annotations"]["description"]
+    # Thresholds follow the values.
+    tuned = alerts({"metrics": {"prometheusRule": {"enabled": True, "lagSloSeconds": 300, "lagFor": "10m", "deletionDeadlineWarningDays": 7}}})
+    assert tuned["ArchiverLagAboveSLO"]["expr"].endswith("> 300")
+    assert tuned["ArchiverLagAboveSLO"]["for"] == "10m"
+    assert tuned["ArchiverDeletionDeadlineNear"]["expr"].endswith(f"< {7 * 86400}")
+    assert "ArchiverViewsBehind" in alerts(VARIANTS["everything"])
+
+
+def test_every_alert_metric_is_one_the_code_exports() -> None:
+    metrics_rs = (REPO / "src" / "runtime" / "metrics.rs").read_text()
+    exported = set(re.findall(r'^\s*"([a-z_]+)",\s*$', metrics_rs, re.M))
+    assert "lag_seconds" in exported, exported
+    for rule in alerts(VARIANTS["monitoring"]).values():
+        for metric in re.findall(r"\barchiver_[a-z_]+", rule["expr"]):
+            base = metric.removeprefix("archiver_")
+            base = base.removesuffix("_total")
+            assert base in exported, f"{metric} is not registered in src/runtime/metrics.rs"
+
+
+def test_prometheus_rules_pass_promtool(tmp_path: Path) -> None:
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        pytest.skip("promtool not installed (Debian package prometheus): PromQL not parsed")
+    rule = one(render(VARIANTS["everything"]), "PrometheusRule")
+    path = tmp_path / "rules.yaml"
+    path.write_text(yaml.safe_dump({"groups": rule["spec"]["groups"]}))
+    result = subprocess.run([promtool, "check", "rules", str(path)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+# ---------------------------------------------------------------------------
+# NetworkPolicy
+
+
+def test_network_policy_limits_the_operator_to_what_it_talks_to() -> None:
+    assert of_kind(render(), "NetworkPolicy") == []
+    objects = render(VARIANTS["network-policy"])
+    policy = one(objects, "NetworkPolicy")
+    deployment = one(objects, "Deployment")
+    assert policy["spec"]["podSelector"] == deployment["spec"]["selector"]
+    assert policy["spec"]["policyTypes"] == ["Ingress", "Egress"]
+    assert policy["spec"]["ingress"] == [
+        {
+            "from": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}],
+            "ports": [{"port": "http", "protocol": "TCP"}],
+        }
+    ]
+    egress_ports = {(p["port"], p["protocol"]) for rule in policy["spec"]["egress"] for p in rule["ports"]}
+    assert {(53, "UDP"), (53, "TCP"), (443, "TCP"), (6443, "TCP"), (5432, "TCP"), (6379, "TCP"), (4317, "TCP")} <= egress_ports
+    database = [r for r in policy["spec"]["egress"] if r["ports"] == [{"port": 5432, "protocol": "TCP"}]][0]
+    assert database["to"] == [{"ipBlock": {"cidr": "10.20.0.0/16"}}]
+    # Without peers nothing may connect in.
+    assert one(render({"networkPolicy": {"enabled": True}}), "NetworkPolicy")["spec"]["ingress"] == []
+
+
+# ---------------------------------------------------------------------------
+# Generated copies, Argo CD examples, Dockerfile
+
+
+def test_generated_copies_are_up_to_date() -> None:
+    stale = sync_generated.stale()
+    assert stale == [], f"stale: {stale}; run python3 tests/chart/sync_generated.py"
+
+
+def test_readme_and_argocd_cm_ship_the_health_scripts_verbatim() -> None:
+    readme = (CHART_DIR / "README.md").read_text()
+    block = readme.split("```yaml\n# argocd-cm")[1].split("```")[0]
+    data = yaml.safe_load("# argocd-cm" + block)["data"]
+    cm = yaml.safe_load((REPO / "examples" / "argocd" / "argocd-cm-health.yaml").read_text())
+    values = yaml.safe_load((REPO / "examples" / "argocd" / "argo-cd-helm-values.yaml").read_text())
+    assert cm["metadata"] == {
+        "name": "argocd-cm",
+        "namespace": "argocd",
+        "labels": {"app.kubernetes.io/name": "argocd-cm", "app.kubernetes.io/part-of": "argocd"},
+    }
+    kubernetes_validate.validate(cm, KUBE_VERSIONS[-1], strict=True)
+    for kind in KINDS:
+        key = f"resource.customizations.health.{GROUP}_{kind}"
+        source = (REPO / "argocd" / "health" / f"{kind}.lua").read_text()
+        assert data[key] == source, f"README: {key}"
+        assert cm["data"][key] == source, f"argocd-cm-health.yaml: {key}"
+        assert values["configs"]["cm"][key] == source, f"argo-cd-helm-values.yaml: {key}"
+
+
+def load_examples(directory: Path) -> list[dict[str, Any]]:
+    docs = []
+    for path in sorted(directory.glob("*.yaml")):
+        docs.extend(d for d in yaml.safe_load_all(path.read_text()) if d)
+    return docs
+
+
+def test_argocd_applications_use_server_side_apply_and_diff() -> None:
+    apps = {
+        a["metadata"]["name"]: a for a in load_examples(REPO / "examples" / "argocd") if a.get("kind") == "Application"
+    }
+    assert set(apps) == {"archiver", "archiver-operator", "archiver-manifests"}
+    for name in ("archiver-operator", "archiver-manifests"):
+        app = apps[name]
+        assert app["metadata"]["annotations"]["argocd.argoproj.io/compare-options"] == "ServerSideDiff=true"
+        assert "ServerSideApply=true" in app["spec"]["syncPolicy"]["syncOptions"]
+    assert int(apps["archiver-operator"]["metadata"]["annotations"]["argocd.argoproj.io/sync-wave"]) < int(
+        apps["archiver-manifests"]["metadata"]["annotations"]["argocd.argoproj.io/sync-wave"]
+    )
+    operator = apps["archiver-operator"]["spec"]["source"]
+    assert operator["path"] == "charts/archiver-operator"
+    # The chart accepts the values the Application passes.
+    with helm.Chart.load(CHART_DIR) as chart:
+        chart.validate_schema(operator["helm"]["valuesObject"])
+    manifests = apps["archiver-manifests"]["spec"]["source"]
+    assert manifests["path"] == "examples"
+    assert "deletion-request.yaml" in manifests["directory"]["exclude"]
+    assert (REPO / manifests["path"] / "deletion-request.yaml").exists()
+
+
+def test_example_manifests_carry_the_sync_waves() -> None:
+    waves = {}
+    for doc in load_examples(REPO / "examples"):
+        annotations = doc["metadata"].get("annotations", {})
+        waves[doc["kind"]] = annotations
+    assert waves["RetentionPolicy"]["argocd.argoproj.io/sync-wave"] == "1"
+    assert waves["PartitionSchedule"]["argocd.argoproj.io/sync-wave"] == "1"
+    assert waves["ArchiverShard"]["argocd.argoproj.io/sync-wave"] == "2"
+    assert "argocd.argoproj.io/sync-wave" not in waves["DeletionRequest"]
+    assert "Prune=false" in waves["DeletionRequest"]["argocd.argoproj.io/sync-options"]
+
+
+def test_dockerfile_runs_the_binary_as_a_numeric_non_root_user() -> None:
+    text = (REPO / "Dockerfile").read_text()
+    stages = re.findall(r"^FROM\s+(\S+)", text, re.M)
+    assert stages[0].startswith("rust:1.95-bookworm"), stages
+    assert len(stages) >= 2, "multi-stage build"
+    final = text[text.rindex("\nFROM ") :]
+    # runAsNonRoot can only be verified for a numeric user.
+    assert re.search(r"^USER\s+65532(:65532)?\s*$", final, re.M), "final stage runs as 65532"
+    assert re.search(r'^ENTRYPOINT\s+\["/usr/local/bin/archiver-operator"\]', final, re.M)
+    ignore = (REPO / ".dockerignore").read_text().split()
+    assert "target" in ignore or "/target" in ignore
+
+
+def test_chart_packages_with_its_crds_and_readme(tmp_path: Path) -> None:
+    import tarfile
+
+    archive = helm.package(CHART_DIR, destination=tmp_path)
+    names = set(tarfile.open(archive).getnames())
+    for member in ("Chart.yaml", "values.yaml", "values.schema.json", "README.md", "templates/NOTES.txt"):
+        assert f"archiver-operator/{member}" in names, member
+    assert {n for n in names if n.startswith("archiver-operator/crds/")} == {
+        f"archiver-operator/crds/{p.name}" for p in (REPO / "crds").glob("*.yaml")
+    }
+    with helm.Chart.load_archive(Path(archive).read_bytes()) as chart:
+        assert chart.render({}, name="archiver-operator", namespace=NAMESPACE)
