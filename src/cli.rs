@@ -51,6 +51,15 @@ pub enum Command {
         /// Directory of manifests to use.
         #[arg(long, value_name = "DIR", default_value = "examples")]
         examples: PathBuf,
+        /// Simulated minutes (the retention window opens after 20).
+        #[arg(long, default_value_t = 30)]
+        minutes: u32,
+        /// Servers per simulated minute (each in 5 regions).
+        #[arg(long, default_value_t = 300)]
+        servers: u32,
+        /// Leave the servers running at the end and print how to connect.
+        #[arg(long)]
+        keep: bool,
     },
     /// Run the operator: against the Kubernetes API (default), or standalone
     /// against a directory of manifests (`--manifests DIR`).
@@ -98,6 +107,26 @@ pub enum Command {
         #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
         database_url: String,
     },
+    /// Show what a RetentionPolicy file would change against a database:
+    /// rows deleted per tier and table, windows that shrink and whether the
+    /// shrink guard holds them, and the privacy-text diff (`--format
+    /// markdown` for a pull-request comment). Exit 0: applies without
+    /// confirmation; 3: the confirm-shrink annotation will be needed; 1: error.
+    Plan(crate::retention::commands::PlanArgs),
+    /// Render the privacy-policy retention section of a RetentionPolicy file:
+    /// the same text the operator publishes to its ConfigMap.
+    RenderPrivacyPolicy(crate::retention::commands::RenderArgs),
+    /// Print the receipt of a DeletionRequest and check its SHA-256 against
+    /// the object's status, the audit log and the tombstones (exit 0 when
+    /// everything matches, 1 on a mismatch, 2 when there is no receipt).
+    Receipt(crate::erasure::commands::ReceiptArgs),
+    /// Re-apply every tombstone to the data it covers: after restoring a
+    /// backup (with --tombstones-from the live database) and periodically.
+    ReplayTombstones(crate::erasure::commands::ReplayArgs),
+    /// Run the deletion drill: seed a synthetic tenant in every surface,
+    /// erase it through a real DeletionRequest, check every surface is empty
+    /// and the tombstone exists, print the receipt (exit 0 = passed).
+    Drill(crate::erasure::commands::DrillArgs),
 }
 
 /// Runs the parsed command.
@@ -106,6 +135,11 @@ pub async fn run(cli: Cli) -> ExitCode {
         Command::Crd { output_dir } => print_or_write_crds(output_dir.as_deref()),
         Command::Validate { files } => validate(&files),
         Command::Migrate { database_url } => migrate(&database_url).await,
+        Command::Plan(args) => crate::retention::commands::plan_command(args).await,
+        Command::RenderPrivacyPolicy(args) => crate::retention::commands::render_command(args),
+        Command::Receipt(args) => crate::erasure::commands::receipt(args).await,
+        Command::ReplayTombstones(args) => crate::erasure::commands::replay_tombstones(args).await,
+        Command::Drill(args) => crate::erasure::commands::drill(args).await,
         Command::Run {
             manifests,
             once,
@@ -132,7 +166,21 @@ pub async fn run(cli: Cli) -> ExitCode {
             }
         }
         Command::Status { manifests, output } => print_status(&manifests, output),
-        Command::Demo { examples } => match crate::demo::run(&examples).await {
+        Command::Demo {
+            examples,
+            minutes,
+            servers,
+            keep,
+        } => match crate::demo::run(
+            &examples,
+            crate::demo::DemoOptions {
+                minutes,
+                servers,
+                keep,
+            },
+        )
+        .await
+        {
             Ok(()) => ExitCode::SUCCESS,
             Err(error) => {
                 eprintln!("error: {error}");

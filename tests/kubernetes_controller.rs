@@ -241,13 +241,34 @@ async fn deletion_request_gets_its_finalizer_then_status_then_loses_it_on_delete
     respond(send, event);
     task.await.unwrap().expect("status written");
 
-    // 3. Deleted: cleanup runs and the finalizer is removed; nothing else.
-    let mut deleting = with_finalizer.clone();
-    deleting.meta_mut().deletion_timestamp =
+    // 3. Deleted while still pending: the finalizer stays (the erasure must
+    // finish first) and nothing is written.
+    let deletion_time = || {
         Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
             k8s_openapi::jiff::Timestamp::from_second(1_795_000_000).unwrap(),
-        ));
-    let task = tokio::spawn(reconcile(Arc::new(deleting.clone()), kctx.clone()));
+        ))
+    };
+    let mut deleting = with_finalizer.clone();
+    deleting.meta_mut().deletion_timestamp = deletion_time();
+    let refused = tokio::time::timeout(
+        Duration::from_secs(5),
+        reconcile(Arc::new(deleting), kctx.clone()),
+    )
+    .await
+    .expect("no request was awaited");
+    assert!(refused.is_err(), "a pending erasure keeps its finalizer");
+    assert_no_request(&mut handle).await;
+
+    // 4. Deleted once completed: the finalizer is removed; nothing else.
+    let mut completed = with_finalizer.clone();
+    completed.meta_mut().deletion_timestamp = deletion_time();
+    let mut status = serde_json::from_value::<archiver_operator::api::DeletionRequestStatus>(
+        status_patch["status"].clone(),
+    )
+    .unwrap();
+    status.phase = Some(archiver_operator::api::deletion_request::DeletionPhase::Completed);
+    completed.status = Some(status);
+    let task = tokio::spawn(reconcile(Arc::new(completed), kctx.clone()));
     let (remove, send) = expect_request(&mut handle, Method::PATCH, path).await;
     let text = remove.to_string();
     assert!(

@@ -21,7 +21,9 @@ fn copy_examples() -> tempfile::TempDir {
     let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples");
     for entry in std::fs::read_dir(examples).expect("examples") {
         let path = entry.expect("entry").path();
-        std::fs::copy(&path, dir.path().join(path.file_name().unwrap())).expect("copy");
+        if path.is_file() {
+            std::fs::copy(&path, dir.path().join(path.file_name().unwrap())).expect("copy");
+        }
     }
     dir
 }

@@ -135,13 +135,33 @@ async fn maintain(db: &TestDatabase, now: DateTime<Utc>) -> views::MaintenanceRe
 }
 
 type DayKey = (Uuid, String, NaiveDate);
+/// A probe_minute row: tenant, server, minute, state, p95.
+type MinuteRow = (Uuid, String, DateTime<Utc>, String, Option<i32>);
+/// A probe_day row as read back.
+type DayRow = (
+    Uuid,
+    String,
+    NaiveDate,
+    i32,
+    i32,
+    i32,
+    i32,
+    i32,
+    i32,
+    i32,
+    Option<i32>,
+    Option<i32>,
+    bool,
+);
+/// A probe_month row: tenant, server, days, up, down, degraded, sla.
+type MonthRow = (Uuid, String, i32, i32, i32, i32, Option<f64>);
 /// total, up, down, degraded, auth-walled, unknown, incidents
 type DayCounts = [i64; 7];
 
 async fn reference_days(
     db: &TestDatabase,
 ) -> (BTreeMap<DayKey, DayCounts>, BTreeMap<DayKey, (i32, i32)>) {
-    let rows: Vec<(Uuid, String, DateTime<Utc>, String, Option<i32>)> = sqlx::query_as(
+    let rows: Vec<MinuteRow> = sqlx::query_as(
         "SELECT tenant_id, server_slug, minute_bucket, state, p95_ms FROM probe_minute ORDER BY 1, 2, 3",
     )
     .fetch_all(&db.pool)
@@ -190,7 +210,7 @@ async fn reference_days(
 async fn stored_days(
     db: &TestDatabase,
 ) -> BTreeMap<DayKey, (DayCounts, Option<i32>, Option<i32>, bool)> {
-    let rows: Vec<(Uuid, String, NaiveDate, i32, i32, i32, i32, i32, i32, i32, Option<i32>, Option<i32>, bool)> =
+    let rows: Vec<DayRow> =
         sqlx::query_as(
             "SELECT tenant_id, server_slug, day, minutes_total, minutes_up, minutes_down, minutes_degraded, \
              minutes_auth_walled, minutes_unknown, incident_count, p95_ms_p50_of_day, p95_ms_p95_of_day, closed FROM probe_day",
@@ -288,7 +308,7 @@ async fn incremental_rollups_equal_an_independent_recompute_across_midnight_a_mo
     }
 
     // probe_month of November from the closed day.
-    let months: Vec<(Uuid, String, i32, i32, i32, i32, Option<f64>)> = sqlx::query_as(
+    let months: Vec<MonthRow> = sqlx::query_as(
         "SELECT tenant_id, server_slug, days_total, minutes_up, minutes_down, minutes_degraded, sla_uptime_pct::float8 \
          FROM probe_month WHERE month = '2026-11-01'",
     )
@@ -319,7 +339,7 @@ async fn each_minute_is_applied_once_even_when_maintenance_runs_twice() {
     archive_minutes(&db, &mut random, start, 5, 3).await;
     let now = start + chrono::Duration::minutes(6);
     let (first, second) = tokio::join!(maintain(&db, now), maintain(&db, now));
-    assert_eq!(first.minutes.len() + second.minutes.len() >= 5, true);
+    assert!(first.minutes.len() + second.minutes.len() >= 5);
     let total: i64 = sqlx::query_scalar("SELECT sum(minutes_total)::bigint FROM probe_day")
         .fetch_one(&db.pool)
         .await

@@ -43,6 +43,11 @@ impl Managed for ArchiverShard {
             .secrets
             .resolve(&namespace, &self.spec.redis.url_secret_ref)
             .await?;
+        // Erasures clean every shard's Redis: tell them where this one is.
+        crate::erasure::redis_targets::publish_shard(
+            format!("{namespace}/{}", self.name_any()),
+            redis_url.clone(),
+        );
         let Some(pool) = ctx.db.as_ref() else {
             return Err(ReconcileError::NoDatabase);
         };

@@ -422,6 +422,13 @@ async fn snapshot_clusters(pool: &PgPool, now: DateTime<Utc>) -> Result<u64, Vie
         .and_then(|t| t.with_nanosecond(0))
         .unwrap_or(now);
     let mut tx = pool.begin().await.map_err(db("beginning a snapshot"))?;
+    // An erasure replaces hashes in both tables: never copy a hash it is
+    // removing (it holds this lock exclusively).
+    sqlx::query("SELECT pg_advisory_xact_lock_shared($1)")
+        .bind(locks::ERASURE)
+        .execute(&mut *tx)
+        .await
+        .map_err(db("taking the erasure lock (shared)"))?;
     let due = sqlx::query(
         "UPDATE derived_views_watermark SET last_snapshot_hour = $1 \
          WHERE last_snapshot_hour IS NULL OR last_snapshot_hour < $1",

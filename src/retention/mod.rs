@@ -1,31 +1,75 @@
-//! Retention by tier: tier semantics, enforcement, the shrink guard,
-//! privacy-policy rendering and `plan`.
+//! Retention by tier: the RetentionPolicy in git is the only source of truth
+//! for how long history is kept. The database is pruned to it and the
+//! privacy-policy retention text is rendered from it.
 //!
-//! The reconciler below validates the policy; enforcement and rendering
-//! arrive with their own issue. Nothing is deleted by this module yet.
+//! - [`tiers`]: the four tiers, the tables they govern, the policy hash;
+//! - [`ranges`]: which stretches of time are past retention (pure);
+//! - [`guard`]: the shrink guard, which holds a change that shortens a
+//!   window too much until it is confirmed (pure);
+//! - [`items`], [`enforce`]: capped, resumable per-row deletes in the window;
+//! - [`count`]: expired rows still present (drift, held shrinks, `plan`);
+//! - [`privacy`]: the privacy-policy section in Markdown, JSON and HTML;
+//! - [`plan`]: what a new policy file would change, for a pull request;
+//! - [`store`]: the tables of migration 0009 and the audit rows;
+//! - [`commands`]: the `plan` and `render-privacy-policy` commands;
+//! - `reconciler`: the `RetentionPolicy` adapter.
+//!
+//! A missing, conflicting or broken policy never causes a delete.
 
-use std::time::Duration;
+pub mod commands;
+pub mod count;
+pub mod directory;
+pub mod enforce;
+pub mod guard;
+pub mod items;
+pub mod plan;
+pub mod privacy;
+pub mod ranges;
+mod reconciler;
+pub mod store;
+pub mod tiers;
 
-use crate::api::{RetentionPolicy, RetentionPolicyStatus};
-use crate::runtime::context::Context;
-use crate::runtime::reconcile::{Managed, Outcome, ReconcileError, begin_status, finish};
+pub use reconciler::DRIFT_REFRESH;
 
-impl Managed for RetentionPolicy {
-    type Status = RetentionPolicyStatus;
+use crate::api::common::WindowError;
+use crate::runtime::publish::PublishError;
+use crate::runtime::reconcile::ReconcileError;
 
-    fn status(&self) -> Option<&Self::Status> {
-        self.status.as_ref()
+/// Errors of retention work, each with what was being done.
+#[derive(Debug, thiserror::Error)]
+pub enum RetentionError {
+    #[error("{context}: {source}")]
+    Database {
+        context: String,
+        #[source]
+        source: sqlx::Error,
+    },
+    #[error("the stored enforced tier table cannot be read or written: {0}")]
+    StoredPolicy(#[source] serde_json::Error),
+    #[error("publishing the privacy-policy text: {0}")]
+    Publish(#[from] PublishError),
+    #[error("enforcement window: {0}")]
+    Window(#[from] WindowError),
+    #[error("internal error: {0}")]
+    Invariant(String),
+}
+
+impl From<RetentionError> for ReconcileError {
+    fn from(error: RetentionError) -> Self {
+        match error {
+            RetentionError::Database { context, source } => {
+                ReconcileError::Database { context, source }
+            }
+            other => ReconcileError::Step {
+                step: "retention".into(),
+                reason: other.to_string(),
+            },
+        }
     }
+}
 
-    async fn reconcile(&self, ctx: &Context) -> Result<Outcome<Self::Status>, ReconcileError> {
-        let (status, problems) = begin_status(self, ctx);
-        Ok(finish(
-            self,
-            ctx,
-            status,
-            &problems,
-            "tier table valid",
-            Duration::from_secs(300),
-        ))
-    }
+/// `map_err` adapter that adds what was being done to a database error.
+pub(crate) fn db(context: impl Into<String>) -> impl FnOnce(sqlx::Error) -> RetentionError {
+    let context = context.into();
+    move |source| RetentionError::Database { context, source }
 }

@@ -267,9 +267,9 @@ impl ManifestsEngine {
             }
             tracing::info!(object = %label, "manifest removed; forgetting its status");
             if object.kind == "ArchiverShard" {
-                self.ctx
-                    .workers
-                    .stop(&format!("{}/{}", object.namespace, object.name));
+                let shard = format!("{}/{}", object.namespace, object.name);
+                self.ctx.workers.stop(&shard);
+                crate::erasure::redis_targets::remove_shard(&shard);
             }
             if let Err(error) = self
                 .store

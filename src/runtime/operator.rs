@@ -96,6 +96,30 @@ pub fn published_dir(manifests: &std::path::Path) -> PathBuf {
     manifests.join(".archiver").join("published")
 }
 
+/// How often the leader re-applies every tombstone (the safety net after a
+/// restore or a missed surface).
+const REPLAY_INTERVAL: std::time::Duration = std::time::Duration::from_secs(300);
+
+/// The leader's periodic tombstone replay.
+async fn replay_forever(
+    pool: PgPool,
+    ctx: Context,
+    shutdown: impl std::future::Future<Output = ()>,
+) {
+    tokio::pin!(shutdown);
+    loop {
+        let salt = ctx.config.suppression_salt.as_ref();
+        match crate::erasure::replay::replay_tombstones(&pool, salt, ctx.clock.now()).await {
+            Ok(report) => tracing::debug!(?report, "tombstones replayed"),
+            Err(error) => tracing::warn!(%error, "tombstone replay failed"),
+        }
+        tokio::select! {
+            _ = &mut shutdown => return,
+            _ = tokio::time::sleep(REPLAY_INTERVAL) => {}
+        }
+    }
+}
+
 async fn listen(args: &OperatorArgs) -> Result<tokio::net::TcpListener, RunError> {
     let addr = args.http_addr;
     bind(addr)
@@ -202,6 +226,14 @@ pub async fn run_standalone(dir: PathBuf, args: &OperatorArgs) -> Result<(), Run
     };
     let listener = listen(args).await?;
     let http = tokio::spawn(serve(listener, http_state, terminated()));
+    let replay = ctx.db.clone().map(|pool| {
+        let ctx = ctx.clone();
+        let mut leadership = leadership.clone();
+        tokio::spawn(async move {
+            leadership.acquired().await;
+            replay_forever(pool, ctx, terminated()).await
+        })
+    });
     let views = ctx.db.clone().map(|pool| {
         let ctx = ctx.clone();
         let mut leadership = leadership.clone();
@@ -220,8 +252,8 @@ pub async fn run_standalone(dir: PathBuf, args: &OperatorArgs) -> Result<(), Run
     let engine = ManifestsEngine::new(dir, ctx);
     tracing::info!("standalone operator started");
     engine.run(leadership, terminated()).await;
-    if let Some(views) = views {
-        views.abort();
+    for task in [views, replay].into_iter().flatten() {
+        task.abort();
     }
     http.abort();
     Ok(())
@@ -274,6 +306,14 @@ pub async fn run_in_cluster(args: &OperatorArgs) -> Result<(), RunError> {
             args.namespace.clone(),
             stopped.clone(),
         ));
+        // The leader also replays tombstones periodically (safety net).
+        let replay = kctx.ctx.db.clone().map(|pool| {
+            tokio::spawn(replay_forever(
+                pool,
+                kctx.ctx.clone(),
+                std::future::pending(),
+            ))
+        });
         // The leader also keeps the derived views current.
         let views = kctx.ctx.db.clone().map(|pool| {
             let ctx = kctx.ctx.clone();
@@ -297,6 +337,9 @@ pub async fn run_in_cluster(args: &OperatorArgs) -> Result<(), RunError> {
         let _ = controllers.await;
         if let Some(views) = views {
             let _ = views.await;
+        }
+        if let Some(replay) = replay {
+            replay.abort();
         }
         if terminating {
             break;

@@ -1,0 +1,235 @@
+//! The Redis side of an erasure: every verdict key of the scope (and its
+//! entry in the minute's index set) and every alert-router key matching the
+//! configured patterns, in one Redis instance. Keys are found with
+//! `SCAN MATCH` and removed with pipelined `UNLINK` (non-blocking for the
+//! server, unlike `DEL` of many keys).
+//!
+//! SCAN walks the whole keyspace; that is the price of completeness: the
+//! scope's keys cannot be enumerated otherwise (minutes outside any known
+//! window, regions that failed validation).
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use redis::AsyncConnectionConfig;
+use redis::aio::MultiplexedConnection;
+
+use super::redis_targets::RedisTarget;
+use super::scope::{PatternError, Scope};
+use crate::archive::verdict::index_key;
+
+/// SCAN COUNT hint: large, since every call walks part of the whole keyspace.
+const SCAN_COUNT: usize = 10_000;
+/// Commands per pipeline round trip.
+const PIPELINE_BATCH: usize = 2_000;
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+const RESPONSE_TIMEOUT: Duration = Duration::from_secs(30);
+
+#[derive(Debug, thiserror::Error)]
+pub enum RedisSideError {
+    #[error("Redis of shard {shard}: {action}: {source}")]
+    Redis {
+        shard: String,
+        action: &'static str,
+        #[source]
+        source: redis::RedisError,
+    },
+    #[error(transparent)]
+    Pattern(#[from] PatternError),
+}
+
+/// A verdict key and its minute (epoch seconds), when readable.
+pub type VerdictKey = (String, Option<i64>);
+/// Verdict keys per shard label.
+pub type KeysByShard = Vec<(String, Vec<VerdictKey>)>;
+
+/// What was removed from one Redis.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Removed {
+    pub verdict_keys: u64,
+    pub index_entries: u64,
+    pub alert_keys: u64,
+    /// The verdict keys removed, with their minute: verification checks
+    /// that no index set still lists them.
+    pub verdict_key_names: Vec<VerdictKey>,
+}
+
+/// What is still there (verification).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Remaining {
+    pub verdict_keys: u64,
+    pub index_entries: u64,
+    pub alert_keys: u64,
+}
+
+struct Connection<'a> {
+    shard: &'a str,
+    conn: MultiplexedConnection,
+}
+
+impl<'a> Connection<'a> {
+    async fn open(target: &'a RedisTarget) -> Result<Self, RedisSideError> {
+        let fail = |action| {
+            move |source| RedisSideError::Redis {
+                shard: target.label.clone(),
+                action,
+                source,
+            }
+        };
+        let client = redis::Client::open(target.url.expose()).map_err(fail("opening"))?;
+        let config = AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(CONNECT_TIMEOUT))
+            .set_response_timeout(Some(RESPONSE_TIMEOUT));
+        let conn = client
+            .get_multiplexed_async_connection_with_config(&config)
+            .await
+            .map_err(fail("connecting"))?;
+        Ok(Self {
+            shard: &target.label,
+            conn,
+        })
+    }
+
+    fn fail(&self, action: &'static str) -> impl FnOnce(redis::RedisError) -> RedisSideError {
+        let shard = self.shard.to_string();
+        move |source| RedisSideError::Redis {
+            shard,
+            action,
+            source,
+        }
+    }
+
+    /// Every key matching `pattern`. SCAN may return a key twice; the set
+    /// removes duplicates.
+    async fn scan_all(&mut self, pattern: &str) -> Result<BTreeSet<String>, RedisSideError> {
+        let mut keys = BTreeSet::new();
+        let mut cursor: u64 = 0;
+        loop {
+            let (next, batch): (u64, Vec<String>) = redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(pattern)
+                .arg("COUNT")
+                .arg(SCAN_COUNT)
+                .query_async(&mut self.conn)
+                .await
+                .map_err(self.fail("scanning"))?;
+            keys.extend(batch);
+            if next == 0 {
+                return Ok(keys);
+            }
+            cursor = next;
+        }
+    }
+}
+
+/// Removes the scope's verdict keys, their index-set entries and the alert
+/// keys from one Redis. Idempotent: a second run removes nothing.
+pub async fn erase(
+    target: &RedisTarget,
+    scope: &Scope,
+    alert_patterns: &[String],
+) -> Result<Removed, RedisSideError> {
+    let alert_globs = alert_globs(scope, alert_patterns)?;
+    let mut conn = Connection::open(target).await?;
+    let mut removed = Removed::default();
+
+    let verdict_keys: Vec<VerdictKey> = conn
+        .scan_all(&scope.verdict_key_glob())
+        .await?
+        .into_iter()
+        .filter_map(|key| scope.owns_verdict_key(&key).map(|minute| (key, minute)))
+        .collect();
+    for chunk in verdict_keys.chunks(PIPELINE_BATCH) {
+        let mut pipe = redis::pipe();
+        for (key, minute) in chunk {
+            pipe.unlink(key);
+            if let Some(minute) = minute {
+                pipe.srem(index_key_of(*minute), key);
+            }
+        }
+        let counts: Vec<u64> = pipe
+            .query_async(&mut conn.conn)
+            .await
+            .map_err(conn.fail("unlinking verdict keys"))?;
+        let mut counts = counts.into_iter();
+        for (_, minute) in chunk {
+            removed.verdict_keys += counts.next().unwrap_or(0);
+            if minute.is_some() {
+                removed.index_entries += counts.next().unwrap_or(0);
+            }
+        }
+    }
+    removed.verdict_key_names = verdict_keys;
+
+    for glob in &alert_globs {
+        let keys: Vec<String> = conn.scan_all(glob).await?.into_iter().collect();
+        for chunk in keys.chunks(PIPELINE_BATCH) {
+            let unlinked: u64 = redis::cmd("UNLINK")
+                .arg(chunk)
+                .query_async(&mut conn.conn)
+                .await
+                .map_err(conn.fail("unlinking alert-router keys"))?;
+            removed.alert_keys += unlinked;
+        }
+    }
+    Ok(removed)
+}
+
+/// Counts what is left of the scope in one Redis: verdict keys of minutes
+/// at or before `upto` (epoch seconds; later minutes are new data the
+/// tombstone does not cover), index entries still listing the keys removed,
+/// and alert keys.
+pub async fn remaining(
+    target: &RedisTarget,
+    scope: &Scope,
+    alert_patterns: &[String],
+    upto: i64,
+    removed_keys: &[VerdictKey],
+) -> Result<Remaining, RedisSideError> {
+    let alert_globs = alert_globs(scope, alert_patterns)?;
+    let mut conn = Connection::open(target).await?;
+    let mut remaining = Remaining::default();
+    for key in conn.scan_all(&scope.verdict_key_glob()).await? {
+        if let Some(minute) = scope.owns_verdict_key(&key)
+            && minute.is_none_or(|m| m <= upto)
+        {
+            remaining.verdict_keys += 1;
+        }
+    }
+    let indexed: Vec<&VerdictKey> = removed_keys.iter().filter(|(_, m)| m.is_some()).collect();
+    for chunk in indexed.chunks(PIPELINE_BATCH) {
+        let mut pipe = redis::pipe();
+        for (key, minute) in chunk {
+            if let Some(minute) = minute {
+                pipe.sismember(index_key_of(*minute), key);
+            }
+        }
+        let present: Vec<bool> = pipe
+            .query_async(&mut conn.conn)
+            .await
+            .map_err(conn.fail("checking index sets"))?;
+        remaining.index_entries += present.into_iter().filter(|p| *p).count() as u64;
+    }
+    for glob in &alert_globs {
+        remaining.alert_keys += conn.scan_all(glob).await?.len() as u64;
+    }
+    Ok(remaining)
+}
+
+fn alert_globs(scope: &Scope, patterns: &[String]) -> Result<Vec<String>, RedisSideError> {
+    let mut globs = Vec::new();
+    for pattern in patterns {
+        if let Some(glob) = scope.alert_key_glob(pattern)? {
+            globs.push(glob);
+        }
+    }
+    Ok(globs)
+}
+
+fn index_key_of(minute: i64) -> String {
+    match chrono::DateTime::from_timestamp(minute, 0) {
+        Some(at) => index_key(at),
+        None => format!("verdict-index:{minute}"),
+    }
+}

@@ -1,0 +1,411 @@
+//! Tier semantics: the four tiers, the tables they govern, the policy hash,
+//! and which changes of the tier table the shrink guard holds.
+
+use std::fmt;
+
+use sha2::{Digest, Sha256};
+
+use crate::api::RetentionPolicySpec;
+use crate::api::retention_policy::{Guarantee, TierRetention, Tiers};
+
+/// One of the four tiers of `tenant_tier_history.tier`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Tier {
+    Public,
+    Author,
+    Team,
+    Enterprise,
+}
+
+impl Tier {
+    pub const ALL: [Tier; 4] = [Tier::Public, Tier::Author, Tier::Team, Tier::Enterprise];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Public => "public",
+            Self::Author => "author",
+            Self::Team => "team",
+            Self::Enterprise => "enterprise",
+        }
+    }
+
+    /// The tier named in the database; `None` for anything else (such a row
+    /// then protects its data: an unknown tier never causes a delete).
+    pub fn parse(text: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|tier| tier.as_str() == text)
+    }
+
+    /// The windows of this tier in `tiers`.
+    pub fn retention(self, tiers: &Tiers) -> &TierRetention {
+        match self {
+            Self::Public => &tiers.public,
+            Self::Author => &tiers.author,
+            Self::Team => &tiers.team,
+            Self::Enterprise => &tiers.enterprise,
+        }
+    }
+}
+
+impl fmt::Display for Tier {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// How finely a table's rows are keyed in time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Granularity {
+    /// `timestamptz` minute buckets; a row covers one minute.
+    Minute,
+    /// `date`; a row covers one UTC day.
+    Day,
+    /// `date` (first of month); a row covers one calendar month.
+    Month,
+}
+
+/// A table retention prunes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Table {
+    ProbeMinute,
+    ProbeDay,
+    ProbeMonth,
+    /// Cross-tenant: rows name tenants only by salted hashes, so they are
+    /// kept for the longest daily window of any tier (see `ranges::history_cutoff`).
+    SuppressionHistory,
+}
+
+impl Table {
+    pub const ALL: [Table; 4] = [
+        Table::ProbeMinute,
+        Table::ProbeDay,
+        Table::ProbeMonth,
+        Table::SuppressionHistory,
+    ];
+    /// The tables that carry a `tenant_id`.
+    pub const PER_TENANT: [Table; 3] = [Table::ProbeMinute, Table::ProbeDay, Table::ProbeMonth];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::ProbeMinute => "probe_minute",
+            Self::ProbeDay => "probe_day",
+            Self::ProbeMonth => "probe_month",
+            Self::SuppressionHistory => "suppression_clusters_history",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|table| table.name() == text)
+    }
+
+    /// The column that places a row in time.
+    pub fn time_column(self) -> &'static str {
+        match self {
+            Self::ProbeMinute | Self::SuppressionHistory => "minute_bucket",
+            Self::ProbeDay => "day",
+            Self::ProbeMonth => "month",
+        }
+    }
+
+    pub fn granularity(self) -> Granularity {
+        match self {
+            Self::ProbeMinute | Self::SuppressionHistory => Granularity::Minute,
+            Self::ProbeDay => Granularity::Day,
+            Self::ProbeMonth => Granularity::Month,
+        }
+    }
+
+    /// Days a row of this table is kept under `retention`, before any
+    /// contract extension.
+    pub fn window_days(self, retention: &TierRetention) -> u32 {
+        match self {
+            Self::ProbeMinute => retention.per_minute_days,
+            Self::ProbeDay | Self::SuppressionHistory => retention.daily_days,
+            Self::ProbeMonth => retention.monthly_days,
+        }
+    }
+}
+
+impl fmt::Display for Table {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Label of the cross-tenant history table in per-tier counts.
+pub const ALL_TIERS: &str = "all";
+
+/// Per-minute days of an enterprise tenant with a contract of `contract`
+/// days: the contract may only extend the tier's window, and never beyond
+/// the cap. Without a cap in the policy no extension applies.
+pub fn enterprise_minute_days(enterprise: &TierRetention, contract: Option<i32>) -> u32 {
+    let base = enterprise.per_minute_days;
+    match (contract, enterprise.contractual_cap_days) {
+        (Some(days), Some(cap)) if days > 0 => base.max((days as u32).min(cap)),
+        _ => base,
+    }
+}
+
+/// SHA-256 (lowercase hex) of the canonical JSON of `spec.tiers`: object keys
+/// sorted, no whitespace. The value the confirm-shrink annotation must carry.
+pub fn policy_hash(tiers: &Tiers) -> String {
+    let value = serde_json::to_value(tiers).unwrap_or(serde_json::Value::Null);
+    let mut canonical = String::new();
+    write_canonical(&value, &mut canonical);
+    hex::encode(Sha256::digest(canonical.as_bytes()))
+}
+
+/// Writes `value` as JSON with sorted keys, whatever serde_json's map order
+/// is in this build (a dependency may turn on `preserve_order`).
+fn write_canonical(value: &serde_json::Value, out: &mut String) {
+    use serde_json::Value;
+    match value {
+        Value::Object(map) => {
+            let mut keys: Vec<&String> = map.keys().collect();
+            keys.sort();
+            out.push('{');
+            for (i, key) in keys.into_iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                out.push_str(&Value::String(key.clone()).to_string());
+                out.push(':');
+                write_canonical(&map[key], out);
+            }
+            out.push('}');
+        }
+        Value::Array(items) => {
+            out.push('[');
+            for (i, item) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                write_canonical(item, out);
+            }
+            out.push(']');
+        }
+        scalar => out.push_str(&scalar.to_string()),
+    }
+}
+
+/// Rules of the tier table checked here as well as by the CRD's CEL rules,
+/// so a policy that reached the reconciler some other way (an old CRD, a
+/// file for `plan`) still cannot cause a delete when it is broken.
+pub fn spec_problems(spec: &RetentionPolicySpec) -> Vec<String> {
+    let mut problems = Vec::new();
+    for tier in Tier::ALL {
+        let retention = tier.retention(&spec.tiers);
+        let name = tier.as_str();
+        if retention.per_minute_days < 1 {
+            problems.push(format!("tiers.{name}.perMinuteDays must be at least 1"));
+        }
+        if retention.per_minute_days > retention.daily_days {
+            problems.push(format!("tiers.{name}.perMinuteDays must be <= dailyDays"));
+        }
+        if retention.daily_days > retention.monthly_days {
+            problems.push(format!("tiers.{name}.dailyDays must be <= monthlyDays"));
+        }
+        if retention.daily_days < 30 {
+            problems.push(format!(
+                "tiers.{name}.dailyDays must be at least 30 (uptime_30d is served from the daily rollup)"
+            ));
+        }
+        if tier != Tier::Enterprise && retention.contractual_cap_days.is_some() {
+            problems.push(format!(
+                "tiers.{name}.contractualCapDays: only the enterprise tier has one"
+            ));
+        }
+    }
+    let enterprise = &spec.tiers.enterprise;
+    match enterprise.contractual_cap_days {
+        None => {
+            problems.push("tiers.enterprise.contractualCapDays is required (at most 730)".into())
+        }
+        Some(cap) if cap < enterprise.per_minute_days || cap > 730 => problems
+            .push("tiers.enterprise.contractualCapDays must be >= perMinuteDays and <= 730".into()),
+        Some(_) => {}
+    }
+    if let Err(error) = crate::api::common::UtcWindow::parse(&spec.enforcement.window) {
+        problems.push(format!("enforcement.window: {error}"));
+    }
+    if spec.enforcement.max_rows_per_tenant_pass < 1 || spec.enforcement.max_rows_per_run < 1 {
+        problems
+            .push("enforcement: maxRowsPerTenantPass and maxRowsPerRun must be at least 1".into());
+    }
+    if spec.shrink_guard.max_shrink_percent > 100 {
+        problems.push("shrinkGuard.maxShrinkPercent must be at most 100".into());
+    }
+    problems
+}
+
+/// Whether the privacy text calls this tier best effort.
+pub fn is_best_effort(retention: &TierRetention) -> bool {
+    retention.guarantee == Some(Guarantee::BestEffort)
+}
+
+/// One window of the tier table that differs between two policies.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WindowChange {
+    /// e.g. `public.perMinuteDays`
+    pub window: String,
+    pub from_days: u32,
+    pub to_days: u32,
+}
+
+impl WindowChange {
+    pub fn shrinks(&self) -> bool {
+        self.to_days < self.from_days
+    }
+
+    /// By how much the window shrinks, in percent of the old value (0 for growth).
+    pub fn shrink_percent(&self) -> f64 {
+        if !self.shrinks() || self.from_days == 0 {
+            return 0.0;
+        }
+        f64::from(self.from_days - self.to_days) * 100.0 / f64::from(self.from_days)
+    }
+
+    /// Shrinks by strictly more than `max_percent` (integer arithmetic, so
+    /// 50% of 7 days is not rounded either way).
+    pub fn beyond(&self, max_percent: u32) -> bool {
+        self.shrinks()
+            && u64::from(self.from_days - self.to_days) * 100
+                > u64::from(max_percent) * u64::from(self.from_days)
+    }
+}
+
+impl fmt::Display for WindowChange {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {} -> {}", self.window, self.from_days, self.to_days)?;
+        if self.shrinks() {
+            write!(f, " (-{:.0}%)", self.shrink_percent())?;
+        }
+        Ok(())
+    }
+}
+
+/// Every window that differs from `old` to `new`, in a stable order. A cap
+/// that disappears counts as shrinking to the tier's per-minute days (no
+/// extension any more).
+pub fn window_changes(old: &Tiers, new: &Tiers) -> Vec<WindowChange> {
+    let mut changes = Vec::new();
+    for tier in Tier::ALL {
+        let (a, b) = (tier.retention(old), tier.retention(new));
+        let pairs = [
+            ("perMinuteDays", a.per_minute_days, b.per_minute_days),
+            ("dailyDays", a.daily_days, b.daily_days),
+            ("monthlyDays", a.monthly_days, b.monthly_days),
+        ];
+        for (field, from_days, to_days) in pairs {
+            if from_days != to_days {
+                changes.push(WindowChange {
+                    window: format!("{tier}.{field}"),
+                    from_days,
+                    to_days,
+                });
+            }
+        }
+    }
+    let cap = |t: &TierRetention| t.contractual_cap_days.unwrap_or(t.per_minute_days);
+    let (from_days, to_days) = (cap(&old.enterprise), cap(&new.enterprise));
+    if from_days != to_days {
+        changes.push(WindowChange {
+            window: "enterprise.contractualCapDays".into(),
+            from_days,
+            to_days,
+        });
+    }
+    changes
+}
+
+/// The guard that applies to a change: the stricter of the enforced and the
+/// new policy's, so a pull request cannot loosen the guard and use the
+/// looser guard in the same step.
+pub fn effective_guard_percent(enforced: &RetentionPolicySpec, new: &RetentionPolicySpec) -> u32 {
+    enforced
+        .shrink_guard
+        .max_shrink_percent
+        .min(new.shrink_guard.max_shrink_percent)
+}
+
+/// The changes the guard holds: windows shortened by more than `max_percent`.
+pub fn guarded_shrinks(old: &Tiers, new: &Tiers, max_percent: u32) -> Vec<WindowChange> {
+    window_changes(old, new)
+        .into_iter()
+        .filter(|change| change.beyond(max_percent))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn example() -> RetentionPolicySpec {
+        let text = include_str!("../../examples/retention-policy.yaml");
+        let policy: crate::api::RetentionPolicy =
+            serde_yaml_ng::from_str(text).expect("example parses");
+        policy.spec
+    }
+
+    #[test]
+    fn the_hash_ignores_key_order_and_everything_but_the_tiers() {
+        let spec = example();
+        let mut other = spec.clone();
+        other.enforcement.max_rows_per_run = 1;
+        other.privacy_policy.contact = "someone@else.example".into();
+        assert_eq!(policy_hash(&spec.tiers), policy_hash(&other.tiers));
+        assert_eq!(policy_hash(&spec.tiers).len(), 64);
+        other.tiers.public.per_minute_days = 8;
+        assert_ne!(policy_hash(&spec.tiers), policy_hash(&other.tiers));
+
+        let mut canonical = String::new();
+        write_canonical(
+            &serde_json::json!({"b": 1, "a": {"d": [1, 2], "c": "x"}}),
+            &mut canonical,
+        );
+        assert_eq!(canonical, r#"{"a":{"c":"x","d":[1,2]},"b":1}"#);
+    }
+
+    #[test]
+    fn a_shrink_beyond_the_guard_is_held_and_growth_never_is() {
+        let old = example().tiers;
+        let mut new = old.clone();
+        new.public.per_minute_days = 4; // -42.9%: within 50
+        new.team.daily_days = 2000; // growth
+        assert!(guarded_shrinks(&old, &new, 50).is_empty());
+        new.author.per_minute_days = 45; // exactly -50%: not beyond
+        assert!(guarded_shrinks(&old, &new, 50).is_empty());
+        new.enterprise.per_minute_days = 36; // the typo of the design: 365 -> 36
+        let held = guarded_shrinks(&old, &new, 50);
+        assert_eq!(held.len(), 1);
+        assert_eq!(
+            held[0].to_string(),
+            "enterprise.perMinuteDays: 365 -> 36 (-90%)"
+        );
+        assert_eq!(window_changes(&old, &new).len(), 4);
+        // A zero guard holds every shrink, a 100% guard none.
+        assert_eq!(guarded_shrinks(&old, &new, 0).len(), 3);
+        assert!(guarded_shrinks(&old, &new, 100).is_empty());
+    }
+
+    #[test]
+    fn contracts_only_extend_and_never_past_the_cap() {
+        let enterprise = example().tiers.enterprise;
+        assert_eq!(enterprise_minute_days(&enterprise, None), 365);
+        assert_eq!(enterprise_minute_days(&enterprise, Some(100)), 365);
+        assert_eq!(enterprise_minute_days(&enterprise, Some(500)), 500);
+        assert_eq!(enterprise_minute_days(&enterprise, Some(2000)), 730);
+        assert_eq!(enterprise_minute_days(&enterprise, Some(-3)), 365);
+    }
+
+    #[test]
+    fn broken_tier_tables_are_reported() {
+        assert!(spec_problems(&example()).is_empty());
+        let mut spec = example();
+        spec.tiers.author.daily_days = 20;
+        spec.tiers.team.per_minute_days = 5000;
+        spec.tiers.enterprise.contractual_cap_days = Some(900);
+        spec.enforcement.window = "3-5".into();
+        let problems = spec_problems(&spec);
+        assert_eq!(problems.len(), 5, "{problems:#?}");
+    }
+}
