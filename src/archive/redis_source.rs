@@ -52,14 +52,19 @@ pub async fn discover(
                 .query_async(redis)
                 .await?
         }
-        _ => scan(redis, &scan_pattern(minute)).await?,
+        _ => scan_keys(redis, &scan_pattern(minute)).await?,
     };
     keys.sort();
     keys.dedup();
     Ok(MinuteKeys { keys, via })
 }
 
-async fn scan(redis: &mut ConnectionManager, pattern: &str) -> redis::RedisResult<Vec<String>> {
+/// Every key matching `pattern`, walking the whole keyspace with SCAN
+/// (large COUNT: a scan pays per call). A key may come back twice.
+pub async fn scan_keys<C>(redis: &mut C, pattern: &str) -> redis::RedisResult<Vec<String>>
+where
+    C: redis::aio::ConnectionLike + Send,
+{
     let mut keys = Vec::new();
     let mut cursor: u64 = 0;
     loop {

@@ -18,8 +18,6 @@ use super::redis_targets::RedisTarget;
 use super::scope::{PatternError, Scope};
 use crate::archive::verdict::index_key;
 
-/// SCAN COUNT hint: large, since every call walks part of the whole keyspace.
-const SCAN_COUNT: usize = 10_000;
 /// Commands per pipeline round trip.
 const PIPELINE_BATCH: usize = 2_000;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -102,24 +100,10 @@ impl<'a> Connection<'a> {
     /// Every key matching `pattern`. SCAN may return a key twice; the set
     /// removes duplicates.
     async fn scan_all(&mut self, pattern: &str) -> Result<BTreeSet<String>, RedisSideError> {
-        let mut keys = BTreeSet::new();
-        let mut cursor: u64 = 0;
-        loop {
-            let (next, batch): (u64, Vec<String>) = redis::cmd("SCAN")
-                .arg(cursor)
-                .arg("MATCH")
-                .arg(pattern)
-                .arg("COUNT")
-                .arg(SCAN_COUNT)
-                .query_async(&mut self.conn)
-                .await
-                .map_err(self.fail("scanning"))?;
-            keys.extend(batch);
-            if next == 0 {
-                return Ok(keys);
-            }
-            cursor = next;
-        }
+        let keys = crate::archive::redis_source::scan_keys(&mut self.conn, pattern)
+            .await
+            .map_err(self.fail("scanning"))?;
+        Ok(keys.into_iter().collect())
     }
 }
 
