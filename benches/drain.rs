@@ -11,7 +11,8 @@
 //! watermark), so the minute is really written. Configurations are measured
 //! in interleaved rounds, so background load on the machine hits all of them
 //! alike, and the CPU used by processes outside the bench is recorded per
-//! run. The results are written to `docs/BENCHMARKS.md`.
+//! run. The results go into `docs/BENCHMARKS.md` between the
+//! `<!-- bench:drain -->` markers; the rest of that file is left alone.
 //!
 //! Run with `cargo bench --bench drain`. For a quick smoke run, shrink it
 //! with BENCH_SERVERS, BENCH_RUNS, BENCH_WARMUP and BENCH_NAIVE_KEYS.
@@ -38,6 +39,12 @@ use archiver_operator::archive::writer::{self, WritePath};
 use archiver_operator::clock::ManualClock;
 use archiver_operator::runtime::metrics::Metrics;
 use archiver_operator::testing::{TestDatabase, redis_server};
+
+/// This bench's section of docs/BENCHMARKS.md (other benches own theirs).
+const MARK_BEGIN: &str = "<!-- bench:drain -->";
+const MARK_END: &str = "<!-- /bench:drain -->";
+/// How this bench's section began before it had markers.
+const LEGACY_HEADING: &str = "# Drain benchmark";
 
 /// Servers per tenant: 50,000 servers are 1,000 tenants.
 const SERVERS_PER_TENANT: usize = 50;
@@ -1528,6 +1535,33 @@ impl Report<'_> {
     }
 }
 
+/// `existing` with this bench's section replaced by `section`: between the
+/// markers when they are there; otherwise the unmarked output of earlier
+/// versions of this bench (the file's start up to the first other section)
+/// is replaced; otherwise the section goes first. Other sections are kept.
+fn with_section(existing: &str, section: &str) -> String {
+    let block = format!(
+        "{MARK_BEGIN}\n{}{MARK_END}\n",
+        section.trim_end_matches('\n').to_owned() + "\n"
+    );
+    if let (Some(begin), Some(end)) = (existing.find(MARK_BEGIN), existing.find(MARK_END))
+        && end > begin
+    {
+        let rest = existing[end + MARK_END.len()..].trim_start_matches('\n');
+        let separator = if rest.is_empty() { "" } else { "\n" };
+        return format!("{}{block}{separator}{rest}", &existing[..begin]);
+    }
+    let rest = if existing.starts_with(LEGACY_HEADING) {
+        existing
+            .find("<!-- bench:")
+            .map_or("", |other| &existing[other..])
+    } else {
+        existing
+    };
+    let separator = if rest.is_empty() { "" } else { "\n" };
+    format!("{block}{separator}{rest}")
+}
+
 fn main() -> anyhow::Result<()> {
     if !std::env::args().any(|arg| arg == "--bench") {
         eprintln!("drain bench: run it with `cargo bench --bench drain` (skipped without --bench)");
@@ -1555,8 +1589,13 @@ fn main() -> anyhow::Result<()> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)?;
     }
-    std::fs::write(&path, &markdown).with_context(|| format!("writing {}", path.display()))?;
+    let existing = std::fs::read_to_string(&path).unwrap_or_default();
+    std::fs::write(&path, with_section(&existing, &markdown))
+        .with_context(|| format!("writing {}", path.display()))?;
     println!("{markdown}");
-    eprintln!("[drain bench] wrote {}", path.display());
+    eprintln!(
+        "[drain bench] wrote the drain section of {}",
+        path.display()
+    );
     Ok(())
 }

@@ -93,11 +93,15 @@ type TierRow = (
 
 /// Tenant `i`'s tier rows and the end of its rows expired under the
 /// example policy as of [`as_of`] (data is seeded densely before it and
-/// sparsely after it).
-fn tiers_of(i: usize) -> (Vec<TierRow>, DateTime<Utc>) {
+/// sparsely after it). Tenants from `tenants` on are the naive baseline's
+/// sample: public, so one plain DELETE covers them.
+fn tiers_of(i: usize, tenants: usize) -> (Vec<TierRow>, DateTime<Utc>) {
     let since = Utc.with_ymd_and_hms(2025, 1, 1, 0, 0, 0).unwrap();
     let june = Utc.with_ymd_and_hms(2026, 6, 1, 0, 0, 0).unwrap();
     let days = |d: i64| as_of() - chrono::Duration::days(d);
+    if i >= tenants {
+        return (vec![("public", since, None, None)], days(7));
+    }
     match i % 10 {
         // Public, upgraded to author in June: public rows all go; author
         // rows older than 90 days go.
@@ -177,12 +181,17 @@ async fn create_partitions(pool: &PgPool) -> anyhow::Result<()> {
 
 /// Tier rows, then rows: every `step` minutes before a tenant's expiry
 /// point, every 6 hours after it. Returns the rows written.
-async fn seed_history(pool: &PgPool, tenants: usize, step: usize) -> anyhow::Result<i64> {
+async fn seed_history(
+    pool: &PgPool,
+    tenants: usize,
+    naive: usize,
+    step: usize,
+) -> anyhow::Result<i64> {
     sqlx::query("CREATE UNLOGGED TABLE bench_tenants (tenant_id uuid PRIMARY KEY, expired_end timestamptz NOT NULL)")
         .execute(pool)
         .await?;
-    for i in 0..tenants {
-        let (spans, expired_end) = tiers_of(i);
+    for i in 0..tenants + naive {
+        let (spans, expired_end) = tiers_of(i, tenants);
         for (tier, from, to, contract) in spans {
             sqlx::query(
                 "INSERT INTO tenant_tier_history (tenant_id, tier, valid_from, valid_to, contract_minute_retention_days) \
@@ -204,8 +213,10 @@ async fn seed_history(pool: &PgPool, tenants: usize, step: usize) -> anyhow::Res
     }
     let mut rows = 0;
     let chunk = 50;
-    for first in (0..tenants).step_by(chunk) {
-        let ids: Vec<Uuid> = (first..(first + chunk).min(tenants)).map(tenant).collect();
+    for first in (0..tenants + naive).step_by(chunk) {
+        let ids: Vec<Uuid> = (first..(first + chunk).min(tenants + naive))
+            .map(tenant)
+            .collect();
         let written = sqlx::query(
             "INSERT INTO probe_minute (tenant_id, server_slug, region, minute_bucket, state) \
              SELECT t.tenant_id, 'srv-' || s, 'us-east', m, 'up' \
@@ -413,7 +424,8 @@ async fn run(redis_url: String) -> anyhow::Result<Results> {
     create_partitions(&pool).await?;
     log("seeding probe_minute");
     let seeding = Instant::now();
-    let seeded_rows = seed_history(&pool, tenants, step).await?;
+    let naive_tenants = tenants / 10;
+    let seeded_rows = seed_history(&pool, tenants, naive_tenants, step).await?;
     sqlx::query("VACUUM ANALYZE probe_minute")
         .execute(&pool)
         .await?;
@@ -469,12 +481,7 @@ async fn run(redis_url: String) -> anyhow::Result<Results> {
     log(format!("idle tick median {:.3} s", stats(&idle).median));
 
     // Naive baseline: one DELETE for a sample of public tenants.
-    let naive_ids: Vec<Uuid> = (0..tenants)
-        .filter(|i| i % 10 <= 3)
-        .take(tenants / 10)
-        .map(tenant)
-        .collect();
-    let naive_tenants = naive_ids.len();
+    let naive_ids: Vec<Uuid> = (tenants..tenants + naive_tenants).map(tenant).collect();
     let naive_pool = pool.clone();
     let naive = tokio::spawn(async move {
         let started = Instant::now();
@@ -617,11 +624,12 @@ fn markdown(r: &Results) -> String {
     let _ = writeln!(
         out,
         "- {} tenants x {SERVERS_PER_TENANT} servers in tenant_tier_history: 40% public, 10% public upgraded to \
-         author on 2026-06-01, 30% author, 10% team, 10% enterprise (half with a 730-day contract). \
-         `probe_minute` seeded with `INSERT ... SELECT generate_series` in 12 monthly partitions: one row every \
+         author on 2026-06-01, 30% author, 10% team, 10% enterprise (half with a 730-day contract), plus {} \
+         public tenants for the naive baseline only. `probe_minute` seeded with `INSERT ... SELECT generate_series` in 12 monthly partitions: one row every \
          {} minutes per server from 2026-01-01 up to the tenant's retention cut, one every 6 hours after it; \
          {} rows in {:.0} s ({} rows/s), then `VACUUM ANALYZE`.",
         r.tenants,
+        r.naive_tenants,
         r.step,
         thousands(r.seeded_rows as f64),
         r.seed_seconds,
@@ -637,7 +645,8 @@ fn markdown(r: &Results) -> String {
     let _ = writeln!(
         out,
         "- Enforcement: `Enforcer::step` with the crate's defaults (5,000-row batches, one tenant per pass, \
-         per-server `DELETE ... USING (SELECT ctid ... ORDER BY minute_bucket LIMIT n)`, erasure lock shared, \
+         per server an ordered `SELECT ctid ... LIMIT n` then `DELETE ... WHERE ctid = ANY(...)` per partition \
+         (a TID scan), erasure lock shared, \
          run row updated in each batch transaction), `maxRowsPerRun` lifted so the whole backlog is one run. \
          After it, the drift count finds {} expired rows.",
         r.drift_after

@@ -293,12 +293,14 @@ fn bind_item<'q>(
 ///
 /// Two statements, on purpose: the rows are first selected (an ordered
 /// index range scan with LIMIT), then deleted by `ctid = ANY(...)` in the
-/// partition that holds them (a TID scan). A single `DELETE ... USING
-/// (SELECT ctid ...)` is at the mercy of the planner: its generic plan
-/// for the partitioned table was measured joining every victim against
-/// every row of the server's range in every partition (quadratic). The
-/// delete repeats the item's condition, so a ctid reused in between can
-/// only ever name a row that is just as expired.
+/// partition that holds them, which can only be a TID scan. A single
+/// `DELETE ... USING (SELECT ctid ...)` is at the mercy of the planner: its
+/// generic plan for the partitioned table was measured joining every victim
+/// against every row of the server's range (quadratic), and so was a
+/// delete whose recheck the planner could serve from an index. The delete
+/// repeats the item's condition, so a ctid reused in between can only ever
+/// name a row that is just as expired; `( ... ) IS TRUE` keeps that recheck
+/// a filter (not an index condition) so the TID scan stays the only plan.
 pub async fn delete_batch(
     conn: &mut PgConnection,
     item: &mut WorkItem,
@@ -338,7 +340,7 @@ pub async fn delete_batch(
         // `relation` is the catalog's own rendering of a regclass (quoted
         // where needed), not user input.
         let delete = format!(
-            "DELETE FROM {relation} WHERE ctid = ANY($1::text[]::tid[]) AND {}",
+            "DELETE FROM {relation} WHERE ctid = ANY($1::text[]::tid[]) AND ({}) IS TRUE",
             item_condition(item, column, 2)
         );
         let query = sqlx::query(sqlx::AssertSqlSafe(delete)).bind(tids);
