@@ -575,7 +575,7 @@ async fn naive_run(admin: &Admin, redis_url: &str, expected: usize) -> anyhow::R
     }
     let mut inserted = 0;
     for key in &keys {
-        let fields: BTreeMap<String, String> = redis::cmd("HGETALL")
+        let fields: verdict::RawFields = redis::cmd("HGETALL")
             .arg(key)
             .query_async(&mut redis)
             .await?;
@@ -631,13 +631,13 @@ struct Phases {
     commit: f64,
     mark: f64,
     mark_redis: f64,
-    /// COPY of the same CSV into a copy of probe_minute without indexes,
+    /// COPY of the same binary COPY data into a copy of probe_minute without indexes,
     /// constraints or partitioning.
     copy_bare: f64,
 }
 
 impl Phases {
-    /// `write` encodes the CSV itself, then COPYs.
+    /// `write` encodes the rows itself, then COPYs.
     fn copy(&self) -> f64 {
         (self.write - self.encode).max(0.0)
     }
@@ -692,7 +692,9 @@ async fn probe_phases(
         .collect::<Result<_, _>>()
         .map_err(|reject| anyhow!("{} {}", reject.reason.as_str(), reject.detail))?;
     phases.parse = lap(&mut at);
-    let csv = writer::encode_csv(&rows, now);
+    let mut copy_data = writer::copy_header();
+    writer::encode_rows(&rows, now, &mut copy_data);
+    copy_data.extend_from_slice(&writer::COPY_TRAILER);
     phases.encode = lap(&mut at);
     let mut tx = db.pool.begin().await?;
     lap(&mut at);
@@ -707,7 +709,7 @@ async fn probe_phases(
     phases.mark = lap(&mut at);
     phases.mark_redis = redis_server_seconds(stats, &["evalsha", "eval"]).await?;
 
-    // The same CSV into a bare table: what index and constraint maintenance
+    // The same COPY data into a bare table: what index and constraint maintenance
     // and partition routing add to the COPY.
     sqlx::query("CREATE TABLE bench_bare (LIKE probe_minute INCLUDING DEFAULTS)")
         .execute(&db.pool)
@@ -717,10 +719,10 @@ async fn probe_phases(
     let mut at = Instant::now();
     let mut copy_in = conn
         .copy_in_raw(&format!(
-            "COPY bench_bare ({COLUMNS}) FROM STDIN WITH (FORMAT csv)"
+            "COPY bench_bare ({COLUMNS}) FROM STDIN WITH (FORMAT binary)"
         ))
         .await?;
-    copy_in.send(csv.as_slice()).await?;
+    copy_in.send(copy_data.as_slice()).await?;
     let bare_rows = copy_in.finish().await?;
     phases.copy_bare = lap(&mut at);
     drop(conn);
@@ -1438,8 +1440,8 @@ impl Report<'_> {
             md,
             "After the measured rounds, one probe run per configuration replays the worker's steps from \
              the bench with the crate's public functions (`redis_source::discover`, `redis_source::read`, \
-             `verdict::parse`, `writer::encode_csv`, `writer::write_minute`, commit, \
-             `redis_source::mark_archived`) and times each step. `write_minute` encodes the CSV itself and \
+             `verdict::parse`, `writer::encode_rows`, `writer::write_minute`, commit, \
+             `redis_source::mark_archived`) and times each step. `write_minute` encodes the rows itself and \
              then COPYs, so *COPY* is `write_minute` minus the separately timed encoding. The probe runs \
              the steps one after another and skips the worker's small bookkeeping queries (erasure \
              lock, watermark lock and update, health, tombstones); a worker that overlaps steps (reading \
@@ -1448,7 +1450,7 @@ impl Report<'_> {
         );
         let _ = writeln!(
             md,
-            "| Configuration | Discover | HGETALL (pipelined) | Parse | Encode CSV | COPY | Commit | Mark `archived_at` | Sum | Tick median |"
+            "| Configuration | Discover | HGETALL (pipelined) | Parse | Encode (binary COPY) | COPY | Commit | Mark `archived_at` | Sum | Tick median |"
         );
         let _ = writeln!(md, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
         for m in self.results {
@@ -1472,7 +1474,7 @@ impl Report<'_> {
             md,
             "\nServer-side evidence from the same probe runs: Redis's own time from `INFO commandstats` \
              (reset before each step: SMEMBERS/SCAN, HGETALL, EVALSHA of the marker script), and the \
-             same CSV COPYed into a bare copy of `probe_minute` (`LIKE probe_minute`: no primary key, no \
+             same binary COPY data COPYed into a bare copy of `probe_minute` (`LIKE probe_minute`: no primary key, no \
              indexes, no CHECKs, not partitioned). Wall time minus Redis time is round trips, transfer \
              and client-side decoding; COPY minus bare COPY is index/constraint maintenance and \
              partition routing.\n"
@@ -1507,7 +1509,7 @@ impl Report<'_> {
                 ("marking `archived_at`", ph.mark),
                 ("parsing", ph.parse),
                 ("discovery", ph.discover),
-                ("CSV encoding", ph.encode),
+                ("encoding (binary COPY)", ph.encode),
             ];
             shares.sort_by(|a, b| b.1.total_cmp(&a.1));
             let listed: Vec<String> = shares

@@ -8,6 +8,12 @@
 //! nothing about Kubernetes; `runtime` adapts them to the API server and to a
 //! directory of manifests.
 
+/// The drain allocates and frees millions of small strings per minute
+/// (Redis replies, parsed verdicts): mimalloc does that markedly cheaper
+/// than the system allocator (measured in `cargo bench --bench drain`).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 pub mod api;
 pub mod archive;
 pub mod cli;

@@ -596,3 +596,145 @@ async fn redis_going_away_holds_the_watermark() {
     assert_eq!(report.archived.len(), 1, "{report:?}");
     assert_eq!(archived_rows(&db).await, fixture.expected);
 }
+
+#[tokio::test]
+async fn a_minute_with_far_fewer_keys_warns_without_holding_the_watermark() {
+    use archiver_operator::api::ArchiverShardStatus;
+    use archiver_operator::archive::health;
+    use archiver_operator::runtime::metrics::ShardLabels;
+
+    let db = TestDatabase::new().await;
+    november_partition(&db).await;
+    let redis = redis_server();
+    seed(&redis, 0..1, 10, true).await; // 153 keys
+    seed(&redis, 1..2, 1, true).await; // 18 keys: most of the minute evicted?
+    let clock = ManualClock::new(minute(1) + chrono::Duration::seconds(65));
+    let metrics = Arc::new(Metrics::new());
+    let mut w = Worker::connect(
+        settings(0, Discovery::Auto, minute(0), clock.now()),
+        "w".into(),
+        db.pool.clone(),
+        &redis.url(),
+        Arc::new(clock.clone()),
+        metrics.clone(),
+    )
+    .await
+    .unwrap();
+    let report = w.tick(BUDGET).await.unwrap();
+    assert_eq!(
+        report.archived.len(),
+        2,
+        "a warning does not hold: {report:?}"
+    );
+    assert_eq!(watermark(&db, 0).await, minute(1));
+    let labels = ShardLabels {
+        shard: "test/shard-0".into(),
+    };
+    assert_eq!(metrics.key_drop_warnings.get_or_create(&labels).get(), 1);
+
+    let shard_health = health::read(&db.pool, 0).await.unwrap().unwrap();
+    let warning = shard_health
+        .last_warning
+        .clone()
+        .expect("a warning recorded");
+    assert!(
+        warning.contains("has 18 keys") && warning.contains("had 153"),
+        "{warning}"
+    );
+    let mut status = ArchiverShardStatus::default();
+    health::apply(&mut status, &shard_health, 120, Some(1), clock.now());
+    let gap = status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "GapDetected")
+        .unwrap();
+    assert_eq!(
+        (gap.status.as_str(), gap.reason.as_str()),
+        ("False", "FewerKeysThanBefore")
+    );
+    assert_eq!(gap.message, warning);
+
+    // A full minute again clears the warning.
+    seed(&redis, 2..3, 10, true).await;
+    clock.set(minute(2) + chrono::Duration::seconds(65));
+    let report = w.tick(BUDGET).await.unwrap();
+    assert_eq!(report.archived.len(), 1);
+    let shard_health = health::read(&db.pool, 0).await.unwrap().unwrap();
+    assert_eq!(shard_health.last_warning, None);
+    assert_eq!(metrics.key_drop_warnings.get_or_create(&labels).get(), 1);
+}
+
+/// One verdict that PostgreSQL text cannot hold (bytes that are not UTF-8, a
+/// NUL) or that is not a hash at all used to fail the whole minute, again
+/// on every tick: a poison pill for the shard. Each is now rejected with its
+/// reason and the rest of the minute is archived.
+#[tokio::test]
+async fn verdicts_postgres_cannot_hold_are_rejected_and_the_minute_archives() {
+    let db = TestDatabase::new().await;
+    november_partition(&db).await;
+    let redis = redis_server();
+    let fixture = seed(&redis, 0..1, 2, true).await;
+    let at = minute(0);
+    let not_utf8 = verdict_key(tenant(910), "latin1", "us-east", at);
+    let with_nul = verdict_key(tenant(911), "nul", "us-east", at);
+    let nul_in_extra = verdict_key(tenant(912), "nul-extra", "us-east", at);
+    let not_a_hash = verdict_key(tenant(913), "string", "us-east", at);
+    let client = redis::Client::open(redis.url()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let mut pipe = redis::pipe();
+    pipe.hset(&not_utf8, "state", "down")
+        .hset(&not_utf8, "error_kind", b"caf\xe9".as_slice())
+        .hset(&not_utf8, "verdict_sealed", "1")
+        .hset(&with_nul, "state", "down")
+        .hset(&with_nul, "error_kind", "tls\0expired")
+        .hset(&with_nul, "verdict_sealed", "1")
+        .hset(&nul_in_extra, "state", "up")
+        .hset(&nul_in_extra, "note", "a\0b")
+        .hset(&nul_in_extra, "verdict_sealed", "1")
+        .set(&not_a_hash, "up");
+    for key in [&not_utf8, &with_nul, &nul_in_extra, &not_a_hash] {
+        pipe.sadd(index_key(at), key);
+    }
+    pipe.query_async::<()>(&mut conn).await.unwrap();
+
+    let clock = ManualClock::new(minute(0) + chrono::Duration::seconds(65));
+    let mut w = worker(
+        &db,
+        &redis,
+        settings(0, Discovery::Auto, minute(0), clock.now()),
+        &clock,
+        "w",
+    )
+    .await;
+    let report = w.tick(BUDGET).await.unwrap();
+    assert_eq!(report.archived.len(), 1, "{report:?}");
+    assert_eq!(watermark(&db, 0).await, minute(0));
+    assert_eq!(archived_rows(&db).await, fixture.expected);
+
+    let rejects: Vec<(String, String, serde_json::Value)> = sqlx::query_as(
+        "SELECT verdict_key, reason, raw_fields FROM probe_minute_rejects ORDER BY verdict_key",
+    )
+    .fetch_all(&db.pool)
+    .await
+    .unwrap();
+    let reason_of = |key: &str| {
+        rejects
+            .iter()
+            .find(|(k, _, _)| k == key)
+            .map(|(_, reason, raw)| (reason.split(':').next().unwrap().to_string(), raw.clone()))
+            .unwrap_or_else(|| panic!("{key} not rejected: {rejects:?}"))
+    };
+    assert_eq!(reason_of(&not_utf8).0, "invalid_text");
+    assert_eq!(
+        reason_of(&not_utf8).1["error_kind"],
+        serde_json::json!("caf\u{FFFD}")
+    );
+    assert_eq!(reason_of(&with_nul).0, "invalid_text");
+    assert_eq!(
+        reason_of(&with_nul).1["error_kind"],
+        serde_json::json!("tls\u{FFFD}expired")
+    );
+    assert_eq!(reason_of(&nul_in_extra).0, "invalid_text");
+    assert_eq!(reason_of(&not_a_hash).0, "not_a_hash");
+    assert_eq!(rejects.len(), fixture.rejected_keys.len() + 4);
+}

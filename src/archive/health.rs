@@ -97,15 +97,21 @@ pub fn apply(
         format!("lag {lag} s, SLO {lag_slo_seconds} s"),
     );
     let gap = health.waiting("gap");
+    // A sharp drop in keys is a warning, not a hold: the condition stays
+    // False but says why someone should look.
+    let (no_gap_reason, no_gap_message) = match &health.last_warning {
+        Some(warning) => ("FewerKeysThanBefore", warning.clone()),
+        None => ("NoGap", String::new()),
+    };
     set(
         conditions::GAP_DETECTED,
         gap,
         "MinuteMissing",
-        "NoGap",
+        no_gap_reason,
         if gap {
             format!("{message}; add it to spec.acknowledgedGaps once confirmed lost")
         } else {
-            String::new()
+            no_gap_message
         },
     );
     let missing = health.waiting("partition-missing");

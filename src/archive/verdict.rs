@@ -68,6 +68,11 @@ pub enum RejectReason {
     BadHash,
     /// The key was listed for the minute but was gone (evicted) when read.
     Vanished,
+    /// Bytes that are not UTF-8, or a NUL byte: PostgreSQL text cannot hold
+    /// them, and one such verdict must not fail the whole minute.
+    InvalidText,
+    /// Redis refused to read the key as a hash (e.g. WRONGTYPE).
+    NotAHash,
 }
 
 impl RejectReason {
@@ -80,6 +85,8 @@ impl RejectReason {
             Self::BadNumber => "bad_number",
             Self::BadHash => "bad_hash",
             Self::Vanished => "vanished",
+            Self::InvalidText => "invalid_text",
+            Self::NotAHash => "not_a_hash",
         }
     }
 }
@@ -100,17 +107,79 @@ impl Reject {
     }
 }
 
+/// One verdict hash as read from Redis. Reading never fails on one bad
+/// verdict: what cannot be read as text is flagged here and rejected by
+/// [`parse`], so the rest of the minute is archived.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct RawFields {
+    /// Field names and values; bytes that were not UTF-8 appear as U+FFFD.
+    pub fields: BTreeMap<String, String>,
+    /// Some name or value was not UTF-8.
+    pub not_utf8: bool,
+    /// Redis's error when it would not read the key as a hash.
+    pub read_error: Option<String>,
+}
+
+impl RawFields {
+    /// The fields as they can be stored in the rejects table (jsonb holds
+    /// no NUL character, so NUL is shown as U+FFFD there).
+    pub fn for_rejects_table(&self) -> BTreeMap<String, String> {
+        self.fields
+            .iter()
+            .map(|(name, value)| (without_nul(name), without_nul(value)))
+            .collect()
+    }
+}
+
+impl From<BTreeMap<String, String>> for RawFields {
+    fn from(fields: BTreeMap<String, String>) -> Self {
+        Self {
+            fields,
+            ..Self::default()
+        }
+    }
+}
+
+/// `text` with every NUL replaced by U+FFFD (PostgreSQL text and jsonb
+/// cannot hold NUL).
+pub fn without_nul(text: &str) -> String {
+    text.replace('\0', "\u{FFFD}")
+}
+
 /// Whether the coalescer has finished writing this verdict.
-pub fn is_sealed(fields: &BTreeMap<String, String>) -> bool {
-    fields.get(SEALED_FIELD).is_some_and(|v| v == "1")
+pub fn is_sealed(raw: &RawFields) -> bool {
+    raw.fields.get(SEALED_FIELD).is_some_and(|v| v == "1")
+}
+
+/// A verdict the coalescer is still writing: the minute has to wait for it.
+/// A vanished key or one that is not a hash will never be sealed; those are
+/// rejected instead.
+pub fn is_unsealed(raw: &RawFields) -> bool {
+    raw.read_error.is_none() && !raw.fields.is_empty() && !is_sealed(raw)
 }
 
 /// Parses the key of `minute` and its hash fields.
-pub fn parse(
-    key: &str,
-    fields: &BTreeMap<String, String>,
-    minute: DateTime<Utc>,
-) -> Result<Verdict, Reject> {
+pub fn parse(key: &str, raw: &RawFields, minute: DateTime<Utc>) -> Result<Verdict, Reject> {
+    if let Some(error) = &raw.read_error {
+        return Err(Reject::new(RejectReason::NotAHash, error.clone()));
+    }
+    if raw.not_utf8 {
+        return Err(Reject::new(
+            RejectReason::InvalidText,
+            "a field name or value is not UTF-8",
+        ));
+    }
+    let fields = &raw.fields;
+    if key.contains('\0')
+        || fields
+            .iter()
+            .any(|(name, value)| name.contains('\0') || value.contains('\0'))
+    {
+        return Err(Reject::new(
+            RejectReason::InvalidText,
+            "the key or a field contains a NUL byte",
+        ));
+    }
     if fields.is_empty() {
         return Err(Reject::new(
             RejectReason::Vanished,
@@ -211,11 +280,12 @@ mod tests {
         Utc.with_ymd_and_hms(2026, 11, 23, 9, 0, 0).unwrap()
     }
 
-    fn fields(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+    fn fields(pairs: &[(&str, &str)]) -> RawFields {
         pairs
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
+            .collect::<BTreeMap<_, _>>()
+            .into()
     }
 
     const TENANT: &str = "6f1c2a9e-4b1d-4c55-9a43-2f5e7d8c9b01";
@@ -268,7 +338,33 @@ mod tests {
     #[test]
     fn every_bad_verdict_is_rejected_with_its_reason() {
         let up = fields(&[("state", "up")]);
-        let cases: Vec<(String, BTreeMap<String, String>, RejectReason)> = vec![
+        let not_utf8 = RawFields {
+            not_utf8: true,
+            ..fields(&[("state", "up"), ("error_kind", "\u{FFFD}")])
+        };
+        let wrong_type = RawFields {
+            read_error: Some("WRONGTYPE".into()),
+            ..RawFields::default()
+        };
+        let cases: Vec<(String, RawFields, RejectReason)> = vec![
+            (key("us-east"), not_utf8, RejectReason::InvalidText),
+            (
+                key("us-east"),
+                fields(&[("state", "up"), ("error_kind", "tls\0")]),
+                RejectReason::InvalidText,
+            ),
+            (
+                key("us-east"),
+                fields(&[("state", "up"), ("note\0", "x")]),
+                RejectReason::InvalidText,
+            ),
+            (
+                format!("verdict:{TENANT}:s\0:us-east:{}", minute().timestamp()),
+                up.clone(),
+                RejectReason::InvalidText,
+            ),
+            (key("us-east"), wrong_type, RejectReason::NotAHash),
+            (key("us-east"), RawFields::default(), RejectReason::Vanished),
             (key("us-easr"), up.clone(), RejectReason::UnknownRegion),
             (
                 key("us-east"),
@@ -331,5 +427,13 @@ mod tests {
     fn only_sealed_one_counts_as_sealed() {
         assert!(!is_sealed(&fields(&[("state", "up")])));
         assert!(!is_sealed(&fields(&[("verdict_sealed", "0")])));
+        assert!(is_unsealed(&fields(&[("verdict_sealed", "0")])));
+        assert!(!is_unsealed(&fields(&[("verdict_sealed", "1")])));
+        assert!(!is_unsealed(&RawFields::default()), "vanished: rejected");
+        let wrong_type = RawFields {
+            read_error: Some("WRONGTYPE".into()),
+            ..RawFields::default()
+        };
+        assert!(!is_unsealed(&wrong_type), "not a hash: rejected");
     }
 }

@@ -14,8 +14,8 @@ use redis::aio::ConnectionManager;
 use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
-use super::redis_source::{self, MinuteKeys};
-use super::verdict::{self, Reject, Verdict};
+use super::redis_source::{self, MinuteStream};
+use super::verdict::{self, RawFields, Reject, Verdict};
 use super::writer::{self, StreamError, WriteError, WritePath};
 use crate::api::ArchiverShard;
 use crate::api::archiver_shard::Discovery;
@@ -299,12 +299,12 @@ impl Worker {
             return Ok(MinuteOutcome::CaughtUp);
         }
         let outcome =
-            match redis_source::discover(&mut self.redis, minute, self.settings.discovery).await {
+            match redis_source::stream_minute(&self.redis, minute, self.settings.discovery).await {
                 Err(error) => Err(WaitReason::RedisUnavailable(error.to_string())),
-                Ok(found) if found.keys.is_empty() => {
-                    self.empty_minute(&mut tx, minute, previous_keys).await?
+                Ok(stream) => {
+                    self.archive_minute(&mut tx, minute, previous_keys, stream)
+                        .await?
                 }
-                Ok(found) => self.archive_minute(&mut tx, minute, found).await?,
             };
         match outcome {
             Ok(done) => {
@@ -315,6 +315,7 @@ impl Worker {
                 let mut report = so_far.clone();
                 if let MinuteOutcome::Archived(archived) = &done {
                     report.archived.push(archived.clone());
+                    self.note_key_drop(minute, archived.keys, previous_keys);
                 }
                 sqlx::query("UPDATE archive_watermark SET last_minute = $2, last_minute_keys = $3 WHERE shard_id = $1")
                     .bind(self.settings.shard_id)
@@ -349,6 +350,19 @@ impl Worker {
                 tx.commit().await.map_err(db("recording the wait"))?;
                 Ok(MinuteOutcome::Waiting { minute, reason })
             }
+        }
+    }
+
+    /// Keeps (or clears) the warning about a minute with far fewer keys than
+    /// the one before; it is recorded with the minute and counted.
+    fn note_key_drop(&mut self, minute: DateTime<Utc>, keys: usize, previous_keys: i32) {
+        self.warning = key_drop_warning(minute, keys, previous_keys);
+        if let Some(warning) = &self.warning {
+            tracing::warn!(shard = %self.settings.label, %minute, "{warning}");
+            self.metrics
+                .key_drop_warnings
+                .get_or_create(&self.shard_labels())
+                .inc();
         }
     }
 
@@ -406,24 +420,30 @@ impl Worker {
         &mut self,
         tx: &mut PgConnection,
         minute: DateTime<Utc>,
-        found: MinuteKeys,
+        previous_keys: i32,
+        stream: MinuteStream,
     ) -> Result<Result<MinuteOutcome, WaitReason>, DrainError> {
-        // Read, check and parse chunk by chunk while the previous chunk is
-        // being copied into Postgres.
+        let MinuteStream { via, mut chunks } = stream;
+        let first = match chunks.recv().await {
+            None => return self.empty_minute(tx, minute, previous_keys).await,
+            Some(Err(error)) => return Ok(Err(WaitReason::RedisUnavailable(error.to_string()))),
+            Some(Ok(first)) => first,
+        };
+        // Check and parse chunk by chunk while the previous chunk is being
+        // copied into Postgres and the next one read from Redis.
         let tombstones = Tombstones::load(tx, minute).await?;
-        let mut receiver = redis_source::read_in_chunks(self.redis.clone(), found.keys.clone());
-        let mut rejects: Vec<(String, std::collections::BTreeMap<String, String>, Reject)> =
-            Vec::new();
+        let mut keys_read: Vec<String> = Vec::new();
+        let mut rejects: Vec<(String, RawFields, Reject)> = Vec::new();
         let mut erased = 0;
-        let chunks = futures::stream::poll_fn(move |cx| receiver.poll_recv(cx)).map(|chunk| {
+        let rest = futures::stream::poll_fn(move |cx| chunks.poll_recv(cx));
+        let all = futures::stream::iter([Ok(first)]).chain(rest);
+        let rows = all.map(|chunk| {
             let (keys, fields) = chunk.map_err(|e| WaitReason::RedisUnavailable(e.to_string()))?;
-            let unsealed = fields
-                .iter()
-                .filter(|f| !f.is_empty() && !verdict::is_sealed(f))
-                .count();
+            let unsealed = fields.iter().filter(|f| verdict::is_unsealed(f)).count();
             if unsealed > 0 {
                 return Err(WaitReason::Unsealed { keys: unsealed });
             }
+            keys_read.extend(keys.iter().cloned());
             let mut rows = Vec::with_capacity(keys.len());
             for (key, fields) in keys.into_iter().zip(fields) {
                 match verdict::parse(&key, &fields, minute) {
@@ -434,7 +454,7 @@ impl Worker {
             erased += tombstones.drop_erased(&mut rows);
             Ok(rows)
         });
-        let written = writer::write_minute_streaming(tx, chunks, minute, self.clock.now()).await;
+        let written = writer::write_minute_streaming(tx, rows, minute, self.clock.now()).await;
         let written = match written {
             Ok(written) => written,
             Err(StreamError::Aborted(reason)) => return Ok(Err(reason)),
@@ -453,12 +473,12 @@ impl Worker {
         // means the next tick finds the rows present (ON CONFLICT absorbs it).
         let archived = ArchivedMinute {
             minute,
-            keys: found.keys.len(),
+            keys: keys_read.len(),
             rows: written.inserted,
             rejected: rejects.len(),
             erased,
             path: written.path,
-            via: found.via,
+            via,
         };
         self.metrics
             .rows_archived
@@ -472,7 +492,7 @@ impl Worker {
                 })
                 .inc();
         }
-        self.pending_marks = found.keys;
+        self.pending_marks = keys_read;
         Ok(Ok(MinuteOutcome::Archived(archived)))
     }
 
@@ -480,19 +500,27 @@ impl Worker {
         &self,
         tx: &mut PgConnection,
         minute: DateTime<Utc>,
-        rejects: &[(String, std::collections::BTreeMap<String, String>, Reject)],
+        rejects: &[(String, RawFields, Reject)],
     ) -> Result<(), DrainError> {
         if rejects.is_empty() {
             return Ok(());
         }
-        let keys: Vec<&str> = rejects.iter().map(|(key, _, _)| key.as_str()).collect();
+        // Stored as text and jsonb, which hold no NUL: shown as U+FFFD there.
+        let keys: Vec<String> = rejects
+            .iter()
+            .map(|(key, _, _)| verdict::without_nul(key))
+            .collect();
         let raw: Vec<serde_json::Value> = rejects
             .iter()
-            .map(|(_, fields, _)| serde_json::to_value(fields).unwrap_or_default())
+            .map(|(_, fields, _)| {
+                serde_json::to_value(fields.for_rejects_table()).unwrap_or_default()
+            })
             .collect();
         let reasons: Vec<String> = rejects
             .iter()
-            .map(|(_, _, reject)| format!("{}: {}", reject.reason.as_str(), reject.detail))
+            .map(|(_, _, reject)| {
+                verdict::without_nul(&format!("{}: {}", reject.reason.as_str(), reject.detail))
+            })
             .collect();
         sqlx::query(
             "INSERT INTO probe_minute_rejects (shard_id, verdict_key, minute_bucket, raw_fields, reason, rejected_at) \

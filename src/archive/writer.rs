@@ -1,10 +1,13 @@
-//! Writing one minute of verdicts into `probe_minute`: COPY on the fast
-//! path, and a staging table with `ON CONFLICT DO NOTHING` when the minute
-//! was partly written before (watermark drift after a failover).
+//! Writing one minute of verdicts into `probe_minute`: binary COPY on the
+//! fast path, and a staging table with `ON CONFLICT DO NOTHING` when the
+//! minute was partly written before (watermark drift after a failover).
+//!
+//! Rows travel in PostgreSQL's binary COPY format: the server then reads
+//! UUIDs, timestamps and numbers as they are instead of parsing text (a
+//! quarter of the COPY's server time with CSV), and the client skips the
+//! quoting and the hex and timestamp formatting.
 
-use std::fmt::Write as _;
-
-use chrono::{DateTime, SecondsFormat, Utc};
+use chrono::{DateTime, Utc};
 use sqlx::{Acquire, PgConnection};
 
 use super::verdict::Verdict;
@@ -51,11 +54,13 @@ pub async fn write_minute(
             inserted: 0,
         });
     }
-    let csv = encode_csv(rows, archived_at);
+    let mut copy_data = copy_header();
+    encode_rows(rows, archived_at, &mut copy_data);
+    copy_data.extend_from_slice(&COPY_TRAILER);
     // A savepoint lets the fallback run in the same transaction after the
     // fast path hits a unique violation.
     let mut savepoint = tx.begin().await?;
-    let copied = copy(&mut savepoint, "probe_minute", &csv).await;
+    let copied = copy(&mut savepoint, "probe_minute", &copy_data).await;
     match copied {
         Ok(inserted) => {
             savepoint.commit().await?;
@@ -66,7 +71,7 @@ pub async fn write_minute(
         }
         Err(error) if is_unique_violation(&error) => {
             savepoint.rollback().await?;
-            let inserted = write_through_staging(tx, &csv)
+            let inserted = write_through_staging(tx, &copy_data)
                 .await
                 .map_err(|e| classify(e, minute))?;
             Ok(Written {
@@ -110,25 +115,33 @@ where
     S: futures::Stream<Item = Result<Vec<Verdict>, E>> + Unpin,
 {
     use futures::StreamExt;
-    let statement = format!("COPY probe_minute ({COLUMNS}) FROM STDIN WITH (FORMAT csv)");
+    let statement = copy_statement("probe_minute");
     let mut savepoint = tx.begin().await?;
-    let mut all_csv = Vec::new();
+    // Everything sent, kept for the staging fallback.
+    let mut all_data = copy_header();
     let copied = {
         let mut copy_in = savepoint.copy_in_raw(&statement).await?;
         let mut failure = None;
+        if let Err(error) = copy_in.send(all_data.as_slice()).await {
+            failure = Some(StreamError::Write(classify(error, minute)));
+        }
         while let Some(chunk) = chunks.next().await {
+            if failure.is_some() {
+                break;
+            }
             match chunk {
                 Err(error) => {
                     failure = Some(StreamError::Aborted(error));
                     break;
                 }
                 Ok(rows) => {
-                    let csv = encode_csv(&rows, archived_at);
-                    if let Err(error) = copy_in.send(csv.as_slice()).await {
+                    let mut data = Vec::with_capacity(rows.len() * ROW_SIZE_HINT);
+                    encode_rows(&rows, archived_at, &mut data);
+                    if let Err(error) = copy_in.send(data.as_slice()).await {
                         failure = Some(StreamError::Write(classify(error, minute)));
                         break;
                     }
-                    all_csv.extend_from_slice(&csv);
+                    all_data.extend_from_slice(&data);
                 }
             }
         }
@@ -137,10 +150,14 @@ where
                 let _ = copy_in.abort("the minute was abandoned").await;
                 Err(failure)
             }
-            None => copy_in
-                .finish()
-                .await
-                .map_err(|error| StreamError::Write(WriteError::Database(error))),
+            None => {
+                all_data.extend_from_slice(&COPY_TRAILER);
+                match copy_in.send(COPY_TRAILER.as_slice()).await {
+                    Ok(_) => copy_in.finish().await,
+                    Err(error) => Err(error),
+                }
+                .map_err(|error| StreamError::Write(WriteError::Database(error)))
+            }
         }
     };
     match copied {
@@ -153,7 +170,7 @@ where
         }
         Err(StreamError::Write(WriteError::Database(error))) if is_unique_violation(&error) => {
             savepoint.rollback().await?;
-            let inserted = write_through_staging(tx, &all_csv)
+            let inserted = write_through_staging(tx, &all_data)
                 .await
                 .map_err(|e| StreamError::Write(classify(e, minute)))?;
             Ok(Written {
@@ -172,17 +189,21 @@ where
     }
 }
 
-async fn copy(conn: &mut PgConnection, table: &str, csv: &[u8]) -> Result<u64, sqlx::Error> {
-    let statement = format!("COPY {table} ({COLUMNS}) FROM STDIN WITH (FORMAT csv)");
-    let mut copy_in = conn.copy_in_raw(&statement).await?;
-    if let Err(error) = copy_in.send(csv).await {
+fn copy_statement(table: &str) -> String {
+    format!("COPY {table} ({COLUMNS}) FROM STDIN WITH (FORMAT binary)")
+}
+
+/// COPYs complete binary COPY data (header, rows, trailer) into `table`.
+async fn copy(conn: &mut PgConnection, table: &str, data: &[u8]) -> Result<u64, sqlx::Error> {
+    let mut copy_in = conn.copy_in_raw(&copy_statement(table)).await?;
+    if let Err(error) = copy_in.send(data).await {
         let _ = copy_in.abort("send failed").await;
         return Err(error);
     }
     copy_in.finish().await
 }
 
-async fn write_through_staging(tx: &mut PgConnection, csv: &[u8]) -> Result<u64, sqlx::Error> {
+async fn write_through_staging(tx: &mut PgConnection, data: &[u8]) -> Result<u64, sqlx::Error> {
     sqlx::query(
         "CREATE TEMP TABLE IF NOT EXISTS probe_minute_staging \
          (LIKE probe_minute INCLUDING DEFAULTS) ON COMMIT DELETE ROWS",
@@ -192,7 +213,7 @@ async fn write_through_staging(tx: &mut PgConnection, csv: &[u8]) -> Result<u64,
     sqlx::query("TRUNCATE probe_minute_staging")
         .execute(&mut *tx)
         .await?;
-    copy(tx, "probe_minute_staging", csv).await?;
+    copy(tx, "probe_minute_staging", data).await?;
     let inserted = sqlx::query(
         "INSERT INTO probe_minute SELECT * FROM probe_minute_staging ON CONFLICT DO NOTHING",
     )
@@ -216,58 +237,73 @@ fn classify(error: sqlx::Error, minute: DateTime<Utc>) -> WriteError {
     }
 }
 
-/// CSV for COPY: NULL is an empty unquoted field, text is always quoted.
-pub fn encode_csv(rows: &[Verdict], archived_at: DateTime<Utc>) -> Vec<u8> {
-    let archived_at = archived_at.to_rfc3339_opts(SecondsFormat::Micros, true);
-    let mut out = String::with_capacity(rows.len() * 160);
+/// Start of binary COPY data: signature, flags (none), no header extension.
+pub fn copy_header() -> Vec<u8> {
+    let mut header = Vec::with_capacity(19);
+    header.extend_from_slice(b"PGCOPY\n\xff\r\n\0");
+    header.extend_from_slice(&0i32.to_be_bytes());
+    header.extend_from_slice(&0i32.to_be_bytes());
+    header
+}
+
+/// End of binary COPY data: a tuple with -1 fields.
+pub const COPY_TRAILER: [u8; 2] = (-1i16).to_be_bytes();
+
+/// Bytes per encoded row, roughly (to size buffers).
+const ROW_SIZE_HINT: usize = 220;
+/// Fields per row, in the order of `COLUMNS`.
+const FIELD_COUNT: i16 = 12;
+/// PostgreSQL timestamps count microseconds from 2000-01-01 00:00 UTC.
+const POSTGRES_EPOCH_MICROS: i64 = 946_684_800_000_000;
+
+/// Appends `rows` as binary COPY tuples (`COLUMNS` order). The values were
+/// validated by `verdict::parse`: text is UTF-8 without NUL, numbers fit.
+pub fn encode_rows(rows: &[Verdict], archived_at: DateTime<Utc>, out: &mut Vec<u8>) {
+    out.reserve(rows.len() * ROW_SIZE_HINT);
+    let archived_at = postgres_micros(archived_at);
     for row in rows {
-        let _ = write!(out, "{},", row.tenant_id);
-        quoted(&mut out, &row.server_slug);
-        out.push(',');
-        quoted(&mut out, &row.region);
-        let _ = write!(
+        out.extend_from_slice(&FIELD_COUNT.to_be_bytes());
+        field(out, row.tenant_id.as_bytes());
+        field(out, row.server_slug.as_bytes());
+        field(out, row.region.as_bytes());
+        field(out, &postgres_micros(row.minute).to_be_bytes());
+        field(out, row.state.as_bytes());
+        optional_field(
             out,
-            ",{},",
-            row.minute.to_rfc3339_opts(SecondsFormat::Secs, true)
+            row.p95_ms.map(i32::to_be_bytes).as_ref().map(|b| &b[..]),
         );
-        quoted(&mut out, &row.state);
-        out.push(',');
-        if let Some(p95) = row.p95_ms {
-            let _ = write!(out, "{p95}");
-        }
-        out.push(',');
-        if let Some(hash) = &row.tool_list_hash {
-            let _ = write!(out, "\\x{}", hex::encode(hash));
-        }
-        out.push(',');
-        optional(&mut out, row.error_kind.as_deref());
-        out.push(',');
-        if let Some(asn) = row.asn {
-            let _ = write!(out, "{asn}");
-        }
-        out.push(',');
-        optional(&mut out, row.registry_of_origin.as_deref());
-        let _ = write!(out, ",{archived_at},");
-        let extra = serde_json::to_string(&row.extra).expect("a string map serializes");
-        quoted(&mut out, &extra);
-        out.push('\n');
+        optional_field(out, row.tool_list_hash.as_deref());
+        optional_field(out, row.error_kind.as_deref().map(str::as_bytes));
+        optional_field(out, row.asn.map(i32::to_be_bytes).as_ref().map(|b| &b[..]));
+        optional_field(out, row.registry_of_origin.as_deref().map(str::as_bytes));
+        field(out, &archived_at.to_be_bytes());
+        // jsonb's binary form: a version byte, then the JSON text.
+        let extra = serde_json::to_vec(&row.extra).expect("a string map serializes");
+        length(out, extra.len() + 1);
+        out.push(1);
+        out.extend_from_slice(&extra);
     }
-    out.into_bytes()
 }
 
-fn quoted(out: &mut String, text: &str) {
-    out.push('"');
-    for c in text.chars() {
-        if c == '"' {
-            out.push('"');
-        }
-        out.push(c);
-    }
-    out.push('"');
+fn postgres_micros(at: DateTime<Utc>) -> i64 {
+    at.timestamp_micros() - POSTGRES_EPOCH_MICROS
 }
 
-fn optional(out: &mut String, text: Option<&str>) {
-    if let Some(text) = text {
-        quoted(out, text);
+fn field(out: &mut Vec<u8>, value: &[u8]) {
+    length(out, value.len());
+    out.extend_from_slice(value);
+}
+
+fn optional_field(out: &mut Vec<u8>, value: Option<&[u8]>) {
+    match value {
+        Some(value) => field(out, value),
+        None => out.extend_from_slice(&(-1i32).to_be_bytes()),
     }
+}
+
+/// A field's length prefix. Redis caps a value at 512 MiB, so a verdict
+/// field always fits an i32.
+fn length(out: &mut Vec<u8>, len: usize) {
+    let len = i32::try_from(len).expect("a verdict field is smaller than 2 GiB");
+    out.extend_from_slice(&len.to_be_bytes());
 }
