@@ -2,7 +2,8 @@
 //! bulk writes and the derived views.
 //!
 //! The reconciler below checks the shard's configuration (spec rules and the
-//! Redis URL Secret); the drain worker arrives with its own issue.
+//! Redis URL Secret), runs or deploys the shard's drain worker
+//! ([`worker`]) and fills the status from the watermark row ([`health`]).
 
 pub mod health;
 pub mod redis_source;

@@ -159,16 +159,15 @@ async fn find_keys(
     Ok(keys)
 }
 
-/// HGETALL for every batch of keys, two pipelines in flight, chunks handed
-/// over in order. Stops at the first error (passed on) or when the reader
-/// of the chunks goes away.
+/// HGETALL for every batch of keys, two pipelines in flight, chunks
+/// handed over in order. Stops at the first error (passed on) or when the
+/// reader of the chunks goes away.
 async fn read_batches(
     redis: ConnectionManager,
-    key_batches: tokio::sync::mpsc::Receiver<redis::RedisResult<Vec<String>>>,
+    mut key_batches: tokio::sync::mpsc::Receiver<redis::RedisResult<Vec<String>>>,
     sender: tokio::sync::mpsc::Sender<redis::RedisResult<Chunk>>,
 ) {
     use futures::StreamExt;
-    let mut key_batches = key_batches;
     let batches = futures::stream::poll_fn(move |cx| key_batches.poll_recv(cx));
     let mut chunks = batches
         .map(|batch| {
