@@ -147,6 +147,8 @@ pub async fn run(examples: &Path, options: DemoOptions) -> Result<(), DemoError>
         metrics: Arc::new(Metrics::new()),
         workers: WorkerHost::Inline,
         policies: Default::default(),
+        enforced_policies: Default::default(),
+        redis_targets: Default::default(),
         publisher: Publisher::Directory(published_dir(&dir)),
     };
     let engine = ManifestsEngine::new(dir.clone(), ctx.clone());

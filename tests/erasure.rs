@@ -3,11 +3,8 @@
 //! else touched, a failure at each step rolling Postgres back (no
 //! tombstone) and the retry completing, drain ticks racing an erasure,
 //! restore-then-replay, empty tenants, the lifecycle (terminal Completed,
-//! finalizer), the receipt command and the drill.
-//!
-//! The Redis targets of an erasure are process-wide (the ArchiverShard
-//! reconciler publishes them); tests that reconcile hold [`REGISTRY`] so
-//! each sees only its own Redis.
+//! finalizer), the receipt command and the drill. Each test's context knows
+//! only that test's Redis.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
@@ -29,7 +26,7 @@ use archiver_operator::archive::worker::{ShardSettings, Worker};
 use archiver_operator::clock::{Clock, ManualClock};
 use archiver_operator::erasure::receipt::{SealedReceipt, sha256_hex};
 use archiver_operator::erasure::scope::tenant_hash;
-use archiver_operator::erasure::{ErasureRequest, ErasureSettings, Scope, redis_targets, replay};
+use archiver_operator::erasure::{ErasureRequest, ErasureSettings, Scope, replay};
 use archiver_operator::local_servers::RedisServer;
 use archiver_operator::runtime::config::{OperatorConfig, SecretString};
 use archiver_operator::runtime::context::{Context, SecretSource};
@@ -37,9 +34,6 @@ use archiver_operator::runtime::metrics::{DeletionLabels, Metrics};
 use archiver_operator::runtime::reconcile::{Managed, Outcome};
 use archiver_operator::runtime::workers::WorkerHost;
 use archiver_operator::testing::{TestDatabase, redis_server};
-
-/// Held by every test that reconciles: the Redis registry is process-wide.
-static REGISTRY: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 const SALT: &str = "test-salt";
 const NAMESPACE: &str = "privacy";
@@ -126,26 +120,23 @@ struct Env {
     cache: CacheServer,
     clock: ManualClock,
     ctx: Context,
-    _registry: tokio::sync::MutexGuard<'static, ()>,
 }
 
 async fn env() -> Env {
-    let registry = REGISTRY.lock().await;
     let db = TestDatabase::new().await;
     november_partition(&db.pool).await;
     let redis = redis_server();
     let cache = CacheServer::start().await;
     let clock = ManualClock::new(erasure_time());
-    redis_targets::clear();
-    redis_targets::publish_shard("test/shard-0", SecretString::new(redis.url()));
     let ctx = context(&db.pool, &clock, vec![cache.url.clone()]);
+    ctx.redis_targets
+        .publish_shard("test/shard-0", SecretString::new(redis.url()));
     Env {
         db,
         redis,
         cache,
         clock,
         ctx,
-        _registry: registry,
     }
 }
 
@@ -162,6 +153,8 @@ fn context(pool: &PgPool, clock: &ManualClock, cache_urls: Vec<String>) -> Conte
         metrics: Arc::new(Metrics::new()),
         workers: WorkerHost::Disabled,
         policies: Arc::new(archiver_operator::retention::directory::PolicyDirectory::new()),
+        enforced_policies: Default::default(),
+        redis_targets: Default::default(),
         publisher: archiver_operator::runtime::publish::Publisher::Disabled,
     }
 }
@@ -750,7 +743,7 @@ async fn an_invalidation_that_hangs_fails_after_the_timeout() {
     seed_postgres(&env.db.pool).await;
     let before = postgres_snapshot(&env.db.pool).await;
     env.cache.delay_ms.store(3_000, Ordering::SeqCst);
-    let mut settings = ErasureSettings::new(&env.ctx.config, redis_targets::targets());
+    let mut settings = ErasureSettings::new(&env.ctx.config, env.ctx.redis_targets.targets());
     settings.invalidation_timeout = Duration::from_millis(300);
     let request = ErasureRequest {
         namespace: NAMESPACE.into(),
@@ -894,7 +887,7 @@ async fn a_run_that_committed_without_its_receipt_is_folded_into_the_next() {
         received_at: None,
     };
     // The process died right after COMMIT: no verification, no receipt.
-    let settings = ErasureSettings::new(&env.ctx.config, redis_targets::targets());
+    let settings = ErasureSettings::new(&env.ctx.config, env.ctx.redis_targets.targets());
     let first = archiver_operator::erasure::transaction::erase(
         &env.db.pool,
         &request,
@@ -981,7 +974,7 @@ async fn without_shard_redis_the_request_waits_and_erases_nothing() {
     let env = env().await;
     seed_postgres(&env.db.pool).await;
     let before = postgres_snapshot(&env.db.pool).await;
-    redis_targets::clear();
+    env.ctx.redis_targets.remove_shard("test/shard-0");
     let mut object = request("erase-waits", tenant(0), Some("server-0"));
     let outcome = reconcile(&mut object, &env.ctx).await;
     let st = status(&object);

@@ -56,6 +56,8 @@ fn mock_context(secrets_from_cluster: bool) -> (Arc<KubeContext>, MockHandle) {
         metrics: Arc::new(Metrics::new()),
         workers: WorkerHost::Disabled,
         policies: Default::default(),
+        enforced_policies: Default::default(),
+        redis_targets: Default::default(),
         publisher: archiver_operator::runtime::publish::Publisher::Disabled,
     };
     (

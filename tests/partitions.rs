@@ -25,7 +25,7 @@ use archiver_operator::partitions::plan::{
     DropDecision, DropInputs, is_protected, plan_drops, retention_horizon,
 };
 use archiver_operator::partitions::removal::{self, DropSettings};
-use archiver_operator::partitions::{PartitionError, ensure_partitions, policy_registry};
+use archiver_operator::partitions::{PartitionError, ensure_partitions};
 use archiver_operator::runtime::context::{Context, SecretSource};
 use archiver_operator::runtime::metrics::Metrics;
 use archiver_operator::runtime::reconcile::{EventType, Managed, Outcome};
@@ -182,6 +182,8 @@ impl Harness {
             metrics: metrics.clone(),
             workers: WorkerHost::Disabled,
             policies: Default::default(),
+            enforced_policies: Default::default(),
+            redis_targets: Default::default(),
             publisher: archiver_operator::runtime::publish::Publisher::Disabled,
         };
         let mut schedule = PartitionSchedule::new(
@@ -219,7 +221,9 @@ impl Harness {
         self.ctx
             .policies
             .replace_all([(format!("{}/tiers", self.namespace), policy.clone())]);
-        policy_registry::publish(&self.namespace, "tiers", policy);
+        self.ctx
+            .enforced_policies
+            .publish(&self.namespace, "tiers", policy);
     }
 
     /// One reconcile at `now`; the status is kept for the next one, as the
@@ -1065,7 +1069,9 @@ async fn without_a_policy_or_with_a_conflicting_one_nothing_is_dropped() {
     h.ctx
         .policies
         .replace_all([(label("tiers"), example_policy())]);
-    policy_registry::conflict(&h.namespace, "tiers", "also in force: other");
+    h.ctx
+        .enforced_policies
+        .conflict(&h.namespace, "tiers", "also in force: other");
     let outcome = h.reconcile_at(at(2028, 6, 10, 3, 35)).await;
     assert!(h.names().await.is_superset(&old_months()));
     let blocked = condition(&outcome.status, "DropBlocked");
@@ -1078,7 +1084,9 @@ async fn without_a_policy_or_with_a_conflicting_one_nothing_is_dropped() {
 
     // The registry still says "tiers" (one reconcile stale) while the source
     // already lists a second policy: the directory withholds the drop.
-    policy_registry::publish(&h.namespace, "tiers", example_policy());
+    h.ctx
+        .enforced_policies
+        .publish(&h.namespace, "tiers", example_policy());
     h.ctx.policies.replace_all([
         (label("tiers"), example_policy()),
         (label("other"), example_policy()),
@@ -1093,7 +1101,9 @@ async fn without_a_policy_or_with_a_conflicting_one_nothing_is_dropped() {
     h.ctx
         .policies
         .replace_all([(label("other"), example_policy())]);
-    policy_registry::publish(&h.namespace, "other", example_policy());
+    h.ctx
+        .enforced_policies
+        .publish(&h.namespace, "other", example_policy());
     let outcome = h.reconcile_at(at(2028, 6, 10, 3, 42)).await;
     assert!(h.names().await.is_superset(&old_months()));
     assert_eq!(

@@ -694,6 +694,8 @@ fn harness_with_clock(
         metrics: metrics.clone(),
         workers: WorkerHost::Disabled,
         policies: Arc::new(directory),
+        enforced_policies: Default::default(),
+        redis_targets: Default::default(),
         publisher: Publisher::Directory(published.path().to_path_buf()),
     };
     Harness {

@@ -112,6 +112,8 @@ fn engine(dir: &Path, db: &TestDatabase) -> (ManifestsEngine, Arc<Metrics>) {
         metrics: metrics.clone(),
         workers: archiver_operator::runtime::workers::WorkerHost::Disabled,
         policies: Default::default(),
+        enforced_policies: Default::default(),
+        redis_targets: Default::default(),
         publisher: archiver_operator::runtime::publish::Publisher::Disabled,
     };
     (ManifestsEngine::new(dir.to_path_buf(), ctx), metrics)

@@ -45,7 +45,7 @@ impl Managed for ArchiverShard {
             .resolve(&namespace, &self.spec.redis.url_secret_ref)
             .await?;
         // Erasures clean every shard's Redis: tell them where this one is.
-        crate::erasure::redis_targets::publish_shard(
+        ctx.redis_targets.publish_shard(
             format!("{namespace}/{}", self.name_any()),
             redis_url.clone(),
         );

@@ -14,7 +14,7 @@ use sqlx::{AssertSqlSafe, PgPool};
 use uuid::Uuid;
 
 use super::redis_side::VerdictKey;
-use super::redis_targets::{self, RedisTarget};
+use super::redis_targets::{RedisTarget, RedisTargets};
 use super::scope::{Scope, tenant_hash};
 use super::surfaces::names;
 use super::transaction::{ACTOR, ErasureError, ErasureSettings};
@@ -144,11 +144,15 @@ pub async fn run(
         metrics: Arc::new(Metrics::new()),
         workers: WorkerHost::Disabled,
         policies: Arc::new(crate::retention::directory::PolicyDirectory::new()),
+        enforced_policies: Default::default(),
+        // Only the drill's own Redis: the drill never touches real shards.
+        redis_targets: Arc::new(RedisTargets::of([RedisTarget {
+            label: DRILL_SHARD.into(),
+            url: redis_url.clone(),
+        }])),
         publisher: crate::runtime::publish::Publisher::Disabled,
     };
-    redis_targets::publish_shard(DRILL_SHARD, redis_url.clone());
     let outcome = object.reconcile(&ctx).await;
-    redis_targets::remove_shard(DRILL_SHARD);
     let status = outcome.map_err(DrillError::Reconcile)?.status;
 
     let after = count_surfaces(pool, &scope, &settings, clock.now(), &indexed)

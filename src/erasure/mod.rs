@@ -147,7 +147,7 @@ impl Managed for DeletionRequest {
                 "no database configured (--database-url): the erasure waits",
             ));
         };
-        let targets = redis_targets::targets();
+        let targets = ctx.redis_targets.targets();
         if targets.is_empty() {
             // Never erase without the Redis side: the verdict keys would
             // survive and the receipt would claim otherwise.

@@ -1,13 +1,15 @@
-//! The Redis instances an erasure must clean, process-wide.
+//! The Redis instances an erasure must clean.
 //!
 //! Verdict keys live in the shard Redis instances, and a DeletionRequest
-//! does not name a shard: an erasure cleans every shard this process knows.
-//! The ArchiverShard reconciler publishes each shard's Redis URL here (it
-//! resolves the Secret anyway) and removes it when the shard goes away.
+//! does not name a shard: an erasure cleans every shard the operator knows.
+//! The ArchiverShard reconciler publishes each shard's Redis URL into the
+//! context's [`RedisTargets`] (it resolves the Secret anyway); the source
+//! removes shards that are gone (the manifests pass when a file goes, the
+//! Kubernetes source when the watch cache no longer holds the object).
 //! URLs are kept as [`SecretString`]: they may hold a password and never
 //! reach a log, an event or a status; only the shard label does.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::RwLock;
 
 use crate::runtime::config::SecretString;
@@ -20,43 +22,61 @@ pub struct RedisTarget {
     pub url: SecretString,
 }
 
-static TARGETS: RwLock<BTreeMap<String, SecretString>> = RwLock::new(BTreeMap::new());
-
-fn write() -> std::sync::RwLockWriteGuard<'static, BTreeMap<String, SecretString>> {
-    // A poisoned lock only means a panic elsewhere while holding a map of
-    // strings; the map itself is still consistent.
-    TARGETS
-        .write()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
+/// The shard Redis instances known to one operator, by shard label.
+#[derive(Debug, Default)]
+pub struct RedisTargets {
+    shards: RwLock<BTreeMap<String, SecretString>>,
 }
 
-/// Registers (or updates) the Redis of shard `label`.
-pub fn publish_shard(label: impl Into<String>, redis_url: SecretString) {
-    write().insert(label.into(), redis_url);
-}
+impl RedisTargets {
+    pub fn new() -> Self {
+        Self::default()
+    }
 
-/// Forgets shard `label` (the ArchiverShard was deleted).
-pub fn remove_shard(label: &str) {
-    write().remove(label);
-}
+    /// Only the given targets (a drill, a test, a bench).
+    pub fn of(targets: impl IntoIterator<Item = RedisTarget>) -> Self {
+        let registry = Self::new();
+        for target in targets {
+            registry.publish_shard(target.label, target.url);
+        }
+        registry
+    }
 
-/// Every registered Redis, sorted by label.
-pub fn targets() -> Vec<RedisTarget> {
-    TARGETS
-        .read()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
-        .iter()
-        .map(|(label, url)| RedisTarget {
-            label: label.clone(),
-            url: url.clone(),
-        })
-        .collect()
-}
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, BTreeMap<String, SecretString>> {
+        // A poisoned lock only means a panic elsewhere while holding a map
+        // of strings; the map itself is still consistent.
+        self.shards
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
 
-/// Forgets every shard: for tests and the drill, which bring their own Redis.
-#[doc(hidden)]
-pub fn clear() {
-    write().clear();
+    /// Registers (or updates) the Redis of shard `label`.
+    pub fn publish_shard(&self, label: impl Into<String>, redis_url: SecretString) {
+        self.write().insert(label.into(), redis_url);
+    }
+
+    /// Forgets shard `label` (the ArchiverShard was deleted).
+    pub fn remove_shard(&self, label: &str) {
+        self.write().remove(label);
+    }
+
+    /// Forgets every shard not in `present` (the source's complete list).
+    pub fn retain_shards(&self, present: &BTreeSet<String>) {
+        self.write().retain(|label, _| present.contains(label));
+    }
+
+    /// Every registered Redis, sorted by label.
+    pub fn targets(&self) -> Vec<RedisTarget> {
+        self.shards
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .iter()
+            .map(|(label, url)| RedisTarget {
+                label: label.clone(),
+                url: url.clone(),
+            })
+            .collect()
+    }
 }
 
 #[cfg(test)]
@@ -65,19 +85,26 @@ mod tests {
 
     #[test]
     fn shards_are_published_updated_and_removed_without_exposing_urls() {
-        publish_shard("unit/b", SecretString::new("redis://:pw@b:6379/"));
-        publish_shard("unit/a", SecretString::new("redis://a:6379/"));
-        publish_shard("unit/a", SecretString::new("redis://a2:6379/"));
-        let mine: Vec<RedisTarget> = targets()
-            .into_iter()
-            .filter(|t| t.label.starts_with("unit/"))
-            .collect();
-        assert_eq!(mine.len(), 2);
-        assert_eq!(mine[0].label, "unit/a");
-        assert_eq!(mine[0].url.expose(), "redis://a2:6379/");
-        assert!(!format!("{mine:?}").contains("pw"));
-        remove_shard("unit/a");
-        remove_shard("unit/b");
-        assert!(targets().iter().all(|t| !t.label.starts_with("unit/")));
+        let registry = RedisTargets::new();
+        registry.publish_shard("unit/b", SecretString::new("redis://:pw@b:6379/"));
+        registry.publish_shard("unit/a", SecretString::new("redis://a:6379/"));
+        registry.publish_shard("unit/a", SecretString::new("redis://a2:6379/"));
+        let targets = registry.targets();
+        assert_eq!(targets.len(), 2);
+        assert_eq!(targets[0].label, "unit/a");
+        assert_eq!(targets[0].url.expose(), "redis://a2:6379/");
+        assert!(!format!("{targets:?}").contains("pw"));
+        registry.remove_shard("unit/a");
+        assert_eq!(registry.targets().len(), 1);
+    }
+
+    #[test]
+    fn shards_the_source_no_longer_lists_are_forgotten() {
+        let registry = RedisTargets::new();
+        registry.publish_shard("ns/kept", SecretString::new("redis://a/"));
+        registry.publish_shard("ns/deleted", SecretString::new("redis://b/"));
+        registry.retain_shards(&BTreeSet::from(["ns/kept".to_string()]));
+        let labels: Vec<String> = registry.targets().into_iter().map(|t| t.label).collect();
+        assert_eq!(labels, vec!["ns/kept"]);
     }
 }

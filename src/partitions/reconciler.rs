@@ -13,7 +13,7 @@ use super::catalog::{self, CatalogPartition};
 use super::coverage::{self, Coverage};
 use super::create::{self, CreateReport};
 use super::plan::{Candidate, DropDecision, DropInputs, plan_drops};
-use super::policy_registry::{self, PolicyLookup};
+use super::policy_registry::PolicyLookup;
 use super::removal::{self, DropSettings, Dropped};
 use super::{PartitionError, conditions};
 use crate::api::common::{ConditionUpdate, UtcWindow, condition_types, set_condition};
@@ -218,7 +218,7 @@ impl Pass<'_> {
     }
 
     fn policy(&self) -> PolicyLookup {
-        policy_registry::in_force(
+        self.ctx.enforced_policies.in_force(
             &self.ctx.policies,
             &self.namespace(),
             &self.schedule.spec.retention_policy_ref.name,

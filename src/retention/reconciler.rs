@@ -19,7 +19,6 @@ use crate::api::common::{
 };
 use crate::api::retention_policy::{EnforcementRun, ShrinkHold};
 use crate::api::{RetentionPolicy, RetentionPolicyStatus};
-use crate::partitions::policy_registry;
 use crate::retention::directory::InForce;
 use crate::runtime::context::Context;
 use crate::runtime::metrics::{RetentionRowLabels, RetentionTableLabels};
@@ -153,7 +152,9 @@ async fn reconcile_policy(
 
     if !problems.is_empty() {
         // A broken policy must never cause a delete, partition drops included.
-        policy_registry::withdraw(&pass.namespace, &pass.name);
+        pass.ctx
+            .enforced_policies
+            .withdraw(&pass.namespace, &pass.name);
         let message = problems.join("; ");
         pass.condition(
             condition_types::READY,
@@ -210,9 +211,13 @@ async fn reconcile_policy(
 
     if policy.spec.suspend {
         // Suspended: nothing is deleted, by partition drops either.
-        policy_registry::withdraw(&pass.namespace, &pass.name);
+        pass.ctx
+            .enforced_policies
+            .withdraw(&pass.namespace, &pass.name);
     } else {
-        policy_registry::publish(&pass.namespace, &pass.name, enforced.spec.clone());
+        pass.ctx
+            .enforced_policies
+            .publish(&pass.namespace, &pass.name, enforced.spec.clone());
     }
 
     let short_hash = &enforced.policy_hash[..12.min(enforced.policy_hash.len())];
@@ -294,13 +299,17 @@ async fn withhold(
         ),
     };
     if conflict {
-        policy_registry::conflict(&pass.namespace, &pass.name, message.clone());
+        pass.ctx
+            .enforced_policies
+            .conflict(&pass.namespace, &pass.name, message.clone());
         if pass.was(CONFLICT) != Some(true) {
             pass.event(EventType::Warning, "Conflict", "Enforce", message.clone());
         }
         pass.condition(CONFLICT, true, "MultiplePolicies", message.clone());
     } else {
-        policy_registry::withdraw(&pass.namespace, &pass.name);
+        pass.ctx
+            .enforced_policies
+            .withdraw(&pass.namespace, &pass.name);
         pass.condition(
             CONFLICT,
             false,

@@ -132,6 +132,12 @@ pub struct Context {
     pub workers: super::workers::WorkerHost,
     /// Every RetentionPolicy, kept complete by the source: which one is in force.
     pub policies: Arc<crate::retention::directory::PolicyDirectory>,
+    /// The tier windows each RetentionPolicy reconciler enforces, for
+    /// partition drops.
+    pub enforced_policies: Arc<crate::partitions::policy_registry::EnforcedPolicies>,
+    /// Every shard's Redis, for erasures: published by the ArchiverShard
+    /// reconciler, pruned by the source when a shard goes away.
+    pub redis_targets: Arc<crate::erasure::redis_targets::RedisTargets>,
     /// Where rendered documents (the privacy-policy text) go.
     pub publisher: super::publish::Publisher,
 }

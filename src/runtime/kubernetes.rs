@@ -296,6 +296,27 @@ async fn sync_policy_directory(store: reflector::Store<RetentionPolicy>, kctx: A
     }
 }
 
+/// Keeps the erasure's Redis targets to the shards in the watch cache: a
+/// deleted ArchiverShard stops being erased into (its Redis may be gone or
+/// handed to someone else).
+async fn sync_shard_targets(
+    store: reflector::Store<ArchiverShard>,
+    targets: Arc<crate::erasure::redis_targets::RedisTargets>,
+) {
+    if store.wait_until_ready().await.is_err() {
+        return;
+    }
+    loop {
+        let present = store
+            .state()
+            .iter()
+            .map(|shard| super::manifests::namespaced_name(shard.as_ref()))
+            .collect();
+        targets.retain_shards(&present);
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
 async fn drive<K>(
     controller: Controller<K>,
     kctx: Arc<KubeContext>,
@@ -330,10 +351,15 @@ pub async fn run_controllers(
     let (policies, policy_store) = controller_and_store::<RetentionPolicy>(&client, namespace);
     let directory_sync = tokio::spawn(sync_policy_directory(policy_store, kctx.clone()));
     let deployments = api_for::<Deployment>(&client, namespace);
-    let shards = controller_for::<ArchiverShard>(&client, namespace).owns(
+    let (shards, shard_store) = controller_and_store::<ArchiverShard>(&client, namespace);
+    let shards = shards.owns(
         deployments,
         watcher::Config::default().labels("app.kubernetes.io/managed-by=archiver-operator"),
     );
+    let targets_sync = tokio::spawn(sync_shard_targets(
+        shard_store,
+        kctx.ctx.redis_targets.clone(),
+    ));
     tokio::join!(
         drive(shards, kctx.clone(), stop(shutdown.clone())),
         drive(policies, kctx.clone(), stop(shutdown.clone())),
@@ -349,4 +375,43 @@ pub async fn run_controllers(
         ),
     );
     directory_sync.abort();
+    targets_sync.abort();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::erasure::redis_targets::RedisTargets;
+    use crate::runtime::config::SecretString;
+
+    fn shard(name: &str) -> ArchiverShard {
+        let mut shard: ArchiverShard =
+            serde_yaml_ng::from_str(include_str!("../../examples/archiver-shard.yaml"))
+                .expect("the example parses");
+        shard.metadata.name = Some(name.to_string());
+        shard.metadata.namespace = Some("archiver".to_string());
+        shard
+    }
+
+    #[tokio::test]
+    async fn a_shard_gone_from_the_watch_cache_is_no_longer_erased_into() {
+        let (store, mut writer) = reflector::store::<ArchiverShard>();
+        writer.apply_watcher_event(&watcher::Event::Init);
+        writer.apply_watcher_event(&watcher::Event::InitApply(shard("kept")));
+        writer.apply_watcher_event(&watcher::Event::InitApply(shard("deleted")));
+        writer.apply_watcher_event(&watcher::Event::InitDone);
+        let targets = Arc::new(RedisTargets::new());
+        targets.publish_shard("archiver/kept", SecretString::new("redis://a/"));
+        targets.publish_shard("archiver/deleted", SecretString::new("redis://b/"));
+        let sync = tokio::spawn(sync_shard_targets(store, targets.clone()));
+
+        writer.apply_watcher_event(&watcher::Event::Delete(shard("deleted")));
+        let labels = || -> Vec<String> { targets.targets().into_iter().map(|t| t.label).collect() };
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while labels().len() > 1 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        sync.abort();
+        assert_eq!(labels(), vec!["archiver/kept"]);
+    }
 }

@@ -269,7 +269,7 @@ impl ManifestsEngine {
             if object.kind == "ArchiverShard" {
                 let shard = format!("{}/{}", object.namespace, object.name);
                 self.ctx.workers.stop(&shard);
-                crate::erasure::redis_targets::remove_shard(&shard);
+                self.ctx.redis_targets.remove_shard(&shard);
             }
             if let Err(error) = self
                 .store

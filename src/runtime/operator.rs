@@ -75,6 +75,8 @@ fn context(
         metrics: Arc::new(Metrics::new()),
         workers,
         policies: Arc::new(crate::retention::directory::PolicyDirectory::new()),
+        enforced_policies: Default::default(),
+        redis_targets: Default::default(),
         publisher,
     }
 }
