@@ -180,6 +180,7 @@ pub struct Worker {
     metrics: Arc<Metrics>,
     /// Keys of the minute being committed, marked `archived_at` after commit.
     pending_marks: Vec<String>,
+    marker: Marker,
     /// A warning about the last archived minute (kept until the next one).
     warning: Option<String>,
 }
@@ -199,6 +200,7 @@ impl Worker {
             .set_response_timeout(Some(Duration::from_secs(30)))
             .set_number_of_retries(2);
         let redis = client.get_connection_manager_with_config(config).await?;
+        let marker = Marker::start(redis.clone(), settings.label.clone());
         Ok(Self {
             settings,
             owner,
@@ -207,6 +209,7 @@ impl Worker {
             clock,
             metrics,
             pending_marks: Vec::new(),
+            marker,
             warning: None,
         })
     }
@@ -366,18 +369,22 @@ impl Worker {
         }
     }
 
-    /// Writes the `archived_at` marker on the keys just committed. A failure
-    /// is logged, not fatal: the rows are safely in Postgres.
+    /// Hands the keys just committed to the marker task, which writes their
+    /// `archived_at` marker while the next minute is being archived. Waits
+    /// only while a previous minute's markers are still queued (backpressure).
     async fn mark_committed_keys(&mut self) {
         let keys = std::mem::take(&mut self.pending_marks);
         if keys.is_empty() {
             return;
         }
-        if let Err(error) =
-            redis_source::mark_archived(&mut self.redis, &keys, self.clock.now()).await
-        {
-            tracing::warn!(shard = %self.settings.label, %error, "could not mark keys archived");
-        }
+        self.marker.mark(keys, self.clock.now()).await;
+    }
+
+    /// Waits until every committed minute's keys carry their `archived_at`
+    /// marker (or marking them failed and was logged). Call before dropping
+    /// the worker when the process is about to exit.
+    pub async fn flush_marks(&self) {
+        self.marker.flush().await;
     }
 
     /// A minute without keys: fine after an idle minute, a suspected
@@ -577,6 +584,69 @@ pub fn key_drop_warning(minute: DateTime<Utc>, keys: usize, previous_keys: i32) 
     })
 }
 
+/// Writes the `archived_at` markers on a task of its own, after the commit.
+///
+/// The marker is for post-incident investigation only (seed 004: it tells
+/// "evicted before it was archived" from "archived, then evicted"); the
+/// rows and the watermark are already committed when it is written. So the
+/// next minute does not wait for it: when catching up, minute N's markers
+/// are written while minute N+1 is read and copied. At most one minute
+/// waits in the queue, so memory stays bounded and a slow Redis slows the
+/// ticks down instead of piling up work. A crash can lose the markers of
+/// the last minute, never rows.
+struct Marker {
+    jobs: tokio::sync::mpsc::Sender<MarkJob>,
+    label: String,
+}
+
+enum MarkJob {
+    Mark {
+        keys: Vec<String>,
+        at: DateTime<Utc>,
+    },
+    /// Answered once every job before it is done.
+    Flush(tokio::sync::oneshot::Sender<()>),
+}
+
+impl Marker {
+    fn start(redis: ConnectionManager, label: String) -> Self {
+        let (jobs, mut queue) = tokio::sync::mpsc::channel(1);
+        let shard = label.clone();
+        // The task ends when the worker (the only sender) is dropped, after
+        // the jobs already queued.
+        tokio::spawn(async move {
+            let mut redis = redis;
+            while let Some(job) = queue.recv().await {
+                match job {
+                    MarkJob::Mark { keys, at } => {
+                        if let Err(error) = redis_source::mark_archived(&mut redis, &keys, at).await
+                        {
+                            tracing::warn!(%shard, %error, keys = keys.len(), "could not mark keys archived");
+                        }
+                    }
+                    MarkJob::Flush(done) => {
+                        let _ = done.send(());
+                    }
+                }
+            }
+        });
+        Self { jobs, label }
+    }
+
+    async fn mark(&self, keys: Vec<String>, at: DateTime<Utc>) {
+        if self.jobs.send(MarkJob::Mark { keys, at }).await.is_err() {
+            tracing::warn!(shard = %self.label, "the marker task is gone; keys not marked archived");
+        }
+    }
+
+    async fn flush(&self) {
+        let (done, finished) = tokio::sync::oneshot::channel();
+        if self.jobs.send(MarkJob::Flush(done)).await.is_ok() {
+            let _ = finished.await;
+        }
+    }
+}
+
 /// Tombstones at or after the minute being archived: a tick that read
 /// verdicts before an erasure committed must not bring the erased server
 /// back, so rows of those pairs are dropped.
@@ -658,7 +728,10 @@ pub async fn run_forever(mut worker: Worker, shutdown: impl std::future::Future<
             .to_std()
             .unwrap_or(Duration::from_secs(1));
         tokio::select! {
-            _ = &mut shutdown => return,
+            _ = &mut shutdown => {
+                worker.flush_marks().await;
+                return;
+            }
             _ = tokio::time::sleep(wait) => {}
         }
     }

@@ -87,13 +87,13 @@ impl WorkerHost {
                 }
                 let pool = inputs.pool.ok_or(ReconcileError::NoDatabase)?;
                 let mut worker = connect(shard, &inputs, pool).await?;
-                let report = worker
-                    .tick(TICK_BUDGET)
-                    .await
-                    .map_err(|e| ReconcileError::Step {
-                        step: "drain tick".into(),
-                        reason: e.to_string(),
-                    })?;
+                let report = worker.tick(TICK_BUDGET).await;
+                // A one-shot tick (`run --once`): the process may exit next.
+                worker.flush_marks().await;
+                let report = report.map_err(|e| ReconcileError::Step {
+                    step: "drain tick".into(),
+                    reason: e.to_string(),
+                })?;
                 Ok(WorkerState::Ticked(report))
             }
             Self::InProcess(workers) => workers.ensure(shard, &inputs),
