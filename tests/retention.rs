@@ -342,6 +342,16 @@ async fn load(db: &TestDatabase, world: &World) {
     .execute(&db.pool)
     .await
     .unwrap();
+    // A rejected verdict at each of the same instants.
+    sqlx::query(
+        "INSERT INTO probe_minute_rejects (shard_id, verdict_key, minute_bucket, raw_fields, reason, rejected_at) \
+         SELECT 0, 'verdict:bad:' || extract(epoch FROM m)::bigint, m, '{}'::jsonb, 'malformed_key: seeded', m \
+         FROM unnest($1::timestamptz[]) AS u(m)",
+    )
+    .bind(world.history.iter().copied().collect::<Vec<_>>())
+    .execute(&db.pool)
+    .await
+    .unwrap();
     sqlx::query("ANALYZE").execute(&db.pool).await.unwrap();
 }
 
@@ -406,6 +416,22 @@ fn oracle(
         .map(|span| span.tier)
 }
 
+/// The shortest per-minute window of any tier: how long rejects are kept.
+fn rejects_days(spec: &RetentionPolicySpec) -> i64 {
+    let t = &spec.tiers;
+    i64::from(
+        [
+            t.public.per_minute_days,
+            t.author.per_minute_days,
+            t.team.per_minute_days,
+            t.enterprise.per_minute_days,
+        ]
+        .into_iter()
+        .min()
+        .unwrap(),
+    )
+}
+
 fn history_days(spec: &RetentionPolicySpec) -> i64 {
     let t = &spec.tiers;
     i64::from(
@@ -427,6 +453,8 @@ struct Expected {
     days: BTreeSet<DayRow>,
     months: BTreeSet<DayRow>,
     history: BTreeSet<DateTime<Utc>>,
+    /// `rejected_at` of the rows of probe_minute_rejects.
+    rejects: BTreeSet<DateTime<Utc>>,
     deleted: BTreeMap<String, BTreeMap<String, i64>>,
 }
 
@@ -505,11 +533,21 @@ fn expected(world: &World, spec: &RetentionPolicySpec, as_of: DateTime<Utc>) -> 
             history.insert(*at);
         }
     }
+    let rejects_cut = as_of - Duration::days(rejects_days(spec));
+    let mut rejects = BTreeSet::new();
+    for at in &world.history {
+        if *at < rejects_cut {
+            count("probe_minute_rejects", "all");
+        } else {
+            rejects.insert(*at);
+        }
+    }
     Expected {
         minutes,
         days,
         months,
         history,
+        rejects,
         deleted,
     }
 }
@@ -535,11 +573,17 @@ async fn present(db: &TestDatabase) -> Expected {
             .fetch_all(&db.pool)
             .await
             .unwrap();
+    let rejects: Vec<DateTime<Utc>> =
+        sqlx::query_scalar("SELECT rejected_at FROM probe_minute_rejects")
+            .fetch_all(&db.pool)
+            .await
+            .unwrap();
     Expected {
         minutes: minutes.into_iter().collect(),
         days: days.into_iter().collect(),
         months: months.into_iter().collect(),
         history: history.into_iter().collect(),
+        rejects: rejects.into_iter().collect(),
         deleted: BTreeMap::new(),
     }
 }
@@ -595,10 +639,21 @@ fn assert_survivors(present: &Expected, expected: &Expected) {
             expected.history.difference(&present.history).count()
         )
     );
+    assert!(
+        present.rejects == expected.rejects,
+        "{}",
+        diff(
+            "probe_minute_rejects",
+            present.rejects.len(),
+            expected.rejects.len(),
+            present.rejects.difference(&expected.rejects).count(),
+            expected.rejects.difference(&present.rejects).count()
+        )
+    );
 }
 
 fn total_rows(e: &Expected) -> usize {
-    e.minutes.len() + e.days.len() + e.months.len() + e.history.len()
+    e.minutes.len() + e.days.len() + e.months.len() + e.history.len() + e.rejects.len()
 }
 
 // --------------------------------------------------------------- policies
@@ -968,7 +1023,7 @@ async fn tenants_over_the_pass_cap_are_revisited_in_further_cycles() {
     reconcile(&mut policy, &h.ctx).await;
     assert_survivors(&present(&db).await, &want);
 
-    // Each subject (tenant, or the history) loses at most the cap per
+    // Each subject (tenant, or the cross-tenant tables) loses at most the cap per
     // cycle, and a pass that ends exactly at the cap needs one more look:
     // cycles = max over subjects with expired rows of floor(rows / cap) + 1.
     let spans: BTreeMap<Uuid, &Vec<Span>> =
@@ -1004,9 +1059,11 @@ async fn tenants_over_the_pass_cap_are_revisited_in_further_cycles() {
             }
         }
     }
+    // The cross-tenant pass covers the cluster history and the rejects.
     per_subject.insert(
         "history".into(),
-        want.deleted["suppression_clusters_history"]["all"],
+        want.deleted["suppression_clusters_history"]["all"]
+            + want.deleted["probe_minute_rejects"]["all"],
     );
     let cycles = per_subject
         .values()

@@ -10,7 +10,7 @@ use uuid::Uuid;
 
 use super::RetentionError;
 use super::items::{WorkItem, count_per_tier};
-use super::ranges::{expired_ranges, history_bounds};
+use super::ranges::{expired_ranges, history_bounds, rejects_bounds};
 use super::store;
 use super::tiers::Table;
 use crate::api::retention_policy::Tiers;
@@ -18,7 +18,7 @@ use crate::api::retention_policy::Tiers;
 /// Expired rows present, per table and tier.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ExpiredCounts {
-    /// table -> tier -> rows (the history table's tier is `all`).
+    /// table -> tier -> rows (the cross-tenant tables' tier is `all`).
     pub rows: BTreeMap<String, BTreeMap<String, i64>>,
     /// Tenants with rows in probe_minute, probe_day or probe_month and no
     /// tier row at all: never pruned.
@@ -80,11 +80,14 @@ pub async fn count_expired(
         let per_tier = count_per_tier(pool, table, &items).await?;
         counts.rows.insert(table.name().to_string(), per_tier);
     }
-    let history = [WorkItem::history(history_bounds(tiers, as_of))];
-    let per_tier = count_per_tier(pool, Table::SuppressionHistory, &history).await?;
-    counts
-        .rows
-        .insert(Table::SuppressionHistory.name().to_string(), per_tier);
+    for item in [
+        WorkItem::history(history_bounds(tiers, as_of)),
+        WorkItem::rejects(rejects_bounds(tiers, as_of)),
+    ] {
+        let table = item.table;
+        let per_tier = count_per_tier(pool, table, &[item]).await?;
+        counts.rows.insert(table.name().to_string(), per_tier);
+    }
     counts.tenants_without_tier = tenants_with_data
         .iter()
         .filter(|tenant| !spans.contains_key(tenant))

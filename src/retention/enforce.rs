@@ -4,7 +4,8 @@
 //! with a tier row, one tenant per **pass**, starting after the tenant where
 //! the previous run stopped (so a run cut short by the window or its cap is
 //! continued tomorrow instead of starting over at the first tenant), plus
-//! one pass over the cross-tenant suppression history. A pass deletes at
+//! one pass over the cross-tenant tables (the suppression history and the
+//! rejected verdicts). A pass deletes at
 //! most `maxRowsPerTenantPass` rows; tenants whose pass hit that cap are
 //! revisited in a further cycle while the window is open and the run is
 //! under `maxRowsPerRun`.
@@ -27,7 +28,7 @@ use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
 use super::items::{WorkItem, delete_batch, with_rows};
-use super::ranges::{expired_ranges, history_bounds};
+use super::ranges::{expired_ranges, history_bounds, rejects_bounds};
 use super::store::{
     self, NewRun, OUTCOME_COMPLETE, OUTCOME_RUN_CAP, OUTCOME_WINDOW_CLOSED, RowsDeleted, RunRow,
 };
@@ -405,7 +406,8 @@ impl Enforcer<'_> {
         let mut items = VecDeque::new();
         match subject {
             Subject::History => {
-                items.push_back(WorkItem::history(history_bounds(self.tiers, as_of)))
+                items.push_back(WorkItem::history(history_bounds(self.tiers, as_of)));
+                items.push_back(WorkItem::rejects(rejects_bounds(self.tiers, as_of)));
             }
             Subject::Tenant(tenant) => {
                 let spans = store::tier_spans(&mut *conn, tenant).await?;

@@ -21,19 +21,28 @@ pub struct WorkItem {
     pub table: Table,
     /// Tier name, or [`ALL_TIERS`] for the history table.
     pub tier: String,
-    /// `None` only for the cross-tenant history table.
+    /// `None` only for the cross-tenant tables.
     pub owner: Option<(Uuid, String)>,
     pub bounds: Bounds,
 }
 
 impl WorkItem {
-    pub fn history(bounds: Bounds) -> Self {
+    /// The expired rows of a cross-tenant table (tier `all`).
+    pub fn cross_tenant(table: Table, bounds: Bounds) -> Self {
         Self {
-            table: Table::SuppressionHistory,
+            table,
             tier: ALL_TIERS.into(),
             owner: None,
             bounds,
         }
+    }
+
+    pub fn history(bounds: Bounds) -> Self {
+        Self::cross_tenant(Table::SuppressionHistory, bounds)
+    }
+
+    pub fn rejects(bounds: Bounds) -> Self {
+        Self::cross_tenant(Table::Rejects, bounds)
     }
 
     /// The items of `ranges` for every server of a tenant.
@@ -149,9 +158,9 @@ pub async fn count_per_tier(
 ) -> Result<BTreeMap<String, i64>, RetentionError> {
     let mut counts = BTreeMap::new();
     let (name, column, ty) = (table.name(), table.time_column(), sql_type(table));
-    if table == Table::SuppressionHistory {
+    if table.is_cross_tenant() {
         for item in items {
-            let n = count_history(executor, item.bounds).await?;
+            let n = count_cross_tenant(executor, table, item.bounds).await?;
             *counts.entry(item.tier.clone()).or_insert(0) += n;
         }
         return Ok(counts);
@@ -183,23 +192,26 @@ pub async fn count_per_tier(
     Ok(counts)
 }
 
-async fn count_history(
+async fn count_cross_tenant(
     executor: impl PgExecutor<'_>,
+    table: Table,
     bounds: Bounds,
 ) -> Result<i64, RetentionError> {
     let Bounds::Instants { lo, hi, last } = bounds else {
         return Ok(0);
     };
-    sqlx::query_scalar(
-        "SELECT count(*)::bigint FROM suppression_clusters_history \
-         WHERE minute_bucket >= $1 AND minute_bucket < $2 AND minute_bucket <= $3",
-    )
-    .bind(lo)
-    .bind(hi)
-    .bind(last)
-    .fetch_one(executor)
-    .await
-    .map_err(db("counting expired rows of suppression_clusters_history"))
+    let (name, column) = (table.name(), table.time_column());
+    let sql = format!(
+        "SELECT count(*)::bigint FROM {name} \
+         WHERE {column} >= $1 AND {column} < $2 AND {column} <= $3"
+    );
+    sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
+        .bind(lo)
+        .bind(hi)
+        .bind(last)
+        .fetch_one(executor)
+        .await
+        .map_err(db(format!("counting expired rows of {name}")))
 }
 
 /// The items (of one per-tenant table and tenant) that have at least one
@@ -212,7 +224,7 @@ pub async fn with_rows(
         return Ok(items);
     };
     let table = first.table;
-    if table == Table::SuppressionHistory {
+    if table.is_cross_tenant() {
         return Ok(items);
     }
     let (name, column, ty) = (table.name(), table.time_column(), sql_type(table));

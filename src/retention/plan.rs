@@ -210,7 +210,7 @@ fn signed(n: i64) -> String {
 fn deletion_rows(plan: &Plan) -> Vec<(Table, String, i64, i64)> {
     let mut rows = Vec::new();
     for table in Table::ALL {
-        let tiers: Vec<String> = if table == Table::SuppressionHistory {
+        let tiers: Vec<String> = if table.is_cross_tenant() {
             vec![ALL_TIERS.to_string()]
         } else {
             Tier::ALL.iter().map(|t| t.as_str().to_string()).collect()

@@ -14,7 +14,7 @@ use std::fmt::Write as _;
 
 use serde::Serialize;
 
-use super::ranges::history_days;
+use super::ranges::{history_days, rejects_days};
 use super::tiers::{Tier, is_best_effort, policy_hash};
 use crate::api::RetentionPolicySpec;
 use crate::api::retention_policy::TierRetention;
@@ -257,6 +257,14 @@ fn document(spec: &RetentionPolicySpec, generation: Option<i64>) -> Document {
             days(history_days(tiers))
         )),
     ]);
+    notes.push(vec![
+        Span::Strong("Unreadable check results".into()),
+        text(format!(
+            " (malformed ones we could not store) are kept for {}, the shortest per-minute period of any \
+             plan, so we can fix what produced them.",
+            days(rejects_days(tiers))
+        )),
+    ]);
     blocks.push(Block::List(notes));
 
     let privacy = &spec.privacy_policy;
@@ -454,6 +462,8 @@ struct JsonSection<'a> {
     tiers: Vec<JsonTier>,
     /// Days the cross-tenant outage clusters are kept.
     suppression_cluster_history_days: u32,
+    /// Days a check result that could not be stored is kept.
+    rejected_check_result_days: u32,
     /// How often expired data is deleted.
     deletion_schedule: &'static str,
     article17: JsonArticle17<'a>,
@@ -513,6 +523,7 @@ fn to_json(spec: &RetentionPolicySpec, generation: Option<i64>) -> String {
             })
             .collect(),
         suppression_cluster_history_days: history_days(tiers),
+        rejected_check_result_days: rejects_days(tiers),
         deletion_schedule: "daily",
         article17: JsonArticle17 {
             response_days: spec.privacy_policy.article17_response_days,

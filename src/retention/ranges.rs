@@ -297,6 +297,29 @@ pub fn history_bounds(tiers: &Tiers, as_of: DateTime<Utc>) -> Bounds {
     }
 }
 
+/// The days a rejected verdict is kept: the shortest per-minute window of
+/// any tier. A reject cannot always be tied to a tenant (its key may be the
+/// malformed part), so it is kept no longer than any tenant's per-minute
+/// history may be; long enough to look into a burst of rejects.
+pub fn rejects_days(tiers: &Tiers) -> u32 {
+    Tier::ALL
+        .into_iter()
+        .map(|tier| tier.retention(tiers).per_minute_days)
+        .min()
+        .unwrap_or(u32::MAX)
+}
+
+/// The expired rows of the rejects table: rejected at least
+/// [`rejects_days`] before `as_of`.
+pub fn rejects_bounds(tiers: &Tiers, as_of: DateTime<Utc>) -> Bounds {
+    let cut = as_of - Duration::days(i64::from(rejects_days(tiers)));
+    Bounds::Instants {
+        lo: DateTime::<Utc>::UNIX_EPOCH,
+        hi: cut,
+        last: cut,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -70,16 +70,20 @@ pub enum Table {
     ProbeDay,
     ProbeMonth,
     /// Cross-tenant: rows name tenants only by salted hashes, so they are
-    /// kept for the longest daily window of any tier (see `ranges::history_cutoff`).
+    /// kept for the longest daily window of any tier (see `ranges::history_days`).
     SuppressionHistory,
+    /// Cross-tenant: verdicts the drain could not archive, kept for the
+    /// shortest per-minute window of any tier (see `ranges::rejects_days`).
+    Rejects,
 }
 
 impl Table {
-    pub const ALL: [Table; 4] = [
+    pub const ALL: [Table; 5] = [
         Table::ProbeMinute,
         Table::ProbeDay,
         Table::ProbeMonth,
         Table::SuppressionHistory,
+        Table::Rejects,
     ];
     /// The tables that carry a `tenant_id`.
     pub const PER_TENANT: [Table; 3] = [Table::ProbeMinute, Table::ProbeDay, Table::ProbeMonth];
@@ -90,7 +94,13 @@ impl Table {
             Self::ProbeDay => "probe_day",
             Self::ProbeMonth => "probe_month",
             Self::SuppressionHistory => "suppression_clusters_history",
+            Self::Rejects => "probe_minute_rejects",
         }
+    }
+
+    /// Tables without a `tenant_id`: pruned as a whole, tier `all`.
+    pub fn is_cross_tenant(self) -> bool {
+        matches!(self, Self::SuppressionHistory | Self::Rejects)
     }
 
     pub fn parse(text: &str) -> Option<Self> {
@@ -101,6 +111,8 @@ impl Table {
     pub fn time_column(self) -> &'static str {
         match self {
             Self::ProbeMinute | Self::SuppressionHistory => "minute_bucket",
+            // Always set (a malformed key may have no minute), and indexed.
+            Self::Rejects => "rejected_at",
             Self::ProbeDay => "day",
             Self::ProbeMonth => "month",
         }
@@ -108,7 +120,7 @@ impl Table {
 
     pub fn granularity(self) -> Granularity {
         match self {
-            Self::ProbeMinute | Self::SuppressionHistory => Granularity::Minute,
+            Self::ProbeMinute | Self::SuppressionHistory | Self::Rejects => Granularity::Minute,
             Self::ProbeDay => Granularity::Day,
             Self::ProbeMonth => Granularity::Month,
         }
@@ -118,7 +130,7 @@ impl Table {
     /// contract extension.
     pub fn window_days(self, retention: &TierRetention) -> u32 {
         match self {
-            Self::ProbeMinute => retention.per_minute_days,
+            Self::ProbeMinute | Self::Rejects => retention.per_minute_days,
             Self::ProbeDay | Self::SuppressionHistory => retention.daily_days,
             Self::ProbeMonth => retention.monthly_days,
         }
