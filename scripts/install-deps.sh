@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs what the demo and the tests need on a bare Debian machine:
-# PostgreSQL and Redis server binaries and Lua 5.4 (Debian packages). Does
-# nothing when they are already present. (The chart tests install their
+# PostgreSQL and Redis server binaries, Lua 5.4 and openssl (Debian
+# packages). Does nothing when they are already present. (The chart tests install their
 # Python packages themselves: scripts/chart-tests.sh.)
 set -euo pipefail
 
@@ -15,12 +15,17 @@ have_redis() {
 have_lua() {
   command -v lua5.4 >/dev/null 2>&1
 }
+have_openssl() {
+  command -v openssl >/dev/null 2>&1
+}
 
 missing=()
 have_postgres || missing+=(postgresql)
 have_redis || missing+=(redis-server)
 # The Argo CD health checks (Lua) are executed by the tests.
 have_lua || missing+=(lua5.4)
+# The https cache-invalidation test makes its certificates with it.
+have_openssl || missing+=(openssl)
 
 if [ ${#missing[@]} -gt 0 ]; then
   echo "installing ${missing[*]} (Debian packages)"
@@ -33,3 +38,4 @@ fi
 have_postgres || { echo "PostgreSQL server binaries still missing" >&2; exit 1; }
 have_redis || { echo "redis-server still missing" >&2; exit 1; }
 have_lua || { echo "lua5.4 still missing" >&2; exit 1; }
+have_openssl || { echo "openssl still missing" >&2; exit 1; }

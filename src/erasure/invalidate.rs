@@ -4,13 +4,17 @@
 //! erasure visible at once. Every URL must answer 2xx within the timeout,
 //! otherwise the erasure fails and Postgres rolls back.
 //!
-//! Plain HTTP only (in-cluster service URLs): the client is hyper-util's,
-//! already built for kube, without a TLS connector of its own.
+//! `http://` (in-cluster service URLs) and `https://`. HTTPS trusts the
+//! system's CA certificates (`SSL_CERT_FILE` / `SSL_CERT_DIR` point it at a
+//! private CA bundle); without any, `https://` calls fail with the TLS
+//! error and `http://` still works. The client is hyper-util's with rustls,
+//! the same stack kube uses.
 
 use std::time::Duration;
 
 use axum::body::Body;
 use axum::http::{Method, Request, Uri, header};
+use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
@@ -23,7 +27,7 @@ pub const TIMEOUT: Duration = Duration::from_secs(5);
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum InvalidationError {
-    #[error("{url} is not a usable http:// URL: {reason}")]
+    #[error("{url} is not a usable http(s):// URL: {reason}")]
     BadUrl { url: String, reason: String },
     #[error("{url} answered HTTP {status}")]
     Status { url: String, status: u16 },
@@ -43,10 +47,7 @@ pub async fn invalidate_all(
     if urls.is_empty() {
         return Ok(Vec::new());
     }
-    let mut connector = HttpConnector::new();
-    connector.set_connect_timeout(Some(timeout));
-    let client: Client<HttpConnector, Body> =
-        Client::builder(TokioExecutor::new()).build(connector);
+    let client = client(timeout);
     let body = serde_json::json!({
         "tenantId": scope.tenant,
         "serverSlug": scope.server,
@@ -58,8 +59,30 @@ pub async fn invalidate_all(
     futures::future::join_all(calls).await.into_iter().collect()
 }
 
+type HttpsClient = Client<HttpsConnector<HttpConnector>, Body>;
+
+fn client(timeout: Duration) -> HttpsClient {
+    let mut http = HttpConnector::new();
+    http.set_connect_timeout(Some(timeout));
+    // The TLS layer above handles https://.
+    http.enforce_http(false);
+    let tls = match HttpsConnectorBuilder::new().with_native_roots() {
+        Ok(builder) => builder,
+        Err(error) => {
+            tracing::debug!(%error, "no system CA certificates: https:// cache URLs cannot be verified");
+            HttpsConnectorBuilder::new().with_tls_config(
+                rustls::ClientConfig::builder()
+                    .with_root_certificates(rustls::RootCertStore::empty())
+                    .with_no_client_auth(),
+            )
+        }
+    };
+    let connector = tls.https_or_http().enable_http1().wrap_connector(http);
+    Client::builder(TokioExecutor::new()).build(connector)
+}
+
 async fn post(
-    client: &Client<HttpConnector, Body>,
+    client: &HttpsClient,
     url: &str,
     body: String,
     timeout: Duration,
@@ -71,10 +94,10 @@ async fn post(
                 url: shown.clone(),
                 reason: e.to_string(),
             })?;
-    if uri.scheme_str() != Some("http") {
+    if !matches!(uri.scheme_str(), Some("http" | "https")) {
         return Err(InvalidationError::BadUrl {
             url: shown,
-            reason: "only http:// is supported (use the in-cluster service URL)".into(),
+            reason: "only http:// and https:// are supported".into(),
         });
     }
     let request = Request::builder()

@@ -43,11 +43,13 @@ pub struct OperatorArgs {
     /// Salt for the tenant hashes of the suppression-cluster tables (from a Secret).
     #[arg(long, env = "ARCHIVER_SUPPRESSION_SALT", hide_env_values = true)]
     pub suppression_salt: Option<SecretString>,
-    /// Read-side cache-invalidation URL, POSTed on every erasure (repeatable).
+    /// Read-side cache-invalidation URL (http:// or https://), POSTed on
+    /// every erasure (repeatable).
     #[arg(
         long = "cache-invalidate-url",
         env = "ARCHIVER_CACHE_INVALIDATE_URLS",
-        value_delimiter = ','
+        value_delimiter = ',',
+        value_parser = cache_invalidate_url
     )]
     pub cache_invalidate_urls: Vec<String>,
     /// Alert-router Redis key pattern erased with a server, e.g.
@@ -111,8 +113,29 @@ impl From<&OperatorArgs> for OperatorConfig {
     }
 }
 
+/// A cache-invalidation URL is checked at startup: a typo must not wait for
+/// the first erasure (which would fail and retry) to show.
+fn cache_invalidate_url(text: &str) -> Result<String, String> {
+    let uri: axum::http::Uri = text.parse().map_err(|e| format!("not a URL: {e}"))?;
+    match (uri.scheme_str(), uri.host()) {
+        (Some("http" | "https"), Some(_)) => Ok(text.to_string()),
+        (Some("http" | "https"), None) => Err("the URL has no host".into()),
+        _ => Err("only http:// and https:// URLs are supported".into()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn cache_invalidate_urls_are_checked_at_startup() {
+        assert!(cache_invalidate_url("http://cache.read-side:8080/invalidate").is_ok());
+        assert!(cache_invalidate_url("https://cache.example.com/invalidate").is_ok());
+        let ftp = cache_invalidate_url("ftp://cache/invalidate").unwrap_err();
+        assert!(ftp.contains("http://"), "{ftp}");
+        assert!(cache_invalidate_url("cache.read-side/invalidate").is_err());
+        assert!(cache_invalidate_url("http:///invalidate").is_err());
+    }
+
     use super::*;
 
     #[test]
