@@ -493,3 +493,73 @@ async fn the_plan_check_fails_when_the_index_is_dropped() {
         .unwrap();
     assert!(!views::alert_query_uses_index(&db.pool, now).await.unwrap());
 }
+
+/// A 30-day daily window ends inside a 31-day month: retention may delete
+/// the month's first day rows before its last day closes. The month keeps
+/// every day it was given (recomputing it from probe_day would have dropped
+/// the first day from the SLA), and closing a day twice counts it once.
+#[tokio::test]
+async fn a_month_keeps_days_retention_deleted_before_it_was_complete() {
+    let db = TestDatabase::new().await;
+    partitions(&db).await;
+    let (t, server) = (tenant(1), "srv-0");
+    let day = |d: u32| NaiveDate::from_ymd_opt(2026, 12, d).unwrap();
+    let insert = |d: u32, minute: u32, state: &'static str| {
+        let pool = db.pool.clone();
+        async move {
+            sqlx::query(
+                "INSERT INTO probe_minute (tenant_id, server_slug, region, minute_bucket, state) \
+                 VALUES ($1, $2, 'us-east', $3, $4)",
+            )
+            .bind(t)
+            .bind(server)
+            .bind(Utc.with_ymd_and_hms(2026, 12, d, 10, minute, 0).unwrap())
+            .bind(state)
+            .execute(&pool)
+            .await
+            .unwrap();
+        }
+    };
+    for (minute, state) in [(0, "up"), (1, "up"), (2, "up"), (3, "down")] {
+        insert(1, minute, state).await;
+    }
+    views::close_day(&db.pool, day(1)).await.unwrap();
+
+    // Retention deletes December 1 (per-minute and daily rows).
+    for table in ["probe_minute", "probe_day"] {
+        let column = if table == "probe_day" {
+            "day::timestamptz"
+        } else {
+            "minute_bucket"
+        };
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "DELETE FROM {table} WHERE {column} < '2026-12-02 00:00+00'"
+        )))
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    }
+
+    for (minute, state) in [(0, "up"), (1, "degraded")] {
+        insert(31, minute, state).await;
+    }
+    let month = || async {
+        sqlx::query_as::<_, (i32, i32, i32, i32, Option<f64>)>(
+            "SELECT days_total, minutes_up, minutes_down, minutes_degraded, sla_uptime_pct::float8 \
+             FROM probe_month WHERE tenant_id = $1 AND server_slug = $2 AND month = '2026-12-01'",
+        )
+        .bind(t)
+        .bind(server)
+        .fetch_one(&db.pool)
+        .await
+        .unwrap()
+    };
+    views::close_day(&db.pool, day(31)).await.unwrap();
+    // 4 up, 1 down, 1 degraded over both days: 66.667 %.
+    assert_eq!(month().await, (2, 4, 1, 1, Some(66.667)));
+
+    // Closing the last day again (late data for it) replaces its share.
+    insert(31, 2, "up").await;
+    views::close_day(&db.pool, day(31)).await.unwrap();
+    assert_eq!(month().await, (2, 5, 1, 1, Some(71.429)));
+}

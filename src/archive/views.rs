@@ -277,7 +277,14 @@ async fn add_minute_to_clusters(
     Ok(())
 }
 
-/// Recomputes a finished day exactly from probe_minute, then its month.
+/// Recomputes a finished day exactly from probe_minute, then adds it to its
+/// month.
+///
+/// The month is updated by the day's difference (the day as now closed
+/// minus what an earlier close of it had contributed), not recomputed from
+/// probe_day: retention may already have deleted the month's first days
+/// (a 30-day daily window ends inside a 31-day month), and a recompute
+/// would silently drop them from the month's SLA.
 pub async fn close_day(pool: &PgPool, day: NaiveDate) -> Result<(), ViewsError> {
     let mut tx = pool.begin().await.map_err(db("beginning a day close"))?;
     sqlx::query("SELECT pg_advisory_xact_lock_shared($1)")
@@ -285,14 +292,85 @@ pub async fn close_day(pool: &PgPool, day: NaiveDate) -> Result<(), ViewsError> 
         .execute(&mut *tx)
         .await
         .map_err(db("taking the erasure lock (shared)"))?;
+    remember_closed_day(&mut tx, day).await?;
     recompute_day(&mut tx, day).await?;
-    recompute_month(&mut tx, first_of_month(day)).await?;
+    add_day_to_month(&mut tx, day).await?;
     sqlx::query("UPDATE derived_views_watermark SET last_closed_day = $1")
         .bind(day)
         .execute(&mut *tx)
         .await
         .map_err(db("recording the closed day"))?;
     tx.commit().await.map_err(db("committing a day close"))?;
+    Ok(())
+}
+
+/// Keeps the rows of `day` as an earlier close left them (if it was closed
+/// before), for [`add_day_to_month`].
+async fn remember_closed_day(tx: &mut PgConnection, day: NaiveDate) -> Result<(), ViewsError> {
+    sqlx::query(
+        "CREATE TEMP TABLE IF NOT EXISTS closed_day_before (LIKE probe_day) ON COMMIT DELETE ROWS",
+    )
+    .execute(&mut *tx)
+    .await
+    .map_err(db("creating the closed-day table"))?;
+    sqlx::query("INSERT INTO closed_day_before SELECT * FROM probe_day WHERE day = $1 AND closed")
+        .bind(day)
+        .execute(&mut *tx)
+        .await
+        .map_err(db("remembering the closed day"))?;
+    Ok(())
+}
+
+/// Adds the just-closed `day` to its month: the day's counts minus what an
+/// earlier close of the same day had added, one more day when it is new to
+/// the month; then the month's SLA from its new sums.
+async fn add_day_to_month(tx: &mut PgConnection, day: NaiveDate) -> Result<(), ViewsError> {
+    sqlx::query(
+        r#"
+        INSERT INTO probe_month AS m (tenant_id, server_slug, month, days_total, minutes_up, minutes_down,
+            minutes_degraded, minutes_auth_walled, minutes_unknown, incident_count, sla_uptime_pct, updated_at)
+        SELECT d.tenant_id, d.server_slug, $2,
+               CASE WHEN b.tenant_id IS NULL THEN 1 ELSE 0 END,
+               d.minutes_up - coalesce(b.minutes_up, 0),
+               d.minutes_down - coalesce(b.minutes_down, 0),
+               d.minutes_degraded - coalesce(b.minutes_degraded, 0),
+               d.minutes_auth_walled - coalesce(b.minutes_auth_walled, 0),
+               d.minutes_unknown - coalesce(b.minutes_unknown, 0),
+               d.incident_count - coalesce(b.incident_count, 0),
+               NULL, now()
+        FROM probe_day d
+        LEFT JOIN closed_day_before b USING (tenant_id, server_slug, day)
+        WHERE d.day = $1
+        ON CONFLICT (tenant_id, server_slug, month) DO UPDATE SET
+            days_total = m.days_total + EXCLUDED.days_total,
+            minutes_up = m.minutes_up + EXCLUDED.minutes_up,
+            minutes_down = m.minutes_down + EXCLUDED.minutes_down,
+            minutes_degraded = m.minutes_degraded + EXCLUDED.minutes_degraded,
+            minutes_auth_walled = m.minutes_auth_walled + EXCLUDED.minutes_auth_walled,
+            minutes_unknown = m.minutes_unknown + EXCLUDED.minutes_unknown,
+            incident_count = m.incident_count + EXCLUDED.incident_count,
+            updated_at = now()
+        "#,
+    )
+    .bind(day)
+    .bind(first_of_month(day))
+    .execute(&mut *tx)
+    .await
+    .map_err(db("adding a day to its month"))?;
+    sqlx::query(
+        r#"
+        UPDATE probe_month m SET sla_uptime_pct =
+            CASE WHEN m.minutes_up + m.minutes_down + m.minutes_degraded = 0 THEN NULL
+                 ELSE round(100.0 * m.minutes_up / (m.minutes_up + m.minutes_down + m.minutes_degraded), 3) END
+        FROM probe_day d
+        WHERE d.day = $1 AND m.month = $2 AND m.tenant_id = d.tenant_id AND m.server_slug = d.server_slug
+        "#,
+    )
+    .bind(day)
+    .bind(first_of_month(day))
+    .execute(&mut *tx)
+    .await
+    .map_err(db("computing the month's SLA"))?;
     Ok(())
 }
 
@@ -401,7 +479,9 @@ pub async fn recompute_month(tx: &mut PgConnection, month: NaiveDate) -> Result<
     Ok(())
 }
 
-/// Recomputes `month` on demand (e.g. after a correction).
+/// Recomputes `month` on demand from the probe_day rows still present
+/// (e.g. after a correction); days retention has already deleted are then
+/// no longer counted.
 pub async fn recompute_month_now(pool: &PgPool, month: NaiveDate) -> Result<(), ViewsError> {
     let mut tx = pool
         .begin()
