@@ -289,11 +289,17 @@ pub fn history_days(tiers: &Tiers) -> u32 {
 /// The expired rows of the suppression history: minutes that ended at
 /// least [`history_days`] before `as_of`.
 pub fn history_bounds(tiers: &Tiers, as_of: DateTime<Utc>) -> Bounds {
-    let cut = as_of - Duration::days(i64::from(history_days(tiers)));
+    kept_for(history_days(tiers), as_of, Duration::minutes(1))
+}
+
+/// Rows (of a cross-tenant table) whose time is at least `days` before
+/// `as_of` once `span`, the time one row covers, has passed too.
+fn kept_for(days: u32, as_of: DateTime<Utc>, span: Duration) -> Bounds {
+    let cut = as_of - Duration::days(i64::from(days));
     Bounds::Instants {
         lo: DateTime::<Utc>::UNIX_EPOCH,
         hi: cut,
-        last: cut - Duration::minutes(1),
+        last: cut - span,
     }
 }
 
@@ -312,12 +318,8 @@ pub fn rejects_days(tiers: &Tiers) -> u32 {
 /// The expired rows of the rejects table: rejected at least
 /// [`rejects_days`] before `as_of`.
 pub fn rejects_bounds(tiers: &Tiers, as_of: DateTime<Utc>) -> Bounds {
-    let cut = as_of - Duration::days(i64::from(rejects_days(tiers)));
-    Bounds::Instants {
-        lo: DateTime::<Utc>::UNIX_EPOCH,
-        hi: cut,
-        last: cut,
-    }
+    // `rejected_at` is an instant, not a minute bucket.
+    kept_for(rejects_days(tiers), as_of, Duration::zero())
 }
 
 #[cfg(test)]
