@@ -5,6 +5,7 @@
 
 use std::time::Duration;
 
+use k8s_openapi::api::coordination::v1::Lease;
 use sqlx::Connection;
 use sqlx::postgres::PgConnection;
 use tokio::sync::watch;
@@ -49,6 +50,12 @@ impl Leadership {
     }
 }
 
+/// Seconds a Lease is valid after its last renewal: how long a crashed
+/// leader's work stays unclaimed.
+pub const LEASE_DURATION_SECONDS: u64 = 15;
+/// Seconds before expiry the holder renews.
+pub const LEASE_GRACE_SECONDS: u64 = 5;
+
 /// Leader election on a Lease in `namespace`.
 pub async fn kubernetes_lease(
     client: kube::Client,
@@ -56,15 +63,50 @@ pub async fn kubernetes_lease(
     lease_name: &str,
     identity: &str,
 ) -> Result<(Leadership, JoinHandle<()>), kube_lease_manager::LeaseManagerError> {
+    kubernetes_lease_with(
+        client,
+        namespace,
+        lease_name,
+        identity,
+        LEASE_DURATION_SECONDS,
+        LEASE_GRACE_SECONDS,
+    )
+    .await
+}
+
+/// [`kubernetes_lease`] with its timing spelled out (tests use seconds).
+/// Dropping every clone of the returned [`Leadership`] releases the Lease.
+pub async fn kubernetes_lease_with(
+    client: kube::Client,
+    namespace: &str,
+    lease_name: &str,
+    identity: &str,
+    duration_seconds: u64,
+    grace_seconds: u64,
+) -> Result<(Leadership, JoinHandle<()>), kube_lease_manager::LeaseManagerError> {
+    let leases: kube::Api<Lease> = kube::Api::namespaced(client.clone(), namespace);
     let manager = kube_lease_manager::LeaseManagerBuilder::new(client, lease_name)
         .with_namespace(namespace)
         .with_identity(identity)
-        .with_duration(15)
-        .with_grace(5)
+        .with_duration(duration_seconds)
+        .with_grace(grace_seconds)
         .build()
         .await?;
-    let (state, task) = manager.watch().await;
+    let (manager_state, task) = manager.watch().await;
+    let (sender, state) = watch::channel(false);
+    let guard = ExpiryGuard {
+        leases,
+        lease_name: lease_name.to_string(),
+        identity: identity.to_string(),
+        // Step down halfway through the grace period: after the renewal
+        // was due, well before another replica may take the Lease.
+        valid_for: chrono::Duration::milliseconds(
+            i64::try_from((duration_seconds * 1000).saturating_sub(grace_seconds * 500))
+                .unwrap_or(i64::MAX),
+        ),
+    };
     let handle = tokio::spawn(async move {
+        guard.run(manager_state, sender).await;
         match task.await {
             Ok(Ok(_)) => {}
             Ok(Err(error)) => tracing::error!(%error, "lease manager stopped"),
@@ -72,6 +114,63 @@ pub async fn kubernetes_lease(
         }
     });
     Ok((Leadership::from_receiver(state), handle))
+}
+
+/// kube-lease-manager reports leadership from what it last saw of the
+/// Lease: a leader cut off from the API server keeps reporting `true` after
+/// its Lease has expired and another replica has taken it (two leaders;
+/// reproduced in tests/leader_lease.rs). The guard passes the manager's
+/// answer on only while the Lease, as last read, names this process and its
+/// last renewal is recent enough; otherwise this process stops leading, on
+/// its own clock, before the Lease can change hands.
+struct ExpiryGuard {
+    leases: kube::Api<Lease>,
+    lease_name: String,
+    identity: String,
+    valid_for: chrono::Duration,
+}
+
+impl ExpiryGuard {
+    /// Until every [`Leadership`] is dropped; then drops the manager's
+    /// receiver too, which makes the manager release the Lease.
+    async fn run(self, mut manager_state: watch::Receiver<bool>, sender: watch::Sender<bool>) {
+        let mut valid_until: Option<chrono::DateTime<chrono::Utc>> = None;
+        let mut tick = tokio::time::interval(Duration::from_millis(500));
+        loop {
+            tokio::select! {
+                _ = sender.closed() => return,
+                changed = manager_state.changed() => {
+                    if changed.is_err() {
+                        sender.send_replace(false);
+                        return;
+                    }
+                }
+                _ = tick.tick() => {}
+            }
+            if *manager_state.borrow() {
+                // A failed read keeps the last known expiry: that is the point.
+                if let Ok(lease) = self.leases.get(&self.lease_name).await {
+                    valid_until = self.renewed_by_us(&lease).map(|at| at + self.valid_for);
+                }
+            } else {
+                valid_until = None;
+            }
+            let leading = *manager_state.borrow()
+                && valid_until.is_some_and(|until| chrono::Utc::now() < until);
+            sender.send_if_modified(|state| std::mem::replace(state, leading) != leading);
+        }
+    }
+
+    /// When this process last renewed `lease`, if it holds it.
+    fn renewed_by_us(&self, lease: &Lease) -> Option<chrono::DateTime<chrono::Utc>> {
+        let spec = lease.spec.as_ref()?;
+        if spec.holder_identity.as_deref() != Some(self.identity.as_str()) {
+            return None;
+        }
+        let renewed = spec.renew_time.as_ref()?.0;
+        let nanos = u32::try_from(renewed.subsec_nanosecond()).unwrap_or(0);
+        chrono::DateTime::from_timestamp(renewed.as_second(), nanos)
+    }
 }
 
 /// Leader election on a Postgres session advisory lock, held on a dedicated
