@@ -66,19 +66,33 @@ fn client(timeout: Duration) -> HttpsClient {
     http.set_connect_timeout(Some(timeout));
     // The TLS layer above handles https://.
     http.enforce_http(false);
-    let tls = match HttpsConnectorBuilder::new().with_native_roots() {
-        Ok(builder) => builder,
-        Err(error) => {
-            tracing::debug!(%error, "no system CA certificates: https:// cache URLs cannot be verified");
-            HttpsConnectorBuilder::new().with_tls_config(
-                rustls::ClientConfig::builder()
-                    .with_root_certificates(rustls::RootCertStore::empty())
-                    .with_no_client_auth(),
-            )
-        }
-    };
-    let connector = tls.https_or_http().enable_http1().wrap_connector(http);
+    let connector = HttpsConnectorBuilder::new()
+        .with_tls_config(tls_config())
+        .https_or_http()
+        .enable_http1()
+        .wrap_connector(http);
     Client::builder(TokioExecutor::new()).build(connector)
+}
+
+/// TLS settings for https:// URLs, read once per process: loading the
+/// system's CA certificates is file work an erasure should not repeat.
+/// Without any, https:// calls fail verification and http:// still works.
+fn tls_config() -> rustls::ClientConfig {
+    static CONFIG: std::sync::OnceLock<rustls::ClientConfig> = std::sync::OnceLock::new();
+    CONFIG
+        .get_or_init(|| {
+            let mut roots = rustls::RootCertStore::empty();
+            let found = rustls_native_certs::load_native_certs();
+            for error in &found.errors {
+                tracing::warn!(%error, "reading the system CA certificates");
+            }
+            let (added, ignored) = roots.add_parsable_certificates(found.certs);
+            tracing::debug!(added, ignored, "CA certificates for https:// cache URLs");
+            rustls::ClientConfig::builder()
+                .with_root_certificates(roots)
+                .with_no_client_auth()
+        })
+        .clone()
 }
 
 async fn post(
