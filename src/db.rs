@@ -39,9 +39,30 @@ pub async fn connect(url: &str, max_connections: u32) -> Result<PgPool, DbError>
     PgPoolOptions::new()
         .max_connections(max_connections)
         .acquire_timeout(Duration::from_secs(10))
+        .after_release(|conn, _| Box::pin(not_inside_a_transaction(conn)))
         .connect_with(options)
         .await
         .map_err(|source| DbError::Connect { target, source })
+}
+
+/// Whether a released connection may go back to the pool: not when it is
+/// still inside a transaction.
+///
+/// sqlx 0.9 can return such a connection when a `begin()` is cancelled
+/// while waiting for the server (its rollback guard only acts once the
+/// transaction has been counted): every later statement on it would then
+/// run inside a transaction nobody commits, and be lost. Found by cancelling
+/// reconciles at random points (tests/retention.rs); closing the connection
+/// makes the server abort that transaction. Inside a transaction `now()` is
+/// when it began, earlier than this statement.
+async fn not_inside_a_transaction(conn: &mut sqlx::PgConnection) -> Result<bool, sqlx::Error> {
+    let inside: bool = sqlx::query_scalar("SELECT now() <> statement_timestamp()")
+        .fetch_one(&mut *conn)
+        .await?;
+    if inside {
+        tracing::warn!("a connection came back inside a transaction; closing it");
+    }
+    Ok(!inside)
 }
 
 /// Applies every pending migration; a no-op when the schema is current.

@@ -439,26 +439,10 @@ pub struct NewRun<'a> {
 /// instead of starting over at the first tenant). Returns the run of that
 /// window, also when another process started it first.
 pub async fn start_run(pool: &PgPool, new: &NewRun<'_>) -> Result<RunRow, RetentionError> {
-    // Seen once in CI, with reconciles cancelled at random points by the
-    // test `a_reconcile_dropped_mid_batch_loses_nothing_and_the_next_finishes`:
-    // the insert found a conflicting row that the read right after did not
-    // see. The cause is not understood; inserting again is idempotent, so a
-    // few attempts turn that into a non-event, and the error stays for a
-    // row that really cannot be created.
-    for attempt in 1..=3 {
-        insert_run(pool, new).await?;
-        if let Some(run) = run_for_window(pool, new.window_start).await? {
-            return Ok(run);
-        }
-        tracing::warn!(
-            attempt,
-            "the enforcement run just started is not visible yet; retrying"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
-    Err(RetentionError::Invariant(
-        "the enforcement run just started is gone".into(),
-    ))
+    insert_run(pool, new).await?;
+    run_for_window(pool, new.window_start)
+        .await?
+        .ok_or_else(|| RetentionError::Invariant("the enforcement run just started is gone".into()))
 }
 
 async fn insert_run(pool: &PgPool, new: &NewRun<'_>) -> Result<(), RetentionError> {
