@@ -387,6 +387,8 @@ fn request() -> ErasureRequest {
         reason: DeletionReason::GdprArt17,
         requester: Uuid::nil(),
         received_at: Some(erasure_time()),
+        response_days: archiver_operator::erasure::RESPONSE_DAYS,
+        extension: None,
     }
 }
 

@@ -23,6 +23,7 @@ pub mod demo;
 pub mod erasure;
 pub mod local_servers;
 pub mod partitions;
+pub mod plugin;
 pub mod retention;
 pub mod runtime;
 #[doc(hidden)]

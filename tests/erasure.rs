@@ -178,6 +178,7 @@ fn request(name: &str, tenant: Uuid, server: Option<&str>) -> DeletionRequest {
             reason: DeletionReason::GdprArt17,
             requester: Uuid::from_u128(0x0b7e),
             received_at: Some(Utc.with_ymd_and_hms(2026, 11, 22, 9, 0, 0).unwrap()),
+            extension: None,
         },
     );
     object.metadata.namespace = Some(NAMESPACE.into());
@@ -753,6 +754,8 @@ async fn an_invalidation_that_hangs_fails_after_the_timeout() {
         reason: DeletionReason::GdprArt17,
         requester: Uuid::nil(),
         received_at: None,
+        response_days: archiver_operator::erasure::RESPONSE_DAYS,
+        extension: None,
     };
     let started = std::time::Instant::now();
     let error = archiver_operator::erasure::transaction::erase(
@@ -885,6 +888,8 @@ async fn a_run_that_committed_without_its_receipt_is_folded_into_the_next() {
         reason: DeletionReason::GdprArt17,
         requester: Uuid::from_u128(0x0b7e),
         received_at: None,
+        response_days: archiver_operator::erasure::RESPONSE_DAYS,
+        extension: None,
     };
     // The process died right after COMMIT: no verification, no receipt.
     let settings = ErasureSettings::new(&env.ctx.config, env.ctx.redis_targets.targets());

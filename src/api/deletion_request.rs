@@ -37,7 +37,7 @@ use uuid::Uuid;
     )
 )]
 #[serde(rename_all = "camelCase")]
-#[x_kube(validation = kube::core::Rule::new("self == oldSelf").message("spec is immutable: create a new DeletionRequest instead"))]
+#[x_kube(validation = kube::core::Rule::new(SPEC_TRANSITION_RULE).message("spec is immutable (only an extension may be added, once): create a new DeletionRequest instead"))]
 pub struct DeletionRequestSpec {
     /// Tenant whose data is erased.
     pub tenant_id: Uuid,
@@ -54,6 +54,40 @@ pub struct DeletionRequestSpec {
     /// Defaults to the object's creation time.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub received_at: Option<DateTime<Utc>>,
+    /// GDPR Art. 12(3): the response deadline may be extended once, by at
+    /// most 60 days, with a reason given to the data subject. May be set at
+    /// creation or added later; once set it cannot change or be removed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub extension: Option<DeadlineExtension>,
+}
+
+/// Every field of the spec is immutable, except that `extension` may be
+/// added once. Optional fields are compared with `has()` on both sides, so
+/// adding or removing one is a change too.
+pub const SPEC_TRANSITION_RULE: &str = "self.tenantId == oldSelf.tenantId \
+&& self.reason == oldSelf.reason \
+&& self.requester == oldSelf.requester \
+&& has(self.serverSlug) == has(oldSelf.serverSlug) \
+&& (!has(self.serverSlug) || self.serverSlug == oldSelf.serverSlug) \
+&& has(self.receivedAt) == has(oldSelf.receivedAt) \
+&& (!has(self.receivedAt) || self.receivedAt == oldSelf.receivedAt) \
+&& (!has(oldSelf.extension) || (has(self.extension) && self.extension == oldSelf.extension))";
+
+/// Most days Art. 12(3) allows the deadline to be extended by ("two
+/// further months"; counted as 60 days, as the 30-day base is).
+pub const MAX_EXTENSION_DAYS: u32 = 60;
+
+/// An extension of the response deadline (GDPR Art. 12(3)).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DeadlineExtension {
+    /// Days added to the deadline, 1 to 60.
+    #[schemars(range(min = 1, max = 60))]
+    pub days: u32,
+    /// Why the request needs longer (told to the data subject; recorded in
+    /// the receipt). No personal data here.
+    #[schemars(length(min = 3, max = 500))]
+    pub reason: String,
 }
 
 /// Reason recorded on the tombstone.
@@ -103,7 +137,8 @@ pub struct DeletionRequestStatus {
     pub conditions: Vec<Condition>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub phase: Option<DeletionPhase>,
-    /// receivedAt + 30 days.
+    /// receivedAt + the policy's article17ResponseDays (30 without a
+    /// policy in force) + the extension's days.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub deadline: Option<DateTime<Utc>>,
     /// Runs started so far.
@@ -155,4 +190,86 @@ pub struct CacheInvalidation {
     pub url: String,
     /// HTTP status returned.
     pub status: u16,
+}
+
+#[cfg(test)]
+mod tests {
+    use chrono::TimeZone;
+    use kube::core::cel::validate_cel_update;
+
+    use super::*;
+
+    fn object(spec: DeletionRequestSpec) -> DeletionRequest {
+        DeletionRequest::new("erase", spec)
+    }
+
+    fn spec() -> DeletionRequestSpec {
+        DeletionRequestSpec {
+            tenant_id: Uuid::from_u128(1),
+            server_slug: Some("api".into()),
+            reason: DeletionReason::GdprArt17,
+            requester: Uuid::from_u128(2),
+            received_at: Some(Utc.with_ymd_and_hms(2026, 11, 22, 9, 0, 0).unwrap()),
+            extension: None,
+        }
+    }
+
+    fn extension(days: u32) -> Option<DeadlineExtension> {
+        Some(DeadlineExtension {
+            days,
+            reason: "the request covers many servers".into(),
+        })
+    }
+
+    /// The transition rule, run offline with the old object as the API
+    /// server runs it on update.
+    fn update_allowed(old: DeletionRequestSpec, new: DeletionRequestSpec) -> bool {
+        validate_cel_update(&object(new), &object(old)).is_ok()
+    }
+
+    #[test]
+    fn an_extension_may_be_added_once_and_nothing_else_may_change() {
+        let extended = DeletionRequestSpec {
+            extension: extension(30),
+            ..spec()
+        };
+        assert!(update_allowed(spec(), spec()), "an unchanged spec");
+        assert!(update_allowed(spec(), extended.clone()), "adding it");
+        assert!(update_allowed(extended.clone(), extended.clone()));
+        assert!(!update_allowed(extended.clone(), spec()), "removing it");
+        let longer = DeletionRequestSpec {
+            extension: extension(60),
+            ..spec()
+        };
+        assert!(!update_allowed(extended, longer), "changing it");
+        let other_server = DeletionRequestSpec {
+            server_slug: Some("web".into()),
+            ..spec()
+        };
+        assert!(!update_allowed(spec(), other_server));
+        let whole_tenant = DeletionRequestSpec {
+            server_slug: None,
+            ..spec()
+        };
+        assert!(
+            !update_allowed(spec(), whole_tenant.clone()),
+            "dropping the slug"
+        );
+        assert!(!update_allowed(whole_tenant, spec()), "adding a slug");
+        let later = DeletionRequestSpec {
+            received_at: None,
+            ..spec()
+        };
+        assert!(!update_allowed(spec(), later));
+        let other_tenant = DeletionRequestSpec {
+            tenant_id: Uuid::from_u128(9),
+            ..spec()
+        };
+        assert!(!update_allowed(spec(), other_tenant));
+        let other_reason = DeletionRequestSpec {
+            reason: DeletionReason::Drill,
+            ..spec()
+        };
+        assert!(!update_allowed(spec(), other_reason));
+    }
 }

@@ -236,6 +236,7 @@ fn drill_request(now: DateTime<Utc>, requester: Uuid) -> DeletionRequest {
             reason: DeletionReason::Drill,
             requester,
             received_at: Some(now),
+            extension: None,
         },
     );
     object.metadata.namespace = Some(DRILL_NAMESPACE.into());

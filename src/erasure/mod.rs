@@ -68,8 +68,20 @@ pub fn received_at(request: &DeletionRequest) -> Option<DateTime<Utc>> {
     })
 }
 
-/// The domain's view of the object.
-pub fn erasure_request(object: &DeletionRequest) -> ErasureRequest {
+/// Days to answer in: `article17ResponseDays` of the RetentionPolicy in
+/// force (the number the privacy text promises), else 30. With no policy
+/// or a conflict the legal default applies; it never waits longer.
+pub fn response_days(policies: &crate::retention::directory::PolicyDirectory) -> i64 {
+    match policies.in_force() {
+        crate::retention::directory::InForce::One { spec, .. } => {
+            i64::from(spec.privacy_policy.article17_response_days)
+        }
+        _ => RESPONSE_DAYS,
+    }
+}
+
+/// The domain's view of the object; `response_days` from [`response_days`].
+pub fn erasure_request(object: &DeletionRequest, response_days: i64) -> ErasureRequest {
     ErasureRequest {
         namespace: object.namespace().unwrap_or_else(|| "default".into()),
         name: object.name_any(),
@@ -81,6 +93,11 @@ pub fn erasure_request(object: &DeletionRequest) -> ErasureRequest {
         reason: object.spec.reason,
         requester: object.spec.requester,
         received_at: received_at(object),
+        response_days,
+        extension: object.spec.extension.as_ref().map(|e| request::Extension {
+            days: i64::from(e.days),
+            reason: e.reason.clone(),
+        }),
     }
 }
 
@@ -113,7 +130,7 @@ impl Managed for DeletionRequest {
 
     async fn reconcile(&self, ctx: &Context) -> Result<Outcome<Self::Status>, ReconcileError> {
         let (mut status, problems) = begin_status(self, ctx);
-        let request = erasure_request(self);
+        let request = erasure_request(self, response_days(&ctx.policies));
         status.deadline = request.deadline();
         if !problems.is_empty() {
             status.phase.get_or_insert(DeletionPhase::Pending);

@@ -58,6 +58,17 @@ pub struct ReceiptRequest {
     pub requester: String,
     pub received_at: Option<String>,
     pub deadline: Option<String>,
+    /// The Art. 12(3) extension, when the deadline was extended (absent
+    /// otherwise, so receipts of unextended requests keep their shape).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub extension: Option<ReceiptExtension>,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ReceiptExtension {
+    pub days: i64,
+    pub reason: String,
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -89,6 +100,10 @@ impl ReceiptRequest {
             requester: request.requester.to_string(),
             received_at: request.received_at.map(timestamp),
             deadline: request.deadline().map(timestamp),
+            extension: request.extension.as_ref().map(|e| ReceiptExtension {
+                days: e.days,
+                reason: e.reason.clone(),
+            }),
         }
     }
 }

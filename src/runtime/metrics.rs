@@ -73,7 +73,7 @@ pub struct Metrics {
     pub unsealed_wait_seconds: Family<ShardLabels, Gauge>,
     /// Minutes with far fewer keys than the one before.
     pub key_drop_warnings: Family<ShardLabels, Counter>,
-    /// Seconds left until an open DeletionRequest's 30-day deadline
+    /// Seconds left until an open DeletionRequest's deadline (response days plus any extension)
     /// (negative when overdue); removed once the request completed.
     pub deletion_deadline_seconds: Family<DeletionLabels, Gauge>,
     /// Duration of a completed erasure (transaction, recount, receipt).
@@ -168,7 +168,7 @@ impl Metrics {
         let deletion_failures = Family::<ErasureStepLabels, Counter>::default();
         registry.register(
             "deletion_deadline_seconds",
-            "Seconds left until an open DeletionRequest's 30-day deadline",
+            "Seconds left until an open DeletionRequest's deadline (response days plus any extension)",
             deletion_deadline_seconds.clone(),
         );
         registry.register(
