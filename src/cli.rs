@@ -215,10 +215,9 @@ fn print_or_write_crds(output_dir: Option<&Path>) -> ExitCode {
 }
 
 fn validate(paths: &[PathBuf]) -> ExitCode {
-    let files = api::validation::manifest_files(paths);
-    let problems = api::validation::validate_files(&files);
+    let (files, problems) = api::validation::validate_paths(paths);
     if problems.is_empty() {
-        println!("{} file(s) valid", files.len());
+        println!("{files} file(s) valid");
         return ExitCode::SUCCESS;
     }
     for problem in &problems {
