@@ -571,7 +571,7 @@ fn validate_metadata(doc: &Document) -> Vec<Problem> {
     {
         problems.push(doc.problem(
             Some("metadata.name".into()),
-            "must be a lowercase RFC 1123 subdomain: labels of a-z, 0-9 and '-', \
+            "must be a lowercase DNS subdomain (RFC 1123): labels of a-z, 0-9 and '-' \
              joined by single dots, at most 253 characters",
         ));
     }
@@ -582,7 +582,7 @@ fn validate_metadata(doc: &Document) -> Vec<Problem> {
     {
         problems.push(doc.problem(
             Some("metadata.namespace".into()),
-            "must be a lowercase RFC 1123 label: a-z, 0-9 and '-', at most 63 characters",
+            "must be a lowercase DNS label (RFC 1123): a-z, 0-9 and '-', at most 63 characters",
         ));
     }
     problems
