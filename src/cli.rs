@@ -63,12 +63,20 @@ pub enum Command {
     },
     /// Run the operator: against the Kubernetes API (default), or standalone
     /// against a directory of manifests (`--manifests DIR`).
+    ///
+    /// Exit codes of `run --manifests DIR --once`: 0 every object reconciled
+    /// and ready; 1 an object failed, or reports Ready=False (a failed
+    /// erasure, a shard that could not make progress), or a manifest is
+    /// invalid; 2 usage or configuration error (bad arguments, a manifests
+    /// directory that does not exist, a database that cannot be reached).
+    /// Without --once, the process exits 2 when it cannot start.
     Run {
         /// Read custom resources and Secrets from this directory instead of
         /// the API server; status goes to DIR/.archiver/status/.
         #[arg(long, value_name = "DIR")]
         manifests: Option<PathBuf>,
-        /// Reconcile every object once and exit (0 when all succeeded).
+        /// Reconcile every object once and exit: 0 all succeeded, 1 an object
+        /// failed or a shard could not progress, 2 usage or configuration error.
         #[arg(long, requires = "manifests")]
         once: bool,
         /// The time the pass runs at (RFC 3339), for deterministic passes.
@@ -215,17 +223,76 @@ fn print_or_write_crds(output_dir: Option<&Path>) -> ExitCode {
 }
 
 fn validate(paths: &[PathBuf]) -> ExitCode {
-    let files = api::validation::manifest_files(paths);
-    let problems = api::validation::validate_files(&files);
+    let (files, problems) = api::validation::validate_paths(paths);
+    let mut out = Output::stdout();
     if problems.is_empty() {
-        println!("{} file(s) valid", files.len());
-        return ExitCode::SUCCESS;
+        out.line(format_args!("{files} file(s) valid"));
+        return out.finish(ExitCode::SUCCESS);
     }
     for problem in &problems {
-        println!("{problem}");
+        out.line(problem);
     }
     eprintln!("{} problem(s) found", problems.len());
-    ExitCode::FAILURE
+    out.finish(ExitCode::FAILURE)
+}
+
+/// Standard output that a reader going away ends quietly. Once a write
+/// finds the pipe closed (`| head`, `| grep -q`), nothing more is written
+/// and the command ends with the exit code of its own result, without a
+/// panic or a message. The process keeps ignoring SIGPIPE (Rust's default):
+/// dying of it would also kill the operator whenever a peer of one of its
+/// sockets goes away.
+pub struct Output {
+    out: std::io::StdoutLock<'static>,
+    closed: bool,
+    error: Option<std::io::Error>,
+}
+
+impl Output {
+    pub fn stdout() -> Self {
+        Self {
+            out: std::io::stdout().lock(),
+            closed: false,
+            error: None,
+        }
+    }
+
+    /// Writes one line, unless the reader is gone.
+    pub fn line(&mut self, text: impl std::fmt::Display) {
+        use std::io::Write as _;
+        if self.closed {
+            return;
+        }
+        if let Err(error) = writeln!(self.out, "{text}").and_then(|()| self.out.flush()) {
+            self.closed = true;
+            if error.kind() != std::io::ErrorKind::BrokenPipe {
+                self.error = Some(error);
+            }
+        }
+    }
+
+    /// `code`, or 1 when output failed for another reason than a closed pipe
+    /// (a full disk, for instance): that must not pass for success.
+    pub fn finish(self, code: ExitCode) -> ExitCode {
+        match self.error {
+            Some(error) => {
+                eprintln!("error: writing to standard output: {error}");
+                ExitCode::FAILURE
+            }
+            None => code,
+        }
+    }
+}
+
+/// Exit codes of `run` (DESIGN.md section 9).
+pub mod exit_code {
+    /// Every object reconciled and ready.
+    pub const SUCCESS: u8 = 0;
+    /// An object failed or is not ready (a shard could not progress), or a
+    /// manifest is invalid.
+    pub const NOT_ALL_SUCCEEDED: u8 = 1;
+    /// Usage or configuration error: the pass could not start.
+    pub const USAGE_OR_CONFIGURATION: u8 = 2;
 }
 
 async fn migrate(database_url: &str) -> ExitCode {
@@ -259,18 +326,32 @@ async fn run_operator(
 ) -> ExitCode {
     use crate::runtime::operator;
     crate::runtime::telemetry::init(operator.log_format);
+    if let Some(dir) = &manifests
+        && !dir.is_dir()
+    {
+        eprintln!(
+            "error: the manifests directory {} does not exist or is not a directory",
+            dir.display()
+        );
+        return ExitCode::from(exit_code::USAGE_OR_CONFIGURATION);
+    }
     let result = match (manifests, once) {
         (Some(dir), true) => match operator::run_once(dir, now, &operator).await {
             Ok(report) => {
-                print_pass(&report);
-                if report.is_success() {
-                    Ok(())
+                let mut out = Output::stdout();
+                print_pass(&mut out, &report);
+                let code = if report.is_success() {
+                    ExitCode::from(exit_code::SUCCESS)
                 } else {
-                    Err(operator::RunError::PassFailed {
-                        failed: report.failed.len(),
-                        invalid: report.invalid.len(),
-                    })
-                }
+                    eprintln!(
+                        "error: {} object(s) failed, {} not ready, {} manifest problem(s)",
+                        report.failed.len(),
+                        report.not_ready.len(),
+                        report.invalid.len()
+                    );
+                    ExitCode::from(exit_code::NOT_ALL_SUCCEEDED)
+                };
+                return out.finish(code);
             }
             Err(error) => Err(error),
         },
@@ -279,34 +360,51 @@ async fn run_operator(
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
+        Err(operator::RunError::PassFailed { .. }) => {
+            ExitCode::from(exit_code::NOT_ALL_SUCCEEDED)
+        }
         Err(error) => {
+            // The operator could not start: arguments, the database, the
+            // API server or the HTTP address.
             eprintln!("error: {error}");
-            ExitCode::FAILURE
+            ExitCode::from(exit_code::USAGE_OR_CONFIGURATION)
         }
     }
 }
 
-fn print_pass(report: &crate::runtime::manifests::PassReport) {
+fn print_pass(out: &mut Output, report: &crate::runtime::manifests::PassReport) {
     for label in &report.reconciled {
-        println!("reconciled  {label}");
+        out.line(format_args!("reconciled  {label}"));
     }
     for label in &report.paused {
-        println!("paused      {label}");
+        out.line(format_args!("paused      {label}"));
     }
     for (label, error) in &report.failed {
-        println!("failed      {label}: {error}");
+        out.line(format_args!("failed      {label}: {error}"));
+    }
+    for (label, why) in &report.not_ready {
+        out.line(format_args!("not ready   {label}: {why}"));
     }
     for problem in &report.invalid {
-        println!("invalid     {problem}");
+        out.line(format_args!("invalid     {problem}"));
     }
     for note in &report.notes {
-        println!("note        {note}");
+        out.line(format_args!("note        {note}"));
     }
 }
 
 fn print_status(dir: &Path, output: OutputFormat) -> ExitCode {
-    let objects = match StatusStore::for_manifests(dir).list() {
-        Ok(objects) => objects,
+    let objects = match StatusStore::for_manifests(dir).list_with_foreign() {
+        Ok((objects, foreign)) => {
+            for file in foreign {
+                eprintln!(
+                    "warning: {} is not a status file of the operator ({}); ignored",
+                    file.path.display(),
+                    file.reason
+                );
+            }
+            objects
+        }
         Err(error) => {
             eprintln!("error: {error}");
             return ExitCode::FAILURE;
@@ -319,8 +417,11 @@ fn print_status(dir: &Path, output: OutputFormat) -> ExitCode {
     };
     match printed {
         Ok(text) => {
-            println!("{}", text.trim_end());
-            ExitCode::SUCCESS
+            let mut out = Output::stdout();
+            for line in text.trim_end().lines() {
+                out.line(line);
+            }
+            out.finish(ExitCode::SUCCESS)
         }
         Err(error) => {
             eprintln!("error: {error}");

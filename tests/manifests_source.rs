@@ -248,3 +248,268 @@ fn a_missing_secret_fails_the_pass_with_the_reason() {
     let stored = std::fs::read_to_string(status).expect("a failed object still has a status");
     assert!(stored.contains("ReconcileFailed"), "{stored}");
 }
+
+/// Every regular file under `dir`, relative to it (links are not followed).
+fn files_under(dir: &Path) -> Vec<String> {
+    let mut found = Vec::new();
+    let mut pending = vec![dir.to_path_buf()];
+    while let Some(current) = pending.pop() {
+        for entry in std::fs::read_dir(&current).unwrap() {
+            let entry = entry.unwrap();
+            let kind = entry.file_type().unwrap();
+            if kind.is_dir() {
+                pending.push(entry.path());
+            } else {
+                found.push(
+                    entry
+                        .path()
+                        .strip_prefix(dir)
+                        .unwrap()
+                        .display()
+                        .to_string(),
+                );
+            }
+        }
+    }
+    found.sort();
+    found
+}
+
+/// A namespace such as `x/../../../../outside` made `run` write a status
+/// file outside the manifests directory. It is now an invalid manifest, and
+/// nothing is written outside.
+#[test]
+fn a_namespace_naming_a_path_writes_nothing_outside_the_directory() {
+    let base = tempfile::tempdir().unwrap();
+    let manifests = base.path().join("checkout");
+    std::fs::create_dir(&manifests).unwrap();
+    for entry in std::fs::read_dir(copy_examples().path()).unwrap() {
+        let path = entry.unwrap().path();
+        std::fs::copy(&path, manifests.join(path.file_name().unwrap())).unwrap();
+    }
+    let deletion = manifests.join("deletion-request.yaml");
+    let crafted = std::fs::read_to_string(&deletion).unwrap().replace(
+        "namespace: archiver",
+        "namespace: \"x/../../../outside\"",
+    );
+    std::fs::write(&deletion, crafted).unwrap();
+    // What the crafted path needs to resolve: a directory a checkout can carry.
+    std::fs::create_dir_all(manifests.join(".archiver/status/DeletionRequest_x")).unwrap();
+
+    let output = Command::new(env!("CARGO_BIN_EXE_archiver-operator"))
+        .args(["run", "--manifests", manifests.to_str().unwrap(), "--once"])
+        .env_remove("DATABASE_URL")
+        .output()
+        .expect("run");
+    let printed = text(&output);
+    assert_eq!(output.status.code(), Some(1), "{printed}");
+    assert!(
+        printed.contains("metadata.namespace: must be a lowercase DNS label"),
+        "{printed}"
+    );
+    let outside: Vec<String> = files_under(base.path())
+        .into_iter()
+        .filter(|f| !f.starts_with("checkout/"))
+        .collect();
+    assert_eq!(outside, Vec::<String>::new(), "written outside: {printed}");
+}
+
+/// A crafted file under `.archiver/status/` naming a path made `run`
+/// delete a file outside the directory. Only status files the operator
+/// wrote (content matching the file name) are ever removed.
+#[test]
+fn a_crafted_status_file_deletes_nothing_outside_the_directory() {
+    let base = tempfile::tempdir().unwrap();
+    let manifests = base.path().join("checkout");
+    std::fs::create_dir(&manifests).unwrap();
+    for entry in std::fs::read_dir(copy_examples().path()).unwrap() {
+        let path = entry.unwrap().path();
+        std::fs::copy(&path, manifests.join(path.file_name().unwrap())).unwrap();
+    }
+    let victim = base.path().join("victim_precious.yaml");
+    std::fs::write(&victim, "precious").unwrap();
+    let status = manifests.join(".archiver/status");
+    std::fs::create_dir_all(status.join("DeletionRequest_x")).unwrap();
+    std::fs::write(
+        status.join("crafted.yaml"),
+        "kind: DeletionRequest\nnamespace: x/../../../victim\nname: precious\ngeneration: 1\n\
+         specHash: ''\ntriggerHash: ''\nfirstSeen: 2026-11-23T10:00:00Z\n",
+    )
+    .unwrap();
+    // Also one whose content names a valid object other than its file name.
+    let other = status.join("DeletionRequest_archiver_kept.yaml");
+    std::fs::write(
+        &other,
+        "kind: DeletionRequest\nnamespace: archiver\nname: not-kept\ngeneration: 1\n\
+         specHash: ''\ntriggerHash: ''\nfirstSeen: 2026-11-23T10:00:00Z\n",
+    )
+    .unwrap();
+
+    let output = Command::new(env!("CARGO_BIN_EXE_archiver-operator"))
+        .args(["run", "--manifests", manifests.to_str().unwrap(), "--once"])
+        .env_remove("DATABASE_URL")
+        .output()
+        .expect("run");
+    let printed = text(&output);
+    assert_eq!(
+        std::fs::read_to_string(&victim).ok().as_deref(),
+        Some("precious"),
+        "the file outside was removed: {printed}"
+    );
+    assert!(other.exists(), "a file the operator did not write was removed");
+    assert!(
+        printed.contains("not a status file written by the operator"),
+        "{printed}"
+    );
+    // `status` lists the operator's own files and warns about the others.
+    let status = Command::new(env!("CARGO_BIN_EXE_archiver-operator"))
+        .args(["status", "--manifests", manifests.to_str().unwrap()])
+        .output()
+        .expect("status");
+    assert!(status.status.success(), "{}", text(&status));
+    assert!(
+        String::from_utf8_lossy(&status.stderr).contains("crafted.yaml is not a status file"),
+        "{}",
+        text(&status)
+    );
+}
+
+/// Links that resolve outside the directory were followed: a Secret was
+/// loaded through one (and any readable file could be read). Such a link
+/// is now a manifest problem and is not read; a link that stays inside the
+/// directory still works, however many links it goes through.
+#[test]
+fn links_leaving_the_directory_are_not_followed() {
+    let base = tempfile::tempdir().unwrap();
+    let manifests = base.path().join("checkout");
+    std::fs::create_dir(&manifests).unwrap();
+    for entry in std::fs::read_dir(copy_examples().path()).unwrap() {
+        let path = entry.unwrap().path();
+        std::fs::copy(&path, manifests.join(path.file_name().unwrap())).unwrap();
+    }
+    // The shard's Secret lives outside, reached through a link.
+    let outside = base.path().join("outside");
+    std::fs::create_dir(&outside).unwrap();
+    std::fs::rename(
+        manifests.join("secret-redis-shard-0.yaml"),
+        outside.join("secret.yaml"),
+    )
+    .unwrap();
+    std::os::unix::fs::symlink(
+        "../outside/secret.yaml",
+        manifests.join("secret-redis-shard-0.yaml"),
+    )
+    .unwrap();
+    // A link to a link inside a linked directory, ending outside.
+    std::os::unix::fs::symlink(&outside, manifests.join("linked-dir")).unwrap();
+    std::fs::create_dir(manifests.join("inner")).unwrap();
+    std::os::unix::fs::symlink("../linked-dir/secret.yaml", manifests.join("inner/hop.yaml"))
+        .unwrap();
+    std::os::unix::fs::symlink("inner/hop.yaml", manifests.join("chained.yaml")).unwrap();
+    std::os::unix::fs::symlink("/etc/passwd", manifests.join("passwd.yaml")).unwrap();
+
+    let output = Command::new(env!("CARGO_BIN_EXE_archiver-operator"))
+        .args(["run", "--manifests", manifests.to_str().unwrap(), "--once"])
+        .env_remove("DATABASE_URL")
+        .output()
+        .expect("run");
+    let printed = text(&output);
+    assert_eq!(output.status.code(), Some(1), "{printed}");
+    for link in ["secret-redis-shard-0.yaml", "chained.yaml", "passwd.yaml"] {
+        assert!(
+            printed.contains(&format!(
+                "{}: is a link that leaves the manifests directory",
+                manifests.join(link).display()
+            )),
+            "{link}: {printed}"
+        );
+    }
+    assert!(!printed.contains("root:"), "/etc/passwd was read: {printed}");
+    assert!(
+        printed.contains(
+            "failed      ArchiverShard/archiver/shard-0: Secret archiver/redis-shard-0 not found"
+        ),
+        "the Secret behind the link was used: {printed}"
+    );
+
+    // The same Secret reached through links that stay inside is used.
+    std::fs::remove_file(manifests.join("secret-redis-shard-0.yaml")).unwrap();
+    std::fs::remove_file(manifests.join("chained.yaml")).unwrap();
+    std::fs::remove_file(manifests.join("passwd.yaml")).unwrap();
+    std::fs::rename(outside.join("secret.yaml"), manifests.join("inner/secret.yml")).unwrap();
+    std::os::unix::fs::symlink("inner/secret.yml", manifests.join("via-inner.yaml")).unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_archiver-operator"))
+        .args(["run", "--manifests", manifests.to_str().unwrap(), "--once"])
+        .env_remove("DATABASE_URL")
+        .output()
+        .expect("run");
+    let printed = text(&output);
+    assert!(!printed.contains("leaves the manifests directory"), "{printed}");
+    assert!(
+        !printed.contains("Secret archiver/redis-shard-0 not found"),
+        "{printed}"
+    );
+}
+
+/// `run --once` exited 0 after a failed erasure. A DeletionRequest whose
+/// erasure fails (its cache invalidation cannot be delivered) reports
+/// Ready=False, and the pass exits 1.
+#[tokio::test]
+async fn once_exits_1_when_an_erasure_fails() {
+    let db = TestDatabase::empty().await;
+    let redis = redis_server();
+    let dir = copy_examples_with(&redis);
+    let closed = archiver_operator::local_servers::free_port().expect("a free port");
+    let output = Command::new(env!("CARGO_BIN_EXE_archiver-operator"))
+        .args(["run", "--manifests", dir.path().to_str().unwrap(), "--once"])
+        .args(["--now", "2026-11-23T10:00:00Z"])
+        .args([
+            "--cache-invalidate-url",
+            &format!("http://127.0.0.1:{closed}/invalidate"),
+        ])
+        .env("DATABASE_URL", &db.url)
+        .env("ARCHIVER_LOG_FORMAT", "text")
+        .output()
+        .expect("run the binary");
+    let printed = text(&output);
+    assert_eq!(output.status.code(), Some(1), "{printed}");
+    assert!(
+        printed.contains("not ready   DeletionRequest/archiver/erase-6f1c-my-server: Ready=False"),
+        "{printed}"
+    );
+    let objects = status_json(dir.path());
+    let deletion = find(&objects, "DeletionRequest", "erase-6f1c-my-server");
+    assert_eq!(deletion["status"]["phase"], "Failed", "{deletion:#}");
+}
+
+#[test]
+fn once_exits_2_on_a_configuration_error() {
+    let missing = tempfile::tempdir().unwrap().path().join("missing");
+    let output = Command::new(env!("CARGO_BIN_EXE_archiver-operator"))
+        .args(["run", "--manifests", missing.to_str().unwrap(), "--once"])
+        .env_remove("DATABASE_URL")
+        .output()
+        .expect("run");
+    assert_eq!(output.status.code(), Some(2), "{}", text(&output));
+    let dir = copy_examples();
+    let output = Command::new(env!("CARGO_BIN_EXE_archiver-operator"))
+        .args(["run", "--manifests", dir.path().to_str().unwrap(), "--once"])
+        .env("DATABASE_URL", "postgres://nobody@127.0.0.1:1/none")
+        .output()
+        .expect("run");
+    assert_eq!(output.status.code(), Some(2), "{}", text(&output));
+    let output = Command::new(env!("CARGO_BIN_EXE_archiver-operator"))
+        .args(["run", "--once"])
+        .output()
+        .expect("run");
+    assert_eq!(output.status.code(), Some(2), "{}", text(&output));
+    let help = Command::new(env!("CARGO_BIN_EXE_archiver-operator"))
+        .args(["run", "--help"])
+        .output()
+        .expect("run");
+    let help = String::from_utf8_lossy(&help.stdout);
+    assert!(
+        help.contains("Exit codes of `run --manifests DIR --once`: 0 every object reconciled"),
+        "{help}"
+    );
+}

@@ -232,3 +232,145 @@ async fn an_edit_in_the_directory_is_reconciled_within_seconds() {
     let _ = stop.send(());
     let _ = running.await;
 }
+
+/// An unchanged directory is not read again: only a file whose size, time
+/// or inode changed is parsed again (before, every file was read, parsed
+/// and validated every second).
+#[test]
+fn only_changed_files_are_read_again() {
+    use archiver_operator::runtime::manifests::ManifestCache;
+    let dir = copy_examples();
+    let mut cache = ManifestCache::default();
+    let first = cache.refresh(dir.path());
+    assert!(first.changed);
+    assert_eq!(first.reread.len(), 5, "{:?}", first.reread);
+    let second = cache.refresh(dir.path());
+    assert!(!second.changed);
+    assert!(second.reread.is_empty(), "{:?}", second.reread);
+
+    let policy = dir.path().join("retention-policy.yaml");
+    let edited = std::fs::read_to_string(&policy)
+        .unwrap()
+        .replace("maxShrinkPercent: 50", "maxShrinkPercent: 40");
+    std::fs::write(&policy, edited).unwrap();
+    let third = cache.refresh(dir.path());
+    assert!(third.changed);
+    assert_eq!(third.reread.into_iter().collect::<Vec<_>>(), vec![policy]);
+    assert_eq!(
+        third.set.policies[0].spec.shrink_guard.max_shrink_percent, 40,
+        "the change is seen"
+    );
+
+    std::fs::remove_file(dir.path().join("partition-schedule.yaml")).unwrap();
+    let fourth = cache.refresh(dir.path());
+    assert!(fourth.changed, "a removed file is a change");
+    assert!(fourth.set.schedules.is_empty());
+}
+
+/// An invalid manifest was logged at every one-second pass. It is logged
+/// once, and once more when its file changes.
+#[tokio::test]
+async fn an_invalid_manifest_is_reported_once_per_change() {
+    let dir = copy_examples();
+    let broken = dir.path().join("broken.yaml");
+    std::fs::write(&broken, "kind: [unclosed\n").unwrap();
+    let log = tempfile::NamedTempFile::new().unwrap();
+    let port = free_port().expect("free port");
+    let child = Command::new(env!("CARGO_BIN_EXE_archiver-operator"))
+        .args(["run", "--manifests", dir.path().to_str().unwrap()])
+        .args(["--http-addr", &format!("127.0.0.1:{port}")])
+        .env_remove("DATABASE_URL")
+        .env("ARCHIVER_LOG_FORMAT", "json")
+        .stdout(Stdio::null())
+        .stderr(log.reopen().unwrap())
+        .spawn()
+        .expect("start the operator");
+    let guard = Stopped(child);
+    let reports = || {
+        std::fs::read_to_string(log.path())
+            .unwrap_or_default()
+            .lines()
+            .filter(|line| line.contains("invalid manifest skipped") && line.contains("broken.yaml"))
+            .count()
+    };
+    wait_until("the first report", || reports() >= 1).await;
+    // Several one-second polls.
+    tokio::time::sleep(Duration::from_millis(3500)).await;
+    assert_eq!(reports(), 1, "reported again without a change");
+
+    std::fs::write(&broken, "kind: [still unclosed\n").unwrap();
+    wait_until("the report of the change", || reports() >= 2).await;
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(reports(), 2, "one report per change");
+    drop(guard);
+}
+
+fn stored_object(index: usize) -> archiver_operator::runtime::status_store::StoredObject {
+    archiver_operator::runtime::status_store::StoredObject {
+        kind: "DeletionRequest".into(),
+        namespace: "archiver".into(),
+        name: format!("erase-{index}"),
+        generation: 1,
+        spec_hash: "0".repeat(64),
+        trigger_hash: "0".repeat(64),
+        first_seen: chrono::Utc::now(),
+        last_reconciled: None,
+        next_reconcile: None,
+        consecutive_failures: 0,
+        last_error: None,
+        paused: false,
+        status: serde_json::json!({"phase": "Completed"}),
+        events: Vec::new(),
+    }
+}
+
+/// Output to a pipe whose reader has gone (`| head`, `| grep -q`) panicked
+/// with a backtrace and exit code 101. The command now stops quietly.
+#[test]
+fn output_to_a_closed_pipe_ends_quietly() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = archiver_operator::runtime::status_store::StatusStore::for_manifests(dir.path());
+    // Far more than a pipe buffer (64 KiB): the writer must meet the closed pipe.
+    for index in 0..2000 {
+        store.save(&stored_object(index)).unwrap();
+    }
+    let closed_reader = |args: &[&str]| {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_archiver-operator"))
+            .args(args)
+            .env("RUST_BACKTRACE", "1")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start");
+        // The reader reads a little, then goes away, as `head -c 100` does.
+        let mut stdout = child.stdout.take().unwrap();
+        let mut first = [0u8; 100];
+        stdout.read_exact(&mut first).unwrap();
+        drop(stdout);
+        let output = child.wait_with_output().unwrap();
+        (
+            output.status.code(),
+            String::from_utf8_lossy(&output.stderr).into_owned(),
+        )
+    };
+    let manifests = dir.path().to_str().unwrap();
+    for format in ["json", "yaml", "table"] {
+        let (code, stderr) = closed_reader(&["status", "--manifests", manifests, "-o", format]);
+        assert_eq!(code, Some(0), "status -o {format}: {stderr}");
+        assert!(!stderr.contains("panicked"), "status -o {format}: {stderr}");
+        assert!(!stderr.contains("Broken pipe"), "status -o {format}: {stderr}");
+    }
+    // `validate` keeps the exit code of its result (problems found: 1).
+    let invalid = dir.path().join("invalid");
+    std::fs::create_dir(&invalid).unwrap();
+    for index in 0..2000 {
+        std::fs::write(invalid.join(format!("{index}.yaml")), "kind: Nothing\n").unwrap();
+    }
+    let (code, stderr) = closed_reader(&["validate", "-f", invalid.to_str().unwrap()]);
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    // `crd` prints more than a pipe buffer too.
+    let (code, stderr) = closed_reader(&["crd"]);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}

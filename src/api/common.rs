@@ -22,6 +22,42 @@ pub const WINDOW_RULE: &str =
     "self.matches('^([01][0-9]|2[0-3]):[0-5][0-9]-([01][0-9]|2[0-3]):[0-5][0-9]$')";
 pub const WINDOW_MESSAGE: &str = "must be a UTC window HH:MM-HH:MM, e.g. 03:00-05:00";
 
+/// Longest RFC 1123 label (a namespace), as the API server allows.
+pub const DNS1123_LABEL_MAX: usize = 63;
+/// Longest RFC 1123 subdomain (an object name), as the API server allows.
+pub const DNS1123_SUBDOMAIN_MAX: usize = 253;
+
+/// Whether `text` is an RFC 1123 label, the rule for a namespace:
+/// lower-case letters, digits and `-`, starting and ending with an
+/// alphanumeric, at most 63 characters. Such a text can never name a path
+/// (no `/`, no `.`).
+pub fn is_dns1123_label(text: &str) -> bool {
+    !text.is_empty()
+        && text.len() <= DNS1123_LABEL_MAX
+        && text
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && text.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && text.ends_with(|c: char| c.is_ascii_alphanumeric())
+}
+
+/// Whether `text` is an RFC 1123 subdomain, the rule for an object name:
+/// labels of lower-case letters, digits and `-` joined by single dots, at
+/// most 253 characters (the API server's `IsDNS1123Subdomain`). Such a text
+/// contains no `/` and no `..`, so it can never name a path.
+pub fn is_dns1123_subdomain(text: &str) -> bool {
+    !text.is_empty()
+        && text.len() <= DNS1123_SUBDOMAIN_MAX
+        && text.split('.').all(|label| {
+            !label.is_empty()
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                && label.starts_with(|c: char| c.is_ascii_alphanumeric())
+                && label.ends_with(|c: char| c.is_ascii_alphanumeric())
+        })
+}
+
 /// Reference to one key of a Secret in the object's namespace.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
@@ -164,6 +200,40 @@ mod tests {
 
     fn at(h: u32, m: u32) -> DateTime<Utc> {
         Utc.with_ymd_and_hms(2026, 11, 22, h, m, 0).unwrap()
+    }
+
+    #[test]
+    fn names_follow_the_api_server_rules() {
+        for good in ["a", "archiver", "team-1", "0abc"] {
+            assert!(is_dns1123_label(good), "{good:?}");
+            assert!(is_dns1123_subdomain(good), "{good:?}");
+        }
+        assert!(is_dns1123_subdomain("erase.6f1c.my-server"));
+        assert!(!is_dns1123_label("erase.6f1c"), "a namespace has no dots");
+        assert!(is_dns1123_label(&"a".repeat(63)));
+        assert!(!is_dns1123_label(&"a".repeat(64)));
+        assert!(is_dns1123_subdomain(&"a".repeat(253)));
+        assert!(!is_dns1123_subdomain(&"a".repeat(254)));
+        for bad in [
+            "",
+            "x/../../../outside",
+            "..",
+            ".",
+            "a..b",
+            ".a",
+            "a.",
+            "-a",
+            "a-",
+            "A",
+            "a_b",
+            "a/b",
+            "a b",
+            "\u{e9}t\u{e9}",
+            "a\0b",
+        ] {
+            assert!(!is_dns1123_label(bad), "{bad:?} is no label");
+            assert!(!is_dns1123_subdomain(bad), "{bad:?} is no subdomain");
+        }
     }
 
     #[test]

@@ -16,6 +16,11 @@ use serde_json::{Map, Value};
 pub struct FieldViolation {
     pub field: String,
     pub reason: String,
+    /// Whether CEL rules over this field cannot be evaluated meaningfully
+    /// (a wrong type, a missing required field, an unparseable format): the
+    /// API server skips the rules then, and so does `validate`, for the
+    /// nodes above it only.
+    pub blocks_rules: bool,
 }
 
 /// Checks `value` against `schema`, returning every violation found.
@@ -34,6 +39,15 @@ fn join(path: &str, key: &str) -> String {
 }
 
 fn push(out: &mut Vec<FieldViolation>, path: &str, reason: String) {
+    add(out, path, reason, false);
+}
+
+/// A violation that leaves the value unusable by CEL rules.
+fn push_blocking(out: &mut Vec<FieldViolation>, path: &str, reason: String) {
+    add(out, path, reason, true);
+}
+
+fn add(out: &mut Vec<FieldViolation>, path: &str, reason: String, blocks_rules: bool) {
     out.push(FieldViolation {
         field: if path.is_empty() {
             "<root>".into()
@@ -41,6 +55,7 @@ fn push(out: &mut Vec<FieldViolation>, path: &str, reason: String) {
             path.to_string()
         },
         reason,
+        blocks_rules,
     });
 }
 
@@ -69,7 +84,7 @@ fn check_node(schema: &Value, value: &Value, path: &str, out: &mut Vec<FieldViol
     };
     if flag(schema, "x-kubernetes-int-or-string") {
         if !(value.is_string() || type_name(value) == "integer") {
-            push(
+            push_blocking(
                 out,
                 path,
                 format!("must be an integer or a string, got {}", type_name(value)),
@@ -79,14 +94,14 @@ fn check_node(schema: &Value, value: &Value, path: &str, out: &mut Vec<FieldViol
     }
     if value.is_null() {
         if !flag(schema, "nullable") {
-            push(out, path, "must not be null".into());
+            push_blocking(out, path, "must not be null".into());
         }
         return;
     }
     if let Some(expected) = schema.get("type").and_then(Value::as_str)
         && !type_matches(expected, value)
     {
-        push(
+        push_blocking(
             out,
             path,
             format!("must be of type {expected}, got {}", type_name(value)),
@@ -137,7 +152,7 @@ fn check_object(
     if let Some(required) = schema.get("required").and_then(Value::as_array) {
         for name in required.iter().filter_map(Value::as_str) {
             if !fields.contains_key(name) {
-                push(out, &join(path, name), "required field is missing".into());
+                push_blocking(out, &join(path, name), "required field is missing".into());
             }
         }
     }
@@ -200,10 +215,10 @@ fn check_string(
     }
     match schema.get("format").and_then(Value::as_str) {
         Some("uuid") if uuid::Uuid::try_parse(text).is_err() => {
-            push(out, path, format!("must be a UUID, got {text:?}"));
+            push_blocking(out, path, format!("must be a UUID, got {text:?}"));
         }
         Some("date-time") if chrono::DateTime::parse_from_rfc3339(text).is_err() => {
-            push(
+            push_blocking(
                 out,
                 path,
                 format!("must be an RFC 3339 date-time, got {text:?}"),

@@ -3,7 +3,6 @@
 //! same reconcilers, with status kept beside the manifests.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::hash::{DefaultHasher, Hash, Hasher};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -22,15 +21,15 @@ use super::leader::Leadership;
 use super::reconcile::{Event, Managed, failed_status, failure_event, is_paused, object_label};
 use super::status_store::{EVENTS_KEPT, StatusStore, StoredEvent, StoredObject};
 use crate::api::validation::{
-    Document, Problem, duplicate_problems, manifest_files, policy_conflict_problems,
-    read_documents, validate_document,
+    Document, FileReading, Problem, duplicate_problems, list_manifests, policy_conflict_problems,
+    read_manifest, validate_document,
 };
 use crate::api::{
     ArchiverShard, DeletionRequest, PartitionSchedule, RetentionPolicy, common::kube_time,
 };
 
 /// The valid objects of a directory, its Secrets, and what was wrong.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct ManifestSet {
     pub shards: Vec<ArchiverShard>,
     pub policies: Vec<RetentionPolicy>,
@@ -57,35 +56,148 @@ impl ManifestSet {
 /// as `.archiver/` and `.git/` excluded). Invalid objects are reported and
 /// left out; the valid ones are returned.
 pub fn load(dir: &Path) -> ManifestSet {
-    let mut set = ManifestSet::default();
-    let mut documents = Vec::new();
-    for file in manifest_files(&[dir.to_path_buf()]) {
-        match read_documents(&file) {
-            Ok(docs) => documents.extend(docs),
-            Err(problem) => set.problems.push(problem),
+    let set = ManifestCache::default().refresh(dir).set;
+    Arc::try_unwrap(set).unwrap_or_else(|shared| (*shared).clone())
+}
+
+/// What identifies one version of a file without reading it: when none of
+/// these changed, the file is not read again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct FileStamp {
+    len: u64,
+    modified: Option<std::time::SystemTime>,
+    #[cfg(unix)]
+    changed: (i64, i64),
+    #[cfg(unix)]
+    inode: (u64, u64),
+}
+
+impl FileStamp {
+    fn of(path: &Path) -> Option<Self> {
+        let meta = std::fs::metadata(path).ok()?;
+        #[cfg(unix)]
+        use std::os::unix::fs::MetadataExt as _;
+        Some(Self {
+            len: meta.len(),
+            modified: meta.modified().ok(),
+            #[cfg(unix)]
+            changed: (meta.ctime(), meta.ctime_nsec()),
+            #[cfg(unix)]
+            inode: (meta.dev(), meta.ino()),
+        })
+    }
+}
+
+/// One manifest file as last read: its documents and their problems.
+#[derive(Debug)]
+struct CachedFile {
+    resolved: PathBuf,
+    stamp: Option<FileStamp>,
+    reading: FileReading,
+    /// The problems of each document on its own, in document order.
+    checked: Vec<Vec<Problem>>,
+}
+
+/// The manifests of a directory, read again only where a file changed
+/// (size, modification or change time, inode, or link target), so that an
+/// unchanged directory of thousands of files costs one `stat` per file.
+#[derive(Debug, Default)]
+pub struct ManifestCache {
+    files: BTreeMap<PathBuf, CachedFile>,
+    listing_problems: Vec<Problem>,
+    set: Arc<ManifestSet>,
+    loaded: bool,
+}
+
+/// What one [`ManifestCache::refresh`] found.
+#[derive(Debug, Clone)]
+pub struct Refresh {
+    pub set: Arc<ManifestSet>,
+    /// Whether anything differs from the previous refresh.
+    pub changed: bool,
+    /// Files read again (new or changed) by this refresh.
+    pub reread: BTreeSet<PathBuf>,
+}
+
+impl ManifestCache {
+    pub fn refresh(&mut self, dir: &Path) -> Refresh {
+        let listing = list_manifests(&[dir.to_path_buf()]);
+        let mut changed = !self.loaded || listing.problems != self.listing_problems;
+        let mut reread = BTreeSet::new();
+        let mut files = BTreeMap::new();
+        for entry in listing.files {
+            let stamp = FileStamp::of(&entry.resolved);
+            match self.files.remove(&entry.path) {
+                Some(cached)
+                    if stamp.is_some()
+                        && cached.stamp == stamp
+                        && cached.resolved == entry.resolved =>
+                {
+                    files.insert(entry.path, cached);
+                }
+                _ => {
+                    changed = true;
+                    let reading = read_manifest(&entry.path, &entry.resolved);
+                    let checked = reading.documents.iter().map(validate_document).collect();
+                    reread.insert(entry.path.clone());
+                    files.insert(
+                        entry.path,
+                        CachedFile {
+                            resolved: entry.resolved,
+                            stamp,
+                            reading,
+                            checked,
+                        },
+                    );
+                }
+            }
+        }
+        // What is left was removed from the directory.
+        changed |= !self.files.is_empty();
+        self.files = files;
+        self.listing_problems = listing.problems;
+        self.loaded = true;
+        if changed {
+            self.set = Arc::new(self.assemble());
+        }
+        Refresh {
+            set: self.set.clone(),
+            changed,
+            reread,
         }
     }
-    let mut valid: Vec<&Document> = Vec::new();
-    for doc in &documents {
-        let problems = validate_document(doc);
-        if problems.is_empty() {
-            valid.push(doc);
-        } else {
-            set.problems.extend(problems);
+
+    /// The valid objects and every problem, from the cached files.
+    fn assemble(&self) -> ManifestSet {
+        let mut set = ManifestSet {
+            problems: self.listing_problems.clone(),
+            ..ManifestSet::default()
+        };
+        let mut valid: Vec<&Document> = Vec::new();
+        for file in self.files.values() {
+            set.problems.extend(file.reading.problems.iter().cloned());
+            for (doc, problems) in file.reading.documents.iter().zip(&file.checked) {
+                if problems.is_empty() {
+                    valid.push(doc);
+                } else {
+                    set.problems.extend(problems.iter().cloned());
+                }
+            }
         }
-    }
-    // Duplicates never run. Conflicting RetentionPolicies are reported but
-    // still reconciled: each then reports Conflict, and nothing is deleted.
-    let duplicates = duplicate_problems(&valid);
-    let rejected: BTreeSet<String> = duplicates.iter().filter_map(|p| p.object.clone()).collect();
-    set.problems.extend(duplicates);
-    set.problems.extend(policy_conflict_problems(&valid));
-    for doc in valid.into_iter().filter(|d| !rejected.contains(&d.label())) {
-        if let Err(problem) = add_document(&mut set, doc) {
-            set.problems.push(problem);
+        // Duplicates never run. Conflicting RetentionPolicies are reported but
+        // still reconciled: each then reports Conflict, and nothing is deleted.
+        let duplicates = duplicate_problems(&valid);
+        let rejected: BTreeSet<String> =
+            duplicates.iter().filter_map(|p| p.object.clone()).collect();
+        set.problems.extend(duplicates);
+        set.problems.extend(policy_conflict_problems(&valid));
+        for doc in valid.into_iter().filter(|d| !rejected.contains(&d.label())) {
+            if let Err(problem) = add_document(&mut set, doc) {
+                set.problems.push(problem);
+            }
         }
+        set
     }
-    set
 }
 
 fn add_document(set: &mut ManifestSet, doc: &Document) -> Result<(), Problem> {
@@ -149,21 +261,6 @@ fn secret_data(secret: &Value) -> BTreeMap<String, SecretString> {
     data
 }
 
-/// A cheap fingerprint of the directory (paths, sizes, modification times):
-/// polling it notices a `git pull` within a second, including atomic renames
-/// that file-watch APIs can miss.
-pub fn fingerprint(dir: &Path) -> u64 {
-    let mut hasher = DefaultHasher::new();
-    for file in manifest_files(&[dir.to_path_buf()]) {
-        file.hash(&mut hasher);
-        if let Ok(meta) = std::fs::metadata(&file) {
-            meta.len().hash(&mut hasher);
-            meta.modified().ok().hash(&mut hasher);
-        }
-    }
-    hasher.finish()
-}
-
 fn sha256_hex(value: &impl serde::Serialize) -> String {
     let bytes = serde_json::to_vec(value).expect("a JSON value serializes");
     hex::encode(Sha256::digest(bytes))
@@ -174,6 +271,9 @@ fn sha256_hex(value: &impl serde::Serialize) -> String {
 pub struct PassReport {
     pub reconciled: Vec<String>,
     pub failed: Vec<(String, String)>,
+    /// Reconciled, but reporting `Ready=False`: the object could not do its
+    /// work (a failed erasure, a shard that cannot progress, a held policy).
+    pub not_ready: Vec<(String, String)>,
     pub paused: Vec<String>,
     pub invalid: Vec<String>,
     /// What else the pass did, one line each.
@@ -181,8 +281,10 @@ pub struct PassReport {
 }
 
 impl PassReport {
+    /// Whether every object did its work: nothing failed, nothing reports
+    /// `Ready=False`, no manifest is invalid (`run --once` exits 0 only then).
     pub fn is_success(&self) -> bool {
-        self.failed.is_empty() && self.invalid.is_empty()
+        self.failed.is_empty() && self.not_ready.is_empty() && self.invalid.is_empty()
     }
 }
 
@@ -192,6 +294,21 @@ pub struct ManifestsEngine {
     store: StatusStore,
     ctx: Context,
     secrets: Arc<std::sync::RwLock<SecretMap>>,
+    state: std::sync::Mutex<EngineState>,
+}
+
+/// What the engine remembers between passes.
+#[derive(Debug, Default)]
+struct EngineState {
+    cache: ManifestCache,
+    /// Problems already logged, so an invalid manifest is reported once per
+    /// change of its file, not at every pass.
+    reported: BTreeSet<String>,
+    /// Status files already reported as not written by the operator.
+    reported_foreign: BTreeSet<PathBuf>,
+    /// The earliest requeue time of the objects of the last pass; `None`
+    /// when nothing is scheduled.
+    next_due: Option<DateTime<Utc>>,
 }
 
 impl ManifestsEngine {
@@ -204,7 +321,14 @@ impl ManifestsEngine {
             dir,
             ctx,
             secrets,
+            state: Default::default(),
         }
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, EngineState> {
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     pub fn store(&self) -> &StatusStore {
@@ -215,7 +339,12 @@ impl ManifestsEngine {
     /// (as `--once` does); otherwise only those due: new, changed, or past
     /// their requeue time.
     pub async fn pass(&self, force: bool) -> PassReport {
-        let set = load(&self.dir);
+        let refresh = self.state().cache.refresh(&self.dir);
+        self.pass_over(refresh, force).await
+    }
+
+    async fn pass_over(&self, refresh: Refresh, force: bool) -> PassReport {
+        let set = refresh.set;
         *self
             .secrets
             .write()
@@ -227,28 +356,48 @@ impl ManifestsEngine {
                 .map(|p| (namespaced_name(p), p.spec.clone())),
         );
         let mut report = PassReport::default();
-        for problem in &set.problems {
-            tracing::warn!(problem = %problem, "invalid manifest skipped");
-            report.invalid.push(problem.to_string());
+        {
+            let mut state = self.state();
+            let mut current = BTreeSet::new();
+            for problem in &set.problems {
+                let line = problem.to_string();
+                let fresh = refresh.reread.contains(&problem.file) || !state.reported.contains(&line);
+                if fresh {
+                    tracing::warn!(problem = %line, "invalid manifest skipped");
+                }
+                report.invalid.push(line.clone());
+                current.insert(line);
+            }
+            state.reported = current;
         }
+        let mut next_due: Option<DateTime<Utc>> = None;
         for object in &set.policies {
-            self.reconcile_one(object.clone(), force, &mut report).await;
+            self.reconcile_one(object.clone(), force, &mut report, &mut next_due)
+                .await;
         }
         for object in &set.schedules {
-            self.reconcile_one(object.clone(), force, &mut report).await;
+            self.reconcile_one(object.clone(), force, &mut report, &mut next_due)
+                .await;
         }
         for object in &set.shards {
-            self.reconcile_one(object.clone(), force, &mut report).await;
+            self.reconcile_one(object.clone(), force, &mut report, &mut next_due)
+                .await;
         }
         for object in &set.deletions {
-            self.reconcile_one(object.clone(), force, &mut report).await;
+            self.reconcile_one(object.clone(), force, &mut report, &mut next_due)
+                .await;
         }
-        self.forget_removed(&set, &mut report).await;
+        // Statuses only go when manifests go: nothing to do otherwise.
+        if force || refresh.changed {
+            self.forget_removed(&set, &mut report).await;
+        }
+        self.state().next_due = next_due;
         report
     }
 
-    /// Objects whose manifest is gone: finalizer kinds get their cleanup,
-    /// then the status file goes. Data work is never undone.
+    /// Objects whose manifest is gone: their status file goes (data work is
+    /// never undone). Only status files the operator wrote are considered:
+    /// one whose content does not match its name is reported and left alone.
     async fn forget_removed(&self, set: &ManifestSet, report: &mut PassReport) {
         let present = set.labels();
         let invalid_objects: BTreeSet<String> = set
@@ -256,9 +405,24 @@ impl ManifestsEngine {
             .iter()
             .filter_map(|p| p.object.clone())
             .collect();
-        let Ok(stored) = self.store.list() else {
-            return;
+        let (stored, foreign) = match self.store.list_with_foreign() {
+            Ok(listed) => listed,
+            Err(error) => {
+                report
+                    .failed
+                    .push(("status directory".into(), error.to_string()));
+                return;
+            }
         };
+        {
+            let mut state = self.state();
+            for file in &foreign {
+                if !state.reported_foreign.contains(&file.path) {
+                    tracing::warn!(file = %file.path.display(), reason = %file.reason, "not a status file written by the operator; left alone");
+                }
+            }
+            state.reported_foreign = foreign.into_iter().map(|f| f.path).collect();
+        }
         for object in stored {
             let label = format!("{}/{}/{}", object.kind, object.namespace, object.name);
             // An object that is only broken keeps its status until fixed.
@@ -280,15 +444,25 @@ impl ManifestsEngine {
         }
     }
 
-    async fn reconcile_one<K: Managed>(&self, mut object: K, force: bool, report: &mut PassReport) {
+    async fn reconcile_one<K: Managed>(
+        &self,
+        mut object: K,
+        force: bool,
+        report: &mut PassReport,
+        next_due: &mut Option<DateTime<Utc>>,
+    ) {
         let label = object_label(&object);
         let now = self.ctx.clock.now();
         let namespace = object.namespace().unwrap_or_else(|| "default".into());
         let kind = K::kind(&()).to_string();
+        let mut schedule = |at: DateTime<Utc>| {
+            *next_due = Some(next_due.map_or(at, |due| due.min(at)));
+        };
         let previous = match self.store.load(&kind, &namespace, &object.name_any()) {
             Ok(previous) => previous,
             Err(error) => {
                 report.failed.push((label, error.to_string()));
+                schedule(now + chrono_duration(backoff(1)));
                 return;
             }
         };
@@ -330,6 +504,9 @@ impl ManifestsEngine {
         }
         let due = force || changed || stored.next_reconcile.is_none_or(|next| next <= now);
         if !due {
+            if let Some(next) = stored.next_reconcile {
+                schedule(next);
+            }
             return;
         }
         let span = tracing::info_span!("reconcile", kind = %kind, namespace = %namespace, object = %object.name_any());
@@ -348,6 +525,9 @@ impl ManifestsEngine {
                 stored.status = serde_json::to_value(&outcome.status).unwrap_or(Value::Null);
                 stored.next_reconcile = Some(now + chrono_duration(outcome.requeue_after));
                 record_events(&mut stored, &outcome.events, now);
+                if let Some(why) = not_ready(&stored.status) {
+                    report.not_ready.push((label.clone(), why));
+                }
                 report.reconciled.push(label.clone());
             }
             Err(error) => {
@@ -361,6 +541,9 @@ impl ManifestsEngine {
                 record_events(&mut stored, &[failure_event(&error)], now);
                 report.failed.push((label.clone(), error.to_string()));
             }
+        }
+        if let Some(next) = stored.next_reconcile {
+            schedule(next);
         }
         self.save(&stored, previous.as_ref(), report, &label);
     }
@@ -394,33 +577,36 @@ impl ManifestsEngine {
     }
 
     /// Reconciles due objects until `shutdown` resolves, re-reading the
-    /// directory as soon as it changes. Only the leader reconciles.
+    /// directory as soon as it changes. Only the leader reconciles. A second
+    /// in which no file changed and no object is due costs one `stat` per
+    /// file and nothing else.
     pub async fn run(
         &self,
         mut leadership: Leadership,
         shutdown: impl std::future::Future<Output = ()>,
     ) {
         tokio::pin!(shutdown);
-        let mut last_fingerprint = None;
         let mut was_leader = false;
         loop {
             let leading = leadership.is_leader();
             if leading {
-                let current = fingerprint(&self.dir);
-                let changed = last_fingerprint != Some(current);
-                last_fingerprint = Some(current);
-                if changed {
+                let refresh = self.state().cache.refresh(&self.dir);
+                let now = self.ctx.clock.now();
+                let due = self.state().next_due.is_some_and(|due| due <= now);
+                if refresh.changed && was_leader {
                     tracing::info!(dir = %self.dir.display(), "manifests changed; reconciling");
                 }
                 // A new leader reconciles everything once, as a controller
                 // does after its initial list: the previous leader may have
                 // died half-way.
-                let report = self.pass(!was_leader).await;
-                if !report.failed.is_empty() {
-                    tracing::warn!(
-                        failed = report.failed.len(),
-                        "some objects failed to reconcile"
-                    );
+                if !was_leader || refresh.changed || due {
+                    let report = self.pass_over(refresh, !was_leader).await;
+                    if !report.failed.is_empty() {
+                        tracing::warn!(
+                            failed = report.failed.len(),
+                            "some objects failed to reconcile"
+                        );
+                    }
                 }
             }
             was_leader = leading;
@@ -431,6 +617,22 @@ impl ManifestsEngine {
             }
         }
     }
+}
+
+/// Why a reconciled object is not ready: its `Ready` condition is `False`
+/// (reason and message), or `None` when it is ready or reports no condition.
+fn not_ready(status: &Value) -> Option<String> {
+    let ready = status["conditions"]
+        .as_array()?
+        .iter()
+        .find(|c| c["type"] == "Ready")?;
+    (ready["status"] == "False").then(|| {
+        format!(
+            "Ready=False {}: {}",
+            ready["reason"].as_str().unwrap_or(""),
+            ready["message"].as_str().unwrap_or("")
+        )
+    })
 }
 
 /// `namespace/name` of an object.

@@ -10,6 +10,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{Api, Patch, PatchParams};
 
 use super::kubernetes::FIELD_MANAGER;
+use crate::api::common::{is_dns1123_label, is_dns1123_subdomain};
 
 #[derive(Debug, thiserror::Error)]
 pub enum PublishError {
@@ -92,14 +93,64 @@ impl Publisher {
                 })
             }
             Self::Directory(root) => {
-                let dir = root.join(namespace).join(name);
-                std::fs::create_dir_all(&dir).map_err(|source| PublishError::File {
-                    path: dir.clone(),
-                    source,
-                })?;
+                let file_error = |path: PathBuf, reason: String| PublishError::File {
+                    path,
+                    source: std::io::Error::other(reason),
+                };
+                // Names validated as the API server does, and directories
+                // created without following links: a document is never
+                // written outside the manifests directory.
+                let valid_key = |key: &str| {
+                    !key.is_empty()
+                        && !key.starts_with('.')
+                        && key
+                            .bytes()
+                            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+                };
+                if !is_dns1123_label(namespace) || !is_dns1123_subdomain(name) {
+                    return Err(file_error(
+                        root.clone(),
+                        format!("{namespace:?}/{name:?} is not a valid ConfigMap name"),
+                    ));
+                }
+                let (Some(base), Some(archiver), Some(published)) = (
+                    root.parent().and_then(std::path::Path::parent),
+                    root.parent().and_then(std::path::Path::file_name),
+                    root.file_name(),
+                ) else {
+                    return Err(file_error(root.clone(), "no parent directory".into()));
+                };
+                let components = [
+                    archiver.to_str().unwrap_or_default(),
+                    published.to_str().unwrap_or_default(),
+                    namespace,
+                    name,
+                ];
+                let dir = super::status_store::create_private_dirs(base, &components)
+                    .map_err(|error| file_error(root.clone(), error.to_string()))?;
                 for (key, text) in data {
                     let path = dir.join(&key);
-                    std::fs::write(&path, text)
+                    if !valid_key(&key) {
+                        return Err(file_error(path, "not a valid ConfigMap key".into()));
+                    }
+                    // Written aside, then renamed over: never through a
+                    // link left in its place, never half-written.
+                    let temporary = dir.join(format!(".{key}.tmp"));
+                    match std::fs::remove_file(&temporary) {
+                        Err(source) if source.kind() != std::io::ErrorKind::NotFound => {
+                            return Err(PublishError::File {
+                                path: temporary,
+                                source,
+                            });
+                        }
+                        _ => {}
+                    }
+                    std::fs::OpenOptions::new()
+                        .write(true)
+                        .create_new(true)
+                        .open(&temporary)
+                        .and_then(|mut file| std::io::Write::write_all(&mut file, text.as_bytes()))
+                        .and_then(|()| std::fs::rename(&temporary, &path))
                         .map_err(|source| PublishError::File { path, source })?;
                 }
                 Ok(())

@@ -8,6 +8,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use super::reconcile::Event;
+use crate::api::common::{is_dns1123_label, is_dns1123_subdomain};
 
 /// Events kept per object (the newest last).
 pub const EVENTS_KEPT: usize = 20;
@@ -67,18 +68,57 @@ pub enum StatusStoreError {
         #[source]
         source: serde_yaml_ng::Error,
     },
+    #[error(
+        "{kind} {namespace:?}/{name:?} has no status file: a namespace must be an RFC 1123 \
+         label and a name an RFC 1123 subdomain"
+    )]
+    InvalidName {
+        kind: String,
+        namespace: String,
+        name: String,
+    },
+    #[error("{path} is a link or not a directory: the status stays inside the manifests directory")]
+    NotADirectory { path: PathBuf },
+}
+
+/// A file under the status directory that is not a status the operator
+/// wrote: it is neither read as one nor ever removed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ForeignFile {
+    pub path: PathBuf,
+    pub reason: String,
 }
 
 /// The status directory of one manifests directory.
 #[derive(Debug, Clone)]
 pub struct StatusStore {
+    /// The manifests directory: nothing is written outside it.
+    base: PathBuf,
     root: PathBuf,
+}
+
+/// The directories between a manifests directory and its status files.
+const STATUS_DIRS: [&str; 2] = [".archiver", "status"];
+
+/// The file name of one object's status. Only names the API server would
+/// accept have one: a namespace is an RFC 1123 label and a name an RFC 1123
+/// subdomain, so neither can hold `/`, `..` or `_` (the separator), and the
+/// kind is one of the operator's (letters only). No object can name a path.
+pub fn status_file_name(kind: &str, namespace: &str, name: &str) -> Option<String> {
+    let valid = !kind.is_empty()
+        && kind.bytes().all(|b| b.is_ascii_alphabetic())
+        && is_dns1123_label(namespace)
+        && is_dns1123_subdomain(name);
+    valid.then(|| format!("{kind}_{namespace}_{name}.yaml"))
 }
 
 impl StatusStore {
     pub fn for_manifests(dir: &Path) -> Self {
+        let mut root = dir.to_path_buf();
+        root.extend(STATUS_DIRS);
         Self {
-            root: dir.join(".archiver").join("status"),
+            base: dir.to_path_buf(),
+            root,
         }
     }
 
@@ -86,9 +126,36 @@ impl StatusStore {
         &self.root
     }
 
-    fn path(&self, kind: &str, namespace: &str, name: &str) -> PathBuf {
-        // Kubernetes names and namespaces cannot contain '_': unambiguous.
-        self.root.join(format!("{kind}_{namespace}_{name}.yaml"))
+    fn path(&self, kind: &str, namespace: &str, name: &str) -> Result<PathBuf, StatusStoreError> {
+        status_file_name(kind, namespace, name)
+            .map(|file| self.root.join(file))
+            .ok_or_else(|| StatusStoreError::InvalidName {
+                kind: kind.to_string(),
+                namespace: namespace.to_string(),
+                name: name.to_string(),
+            })
+    }
+
+    /// Whether the status directory exists as real directories (never a
+    /// link: a checkout could carry `.archiver -> /etc`).
+    fn root_exists(&self) -> Result<bool, StatusStoreError> {
+        let mut path = self.base.clone();
+        for component in STATUS_DIRS {
+            path.push(component);
+            match std::fs::symlink_metadata(&path) {
+                Ok(meta) if meta.is_dir() => {}
+                Ok(_) => return Err(StatusStoreError::NotADirectory { path }),
+                Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+                Err(source) => {
+                    return Err(StatusStoreError::Io {
+                        action: "checking",
+                        path,
+                        source,
+                    });
+                }
+            }
+        }
+        Ok(true)
     }
 
     pub fn load(
@@ -97,8 +164,11 @@ impl StatusStore {
         namespace: &str,
         name: &str,
     ) -> Result<Option<StoredObject>, StatusStoreError> {
-        let path = self.path(kind, namespace, name);
-        match std::fs::read_to_string(&path) {
+        let path = self.path(kind, namespace, name)?;
+        if !self.root_exists()? {
+            return Ok(None);
+        }
+        match read_regular_file(&path) {
             Ok(text) => serde_yaml_ng::from_str(&text)
                 .map(Some)
                 .map_err(|source| StatusStoreError::Parse { path, source }),
@@ -112,7 +182,8 @@ impl StatusStore {
     }
 
     /// Writes atomically (temporary file, then rename): a crash never
-    /// leaves half a status behind.
+    /// leaves half a status behind. The temporary file is created afresh
+    /// (never through a link left in its place).
     pub fn save(&self, object: &StoredObject) -> Result<(), StatusStoreError> {
         let io = |action, path: &Path| {
             let path = path.to_path_buf();
@@ -122,17 +193,34 @@ impl StatusStore {
                 source,
             }
         };
-        std::fs::create_dir_all(&self.root).map_err(io("creating", &self.root))?;
-        let path = self.path(&object.kind, &object.namespace, &object.name);
+        let path = self.path(&object.kind, &object.namespace, &object.name)?;
+        create_private_dirs(&self.base, &STATUS_DIRS)?;
         let text = serde_yaml_ng::to_string(object).expect("a stored object always serializes");
         let temporary = path.with_extension("yaml.tmp");
-        std::fs::write(&temporary, text).map_err(io("writing", &temporary))?;
+        match std::fs::remove_file(&temporary) {
+            Err(error) if error.kind() != std::io::ErrorKind::NotFound => {
+                return Err(io("removing", &temporary)(error));
+            }
+            _ => {}
+        }
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&temporary)
+            .map_err(io("creating", &temporary))?;
+        std::io::Write::write_all(&mut file, text.as_bytes()).map_err(io("writing", &temporary))?;
+        drop(file);
         std::fs::rename(&temporary, &path).map_err(io("renaming", &path))?;
         Ok(())
     }
 
+    /// Removes the status of one object: the file named after it, inside
+    /// the status directory (a link there is removed, never its target).
     pub fn remove(&self, kind: &str, namespace: &str, name: &str) -> Result<(), StatusStoreError> {
-        let path = self.path(kind, namespace, name);
+        let path = self.path(kind, namespace, name)?;
+        if !self.root_exists()? {
+            return Ok(());
+        }
         match std::fs::remove_file(&path) {
             Err(error) if error.kind() != std::io::ErrorKind::NotFound => {
                 Err(StatusStoreError::Io {
@@ -147,35 +235,111 @@ impl StatusStore {
 
     /// Every stored object, sorted by kind, namespace and name.
     pub fn list(&self) -> Result<Vec<StoredObject>, StatusStoreError> {
-        let entries = match std::fs::read_dir(&self.root) {
-            Ok(entries) => entries,
-            Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-            Err(source) => {
-                return Err(StatusStoreError::Io {
-                    action: "listing",
-                    path: self.root.clone(),
-                    source,
-                });
-            }
-        };
+        self.list_with_foreign().map(|(objects, _)| objects)
+    }
+
+    /// Every stored object, and the files of the status directory that are
+    /// not statuses the operator wrote: not a regular file, unreadable, or
+    /// a content that does not match its file name (a crafted file naming
+    /// another object or a path). Those are reported, never acted upon.
+    pub fn list_with_foreign(
+        &self,
+    ) -> Result<(Vec<StoredObject>, Vec<ForeignFile>), StatusStoreError> {
+        if !self.root_exists()? {
+            return Ok((Vec::new(), Vec::new()));
+        }
+        let entries = std::fs::read_dir(&self.root).map_err(|source| StatusStoreError::Io {
+            action: "listing",
+            path: self.root.clone(),
+            source,
+        })?;
         let mut objects = Vec::new();
+        let mut foreign = Vec::new();
         for entry in entries.flatten() {
             let path = entry.path();
-            if path.extension().is_some_and(|e| e == "yaml") {
-                let text =
-                    std::fs::read_to_string(&path).map_err(|source| StatusStoreError::Io {
-                        action: "reading",
-                        path: path.clone(),
-                        source,
-                    })?;
-                let object: StoredObject = serde_yaml_ng::from_str(&text)
-                    .map_err(|source| StatusStoreError::Parse { path, source })?;
-                objects.push(object);
+            if !path.extension().is_some_and(|e| e == "yaml") {
+                continue;
+            }
+            match read_status_file(&path, &entry.file_name()) {
+                Ok(object) => objects.push(object),
+                Err(reason) => foreign.push(ForeignFile { path, reason }),
             }
         }
         objects.sort_by(|a, b| {
             (&a.kind, &a.namespace, &a.name).cmp(&(&b.kind, &b.namespace, &b.name))
         });
-        Ok(objects)
+        foreign.sort_by(|a, b| a.path.cmp(&b.path));
+        Ok((objects, foreign))
     }
+}
+
+/// One status file, if it is one the operator wrote.
+fn read_status_file(path: &Path, file_name: &std::ffi::OsStr) -> Result<StoredObject, String> {
+    let text = read_regular_file(path).map_err(|error| format!("cannot be read: {error}"))?;
+    let object: StoredObject =
+        serde_yaml_ng::from_str(&text).map_err(|error| format!("not a status file: {error}"))?;
+    let expected = status_file_name(&object.kind, &object.namespace, &object.name);
+    if expected.as_deref().map(std::ffi::OsStr::new) != Some(file_name) {
+        return Err(format!(
+            "names {} {:?}/{:?}, which is not the object this file is named after",
+            object.kind, object.namespace, object.name
+        ));
+    }
+    Ok(object)
+}
+
+/// Reads a regular file, refusing a link in its last component.
+fn read_regular_file(path: &Path) -> std::io::Result<String> {
+    use std::io::Read as _;
+    let mut options = std::fs::OpenOptions::new();
+    options.read(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt as _;
+        options.custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK);
+    }
+    let mut file = options.open(path)?;
+    if !file.metadata()?.is_file() {
+        return Err(std::io::Error::other("not a regular file"));
+    }
+    let mut text = String::new();
+    file.read_to_string(&mut text)?;
+    Ok(text)
+}
+
+/// Creates `base/a/b/...` one directory at a time, refusing any component
+/// that exists as a link or a file, so that what is written there stays
+/// under `base`.
+pub fn create_private_dirs(base: &Path, components: &[&str]) -> Result<PathBuf, StatusStoreError> {
+    let mut path = base.to_path_buf();
+    for component in components {
+        path.push(component);
+        match std::fs::symlink_metadata(&path) {
+            Ok(meta) if meta.is_dir() => continue,
+            Ok(_) => return Err(StatusStoreError::NotADirectory { path }),
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
+            Err(source) => {
+                return Err(StatusStoreError::Io {
+                    action: "checking",
+                    path,
+                    source,
+                });
+            }
+        }
+        match std::fs::create_dir(&path) {
+            Err(error) if error.kind() != std::io::ErrorKind::AlreadyExists => {
+                return Err(StatusStoreError::Io {
+                    action: "creating",
+                    path,
+                    source: error,
+                });
+            }
+            _ => {}
+        }
+        // Created meanwhile by someone else: check again what it is.
+        if !std::fs::symlink_metadata(&path).is_ok_and(|m| m.is_dir()) {
+            return Err(StatusStoreError::NotADirectory { path });
+        }
+    }
+    Ok(path)
 }
