@@ -23,6 +23,7 @@ pub mod demo;
 pub mod erasure;
 pub mod local_servers;
 pub mod partitions;
+pub mod redis_client;
 pub mod retention;
 pub mod runtime;
 #[doc(hidden)]
