@@ -45,25 +45,53 @@ pub async fn connect(url: &str, max_connections: u32) -> Result<PgPool, DbError>
         .map_err(|source| DbError::Connect { target, source })
 }
 
-/// Whether a released connection may go back to the pool: not when it is
-/// still inside a transaction.
+/// Whether a released connection may go back to the pool: not when the
+/// server still has a transaction open on it.
 ///
 /// sqlx 0.9 can return such a connection when a `begin()` is cancelled
 /// while waiting for the server (its rollback guard only acts once the
 /// transaction has been counted): every later statement on it would then
 /// run inside a transaction nobody commits, and be lost. Found by cancelling
 /// reconciles at random points (tests/retention.rs); closing the connection
-/// makes the server abort that transaction. Inside a transaction `now()` is
-/// when it began, earlier than this statement.
+/// makes the server abort that transaction.
+///
+/// The server reports its transaction status in every ReadyForQuery, but
+/// sqlx keeps what it saw private, and its public `is_in_transaction` counts
+/// only the transactions it began itself (zero in the case above). So the
+/// question goes to the server as a simple query: a simple query outside a
+/// transaction block runs in a transaction that starts with it, so
+/// `transaction_timestamp()` equals `statement_timestamp()` exactly; inside
+/// a block opened by an earlier message it is earlier. It must be a simple
+/// query: under the extended protocol (Parse/Bind/Execute) the implicit
+/// transaction starts at Bind and the statement time is taken again at
+/// Execute, so the two differ outside any block too. A connection in a
+/// failed transaction block answers with an error and is closed as well.
 async fn not_inside_a_transaction(conn: &mut sqlx::PgConnection) -> Result<bool, sqlx::Error> {
-    let inside: bool = sqlx::query_scalar("SELECT now() <> statement_timestamp()")
+    use sqlx::{Connection, Row};
+    if conn.is_in_transaction() {
+        tracing::warn!("a connection came back inside a transaction; closing it");
+        return Ok(false);
+    }
+    let answer = sqlx::raw_sql(TRANSACTION_BLOCK_OPEN)
         .fetch_one(&mut *conn)
-        .await?;
+        .await;
+    let inside = match answer {
+        Ok(row) => row.try_get::<bool, _>(0)?,
+        Err(sqlx::Error::Database(error)) if error.code().as_deref() == Some("25P02") => {
+            // In a failed transaction block: the server refuses every statement.
+            true
+        }
+        Err(error) => return Err(error),
+    };
     if inside {
         tracing::warn!("a connection came back inside a transaction; closing it");
     }
     Ok(!inside)
 }
+
+/// True when the session is inside a transaction block; only meaningful as
+/// a simple query (see [`not_inside_a_transaction`]).
+const TRANSACTION_BLOCK_OPEN: &str = "SELECT transaction_timestamp() <> statement_timestamp()";
 
 /// Applies every pending migration; a no-op when the schema is current.
 pub async fn migrate(pool: &PgPool) -> Result<(), DbError> {

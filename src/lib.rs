@@ -24,6 +24,7 @@ pub mod erasure;
 pub mod local_servers;
 pub mod partitions;
 pub mod plugin;
+pub mod redis_client;
 pub mod retention;
 pub mod runtime;
 #[doc(hidden)]

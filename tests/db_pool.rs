@@ -26,3 +26,198 @@ async fn a_connection_left_inside_a_transaction_is_not_reused() {
             .unwrap();
     assert_eq!(seen, 1, "the insert ran inside a forgotten transaction");
 }
+
+/// The case the check exists for, produced the way sqlx produces it: a
+/// `begin()` dropped while it waits for the server's answer. sqlx has not
+/// counted that transaction (its own `is_in_transaction` says no), but the
+/// server opens it as soon as it reads the BEGIN. The pool must close that
+/// connection instead of running the next statement inside it.
+#[tokio::test]
+async fn a_cancelled_begin_is_caught_and_its_connection_closed() {
+    use futures::FutureExt;
+    use sqlx::Connection;
+
+    let db = TestDatabase::new().await;
+    let pool = archiver_operator::db::connect(&db.url, 1).await.unwrap();
+    let first_pid: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    // Polled once: BEGIN is sent and the answer is almost never there yet;
+    // when it is, the transaction is complete and rolled back, and again.
+    let mut cancelled = false;
+    for _ in 0..50 {
+        let mut conn = pool.acquire().await.unwrap();
+        if conn.begin().now_or_never().is_none() {
+            assert!(
+                !conn.is_in_transaction(),
+                "sqlx counts the transaction after all; this test no longer shows the case"
+            );
+            cancelled = true;
+            break;
+        }
+    }
+    assert!(cancelled, "begin() never had to wait for the server");
+    sqlx::query(
+        "INSERT INTO operator_audit_log (at, action, subject, actor, payload) \
+         VALUES (now(), 'cancelled-begin', 'pool', 'test', '{}'::jsonb)",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    let seen: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM operator_audit_log WHERE action = 'cancelled-begin'",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(seen, 1, "the insert ran inside the cancelled transaction");
+    let pid: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_ne!(
+        pid, first_pid,
+        "the connection left inside a transaction was reused"
+    );
+}
+
+/// The other direction: statements (prepared, as sqlx sends them), committed
+/// and rolled-back transactions and failed statements all give their
+/// connection back to the pool, which keeps it. Closing it would cost a new
+/// PostgreSQL session per statement.
+#[tokio::test]
+async fn a_normal_release_keeps_its_connection() {
+    use sqlx::Connection;
+
+    let db = TestDatabase::new().await;
+    let pool = archiver_operator::db::connect(&db.url, 1).await.unwrap();
+    let mut pids = std::collections::BTreeSet::new();
+    for round in 0..10 {
+        let pid: i32 = sqlx::query_scalar("SELECT pg_backend_pid() + $1 - $1")
+            .bind(round)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+        pids.insert(pid);
+        let mut tx = pool.begin().await.unwrap();
+        sqlx::query(
+            "INSERT INTO operator_audit_log (at, action, subject, actor, payload) \
+             VALUES (now(), 'release', 'pool', 'test', '{}'::jsonb)",
+        )
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+        tx.commit().await.unwrap();
+        let tx = pool.begin().await.unwrap();
+        tx.rollback().await.unwrap();
+        let mut conn = pool.acquire().await.unwrap();
+        let mut tx = conn.begin().await.unwrap();
+        assert!(
+            sqlx::query("SELECT 1/0").execute(&mut *tx).await.is_err(),
+            "division by zero"
+        );
+        drop(tx);
+        drop(conn);
+        assert!(
+            sqlx::query("SELECT no_such_column")
+                .execute(&pool)
+                .await
+                .is_err()
+        );
+    }
+    let pid: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    pids.insert(pid);
+    assert_eq!(
+        pids.len(),
+        1,
+        "connections were closed on release: {} sessions for one pooled connection",
+        pids.len()
+    );
+}
+
+/// Sessions PostgreSQL has counted for the test's database, after giving
+/// every backend time to report (a backend flushes its counters when idle,
+/// at most once a second).
+async fn sessions(db: &TestDatabase) -> i64 {
+    tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
+    sqlx::query_scalar("SELECT sessions FROM pg_stat_database WHERE datname = current_database()")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap()
+}
+
+/// A steady operator opens no database sessions: an hour of idle drain ticks
+/// and derived-view passes (a clock moved by hand, one minute per tick, so
+/// the test takes seconds) leaves `pg_stat_database.sessions` where it was.
+#[tokio::test]
+async fn idle_ticks_open_no_new_database_sessions() {
+    use std::sync::Arc;
+
+    use archiver_operator::api::archiver_shard::Discovery;
+    use archiver_operator::archive::views;
+    use archiver_operator::archive::worker::{ShardSettings, Worker};
+    use archiver_operator::clock::{Clock, ManualClock};
+    use archiver_operator::runtime::metrics::Metrics;
+    use chrono::TimeZone;
+
+    let db = TestDatabase::new().await;
+    sqlx::query(
+        "CREATE TABLE probe_minute_2026_11 PARTITION OF probe_minute \
+         FOR VALUES FROM ('2026-11-01 00:00+00') TO ('2026-12-01 00:00+00')",
+    )
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    let redis = archiver_operator::testing::redis_server();
+    let start = chrono::Utc.with_ymd_and_hms(2026, 11, 23, 9, 0, 5).unwrap();
+    let clock = ManualClock::new(start);
+    let metrics = Arc::new(Metrics::new());
+    // The operator's own pool, as `run` opens it.
+    let pool = archiver_operator::db::connect(&db.url, 5).await.unwrap();
+    let mut worker = Worker::connect(
+        ShardSettings {
+            shard_id: 0,
+            label: "test/idle".into(),
+            discovery: Discovery::Auto,
+            backfill: chrono::Duration::minutes(1),
+            acknowledged_gaps: Vec::new(),
+            tick_offset: chrono::Duration::seconds(5),
+        },
+        "worker-idle".into(),
+        pool.clone(),
+        &redis.url(),
+        Arc::new(clock.clone()),
+        metrics.clone(),
+    )
+    .await
+    .unwrap();
+    let mut idle_minute = async || {
+        clock.advance(chrono::Duration::minutes(1));
+        worker
+            .tick(std::time::Duration::from_secs(30))
+            .await
+            .expect("an idle tick");
+        views::maintain_and_report(&pool, None, clock.now(), &metrics)
+            .await
+            .expect("an idle views pass");
+    };
+    // Warm-up: the pool opens what it needs once.
+    for _ in 0..3 {
+        idle_minute().await;
+    }
+    let before = sessions(&db).await;
+    for _ in 0..60 {
+        idle_minute().await;
+    }
+    let after = sessions(&db).await;
+    assert_eq!(
+        after - before,
+        0,
+        "an hour of idle ticks opened {} new database sessions",
+        after - before
+    );
+}

@@ -194,7 +194,7 @@ impl Worker {
         clock: SharedClock,
         metrics: Arc<Metrics>,
     ) -> redis::RedisResult<Self> {
-        let client = redis::Client::open(redis_url)?;
+        let client = crate::redis_client::open(redis_url)?;
         let config = redis::aio::ConnectionManagerConfig::new()
             .set_connection_timeout(Some(Duration::from_secs(5)))
             .set_response_timeout(Some(Duration::from_secs(30)))

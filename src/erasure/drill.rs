@@ -408,7 +408,7 @@ async fn seed_redis(
     alert_patterns: &[String],
     (first, last): (DateTime<Utc>, DateTime<Utc>),
 ) -> Result<Vec<VerdictKey>, DrillError> {
-    let client = redis::Client::open(redis_url.expose()).map_err(redis_err("opening"))?;
+    let client = crate::redis_client::open(redis_url.expose()).map_err(redis_err("opening"))?;
     let mut conn = client
         .get_multiplexed_async_connection()
         .await

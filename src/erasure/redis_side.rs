@@ -74,7 +74,7 @@ impl<'a> Connection<'a> {
                 source,
             }
         };
-        let client = redis::Client::open(target.url.expose()).map_err(fail("opening"))?;
+        let client = crate::redis_client::open(target.url.expose()).map_err(fail("opening"))?;
         let config = AsyncConnectionConfig::new()
             .set_connection_timeout(Some(CONNECT_TIMEOUT))
             .set_response_timeout(Some(RESPONSE_TIMEOUT));
