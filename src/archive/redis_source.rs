@@ -5,7 +5,10 @@
 use chrono::{DateTime, Utc};
 use redis::aio::ConnectionManager;
 
-use super::verdict::{ARCHIVED_AT_FIELD, RawFields, index_key, scan_pattern};
+use super::verdict::{
+    ARCHIVED_AT_FIELD, MAX_VERDICT_BYTES, MAX_VERDICT_FIELDS, Oversize, RawFields, index_key,
+    scan_pattern,
+};
 use crate::api::archiver_shard::Discovery;
 
 /// Keys per pipeline round trip.
@@ -187,35 +190,172 @@ async fn read_batches(
     }
 }
 
-/// The fields of every key, in order, pipelined. A key gone since discovery
-/// reads as empty; a key that is not a hash (WRONGTYPE) carries Redis's
-/// error, so one bad key is rejected instead of failing the minute.
+/// Reads the hashes of `KEYS` without ever returning (or copying inside
+/// Redis) more than a bounded amount of one hash. Per key, in order:
+/// `{'ok', name, value, ...}` (the whole hash; nothing for a key that is
+/// gone), `{'too_large', fields, bytes or -1, name, value, ...}` (a sample
+/// of at most ARGV[3] fields, each name and value cut to ARGV[4] bytes; a
+/// value more than four times that long is not read at all and shown as
+/// `<N bytes>`), or `{'error', message}` (e.g. WRONGTYPE).
+///
+/// The size is checked before anything is copied: HLEN first (a hash with
+/// too many fields is never summed), then MEMORY USAGE (exact for at most
+/// ARGV[1] fields, and never below the payload), and only when that is
+/// over the byte limit the exact sum of names and HSTRLENs.
+const BOUNDED_READ: &str = r#"
+local max_fields = tonumber(ARGV[1])
+local max_bytes = tonumber(ARGV[2])
+local sample_fields = tonumber(ARGV[3])
+local sample_bytes = tonumber(ARGV[4])
+local function sample(key, names, out)
+  for i = 1, math.min(#names, sample_fields) do
+    local name = names[i]
+    local length = redis.call('HSTRLEN', key, name)
+    local value
+    if length <= sample_bytes * 4 then
+      value = string.sub(redis.call('HGET', key, name) or '', 1, sample_bytes)
+    else
+      value = '<' .. length .. ' bytes>'
+    end
+    out[#out + 1] = string.sub(name, 1, sample_bytes)
+    out[#out + 1] = value
+  end
+  return out
+end
+local replies = {}
+for k, key in ipairs(KEYS) do
+  local ok, fields = pcall(redis.call, 'HLEN', key)
+  if not ok then
+    replies[k] = {'error', type(fields) == 'table' and fields.err or tostring(fields)}
+  elseif fields == 0 then
+    replies[k] = {'ok'}
+  elseif fields > max_fields then
+    local names = redis.call('HRANDFIELD', key, sample_fields)
+    replies[k] = sample(key, names, {'too_large', fields, -1})
+  else
+    local bytes = -1
+    local memory = redis.call('MEMORY', 'USAGE', key, 'SAMPLES', '0')
+    if memory and memory > max_bytes then
+      local names = redis.call('HKEYS', key)
+      bytes = 0
+      for _, name in ipairs(names) do
+        bytes = bytes + #name + redis.call('HSTRLEN', key, name)
+      end
+      if bytes > max_bytes then
+        replies[k] = sample(key, names, {'too_large', fields, bytes})
+      end
+    end
+    if replies[k] == nil then
+      local all = redis.call('HGETALL', key)
+      table.insert(all, 1, 'ok')
+      replies[k] = all
+    end
+  end
+end
+return replies
+"#;
+
+/// Fields of a sample of an oversize hash, and the bytes kept of each name
+/// and value: what a reject row may hold of it.
+const SAMPLE_FIELDS: usize = 16;
+const SAMPLE_BYTES: usize = 256;
+
+/// The fields of every key, in order, one bounded script call per batch
+/// ([`BOUNDED_READ`]): a hash over the size limits comes back as a sample
+/// flagged `oversize`, so one huge hash can neither fill this process's
+/// memory nor make Redis copy it. A key gone since discovery reads as
+/// empty; a key that is not a hash (WRONGTYPE) carries Redis's error, so
+/// one bad key is rejected instead of failing the minute.
 pub async fn read(
     redis: &mut ConnectionManager,
     keys: &[String],
 ) -> redis::RedisResult<Vec<RawFields>> {
+    let script = redis::Script::new(BOUNDED_READ);
     let mut all = Vec::with_capacity(keys.len());
     for chunk in keys.chunks(PIPELINE_BATCH) {
-        let mut pipe = redis::pipe();
-        pipe.ignore_errors();
+        let mut invocation = script.prepare_invoke();
         for key in chunk {
-            pipe.hgetall(key);
+            invocation.key(key);
         }
-        let replies: Vec<redis::RedisResult<RawFields>> = pipe.query_async(redis).await?;
+        invocation
+            .arg(MAX_VERDICT_FIELDS)
+            .arg(MAX_VERDICT_BYTES)
+            .arg(SAMPLE_FIELDS)
+            .arg(SAMPLE_BYTES);
+        let replies: Vec<BoundedHash> = invocation.invoke_async(redis).await?;
+        if replies.len() != chunk.len() {
+            return Err(redis::RedisError::from((
+                redis::ErrorKind::Parse,
+                "the bounded read answered for a different number of keys",
+            )));
+        }
         for reply in replies {
             all.push(match reply {
-                Ok(fields) => fields,
+                BoundedHash::Fields(fields) => fields,
                 // Only this key's own problem is a reject; anything else
-                // (LOADING, BUSY, connection trouble) holds the minute.
-                Err(error) if error.code() == Some("WRONGTYPE") => RawFields {
-                    read_error: Some(error.to_string()),
+                // (LOADING, BUSY, OOM) holds the minute.
+                BoundedHash::Error(message) if message.starts_with("WRONGTYPE") => RawFields {
+                    read_error: Some(message),
                     ..RawFields::default()
                 },
-                Err(error) => return Err(error),
+                BoundedHash::Error(message) => {
+                    return Err(redis::RedisError::from((
+                        redis::ErrorKind::Extension,
+                        "reading a verdict hash failed",
+                        message,
+                    )));
+                }
             });
         }
     }
     Ok(all)
+}
+
+/// One key's answer of [`BOUNDED_READ`].
+enum BoundedHash {
+    Fields(RawFields),
+    Error(String),
+}
+
+impl redis::FromRedisValue for BoundedHash {
+    fn from_redis_value(value: redis::Value) -> Result<Self, redis::ParsingError> {
+        let redis::Value::Array(items) = value else {
+            return Err(format!("bounded read returned {value:?}").into());
+        };
+        let mut items = items.into_iter();
+        let tag = match items.next() {
+            Some(redis::Value::BulkString(tag)) => tag,
+            other => return Err(format!("bounded read returned the tag {other:?}").into()),
+        };
+        let mut number = |what: &str| match items.next() {
+            Some(redis::Value::Int(n)) => Ok(n),
+            other => Err(redis::ParsingError::from(format!(
+                "bounded read returned {what} {other:?}"
+            ))),
+        };
+        match tag.as_slice() {
+            b"ok" => RawFields::from_redis_value(redis::Value::Array(items.collect()))
+                .map(Self::Fields),
+            b"too_large" => {
+                let fields = u64::try_from(number("a field count")?).unwrap_or(0);
+                let bytes = u64::try_from(number("a size")?).ok();
+                let mut sample = RawFields::from_redis_value(redis::Value::Array(items.collect()))?;
+                sample.oversize = Some(Oversize { fields, bytes });
+                Ok(Self::Fields(sample))
+            }
+            b"error" => match items.next() {
+                Some(redis::Value::BulkString(message)) => Ok(Self::Error(
+                    String::from_utf8_lossy(&message).into_owned(),
+                )),
+                other => Err(format!("bounded read returned the error {other:?}").into()),
+            },
+            other => Err(format!(
+                "bounded read returned the tag {:?}",
+                String::from_utf8_lossy(other)
+            )
+            .into()),
+        }
+    }
 }
 
 /// An HGETALL reply (RESP2 array or RESP3 map). Bytes that are not UTF-8
