@@ -763,7 +763,8 @@ mod status_path {
 
     /// The example shard (shard 0, namespace archiver), generation 1.
     pub fn shard() -> ArchiverShard {
-        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/archiver-shard.yaml");
+        let path =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/archiver-shard.yaml");
         let mut shard: ArchiverShard =
             serde_yaml_ng::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
         shard.metadata.generation = Some(1);
@@ -867,7 +868,13 @@ async fn a_verdict_never_sealed_is_rejected_after_the_timeout_and_the_minute_arc
     let mut shard = status_path::shard();
     let report = w.tick(BUDGET).await.unwrap();
     assert!(
-        matches!(report.stopped_at, Some(MinuteOutcome::Waiting { reason: WaitReason::Unsealed { keys: 1 }, .. })),
+        matches!(
+            report.stopped_at,
+            Some(MinuteOutcome::Waiting {
+                reason: WaitReason::Unsealed { keys: 1 },
+                ..
+            })
+        ),
         "{report:?}"
     );
     assert!(archived_rows(&db).await.is_empty());
@@ -899,7 +906,13 @@ async fn a_verdict_never_sealed_is_rejected_after_the_timeout_and_the_minute_arc
     let labels = ShardLabels {
         shard: "test/shard-0".into(),
     };
-    assert_eq!(metrics.unsealed_timeout_verdicts.get_or_create(&labels).get(), 1);
+    assert_eq!(
+        metrics
+            .unsealed_timeout_verdicts
+            .get_or_create(&labels)
+            .get(),
+        1
+    );
     assert!(
         metrics
             .encode()
@@ -940,7 +953,10 @@ async fn oversize_verdicts_are_rejected_with_a_bounded_sample() {
     let many_bytes = verdict_key(tenant(922), "bytes", "us-east", at);
     let just_fits = verdict_key(tenant(923), "fits", "us-east", at);
     let mut conn = redis_conn(&redis).await;
-    let sealed_up = [("state", "up".to_string()), ("verdict_sealed", "1".to_string())];
+    let sealed_up = [
+        ("state", "up".to_string()),
+        ("verdict_sealed", "1".to_string()),
+    ];
     let mut pipe = redis::pipe();
     let mut fields: Vec<(String, String)> = sealed_up
         .iter()
@@ -948,8 +964,11 @@ async fn oversize_verdicts_are_rejected_with_a_bounded_sample() {
         .collect();
     fields.extend((0..300).map(|i| (format!("f{i}"), "x".to_string())));
     pipe.hset_multiple(&many_fields, &fields);
-    pipe.hset_multiple(&huge_value, &sealed_up)
-        .hset(&huge_value, "blob", "y".repeat(2 * 1024 * 1024));
+    pipe.hset_multiple(&huge_value, &sealed_up).hset(
+        &huge_value,
+        "blob",
+        "y".repeat(2 * 1024 * 1024),
+    );
     let mut fields: Vec<(String, String)> = sealed_up
         .iter()
         .map(|(k, v)| (k.to_string(), v.clone()))
@@ -1012,9 +1031,16 @@ async fn oversize_verdicts_are_rejected_with_a_bounded_sample() {
         assert!(reason.starts_with("too_large: "), "{reason}");
         assert!(reason.contains(size), "{key}: {reason}");
         let sample = raw.as_object().unwrap();
-        assert!(!sample.is_empty() && sample.len() <= 16, "{key}: {}", sample.len());
+        assert!(
+            !sample.is_empty() && sample.len() <= 16,
+            "{key}: {}",
+            sample.len()
+        );
         for (name, value) in sample {
-            assert!(name.len() <= 256 && value.as_str().unwrap().len() <= 256, "{name}");
+            assert!(
+                name.len() <= 256 && value.as_str().unwrap().len() <= 256,
+                "{name}"
+            );
         }
     }
     let blob: serde_json::Value = sqlx::query_scalar(
@@ -1024,7 +1050,11 @@ async fn oversize_verdicts_are_rejected_with_a_bounded_sample() {
     .fetch_one(&db.pool)
     .await
     .unwrap();
-    assert_eq!(blob, serde_json::json!("<2097152 bytes>"), "never read whole");
+    assert_eq!(
+        blob,
+        serde_json::json!("<2097152 bytes>"),
+        "never read whole"
+    );
 }
 
 /// Keys whose minute is not a multiple of 60, or that have no minute, or
@@ -1040,7 +1070,11 @@ async fn the_hourly_audit_reports_keys_that_can_never_be_archived() {
     let redis = redis_server();
     seed(&redis, 0..3, 2, true).await;
     let mut conn = redis_conn(&redis).await;
-    let unaligned = format!("verdict:{}:s:us-east:{}", tenant(0), minute(0).timestamp() + 30);
+    let unaligned = format!(
+        "verdict:{}:s:us-east:{}",
+        tenant(0),
+        minute(0).timestamp() + 30
+    );
     let no_minute = format!("verdict:{}:s:us-east", tenant(0));
     let mut not_utf8 = b"verdict:\xff\xfe:s:us-east:".to_vec();
     not_utf8.extend((minute(1).timestamp() + 1).to_string().as_bytes());
@@ -1081,7 +1115,10 @@ async fn the_hourly_audit_reports_keys_that_can_never_be_archived() {
             })
             .get()
     };
-    assert_eq!((gauge("unaligned"), gauge("malformed"), gauge("missed")), (2, 1, 0));
+    assert_eq!(
+        (gauge("unaligned"), gauge("malformed"), gauge("missed")),
+        (2, 1, 0)
+    );
 
     let ctx = status_path::context(&db, &redis.url(), &clock);
     let mut shard = status_path::shard();
@@ -1089,9 +1126,18 @@ async fn the_hourly_audit_reports_keys_that_can_never_be_archived() {
     assert_eq!(outcome.status.stray_keys, Some(3));
     assert_eq!(outcome.status.stray_audit_time, Some(clock.now()));
     let examples = outcome.status.stray_key_examples.join(" ");
-    assert!(examples.contains(&format!("{unaligned} (unaligned)")), "{examples}");
-    assert!(examples.contains(&format!("{no_minute} (malformed)")), "{examples}");
-    assert!(examples.contains("verdict:\\xff\\xfe:s:us-east:"), "{examples}");
+    assert!(
+        examples.contains(&format!("{unaligned} (unaligned)")),
+        "{examples}"
+    );
+    assert!(
+        examples.contains(&format!("{no_minute} (malformed)")),
+        "{examples}"
+    );
+    assert!(
+        examples.contains("verdict:\\xff\\xfe:s:us-east:"),
+        "{examples}"
+    );
     let (on, reason, message) = status_path::condition(&outcome.status, "StrayKeys");
     assert_eq!((on.as_str(), reason.as_str()), ("True", "StrayKeysFound"));
     assert!(message.starts_with("3 key(s)"), "{message}");
@@ -1122,7 +1168,10 @@ async fn the_hourly_audit_reports_keys_that_can_never_be_archived() {
     clock.advance(chrono::Duration::minutes(1));
     w.tick(BUDGET).await.unwrap();
     w.wait_for_audit().await;
-    assert_eq!((gauge("unaligned"), gauge("malformed"), gauge("missed")), (2, 1, 1));
+    assert_eq!(
+        (gauge("unaligned"), gauge("malformed"), gauge("missed")),
+        (2, 1, 1)
+    );
     let outcome = status_path::reconcile(&shard, &ctx).await;
     assert_eq!(outcome.status.stray_keys, Some(4));
     assert!(
@@ -1160,7 +1209,14 @@ mod ready_is_false_when_the_shard_cannot_progress {
         let redis = redis_server();
         seed(&redis, 0..1, 2, true).await;
         let clock = ManualClock::new(minute(1) + chrono::Duration::seconds(5));
-        let mut w = worker(&db, &redis, settings(0, Discovery::Index, minute(0), clock.now()), &clock, "w").await;
+        let mut w = worker(
+            &db,
+            &redis,
+            settings(0, Discovery::Index, minute(0), clock.now()),
+            &clock,
+            "w",
+        )
+        .await;
         let (on, reason, _) = ready_after_tick(&db, &redis.url(), &clock, &mut w).await;
         assert_eq!((on.as_str(), reason.as_str()), ("True", "Reconciled"));
 
@@ -1169,7 +1225,11 @@ mod ready_is_false_when_the_shard_cannot_progress {
         let ctx = status_path::context(&db, &redis.url(), &clock);
         let outcome = status_path::reconcile(&status_path::shard(), &ctx).await;
         let (on, reason, message) = status_path::condition(&outcome.status, "Ready");
-        assert_eq!((on.as_str(), reason.as_str()), ("False", "NoRecentTick"), "{message}");
+        assert_eq!(
+            (on.as_str(), reason.as_str()),
+            ("False", "NoRecentTick"),
+            "{message}"
+        );
         assert!(
             status_path::warnings(&outcome)
                 .iter()
@@ -1195,7 +1255,11 @@ mod ready_is_false_when_the_shard_cannot_progress {
         .await
         .expect("a Redis that is down is a wait, not a worker that never starts");
         let (on, reason, message) = ready_after_tick(&db, &url, &clock, &mut w).await;
-        assert_eq!((on.as_str(), reason.as_str()), ("False", "RedisUnavailable"), "{message}");
+        assert_eq!(
+            (on.as_str(), reason.as_str()),
+            ("False", "RedisUnavailable"),
+            "{message}"
+        );
     }
 
     #[tokio::test]
@@ -1205,10 +1269,20 @@ mod ready_is_false_when_the_shard_cannot_progress {
         let mut redis = redis_server();
         seed(&redis, 0..1, 2, true).await;
         let clock = ManualClock::new(minute(1) + chrono::Duration::seconds(5));
-        let mut w = worker(&db, &redis, settings(0, Discovery::Index, minute(0), clock.now()), &clock, "w").await;
+        let mut w = worker(
+            &db,
+            &redis,
+            settings(0, Discovery::Index, minute(0), clock.now()),
+            &clock,
+            "w",
+        )
+        .await;
         redis.halt();
         let (on, reason, _) = ready_after_tick(&db, &redis.url(), &clock, &mut w).await;
-        assert_eq!((on.as_str(), reason.as_str()), ("False", "RedisUnavailable"));
+        assert_eq!(
+            (on.as_str(), reason.as_str()),
+            ("False", "RedisUnavailable")
+        );
     }
 
     #[tokio::test]
@@ -1226,9 +1300,20 @@ mod ready_is_false_when_the_shard_cannot_progress {
         .await
         .unwrap();
         let clock = ManualClock::new(minute(1) + chrono::Duration::seconds(5));
-        let mut w = worker(&db, &redis, settings(0, Discovery::Index, minute(0), clock.now()), &clock, "w").await;
+        let mut w = worker(
+            &db,
+            &redis,
+            settings(0, Discovery::Index, minute(0), clock.now()),
+            &clock,
+            "w",
+        )
+        .await;
         let (on, reason, message) = ready_after_tick(&db, &redis.url(), &clock, &mut w).await;
-        assert_eq!((on.as_str(), reason.as_str()), ("False", "DatabaseError"), "{message}");
+        assert_eq!(
+            (on.as_str(), reason.as_str()),
+            ("False", "DatabaseError"),
+            "{message}"
+        );
         assert!(message.contains("could not extend file"), "{message}");
     }
 
@@ -1240,9 +1325,20 @@ mod ready_is_false_when_the_shard_cannot_progress {
         seed(&redis, 0..1, 2, true).await;
         seed(&redis, 2..3, 2, true).await;
         let clock = ManualClock::new(minute(3) + chrono::Duration::seconds(5));
-        let mut w = worker(&db, &redis, settings(0, Discovery::Auto, minute(0), clock.now()), &clock, "w").await;
+        let mut w = worker(
+            &db,
+            &redis,
+            settings(0, Discovery::Auto, minute(0), clock.now()),
+            &clock,
+            "w",
+        )
+        .await;
         let (on, reason, message) = ready_after_tick(&db, &redis.url(), &clock, &mut w).await;
-        assert_eq!((on.as_str(), reason.as_str()), ("False", "GapHeld"), "{message}");
+        assert_eq!(
+            (on.as_str(), reason.as_str()),
+            ("False", "GapHeld"),
+            "{message}"
+        );
         assert!(message.contains("acknowledgedGaps"), "{message}");
     }
 
@@ -1261,10 +1357,24 @@ mod ready_is_false_when_the_shard_cannot_progress {
             .await
             .unwrap();
         let clock = ManualClock::new(minute(1) + chrono::Duration::seconds(65));
-        let mut w = worker(&db, &redis, settings(0, Discovery::Index, minute(0), clock.now()), &clock, "w").await;
+        let mut w = worker(
+            &db,
+            &redis,
+            settings(0, Discovery::Index, minute(0), clock.now()),
+            &clock,
+            "w",
+        )
+        .await;
         let (on, reason, message) = ready_after_tick(&db, &redis.url(), &clock, &mut w).await;
-        assert_eq!((on.as_str(), reason.as_str()), ("False", "UnsealedWait"), "{message}");
-        assert!(message.contains("waited 65 s of spec.unsealedTimeoutSeconds 300"), "{message}");
+        assert_eq!(
+            (on.as_str(), reason.as_str()),
+            ("False", "UnsealedWait"),
+            "{message}"
+        );
+        assert!(
+            message.contains("waited 65 s of spec.unsealedTimeoutSeconds 300"),
+            "{message}"
+        );
     }
 
     #[tokio::test]
@@ -1273,8 +1383,18 @@ mod ready_is_false_when_the_shard_cannot_progress {
         let redis = redis_server();
         seed(&redis, 0..1, 2, true).await;
         let clock = ManualClock::new(minute(1) + chrono::Duration::seconds(5));
-        let mut w = worker(&db, &redis, settings(0, Discovery::Index, minute(0), clock.now()), &clock, "w").await;
+        let mut w = worker(
+            &db,
+            &redis,
+            settings(0, Discovery::Index, minute(0), clock.now()),
+            &clock,
+            "w",
+        )
+        .await;
         let (on, reason, _) = ready_after_tick(&db, &redis.url(), &clock, &mut w).await;
-        assert_eq!((on.as_str(), reason.as_str()), ("False", "PartitionMissing"));
+        assert_eq!(
+            (on.as_str(), reason.as_str()),
+            ("False", "PartitionMissing")
+        );
     }
 }

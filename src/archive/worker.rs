@@ -15,13 +15,13 @@ use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
 use super::redis_source::{self, MinuteStream};
+use super::stray::{self, AuditPace};
 use super::verdict::{self, RawFields, Reject, RejectReason, Verdict};
 use super::writer::{self, StreamError, WriteError, WritePath};
 use crate::api::ArchiverShard;
 use crate::api::archiver_shard::Discovery;
 use crate::api::validation::parse_duration;
 use crate::clock::{SharedClock, minute_floor};
-use super::stray::{self, AuditPace};
 use crate::runtime::metrics::{Metrics, RejectLabels, ShardLabels, StrayKeyLabels};
 use futures::StreamExt;
 
@@ -299,7 +299,11 @@ impl Worker {
     /// last one (of any replica: the claim is in the watermark row) is an
     /// hour old by the worker's clock. Never on a minute's transaction.
     async fn start_audit_if_due(&mut self) {
-        if self.audit.as_ref().is_some_and(|audit| !audit.is_finished()) {
+        if self
+            .audit
+            .as_ref()
+            .is_some_and(|audit| !audit.is_finished())
+        {
             return;
         }
         let now = self.clock.now();
