@@ -210,7 +210,7 @@ mod tests {
         let t = "6f1c2a9e-4b1d-4c55-9a43-2f5e7d8c9b01";
         let minute = |name: String| classify(name.as_bytes());
         assert_eq!(
-            minute(format!("verdict:{t}:s:us-east:1795000020")),
+            minute(format!("verdict:{t}:s:us-east:1795000050")),
             NameClass::Stray(StrayKind::Unaligned)
         );
         assert_eq!(
