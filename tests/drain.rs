@@ -1398,3 +1398,45 @@ mod ready_is_false_when_the_shard_cannot_progress {
         );
     }
 }
+
+/// spec.unsealedTimeoutSeconds: 300 when absent, and outside 1..=3600 a
+/// problem of the spec, both by the CRD schema and its CEL rule, as
+/// `validate` and every reconcile check them offline.
+#[test]
+fn the_unsealed_timeout_defaults_to_300_and_is_bounded() {
+    use archiver_operator::runtime::reconcile::spec_problems;
+    let shard = status_path::shard();
+    assert!(spec_problems(&shard).is_empty(), "{:?}", spec_problems(&shard));
+    let mut yaml: serde_json::Value = serde_json::to_value(&shard).unwrap();
+    yaml["spec"]
+        .as_object_mut()
+        .unwrap()
+        .remove("unsealedTimeoutSeconds");
+    let defaulted: archiver_operator::api::ArchiverShard = serde_json::from_value(yaml).unwrap();
+    assert_eq!(defaulted.spec.unsealed_timeout_seconds, 300);
+    assert_eq!(
+        ShardSettings::from_shard(&defaulted).unsealed_timeout,
+        chrono::Duration::seconds(300)
+    );
+    for bad in [0, 3601] {
+        let mut shard = status_path::shard();
+        shard.spec.unsealed_timeout_seconds = bad;
+        let problems = spec_problems(&shard);
+        assert!(
+            problems
+                .iter()
+                .any(|p| p.contains("unsealedTimeoutSeconds")),
+            "{bad}: {problems:?}"
+        );
+    }
+    // The API server checks the same bounds with the CEL rule too.
+    let crd = archiver_operator::api::crds()
+        .into_iter()
+        .find(|crd| crd.spec.names.kind == "ArchiverShard")
+        .unwrap();
+    let yaml = archiver_operator::api::crd_yaml(&crd);
+    assert!(
+        yaml.contains("rule: self >= 1 && self <= 3600"),
+        "no CEL rule for unsealedTimeoutSeconds"
+    );
+}
