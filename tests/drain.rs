@@ -1078,10 +1078,15 @@ async fn the_hourly_audit_reports_keys_that_can_never_be_archived() {
     let no_minute = format!("verdict:{}:s:us-east", tenant(0));
     let mut not_utf8 = b"verdict:\xff\xfe:s:us-east:".to_vec();
     not_utf8.extend((minute(1).timestamp() + 1).to_string().as_bytes());
+    // A key of minute 0 that is not a hash, first in the minute's order:
+    // rejected as not_a_hash, and no reason to miss marking the others.
+    let not_a_hash = verdict_key(Uuid::nil(), "string", "us-east", minute(0));
     let mut pipe = redis::pipe();
     pipe.hset(&unaligned, "state", "up")
         .hset(&no_minute, "state", "up")
         .hset(&not_utf8, "state", "up")
+        .set(&not_a_hash, "up")
+        .sadd(index_key(minute(0)), &not_a_hash)
         // Not a verdict at all: never counted.
         .set("session:abc", "1");
     pipe.query_async::<()>(&mut conn).await.unwrap();
@@ -1406,7 +1411,11 @@ mod ready_is_false_when_the_shard_cannot_progress {
 fn the_unsealed_timeout_defaults_to_300_and_is_bounded() {
     use archiver_operator::runtime::reconcile::spec_problems;
     let shard = status_path::shard();
-    assert!(spec_problems(&shard).is_empty(), "{:?}", spec_problems(&shard));
+    assert!(
+        spec_problems(&shard).is_empty(),
+        "{:?}",
+        spec_problems(&shard)
+    );
     let mut yaml: serde_json::Value = serde_json::to_value(&shard).unwrap();
     yaml["spec"]
         .as_object_mut()

@@ -533,7 +533,10 @@ fn text(value: redis::Value, not_utf8: &mut bool) -> Result<String, redis::Parsi
 
 /// Marks keys as archived (after the Postgres commit): one script call per
 /// batch. HSET on a key that has meanwhile expired would resurrect it without
-/// a TTL, so only keys that still exist are marked.
+/// a TTL, so only keys that still exist are marked; and only hashes: an
+/// HSET on a key of another type (a `not_a_hash` reject) would fail the
+/// script and leave every later key of the batch unmarked (the stray-key
+/// audit would then count them as missed).
 pub async fn mark_archived(
     redis: &mut ConnectionManager,
     keys: &[String],
@@ -541,7 +544,7 @@ pub async fn mark_archived(
 ) -> redis::RedisResult<()> {
     let script = redis::Script::new(
         "for _, key in ipairs(KEYS) do \
-           if redis.call('EXISTS', key) == 1 then redis.call('HSET', key, ARGV[1], ARGV[2]) end \
+           if redis.call('TYPE', key).ok == 'hash' then redis.call('HSET', key, ARGV[1], ARGV[2]) end \
          end return 0",
     );
     let stamp = at.timestamp();
