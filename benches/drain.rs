@@ -504,6 +504,7 @@ async fn worker_tick(
         backfill: now - minute,
         acknowledged_gaps: Vec::new(),
         tick_offset: chrono::Duration::seconds(5),
+        unsealed_timeout: chrono::Duration::seconds(300),
     };
     let mut worker = Worker::connect(
         settings,

@@ -458,6 +458,7 @@ async fn run(redis_url: String) -> anyhow::Result<Results> {
             backfill: chrono::Duration::seconds(65),
             acknowledged_gaps: Vec::new(),
             tick_offset: chrono::Duration::seconds(5),
+            unsealed_timeout: chrono::Duration::seconds(300),
         },
         "bench".into(),
         pool.clone(),

@@ -155,6 +155,7 @@ fn settings(
         backfill: now - first,
         acknowledged_gaps: Vec::new(),
         tick_offset: chrono::Duration::seconds(5),
+        unsealed_timeout: chrono::Duration::seconds(300),
     }
 }
 
@@ -739,4 +740,712 @@ async fn verdicts_postgres_cannot_hold_are_rejected_and_the_minute_archives() {
     assert_eq!(reason_of(&nul_in_extra).0, "invalid_text");
     assert_eq!(reason_of(&not_a_hash).0, "not_a_hash");
     assert_eq!(rejects.len(), fixture.rejected_keys.len() + 4);
+}
+
+// ---------------------------------------------------------------------
+// Nothing holds a shard silently: unsealed timeout, oversize verdicts,
+// stray keys, and Ready=False whenever the shard cannot make progress,
+// each seen through the real status path (worker -> watermark row ->
+// the ArchiverShard reconcile that fills the status).
+
+mod status_path {
+    use std::collections::BTreeMap;
+    use std::sync::{Arc, RwLock};
+
+    use archiver_operator::api::{ArchiverShard, ArchiverShardStatus};
+    use archiver_operator::clock::ManualClock;
+    use archiver_operator::runtime::config::{OperatorConfig, SecretString};
+    use archiver_operator::runtime::context::{Context, SecretSource};
+    use archiver_operator::runtime::metrics::Metrics;
+    use archiver_operator::runtime::reconcile::{EventType, Managed, Outcome};
+    use archiver_operator::runtime::workers::WorkerHost;
+    use archiver_operator::testing::TestDatabase;
+
+    /// The example shard (shard 0, namespace archiver), generation 1.
+    pub fn shard() -> ArchiverShard {
+        let path =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/archiver-shard.yaml");
+        let mut shard: ArchiverShard =
+            serde_yaml_ng::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+        shard.metadata.generation = Some(1);
+        shard
+    }
+
+    /// What the operator sees: the test database, the shard's Redis URL
+    /// Secret, no worker of its own (the test drives the worker).
+    pub fn context(db: &TestDatabase, redis_url: &str, clock: &ManualClock) -> Context {
+        let mut secrets = BTreeMap::new();
+        secrets.insert(
+            ("archiver".to_string(), "redis-shard-0".to_string()),
+            BTreeMap::from([("url".to_string(), SecretString::new(redis_url))]),
+        );
+        Context {
+            clock: Arc::new(clock.clone()),
+            db: Some(db.pool.clone()),
+            config: Arc::new(OperatorConfig {
+                suppression_salt: None,
+                cache_invalidate_urls: Vec::new(),
+                alert_key_patterns: Vec::new(),
+            }),
+            secrets: SecretSource::Manifests(Arc::new(RwLock::new(secrets))),
+            metrics: Arc::new(Metrics::new()),
+            workers: WorkerHost::Disabled,
+            policies: Arc::new(archiver_operator::retention::directory::PolicyDirectory::new()),
+            enforced_policies: Default::default(),
+            redis_targets: Default::default(),
+            publisher: archiver_operator::runtime::publish::Publisher::Disabled,
+        }
+    }
+
+    pub async fn reconcile(shard: &ArchiverShard, ctx: &Context) -> Outcome<ArchiverShardStatus> {
+        shard.reconcile(ctx).await.expect("the shard reconciles")
+    }
+
+    /// (status, reason, message) of a condition.
+    pub fn condition(status: &ArchiverShardStatus, type_: &str) -> (String, String, String) {
+        let c = status
+            .conditions
+            .iter()
+            .find(|c| c.type_ == type_)
+            .unwrap_or_else(|| panic!("no {type_} condition: {:?}", status.conditions));
+        (c.status.clone(), c.reason.clone(), c.message.clone())
+    }
+
+    /// Reasons of the Warning events.
+    pub fn warnings(outcome: &Outcome<ArchiverShardStatus>) -> Vec<(String, String)> {
+        outcome
+            .events
+            .iter()
+            .filter(|e| e.type_ == EventType::Warning)
+            .map(|e| (e.reason.clone(), e.note.clone()))
+            .collect()
+    }
+}
+
+async fn redis_conn(redis: &RedisServer) -> redis::aio::MultiplexedConnection {
+    redis::Client::open(redis.url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap()
+}
+
+/// A verdict the coalescer never seals used to hold its shard forever.
+/// Past spec.unsealedTimeoutSeconds (300 s by default) the sealed verdicts
+/// of the minute are archived, the unsealed one is a reject
+/// (`unsealed_timeout`), a counter rises and the operator raises one
+/// Warning event naming how many.
+#[tokio::test]
+async fn a_verdict_never_sealed_is_rejected_after_the_timeout_and_the_minute_archives() {
+    use archiver_operator::runtime::metrics::ShardLabels;
+    let db = TestDatabase::new().await;
+    november_partition(&db).await;
+    let redis = redis_server();
+    let fixture = seed(&redis, 0..1, 2, true).await;
+    let mut conn = redis_conn(&redis).await;
+    let never_sealed = verdict_key(tenant(0), "server-0", "us-east", minute(0));
+    redis::cmd("HSET")
+        .arg(&never_sealed)
+        .arg("verdict_sealed")
+        .arg("0")
+        .query_async::<()>(&mut conn)
+        .await
+        .unwrap();
+    // Within the timeout: the minute waits, nothing is archived.
+    let clock = ManualClock::new(minute(1) + chrono::Duration::seconds(299));
+    let metrics = Arc::new(Metrics::new());
+    let mut w = Worker::connect(
+        settings(0, Discovery::Index, minute(0), clock.now()),
+        "w".into(),
+        db.pool.clone(),
+        &redis.url(),
+        Arc::new(clock.clone()),
+        metrics.clone(),
+    )
+    .await
+    .unwrap();
+    let ctx = status_path::context(&db, &redis.url(), &clock);
+    let mut shard = status_path::shard();
+    let report = w.tick(BUDGET).await.unwrap();
+    assert!(
+        matches!(
+            report.stopped_at,
+            Some(MinuteOutcome::Waiting {
+                reason: WaitReason::Unsealed { keys: 1 },
+                ..
+            })
+        ),
+        "{report:?}"
+    );
+    assert!(archived_rows(&db).await.is_empty());
+    let outcome = status_path::reconcile(&shard, &ctx).await;
+    shard.status = Some(outcome.status.clone());
+
+    // At the timeout: archived without it; the unsealed one is a reject.
+    clock.set(minute(1) + chrono::Duration::seconds(300));
+    let report = w.tick(BUDGET).await.unwrap();
+    assert_eq!(report.archived.len(), 1, "{report:?}");
+    assert_eq!(report.archived[0].unsealed_timed_out, 1);
+    assert_eq!(watermark(&db, 0).await, minute(0));
+    let expected: Expected = fixture
+        .expected
+        .iter()
+        .filter(|(t, s, r, ..)| !(*t == tenant(0) && s == "server-0" && r == "us-east"))
+        .cloned()
+        .collect();
+    assert_eq!(archived_rows(&db).await, expected);
+    let (reason, raw): (String, serde_json::Value) = sqlx::query_as(
+        "SELECT reason, raw_fields FROM probe_minute_rejects WHERE verdict_key = $1",
+    )
+    .bind(&never_sealed)
+    .fetch_one(&db.pool)
+    .await
+    .expect("the unsealed verdict is a reject");
+    assert!(reason.starts_with("unsealed_timeout:"), "{reason}");
+    assert_eq!(raw["verdict_sealed"], "0");
+    let labels = ShardLabels {
+        shard: "test/shard-0".into(),
+    };
+    assert_eq!(
+        metrics
+            .unsealed_timeout_verdicts
+            .get_or_create(&labels)
+            .get(),
+        1
+    );
+    assert!(
+        metrics
+            .encode()
+            .contains("archiver_unsealed_timeout_verdicts_total{shard=\"test/shard-0\"} 1")
+    );
+
+    let outcome = status_path::reconcile(&shard, &ctx).await;
+    assert_eq!(outcome.status.unsealed_timeout_minute, Some(minute(0)));
+    assert_eq!(outcome.status.unsealed_timeout_verdicts, Some(1));
+    let warnings = status_path::warnings(&outcome);
+    let (_, note) = warnings
+        .iter()
+        .find(|(reason, _)| reason == "UnsealedTimeout")
+        .unwrap_or_else(|| panic!("no UnsealedTimeout event: {warnings:?}"));
+    assert!(note.starts_with("1 verdict(s) of minute"), "{note}");
+    // Once per minute: the next reconcile does not repeat it.
+    shard.status = Some(outcome.status.clone());
+    let again = status_path::reconcile(&shard, &ctx).await;
+    assert!(
+        status_path::warnings(&again)
+            .iter()
+            .all(|(reason, _)| reason != "UnsealedTimeout")
+    );
+}
+
+/// A hash over 64 KiB or 256 fields used to be read whole and archived
+/// with its unknown fields in `extra`. It is now a `too_large` reject with
+/// a bounded, truncated sample and its size, and the minute archives.
+#[tokio::test]
+async fn oversize_verdicts_are_rejected_with_a_bounded_sample() {
+    let db = TestDatabase::new().await;
+    november_partition(&db).await;
+    let redis = redis_server();
+    let fixture = seed(&redis, 0..1, 2, true).await;
+    let at = minute(0);
+    let many_fields = verdict_key(tenant(920), "many", "us-east", at);
+    let huge_value = verdict_key(tenant(921), "huge", "us-east", at);
+    let many_bytes = verdict_key(tenant(922), "bytes", "us-east", at);
+    let just_fits = verdict_key(tenant(923), "fits", "us-east", at);
+    let mut conn = redis_conn(&redis).await;
+    let sealed_up = [
+        ("state", "up".to_string()),
+        ("verdict_sealed", "1".to_string()),
+    ];
+    let mut pipe = redis::pipe();
+    let mut fields: Vec<(String, String)> = sealed_up
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.clone()))
+        .collect();
+    fields.extend((0..300).map(|i| (format!("f{i}"), "x".to_string())));
+    pipe.hset_multiple(&many_fields, &fields);
+    pipe.hset_multiple(&huge_value, &sealed_up).hset(
+        &huge_value,
+        "blob",
+        "y".repeat(2 * 1024 * 1024),
+    );
+    let mut fields: Vec<(String, String)> = sealed_up
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.clone()))
+        .collect();
+    fields.extend((0..200).map(|i| (format!("g{i}"), "z".repeat(400))));
+    pipe.hset_multiple(&many_bytes, &fields);
+    // 250 fields and ~60 KiB: within both limits, archived whole.
+    let mut fields: Vec<(String, String)> = sealed_up
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.clone()))
+        .collect();
+    fields.extend((0..248).map(|i| (format!("h{i:03}"), "w".repeat(240))));
+    pipe.hset_multiple(&just_fits, &fields);
+    for key in [&many_fields, &huge_value, &many_bytes, &just_fits] {
+        pipe.sadd(index_key(at), key);
+    }
+    pipe.query_async::<()>(&mut conn).await.unwrap();
+
+    let clock = ManualClock::new(minute(0) + chrono::Duration::seconds(65));
+    let mut w = worker(
+        &db,
+        &redis,
+        settings(0, Discovery::Index, minute(0), clock.now()),
+        &clock,
+        "w",
+    )
+    .await;
+    let report = w.tick(BUDGET).await.unwrap();
+    assert_eq!(report.archived.len(), 1, "{report:?}");
+    let mut expected = fixture.expected.clone();
+    expected.insert((
+        tenant(923),
+        "fits".into(),
+        "us-east".into(),
+        at,
+        "up".into(),
+        None,
+    ));
+    assert_eq!(archived_rows(&db).await, expected);
+    let extra: serde_json::Value =
+        sqlx::query_scalar("SELECT extra FROM probe_minute WHERE tenant_id = $1")
+            .bind(tenant(923))
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
+    assert_eq!(extra.as_object().unwrap().len(), 248);
+
+    for (key, size) in [
+        (&many_fields, "302 fields, bytes not summed"),
+        (&huge_value, "3 fields, 2097178 bytes"),
+        (&many_bytes, "202 fields, 80712 bytes"),
+    ] {
+        let (reason, raw): (String, serde_json::Value) = sqlx::query_as(
+            "SELECT reason, raw_fields FROM probe_minute_rejects WHERE verdict_key = $1",
+        )
+        .bind(key)
+        .fetch_one(&db.pool)
+        .await
+        .unwrap_or_else(|e| panic!("{key} not rejected: {e}"));
+        assert!(reason.starts_with("too_large: "), "{reason}");
+        assert!(reason.contains(size), "{key}: {reason}");
+        let sample = raw.as_object().unwrap();
+        assert!(
+            !sample.is_empty() && sample.len() <= 16,
+            "{key}: {}",
+            sample.len()
+        );
+        for (name, value) in sample {
+            assert!(
+                name.len() <= 256 && value.as_str().unwrap().len() <= 256,
+                "{name}"
+            );
+        }
+    }
+    let blob: serde_json::Value = sqlx::query_scalar(
+        "SELECT raw_fields->'blob' FROM probe_minute_rejects WHERE verdict_key = $1",
+    )
+    .bind(&huge_value)
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        blob,
+        serde_json::json!("<2097152 bytes>"),
+        "never read whole"
+    );
+}
+
+/// Keys whose minute is not a multiple of 60, or that have no minute, or
+/// that arrive after their minute was archived, used to be never
+/// discovered and never reported. The hourly audit counts them, exports
+/// the gauge and names a few (escaped) in the status.
+#[tokio::test]
+async fn the_hourly_audit_reports_keys_that_can_never_be_archived() {
+    use archiver_operator::archive::stray::AuditPace;
+    use archiver_operator::runtime::metrics::StrayKeyLabels;
+    let db = TestDatabase::new().await;
+    november_partition(&db).await;
+    let redis = redis_server();
+    seed(&redis, 0..3, 2, true).await;
+    let mut conn = redis_conn(&redis).await;
+    let unaligned = format!(
+        "verdict:{}:s:us-east:{}",
+        tenant(0),
+        minute(0).timestamp() + 30
+    );
+    let no_minute = format!("verdict:{}:s:us-east", tenant(0));
+    let mut not_utf8 = b"verdict:\xff\xfe:s:us-east:".to_vec();
+    not_utf8.extend((minute(1).timestamp() + 1).to_string().as_bytes());
+    // A key of minute 0 that is not a hash, first in the minute's order:
+    // rejected as not_a_hash, and no reason to miss marking the others.
+    let not_a_hash = verdict_key(Uuid::nil(), "string", "us-east", minute(0));
+    let mut pipe = redis::pipe();
+    pipe.hset(&unaligned, "state", "up")
+        .hset(&no_minute, "state", "up")
+        .hset(&not_utf8, "state", "up")
+        .set(&not_a_hash, "up")
+        .sadd(index_key(minute(0)), &not_a_hash)
+        // Not a verdict at all: never counted.
+        .set("session:abc", "1");
+    pipe.query_async::<()>(&mut conn).await.unwrap();
+
+    let clock = ManualClock::new(minute(3) + chrono::Duration::seconds(5));
+    let metrics = Arc::new(Metrics::new());
+    let mut w = Worker::connect(
+        settings(0, Discovery::Index, minute(0), clock.now()),
+        "w".into(),
+        db.pool.clone(),
+        &redis.url(),
+        Arc::new(clock.clone()),
+        metrics.clone(),
+    )
+    .await
+    .unwrap();
+    w.set_audit_pace(AuditPace {
+        count: 10,
+        pause: Duration::from_millis(1),
+    });
+    let report = w.tick(BUDGET).await.unwrap();
+    assert_eq!(report.archived.len(), 3, "{report:?}");
+    w.wait_for_audit().await;
+    w.flush_marks().await;
+    let gauge = |kind: &str| {
+        metrics
+            .stray_keys
+            .get_or_create(&StrayKeyLabels {
+                shard: "test/shard-0".into(),
+                kind: kind.into(),
+            })
+            .get()
+    };
+    assert_eq!(
+        (gauge("unaligned"), gauge("malformed"), gauge("missed")),
+        (2, 1, 0)
+    );
+
+    let ctx = status_path::context(&db, &redis.url(), &clock);
+    let mut shard = status_path::shard();
+    let outcome = status_path::reconcile(&shard, &ctx).await;
+    assert_eq!(outcome.status.stray_keys, Some(3));
+    assert_eq!(outcome.status.stray_audit_time, Some(clock.now()));
+    let examples = outcome.status.stray_key_examples.join(" ");
+    assert!(
+        examples.contains(&format!("{unaligned} (unaligned)")),
+        "{examples}"
+    );
+    assert!(
+        examples.contains(&format!("{no_minute} (malformed)")),
+        "{examples}"
+    );
+    assert!(
+        examples.contains("verdict:\\xff\\xfe:s:us-east:"),
+        "{examples}"
+    );
+    let (on, reason, message) = status_path::condition(&outcome.status, "StrayKeys");
+    assert_eq!((on.as_str(), reason.as_str()), ("True", "StrayKeysFound"));
+    assert!(message.starts_with("3 key(s)"), "{message}");
+    assert!(
+        status_path::warnings(&outcome)
+            .iter()
+            .any(|(reason, _)| reason == "StrayKeysFound")
+    );
+    shard.status = Some(outcome.status.clone());
+
+    // A verdict of minute 0 written after minute 0 was archived is missed.
+    let late = verdict_key(tenant(50), "late", "us-east", minute(0));
+    redis::cmd("HSET")
+        .arg(&late)
+        .arg("state")
+        .arg("up")
+        .arg("verdict_sealed")
+        .arg("1")
+        .query_async::<()>(&mut conn)
+        .await
+        .unwrap();
+    // Not before an hour has passed on the worker's clock...
+    clock.advance(chrono::Duration::minutes(59));
+    w.tick(BUDGET).await.unwrap();
+    w.wait_for_audit().await;
+    assert_eq!(gauge("missed"), 0);
+    // ...then again.
+    clock.advance(chrono::Duration::minutes(1));
+    w.tick(BUDGET).await.unwrap();
+    w.wait_for_audit().await;
+    assert_eq!(
+        (gauge("unaligned"), gauge("malformed"), gauge("missed")),
+        (2, 1, 1)
+    );
+    let outcome = status_path::reconcile(&shard, &ctx).await;
+    assert_eq!(outcome.status.stray_keys, Some(4));
+    assert!(
+        outcome
+            .status
+            .stray_key_examples
+            .iter()
+            .any(|e| e == &format!("{late} (missed)")),
+        "{:?}",
+        outcome.status.stray_key_examples
+    );
+}
+
+/// Ready used to be True whatever the drain was doing. Each state in which
+/// the shard cannot make progress is now Ready=False with its reason.
+mod ready_is_false_when_the_shard_cannot_progress {
+    use super::*;
+
+    async fn ready_after_tick(
+        db: &TestDatabase,
+        redis_url: &str,
+        clock: &ManualClock,
+        w: &mut Worker,
+    ) -> (String, String, String) {
+        let _ = w.tick(BUDGET).await;
+        let ctx = status_path::context(db, redis_url, clock);
+        let outcome = status_path::reconcile(&status_path::shard(), &ctx).await;
+        status_path::condition(&outcome.status, "Ready")
+    }
+
+    #[tokio::test]
+    async fn a_healthy_shard_is_ready_and_one_that_stopped_ticking_is_not() {
+        let db = TestDatabase::new().await;
+        november_partition(&db).await;
+        let redis = redis_server();
+        seed(&redis, 0..1, 2, true).await;
+        let clock = ManualClock::new(minute(1) + chrono::Duration::seconds(5));
+        let mut w = worker(
+            &db,
+            &redis,
+            settings(0, Discovery::Index, minute(0), clock.now()),
+            &clock,
+            "w",
+        )
+        .await;
+        let (on, reason, _) = ready_after_tick(&db, &redis.url(), &clock, &mut w).await;
+        assert_eq!((on.as_str(), reason.as_str()), ("True", "Reconciled"));
+
+        // No tick for four minutes: the worker is gone or cannot write.
+        clock.advance(chrono::Duration::minutes(4));
+        let ctx = status_path::context(&db, &redis.url(), &clock);
+        let outcome = status_path::reconcile(&status_path::shard(), &ctx).await;
+        let (on, reason, message) = status_path::condition(&outcome.status, "Ready");
+        assert_eq!(
+            (on.as_str(), reason.as_str()),
+            ("False", "NoRecentTick"),
+            "{message}"
+        );
+        assert!(
+            status_path::warnings(&outcome)
+                .iter()
+                .any(|(reason, _)| reason == "NoRecentTick")
+        );
+    }
+
+    #[tokio::test]
+    async fn redis_on_a_closed_port() {
+        let db = TestDatabase::new().await;
+        november_partition(&db).await;
+        let port = archiver_operator::local_servers::free_port().unwrap();
+        let url = format!("redis://127.0.0.1:{port}");
+        let clock = ManualClock::new(minute(1) + chrono::Duration::seconds(5));
+        let mut w = Worker::connect(
+            settings(0, Discovery::Index, minute(0), clock.now()),
+            "w".into(),
+            db.pool.clone(),
+            &url,
+            Arc::new(clock.clone()),
+            Arc::new(Metrics::new()),
+        )
+        .await
+        .expect("a Redis that is down is a wait, not a worker that never starts");
+        let (on, reason, message) = ready_after_tick(&db, &url, &clock, &mut w).await;
+        assert_eq!(
+            (on.as_str(), reason.as_str()),
+            ("False", "RedisUnavailable"),
+            "{message}"
+        );
+    }
+
+    #[tokio::test]
+    async fn redis_stopped_after_the_worker_started() {
+        let db = TestDatabase::new().await;
+        november_partition(&db).await;
+        let mut redis = redis_server();
+        seed(&redis, 0..1, 2, true).await;
+        let clock = ManualClock::new(minute(1) + chrono::Duration::seconds(5));
+        let mut w = worker(
+            &db,
+            &redis,
+            settings(0, Discovery::Index, minute(0), clock.now()),
+            &clock,
+            "w",
+        )
+        .await;
+        redis.halt();
+        let (on, reason, _) = ready_after_tick(&db, &redis.url(), &clock, &mut w).await;
+        assert_eq!(
+            (on.as_str(), reason.as_str()),
+            ("False", "RedisUnavailable")
+        );
+    }
+
+    #[tokio::test]
+    async fn a_postgres_error_while_writing() {
+        let db = TestDatabase::new().await;
+        november_partition(&db).await;
+        let redis = redis_server();
+        seed(&redis, 0..1, 2, true).await;
+        sqlx::raw_sql(
+            "CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS \
+             $$ BEGIN RAISE EXCEPTION 'could not extend file' USING ERRCODE = '53100'; END $$; \
+             CREATE TRIGGER refuse BEFORE INSERT ON probe_minute FOR EACH ROW EXECUTE FUNCTION refuse();",
+        )
+        .execute(&db.pool)
+        .await
+        .unwrap();
+        let clock = ManualClock::new(minute(1) + chrono::Duration::seconds(5));
+        let mut w = worker(
+            &db,
+            &redis,
+            settings(0, Discovery::Index, minute(0), clock.now()),
+            &clock,
+            "w",
+        )
+        .await;
+        let (on, reason, message) = ready_after_tick(&db, &redis.url(), &clock, &mut w).await;
+        assert_eq!(
+            (on.as_str(), reason.as_str()),
+            ("False", "DatabaseError"),
+            "{message}"
+        );
+        assert!(message.contains("could not extend file"), "{message}");
+    }
+
+    #[tokio::test]
+    async fn a_held_gap() {
+        let db = TestDatabase::new().await;
+        november_partition(&db).await;
+        let redis = redis_server();
+        seed(&redis, 0..1, 2, true).await;
+        seed(&redis, 2..3, 2, true).await;
+        let clock = ManualClock::new(minute(3) + chrono::Duration::seconds(5));
+        let mut w = worker(
+            &db,
+            &redis,
+            settings(0, Discovery::Auto, minute(0), clock.now()),
+            &clock,
+            "w",
+        )
+        .await;
+        let (on, reason, message) = ready_after_tick(&db, &redis.url(), &clock, &mut w).await;
+        assert_eq!(
+            (on.as_str(), reason.as_str()),
+            ("False", "GapHeld"),
+            "{message}"
+        );
+        assert!(message.contains("acknowledgedGaps"), "{message}");
+    }
+
+    #[tokio::test]
+    async fn an_unsealed_wait() {
+        let db = TestDatabase::new().await;
+        november_partition(&db).await;
+        let redis = redis_server();
+        seed(&redis, 0..1, 2, true).await;
+        let mut conn = redis_conn(&redis).await;
+        redis::cmd("HSET")
+            .arg(verdict_key(tenant(0), "server-0", "us-east", minute(0)))
+            .arg("verdict_sealed")
+            .arg("0")
+            .query_async::<()>(&mut conn)
+            .await
+            .unwrap();
+        let clock = ManualClock::new(minute(1) + chrono::Duration::seconds(65));
+        let mut w = worker(
+            &db,
+            &redis,
+            settings(0, Discovery::Index, minute(0), clock.now()),
+            &clock,
+            "w",
+        )
+        .await;
+        let (on, reason, message) = ready_after_tick(&db, &redis.url(), &clock, &mut w).await;
+        assert_eq!(
+            (on.as_str(), reason.as_str()),
+            ("False", "UnsealedWait"),
+            "{message}"
+        );
+        assert!(
+            message.contains("waited 65 s of spec.unsealedTimeoutSeconds 300"),
+            "{message}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_missing_partition() {
+        let db = TestDatabase::new().await;
+        let redis = redis_server();
+        seed(&redis, 0..1, 2, true).await;
+        let clock = ManualClock::new(minute(1) + chrono::Duration::seconds(5));
+        let mut w = worker(
+            &db,
+            &redis,
+            settings(0, Discovery::Index, minute(0), clock.now()),
+            &clock,
+            "w",
+        )
+        .await;
+        let (on, reason, _) = ready_after_tick(&db, &redis.url(), &clock, &mut w).await;
+        assert_eq!(
+            (on.as_str(), reason.as_str()),
+            ("False", "PartitionMissing")
+        );
+    }
+}
+
+/// spec.unsealedTimeoutSeconds: 300 when absent, and outside 1..=3600 a
+/// problem of the spec, both by the CRD schema and its CEL rule, as
+/// `validate` and every reconcile check them offline.
+#[test]
+fn the_unsealed_timeout_defaults_to_300_and_is_bounded() {
+    use archiver_operator::runtime::reconcile::spec_problems;
+    let shard = status_path::shard();
+    assert!(
+        spec_problems(&shard).is_empty(),
+        "{:?}",
+        spec_problems(&shard)
+    );
+    let mut yaml: serde_json::Value = serde_json::to_value(&shard).unwrap();
+    yaml["spec"]
+        .as_object_mut()
+        .unwrap()
+        .remove("unsealedTimeoutSeconds");
+    let defaulted: archiver_operator::api::ArchiverShard = serde_json::from_value(yaml).unwrap();
+    assert_eq!(defaulted.spec.unsealed_timeout_seconds, 300);
+    assert_eq!(
+        ShardSettings::from_shard(&defaulted).unsealed_timeout,
+        chrono::Duration::seconds(300)
+    );
+    for bad in [0, 3601] {
+        let mut shard = status_path::shard();
+        shard.spec.unsealed_timeout_seconds = bad;
+        let problems = spec_problems(&shard);
+        assert!(
+            problems
+                .iter()
+                .any(|p| p.contains("unsealedTimeoutSeconds")),
+            "{bad}: {problems:?}"
+        );
+    }
+    // The API server checks the same bounds with the CEL rule too.
+    let crd = archiver_operator::api::crds()
+        .into_iter()
+        .find(|crd| crd.spec.names.kind == "ArchiverShard")
+        .unwrap();
+    let yaml = archiver_operator::api::crd_yaml(&crd);
+    assert!(
+        yaml.contains("rule: self >= 1 && self <= 3600"),
+        "no CEL rule for unsealedTimeoutSeconds"
+    );
 }

@@ -61,6 +61,7 @@ async fn a_postgres_restart_mid_tick_loses_nothing_and_duplicates_nothing() {
         backfill: chrono::Duration::minutes(minutes),
         acknowledged_gaps: Vec::new(),
         tick_offset: chrono::Duration::seconds(5),
+        unsealed_timeout: chrono::Duration::seconds(300),
     };
     let mut worker = Worker::connect(
         settings,

@@ -1054,6 +1054,7 @@ async fn drain_ticks_racing_an_erasure_never_bring_the_server_back() {
         backfill: drain_clock.now() - minute(0),
         acknowledged_gaps: Vec::new(),
         tick_offset: chrono::Duration::seconds(5),
+        unsealed_timeout: chrono::Duration::seconds(300),
     };
     let mut worker = Worker::connect(
         settings,

@@ -1278,6 +1278,7 @@ async fn the_drain_keeps_archiving_while_enforcement_runs() {
         backfill: Duration::seconds(65),
         acknowledged_gaps: Vec::new(),
         tick_offset: Duration::seconds(5),
+        unsealed_timeout: Duration::seconds(300),
     };
     let mut worker = Worker::connect(
         settings,

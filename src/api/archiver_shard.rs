@@ -80,6 +80,14 @@ pub struct ArchiverShardSpec {
     #[serde(default = "default_lag_slo_seconds")]
     #[schemars(range(min = 1))]
     pub lag_slo_seconds: u32,
+    /// How long (seconds past its end) a minute waits for verdicts the
+    /// coalescer has not sealed. Past it the sealed verdicts are archived and
+    /// each unsealed one goes to probe_minute_rejects as `unsealed_timeout`,
+    /// so one verdict never sealed cannot hold the shard (1 to 3600).
+    #[serde(default = "default_unsealed_timeout_seconds")]
+    #[schemars(range(min = 1, max = 3600))]
+    #[x_kube(validation = kube::core::Rule::new("self >= 1 && self <= 3600").message("must be between 1 and 3600 seconds"))]
+    pub unsealed_timeout_seconds: u32,
     /// Worker replicas (two are safe: the watermark row lock serialises them).
     #[serde(default = "default_replicas")]
     #[schemars(range(min = 0, max = 10))]
@@ -100,6 +108,9 @@ fn default_backfill() -> String {
 }
 fn default_lag_slo_seconds() -> u32 {
     180
+}
+fn default_unsealed_timeout_seconds() -> u32 {
+    300
 }
 fn default_replicas() -> i32 {
     2
@@ -146,7 +157,10 @@ pub struct ArchiverShardStatus {
     /// Generation of the spec this status describes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
-    /// Ready, LagWithinSLO, GapDetected, PartitionMissing.
+    /// Ready, LagWithinSLO, GapDetected, PartitionMissing, StrayKeys.
+    /// Ready is False whenever the shard cannot make progress, with the
+    /// reason: RedisUnavailable, DatabaseError, GapHeld, PartitionMissing,
+    /// UnsealedWait, NoRecentTick.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
     /// The watermark: last minute fully archived.
@@ -167,6 +181,25 @@ pub struct ArchiverShardStatus {
     /// How long the next minute has waited for unsealed keys, in seconds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub unsealed_wait_seconds: Option<i64>,
+    /// The last minute archived without some of its verdicts because they
+    /// were not sealed within `spec.unsealedTimeoutSeconds`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unsealed_timeout_minute: Option<DateTime<Utc>>,
+    /// How many verdicts of that minute went to probe_minute_rejects as
+    /// `unsealed_timeout`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unsealed_timeout_verdicts: Option<i64>,
+    /// Keys that look like verdicts but can never be archived (minute not a
+    /// multiple of 60, no minute at all, or written after their minute was
+    /// archived), at the last hourly audit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stray_keys: Option<i64>,
+    /// A few of those keys, printable-escaped.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub stray_key_examples: Vec<String>,
+    /// When the last stray-key audit finished.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stray_audit_time: Option<DateTime<Utc>>,
     /// Name of the worker Deployment the operator owns for this shard.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub worker_deployment: Option<String>,

@@ -13,7 +13,12 @@ pub mod conditions {
     pub const LAG_WITHIN_SLO: &str = "LagWithinSLO";
     pub const GAP_DETECTED: &str = "GapDetected";
     pub const PARTITION_MISSING: &str = "PartitionMissing";
+    pub const STRAY_KEYS: &str = "StrayKeys";
 }
+
+/// A worker ticks every minute; a last tick older than this means it is not
+/// running, or cannot reach PostgreSQL to record anything.
+pub const NO_RECENT_TICK_SECONDS: i64 = 180;
 
 /// The watermark row of one shard.
 #[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
@@ -28,6 +33,11 @@ pub struct ShardHealth {
     pub waiting_reason: Option<String>,
     pub last_error: Option<String>,
     pub last_warning: Option<String>,
+    pub unsealed_timeout_minute: Option<DateTime<Utc>>,
+    pub unsealed_timeout_keys: i32,
+    pub stray_audit_at: Option<DateTime<Utc>>,
+    pub stray_keys: Option<i64>,
+    pub stray_key_examples: Vec<String>,
 }
 
 impl ShardHealth {
@@ -46,7 +56,8 @@ impl ShardHealth {
 pub async fn read(pool: &PgPool, shard_id: i32) -> Result<Option<ShardHealth>, sqlx::Error> {
     sqlx::query_as(
         "SELECT last_minute, owner, expires_at, last_tick_at, rows_archived_last_tick, rows_rejected_last_tick, \
-         waiting_minute, waiting_reason, last_error, last_warning FROM archive_watermark WHERE shard_id = $1",
+         waiting_minute, waiting_reason, last_error, last_warning, unsealed_timeout_minute, unsealed_timeout_keys, \
+         stray_audit_at, stray_keys, stray_key_examples FROM archive_watermark WHERE shard_id = $1",
     )
     .bind(shard_id)
     .fetch_optional(pool)
@@ -75,6 +86,13 @@ pub fn apply(
                 .num_seconds()
                 .max(0)
         });
+    status.unsealed_timeout_minute = health.unsealed_timeout_minute;
+    status.unsealed_timeout_verdicts = health
+        .unsealed_timeout_minute
+        .map(|_| i64::from(health.unsealed_timeout_keys));
+    status.stray_keys = health.stray_keys;
+    status.stray_key_examples = health.stray_key_examples.clone();
+    status.stray_audit_time = health.stray_audit_at;
     let message = health.last_error.clone().unwrap_or_default();
     let mut set = |type_, on: bool, reason_on, reason_off, text: String| {
         set_condition(
@@ -122,4 +140,101 @@ pub fn apply(
         "PartitionsPresent",
         if missing { message } else { String::new() },
     );
+    if let Some(count) = health.stray_keys {
+        set(
+            conditions::STRAY_KEYS,
+            count > 0,
+            "StrayKeysFound",
+            "NoStrayKeys",
+            stray_message(count, &health.stray_key_examples),
+        );
+    }
+}
+
+fn stray_message(count: i64, examples: &[String]) -> String {
+    if count == 0 {
+        return "no key looks like a verdict that can never be archived".into();
+    }
+    format!(
+        "{count} key(s) look like verdicts but can never be archived, e.g. {}",
+        examples.join(", ")
+    )
+}
+
+/// Why a shard cannot make progress, as the reason and message of
+/// `Ready=False`; `None` when it can. `ticking` is false for a suspended
+/// shard, which is expected not to tick.
+pub fn not_ready(
+    health: &ShardHealth,
+    now: DateTime<Utc>,
+    ticking: bool,
+    unsealed_timeout_seconds: u32,
+) -> Option<(&'static str, String)> {
+    let error = health.last_error.clone().unwrap_or_default();
+    let blocked = match health.waiting_reason.as_deref() {
+        Some("redis-unavailable") => Some(("RedisUnavailable", error)),
+        Some(crate::archive::worker::DATABASE_ERROR) => Some(("DatabaseError", error)),
+        Some("gap") => Some((
+            "GapHeld",
+            format!("{error}; add it to spec.acknowledgedGaps once confirmed lost"),
+        )),
+        Some("partition-missing") => Some(("PartitionMissing", error)),
+        Some("unsealed") => {
+            let waited = health
+                .waiting_minute
+                .map(|minute| (now - (minute + chrono::Duration::minutes(1))).num_seconds())
+                .unwrap_or(0)
+                .max(0);
+            Some((
+                "UnsealedWait",
+                format!(
+                    "{error}; waited {waited} s of spec.unsealedTimeoutSeconds {unsealed_timeout_seconds}"
+                ),
+            ))
+        }
+        Some(other) => Some(("Waiting", format!("{other}: {error}"))),
+        None => None,
+    };
+    if blocked.is_some() {
+        return blocked;
+    }
+    let last_tick = health.last_tick_at?;
+    let silent = (now - last_tick).num_seconds();
+    (ticking && silent > NO_RECENT_TICK_SECONDS).then(|| {
+        (
+            "NoRecentTick",
+            format!(
+                "no tick recorded since {last_tick} ({silent} s): the worker is not running or cannot reach PostgreSQL"
+            ),
+        )
+    })
+}
+
+/// The Warning event of a minute archived without its unsealed verdicts,
+/// once per such minute (`previous` is the status before this reconcile).
+pub fn unsealed_timeout_note(
+    previous: Option<&ArchiverShardStatus>,
+    health: &ShardHealth,
+    unsealed_timeout_seconds: u32,
+) -> Option<String> {
+    let minute = health.unsealed_timeout_minute?;
+    let known = previous.and_then(|status| status.unsealed_timeout_minute);
+    (known != Some(minute)).then(|| {
+        format!(
+            "{} verdict(s) of minute {minute} were not sealed within {unsealed_timeout_seconds} s; \
+             the minute was archived without them and they are in probe_minute_rejects as unsealed_timeout",
+            health.unsealed_timeout_keys
+        )
+    })
+}
+
+/// The Warning event of a stray-key audit that found keys the drain can
+/// never archive, once per new audit result.
+pub fn stray_keys_note(
+    previous: Option<&ArchiverShardStatus>,
+    health: &ShardHealth,
+) -> Option<String> {
+    let count = health.stray_keys.filter(|count| *count > 0)?;
+    let known = previous.and_then(|status| status.stray_keys);
+    (known != Some(count)).then(|| stray_message(count, &health.stray_key_examples))
 }

@@ -7,6 +7,7 @@
 
 pub mod health;
 pub mod redis_source;
+pub mod stray;
 pub mod verdict;
 pub mod views;
 pub mod worker;
@@ -16,10 +17,12 @@ use std::time::Duration;
 
 use kube::ResourceExt;
 
-use crate::api::common::{ConditionUpdate, set_condition};
+use crate::api::common::{ConditionUpdate, condition_types, set_condition};
 use crate::api::{ArchiverShard, ArchiverShardStatus};
 use crate::runtime::context::Context;
-use crate::runtime::reconcile::{Managed, Outcome, ReconcileError, begin_status, finish};
+use crate::runtime::reconcile::{
+    Event, EventType, Managed, Outcome, ReconcileError, begin_status, finish,
+};
 use crate::runtime::workers::{WorkerInputs, WorkerState, worker_deployment_name};
 
 /// How often the shard's status is refreshed from its watermark.
@@ -94,6 +97,7 @@ impl Managed for ArchiverShard {
             }
             None => "waiting for the first tick".to_string(),
         };
+        let ticking = !matches!(state, WorkerState::Suspended);
         let message = match state {
             WorkerState::Suspended => "suspended: no worker runs".to_string(),
             WorkerState::Deployment(_) => format!(
@@ -103,6 +107,9 @@ impl Managed for ArchiverShard {
             _ => message,
         };
         let mut outcome = finish(self, ctx, status, &problems, &message, STATUS_REFRESH);
+        if let Some(health) = &health {
+            self.report_drain_state(&mut outcome, health, ticking, now);
+        }
         if health.is_none() {
             set_condition(
                 &mut outcome.status.conditions,
@@ -117,5 +124,55 @@ impl Managed for ArchiverShard {
             );
         }
         Ok(outcome)
+    }
+}
+
+impl ArchiverShard {
+    /// `Ready=False` with the reason whenever the shard cannot make progress
+    /// (`finish` only knows the spec is valid), and a Warning event for each
+    /// new minute archived without its unsealed verdicts and each new
+    /// stray-key count.
+    fn report_drain_state(
+        &self,
+        outcome: &mut Outcome<ArchiverShardStatus>,
+        health: &health::ShardHealth,
+        ticking: bool,
+        now: chrono::DateTime<chrono::Utc>,
+    ) {
+        let timeout = self.spec.unsealed_timeout_seconds;
+        let warning = |reason: &str, action: &str, note: String| Event {
+            type_: EventType::Warning,
+            reason: reason.into(),
+            action: action.into(),
+            note,
+        };
+        if let Some((reason, message)) = health::not_ready(health, now, ticking, timeout) {
+            set_condition(
+                &mut outcome.status.conditions,
+                ConditionUpdate {
+                    type_: condition_types::READY,
+                    status: false,
+                    reason,
+                    message: message.clone(),
+                },
+                self.metadata.generation,
+                now,
+            );
+            outcome.events = if self.status.as_ref() != Some(&outcome.status) {
+                vec![warning(reason, "Drain", message)]
+            } else {
+                Vec::new()
+            };
+        }
+        if let Some(note) = health::unsealed_timeout_note(self.status.as_ref(), health, timeout) {
+            outcome
+                .events
+                .push(warning("UnsealedTimeout", "Drain", note));
+        }
+        if let Some(note) = health::stray_keys_note(self.status.as_ref(), health) {
+            outcome
+                .events
+                .push(warning("StrayKeysFound", "AuditStrayKeys", note));
+        }
     }
 }

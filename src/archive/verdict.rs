@@ -73,6 +73,12 @@ pub enum RejectReason {
     InvalidText,
     /// Redis refused to read the key as a hash (e.g. WRONGTYPE).
     NotAHash,
+    /// Still not sealed `spec.unsealedTimeoutSeconds` after its minute
+    /// ended: the rest of the minute was archived without it.
+    UnsealedTimeout,
+    /// More than [`MAX_VERDICT_FIELDS`] fields or [`MAX_VERDICT_BYTES`] of
+    /// names and values: only a bounded sample was read.
+    TooLarge,
 }
 
 impl RejectReason {
@@ -87,6 +93,8 @@ impl RejectReason {
             Self::Vanished => "vanished",
             Self::InvalidText => "invalid_text",
             Self::NotAHash => "not_a_hash",
+            Self::UnsealedTimeout => "unsealed_timeout",
+            Self::TooLarge => "too_large",
         }
     }
 }
@@ -118,6 +126,23 @@ pub struct RawFields {
     pub not_utf8: bool,
     /// Redis's error when it would not read the key as a hash.
     pub read_error: Option<String>,
+    /// The hash is over the size limits: `fields` holds only a bounded,
+    /// truncated sample of it.
+    pub oversize: Option<Oversize>,
+}
+
+/// A verdict hash may have at most this many fields...
+pub const MAX_VERDICT_FIELDS: u64 = 256;
+/// ...and at most this many bytes of field names and values in total.
+pub const MAX_VERDICT_BYTES: u64 = 64 * 1024;
+
+/// How big a hash over the limits was, as Redis reported it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Oversize {
+    pub fields: u64,
+    /// Bytes of names and values; `None` when the field count alone was
+    /// over the limit (summing a huge hash would cost Redis O(fields)).
+    pub bytes: Option<u64>,
 }
 
 impl RawFields {

@@ -15,18 +15,21 @@ use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
 use super::redis_source::{self, MinuteStream};
-use super::verdict::{self, RawFields, Reject, Verdict};
+use super::stray::{self, AuditPace};
+use super::verdict::{self, RawFields, Reject, RejectReason, Verdict};
 use super::writer::{self, StreamError, WriteError, WritePath};
 use crate::api::ArchiverShard;
 use crate::api::archiver_shard::Discovery;
 use crate::api::validation::parse_duration;
 use crate::clock::{SharedClock, minute_floor};
-use crate::runtime::metrics::{Metrics, RejectLabels, ShardLabels};
+use crate::runtime::metrics::{Metrics, RejectLabels, ShardLabels, StrayKeyLabels};
 use futures::StreamExt;
 
 /// Advisory-lock key shared by drain ticks (shared side) and erasures
 /// (exclusive side): an erasure waits for in-flight ticks and blocks new ones.
 pub const ERASURE_LOCK_KEY: i64 = crate::db::locks::ERASURE;
+/// The `waiting_reason` of a tick that failed on a PostgreSQL error.
+pub const DATABASE_ERROR: &str = "database-error";
 /// How long a tick's hold on the watermark is advertised as valid.
 const LOCK_TTL: chrono::Duration = chrono::Duration::seconds(90);
 
@@ -54,6 +57,9 @@ pub struct ShardSettings {
     pub backfill: chrono::Duration,
     pub acknowledged_gaps: Vec<(DateTime<Utc>, DateTime<Utc>, String)>,
     pub tick_offset: chrono::Duration,
+    /// How long past its end a minute waits for unsealed verdicts before
+    /// they are rejected as `unsealed_timeout` and the minute proceeds.
+    pub unsealed_timeout: chrono::Duration,
 }
 
 impl ShardSettings {
@@ -76,6 +82,9 @@ impl ShardSettings {
                 .map(|gap| (gap.from, gap.to, gap.reason.clone()))
                 .collect(),
             tick_offset: chrono::Duration::seconds(i64::from(shard.spec.tick_offset_seconds)),
+            unsealed_timeout: chrono::Duration::seconds(i64::from(
+                shard.spec.unsealed_timeout_seconds,
+            )),
         }
     }
 
@@ -90,7 +99,8 @@ impl ShardSettings {
 /// Why the watermark did not move past a minute.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum WaitReason {
-    /// Some keys of the minute are not sealed yet.
+    /// Some keys of the minute are not sealed yet (and the minute ended
+    /// less than `unsealed_timeout` ago).
     Unsealed { keys: usize },
     /// No keys at all while the previous minute had some: suspected eviction.
     Gap,
@@ -101,6 +111,7 @@ pub enum WaitReason {
 }
 
 impl WaitReason {
+    /// The `waiting_reason` recorded in the watermark row.
     pub fn label(&self) -> &'static str {
         match self {
             Self::Unsealed { .. } => "unsealed",
@@ -148,6 +159,9 @@ pub struct ArchivedMinute {
     pub rejected: usize,
     /// Rows dropped because their pair was erased at or after the minute.
     pub erased: usize,
+    /// Verdicts still unsealed past the timeout, rejected as
+    /// `unsealed_timeout` (included in `rejected`).
+    pub unsealed_timed_out: usize,
     pub path: WritePath,
     pub via: Discovery,
 }
@@ -183,6 +197,9 @@ pub struct Worker {
     marker: Marker,
     /// A warning about the last archived minute (kept until the next one).
     warning: Option<String>,
+    /// The stray-key audit running on its own task, if any.
+    audit: Option<tokio::task::JoinHandle<()>>,
+    audit_pace: AuditPace,
 }
 
 impl Worker {
@@ -199,7 +216,9 @@ impl Worker {
             .set_connection_timeout(Some(Duration::from_secs(5)))
             .set_response_timeout(Some(Duration::from_secs(30)))
             .set_number_of_retries(2);
-        let redis = client.get_connection_manager_with_config(config).await?;
+        // Lazy: a Redis that is down at start is a wait the tick records
+        // (and the status shows), not a worker that never starts.
+        let redis = client.get_connection_manager_lazy(config)?;
         let marker = Marker::start(redis.clone(), settings.label.clone());
         Ok(Self {
             settings,
@@ -211,6 +230,8 @@ impl Worker {
             pending_marks: Vec::new(),
             marker,
             warning: None,
+            audit: None,
+            audit_pace: AuditPace::default(),
         })
     }
 
@@ -224,6 +245,23 @@ impl Worker {
     /// is spent.
     pub async fn tick(&mut self, budget: Duration) -> Result<TickReport, DrainError> {
         let started = Instant::now();
+        let result = self.tick_inner(budget, started).await;
+        if let Err(error) = &result {
+            self.record_failure(error).await;
+        }
+        self.start_audit_if_due().await;
+        self.metrics
+            .tick_duration
+            .get_or_create(&self.shard_labels())
+            .observe(started.elapsed().as_secs_f64());
+        result
+    }
+
+    async fn tick_inner(
+        &mut self,
+        budget: Duration,
+        started: Instant,
+    ) -> Result<TickReport, DrainError> {
         self.ensure_watermark_row().await?;
         let mut report = TickReport::default();
         loop {
@@ -240,11 +278,115 @@ impl Worker {
                 break;
             }
         }
-        self.metrics
-            .tick_duration
-            .get_or_create(&self.shard_labels())
-            .observe(started.elapsed().as_secs_f64());
         Ok(report)
+    }
+
+    /// How fast the stray-key audit walks the keyspace.
+    pub fn set_audit_pace(&mut self, pace: AuditPace) {
+        self.audit_pace = pace;
+    }
+
+    /// Waits for a running stray-key audit to finish (tests, `run --once`).
+    pub async fn wait_for_audit(&mut self) {
+        if let Some(audit) = self.audit.take()
+            && let Err(error) = audit.await
+        {
+            tracing::warn!(shard = %self.settings.label, %error, "the stray-key audit task failed");
+        }
+    }
+
+    /// Starts the hourly stray-key audit on a task of its own when the
+    /// last one (of any replica: the claim is in the watermark row) is an
+    /// hour old by the worker's clock. Never on a minute's transaction.
+    async fn start_audit_if_due(&mut self) {
+        if self
+            .audit
+            .as_ref()
+            .is_some_and(|audit| !audit.is_finished())
+        {
+            return;
+        }
+        let now = self.clock.now();
+        let claimed: Result<Option<DateTime<Utc>>, sqlx::Error> = sqlx::query_scalar(
+            "UPDATE archive_watermark SET stray_audit_at = $2 WHERE shard_id = $1 \
+             AND (stray_audit_at IS NULL OR stray_audit_at <= $3) RETURNING last_minute",
+        )
+        .bind(self.settings.shard_id)
+        .bind(now)
+        .bind(now - stray::AUDIT_EVERY)
+        .fetch_optional(&self.pool)
+        .await;
+        let watermark = match claimed {
+            Ok(Some(watermark)) => watermark,
+            Ok(None) => return,
+            Err(error) => {
+                tracing::warn!(shard = %self.settings.label, %error, "could not claim the stray-key audit");
+                return;
+            }
+        };
+        let mut redis = self.redis.clone();
+        let pool = self.pool.clone();
+        let clock = self.clock.clone();
+        let metrics = self.metrics.clone();
+        let label = self.settings.label.clone();
+        let shard_id = self.settings.shard_id;
+        let pace = self.audit_pace;
+        self.audit = Some(tokio::spawn(async move {
+            let found = match stray::audit(&mut redis, Some(watermark), pace).await {
+                Ok(found) => found,
+                Err(error) => {
+                    tracing::warn!(shard = %label, %error, "stray-key audit failed; next one in an hour");
+                    return;
+                }
+            };
+            for kind in stray::StrayKind::ALL {
+                let count = found.by_kind.get(&kind).copied().unwrap_or(0);
+                metrics
+                    .stray_keys
+                    .get_or_create(&StrayKeyLabels {
+                        shard: label.clone(),
+                        kind: kind.as_str().into(),
+                    })
+                    .set(i64::try_from(count).unwrap_or(i64::MAX));
+            }
+            if found.total() > 0 {
+                tracing::warn!(shard = %label, strays = found.total(), examples = ?found.examples, "keys that look like verdicts can never be archived");
+            }
+            let recorded = sqlx::query(
+                "UPDATE archive_watermark SET stray_audit_at = $2, stray_keys = $3, stray_key_examples = $4 \
+                 WHERE shard_id = $1",
+            )
+            .bind(shard_id)
+            .bind(clock.now())
+            .bind(i64::try_from(found.total()).unwrap_or(i64::MAX))
+            .bind(&found.examples)
+            .execute(&pool)
+            .await;
+            if let Err(error) = recorded {
+                tracing::warn!(shard = %label, %error, "could not record the stray-key audit");
+            }
+        }));
+    }
+
+    /// Records a failed tick in the watermark row, outside the rolled-back
+    /// transaction, so the status says why the shard does not progress.
+    /// Best effort: when PostgreSQL itself is unreachable this fails too,
+    /// and the status reports the missing ticks instead (`NoRecentTick`).
+    async fn record_failure(&self, error: &DrainError) {
+        let now = self.clock.now();
+        let recorded = sqlx::query(
+            "UPDATE archive_watermark SET last_tick_at = $2, waiting_minute = last_minute + interval '1 minute', \
+             waiting_reason = $3, last_error = $4 WHERE shard_id = $1",
+        )
+        .bind(self.settings.shard_id)
+        .bind(now)
+        .bind(DATABASE_ERROR)
+        .bind(error.to_string())
+        .execute(&self.pool)
+        .await;
+        if let Err(record_error) = recorded {
+            tracing::warn!(shard = %self.settings.label, %record_error, "could not record the failed tick");
+        }
     }
 
     /// A first watermark: the minute before `now - backfill`.
@@ -402,6 +544,7 @@ impl Worker {
                 rows: 0,
                 rejected: 0,
                 erased: 0,
+                unsealed_timed_out: 0,
                 path: WritePath::Copy,
                 via: self.settings.discovery,
             })));
@@ -442,17 +585,39 @@ impl Worker {
         let mut keys_read: Vec<String> = Vec::new();
         let mut rejects: Vec<(String, RawFields, Reject)> = Vec::new();
         let mut erased = 0;
+        let mut unsealed_timed_out = 0;
+        // Past the timeout, a verdict still unsealed is rejected instead of
+        // holding the minute: the coalescer that should seal it is gone.
+        let waited = self.clock.now() - (minute + chrono::Duration::minutes(1));
+        let timed_out = waited >= self.settings.unsealed_timeout;
+        let timeout_seconds = self.settings.unsealed_timeout.num_seconds();
         let rest = futures::stream::poll_fn(move |cx| chunks.poll_recv(cx));
         let all = futures::stream::iter([Ok(first)]).chain(rest);
         let rows = all.map(|chunk| {
             let (keys, fields) = chunk.map_err(|e| WaitReason::RedisUnavailable(e.to_string()))?;
-            let unsealed = fields.iter().filter(|f| verdict::is_unsealed(f)).count();
-            if unsealed > 0 {
+            let unsealed = fields.iter().filter(|f| is_unsealed(f)).count();
+            if unsealed > 0 && !timed_out {
                 return Err(WaitReason::Unsealed { keys: unsealed });
             }
             keys_read.extend(keys.iter().cloned());
             let mut rows = Vec::with_capacity(keys.len());
             for (key, fields) in keys.into_iter().zip(fields) {
+                if let Some(reject) = too_large(&fields) {
+                    rejects.push((key, fields, reject));
+                    continue;
+                }
+                if is_unsealed(&fields) {
+                    unsealed_timed_out += 1;
+                    let reject = Reject {
+                        reason: RejectReason::UnsealedTimeout,
+                        detail: format!(
+                            "not sealed {} s after the minute ended (spec.unsealedTimeoutSeconds {timeout_seconds})",
+                            waited.num_seconds()
+                        ),
+                    };
+                    rejects.push((key, fields, reject));
+                    continue;
+                }
                 match verdict::parse(&key, &fields, minute) {
                     Ok(row) => rows.push(row),
                     Err(reject) => rejects.push((key, fields, reject)),
@@ -476,6 +641,10 @@ impl Worker {
             }
         };
         self.insert_rejects(tx, minute, &rejects).await?;
+        if unsealed_timed_out > 0 {
+            self.record_unsealed_timeout(tx, minute, unsealed_timed_out)
+                .await?;
+        }
         // The marker is written after the commit; a crash in between only
         // means the next tick finds the rows present (ON CONFLICT absorbs it).
         let archived = ArchivedMinute {
@@ -484,6 +653,7 @@ impl Worker {
             rows: written.inserted,
             rejected: rejects.len(),
             erased,
+            unsealed_timed_out,
             path: written.path,
             via,
         };
@@ -499,8 +669,41 @@ impl Worker {
                 })
                 .inc();
         }
+        if unsealed_timed_out > 0 {
+            tracing::warn!(
+                shard = %self.settings.label,
+                %minute,
+                verdicts = unsealed_timed_out,
+                "verdicts never sealed within spec.unsealedTimeoutSeconds were rejected as unsealed_timeout"
+            );
+            self.metrics
+                .unsealed_timeout_verdicts
+                .get_or_create(&self.shard_labels())
+                .inc_by(unsealed_timed_out as u64);
+        }
         self.pending_marks = keys_read;
         Ok(Ok(MinuteOutcome::Archived(archived)))
+    }
+
+    /// Remembers, with the minute, the last minute whose unsealed verdicts
+    /// timed out: the operator raises one Warning event for each.
+    async fn record_unsealed_timeout(
+        &self,
+        tx: &mut PgConnection,
+        minute: DateTime<Utc>,
+        verdicts: usize,
+    ) -> Result<(), DrainError> {
+        sqlx::query(
+            "UPDATE archive_watermark SET unsealed_timeout_minute = $2, unsealed_timeout_keys = $3 \
+             WHERE shard_id = $1",
+        )
+        .bind(self.settings.shard_id)
+        .bind(minute)
+        .bind(i32::try_from(verdicts).unwrap_or(i32::MAX))
+        .execute(&mut *tx)
+        .await
+        .map_err(db("recording the unsealed timeout"))?;
+        Ok(())
     }
 
     async fn insert_rejects(
@@ -573,6 +776,31 @@ impl Worker {
         .map_err(db("recording shard health"))?;
         Ok(())
     }
+}
+
+/// A verdict the coalescer is still writing. A hash over the size limits
+/// is only sampled, so whether it is sealed is unknown: it is rejected as
+/// too large instead of holding the minute.
+fn is_unsealed(raw: &RawFields) -> bool {
+    raw.oversize.is_none() && verdict::is_unsealed(raw)
+}
+
+/// The reject of a hash over the size limits, saying how big it was.
+fn too_large(raw: &RawFields) -> Option<Reject> {
+    let size = raw.oversize?;
+    let bytes = match size.bytes {
+        Some(bytes) => format!("{bytes} bytes"),
+        None => "bytes not summed".to_string(),
+    };
+    Some(Reject {
+        reason: RejectReason::TooLarge,
+        detail: format!(
+            "{} fields, {bytes} (limits: {} fields, {} bytes of names and values); raw_fields holds a truncated sample",
+            size.fields,
+            verdict::MAX_VERDICT_FIELDS,
+            verdict::MAX_VERDICT_BYTES
+        ),
+    })
 }
 
 /// A minute with less than half the keys of the one before may have lost

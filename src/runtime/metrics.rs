@@ -30,6 +30,13 @@ pub struct FailureLabels {
     pub error: String,
 }
 
+/// A shard and a kind of stray key (`unaligned`, `malformed`, `missed`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StrayKeyLabels {
+    pub shard: String,
+    pub kind: String,
+}
+
 /// One DeletionRequest.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct DeletionLabels {
@@ -73,6 +80,11 @@ pub struct Metrics {
     pub unsealed_wait_seconds: Family<ShardLabels, Gauge>,
     /// Minutes with far fewer keys than the one before.
     pub key_drop_warnings: Family<ShardLabels, Counter>,
+    /// Unsealed verdicts rejected after `spec.unsealedTimeoutSeconds`.
+    pub unsealed_timeout_verdicts: Family<ShardLabels, Counter>,
+    /// Keys that look like verdicts but can never be archived, by kind, at
+    /// the last hourly audit.
+    pub stray_keys: Family<StrayKeyLabels, Gauge>,
     /// Seconds left until an open DeletionRequest's deadline (response days plus any extension)
     /// (negative when overdue); removed once the request completed.
     pub deletion_deadline_seconds: Family<DeletionLabels, Gauge>,
@@ -163,6 +175,18 @@ impl Metrics {
             "Minutes with less than half the keys of the minute before",
             key_drop_warnings.clone(),
         );
+        let unsealed_timeout_verdicts = Family::<ShardLabels, Counter>::default();
+        registry.register(
+            "unsealed_timeout_verdicts",
+            "Verdicts rejected because they were not sealed within spec.unsealedTimeoutSeconds",
+            unsealed_timeout_verdicts.clone(),
+        );
+        let stray_keys = Family::<StrayKeyLabels, Gauge>::default();
+        registry.register(
+            "stray_keys",
+            "Keys that look like verdicts but can never be archived, by kind, at the last audit",
+            stray_keys.clone(),
+        );
         let deletion_deadline_seconds = Family::<DeletionLabels, Gauge>::default();
         let deletion_duration = Histogram::new(exponential_buckets(0.05, 2.0, 14));
         let deletion_failures = Family::<ErasureStepLabels, Counter>::default();
@@ -234,6 +258,8 @@ impl Metrics {
             tick_duration,
             unsealed_wait_seconds,
             key_drop_warnings,
+            unsealed_timeout_verdicts,
+            stray_keys,
             deletion_deadline_seconds,
             deletion_duration,
             deletion_failures,

@@ -88,8 +88,10 @@ impl WorkerHost {
                 let pool = inputs.pool.ok_or(ReconcileError::NoDatabase)?;
                 let mut worker = connect(shard, &inputs, pool).await?;
                 let report = worker.tick(TICK_BUDGET).await;
-                // A one-shot tick (`run --once`): the process may exit next.
+                // A one-shot tick (`run --once`): the process may exit next,
+                // so markers and a stray-key audit that fell due finish first.
                 worker.flush_marks().await;
+                worker.wait_for_audit().await;
                 let report = report.map_err(|e| ReconcileError::Step {
                     step: "drain tick".into(),
                     reason: e.to_string(),
