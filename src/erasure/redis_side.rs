@@ -2,7 +2,10 @@
 //! entry in the minute's index set) and every alert-router key matching the
 //! configured patterns, in one Redis instance. Keys are found with
 //! `SCAN MATCH` and removed with pipelined `UNLINK` (non-blocking for the
-//! server, unlike `DEL` of many keys).
+//! server, unlike `DEL` of many keys). Key names are bytes (one name that
+//! is not UTF-8 must not fail an erasure), and a verdict key is the scope's
+//! when the drain's own key reading says so ([`Scope::owns_verdict_key`]):
+//! the glob only narrows the walk, for every spelling of the tenant.
 //!
 //! SCAN walks the whole keyspace; that is the price of completeness: the
 //! scope's keys cannot be enumerated otherwise (minutes outside any known
@@ -36,8 +39,9 @@ pub enum RedisSideError {
     Pattern(#[from] PatternError),
 }
 
-/// A verdict key and its minute (epoch seconds), when readable.
-pub type VerdictKey = (String, Option<i64>);
+/// A verdict key (its name's bytes) and its minute (epoch seconds), when
+/// readable.
+pub type VerdictKey = (Vec<u8>, Option<i64>);
 /// Verdict keys per shard label.
 pub type KeysByShard = Vec<(String, Vec<VerdictKey>)>;
 
@@ -99,7 +103,7 @@ impl<'a> Connection<'a> {
 
     /// Every key matching `pattern`. SCAN may return a key twice; the set
     /// removes duplicates.
-    async fn scan_all(&mut self, pattern: &str) -> Result<BTreeSet<String>, RedisSideError> {
+    async fn scan_all(&mut self, pattern: &str) -> Result<BTreeSet<Vec<u8>>, RedisSideError> {
         let keys = crate::archive::redis_source::scan_keys(&mut self.conn, pattern)
             .await
             .map_err(self.fail("scanning"))?;
@@ -146,8 +150,12 @@ pub async fn erase(
     }
     removed.verdict_key_names = verdict_keys;
 
+    let mut alert_keys = BTreeSet::new();
     for glob in &alert_globs {
-        let keys: Vec<String> = conn.scan_all(glob).await?.into_iter().collect();
+        alert_keys.extend(conn.scan_all(glob).await?);
+    }
+    {
+        let keys: Vec<Vec<u8>> = alert_keys.into_iter().collect();
         for chunk in keys.chunks(PIPELINE_BATCH) {
             let unlinked: u64 = redis::cmd("UNLINK")
                 .arg(chunk)
@@ -195,18 +203,18 @@ pub async fn remaining(
             .map_err(conn.fail("checking index sets"))?;
         remaining.index_entries += present.into_iter().filter(|p| *p).count() as u64;
     }
+    let mut alert_keys = BTreeSet::new();
     for glob in &alert_globs {
-        remaining.alert_keys += conn.scan_all(glob).await?.len() as u64;
+        alert_keys.extend(conn.scan_all(glob).await?);
     }
+    remaining.alert_keys = alert_keys.len() as u64;
     Ok(remaining)
 }
 
 fn alert_globs(scope: &Scope, patterns: &[String]) -> Result<Vec<String>, RedisSideError> {
     let mut globs = Vec::new();
     for pattern in patterns {
-        if let Some(glob) = scope.alert_key_glob(pattern)? {
-            globs.push(glob);
-        }
+        globs.extend(scope.alert_key_globs(pattern)?);
     }
     Ok(globs)
 }
