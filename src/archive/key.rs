@@ -142,6 +142,87 @@ pub fn escape_glob(text: &str) -> String {
     escaped
 }
 
+#[derive(Debug)]
+enum GlobToken {
+    Star,
+    Any,
+    Literal(u8),
+    Class {
+        negated: bool,
+        ranges: Vec<(u8, u8)>,
+    },
+}
+
+/// Tokens of a Redis glob, read as `stringmatchlen` reads it: `\` escapes
+/// the next byte, in classes too; `[^...]` negates; `a-z` is a range in
+/// either order.
+fn glob_tokens(pattern: &[u8]) -> Vec<GlobToken> {
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < pattern.len() {
+        match pattern[i] {
+            b'*' => out.push(GlobToken::Star),
+            b'?' => out.push(GlobToken::Any),
+            b'\\' if i + 1 < pattern.len() => {
+                i += 1;
+                out.push(GlobToken::Literal(pattern[i]));
+            }
+            b'[' => {
+                i += 1;
+                let negated = pattern.get(i) == Some(&b'^');
+                if negated {
+                    i += 1;
+                }
+                let mut ranges = Vec::new();
+                while i < pattern.len() && pattern[i] != b']' {
+                    if pattern[i] == b'\\' && i + 1 < pattern.len() {
+                        i += 1;
+                        ranges.push((pattern[i], pattern[i]));
+                    } else if i + 2 < pattern.len() && pattern[i + 1] == b'-' {
+                        let (a, b) = (pattern[i], pattern[i + 2]);
+                        ranges.push((a.min(b), a.max(b)));
+                        i += 2;
+                    } else {
+                        ranges.push((pattern[i], pattern[i]));
+                    }
+                    i += 1;
+                }
+                out.push(GlobToken::Class { negated, ranges });
+            }
+            byte => out.push(GlobToken::Literal(byte)),
+        }
+        i += 1;
+    }
+    out
+}
+
+/// Whether `text` matches the Redis glob `pattern`, as `SCAN MATCH` would
+/// (checked against a real server in tests/key_matcher.rs). Dynamic
+/// programming: no backtracking blow-up on many stars.
+pub fn glob_matches(pattern: &str, text: &[u8]) -> bool {
+    let tokens = glob_tokens(pattern.as_bytes());
+    // matches[j]: tokens[i..] match text[j..], for the current i.
+    let mut matches = vec![false; text.len() + 1];
+    matches[text.len()] = true;
+    for token in tokens.iter().rev() {
+        let mut next = vec![false; text.len() + 1];
+        for j in (0..=text.len()).rev() {
+            next[j] = match token {
+                GlobToken::Star => matches[j] || (j < text.len() && next[j + 1]),
+                _ if j == text.len() => false,
+                GlobToken::Any => matches[j + 1],
+                GlobToken::Literal(byte) => text[j] == *byte && matches[j + 1],
+                GlobToken::Class { negated, ranges } => {
+                    let inside = ranges.iter().any(|(lo, hi)| (*lo..=*hi).contains(&text[j]));
+                    inside != *negated && matches[j + 1]
+                }
+            };
+        }
+        matches = next;
+    }
+    matches[0]
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -18,7 +18,7 @@ use redis::AsyncConnectionConfig;
 use redis::aio::MultiplexedConnection;
 
 use super::redis_targets::RedisTarget;
-use super::scope::{PatternError, Scope};
+use super::scope::{AlertKeySearch, PatternError, Scope};
 use crate::archive::verdict::index_key;
 
 /// Commands per pipeline round trip.
@@ -109,6 +109,20 @@ impl<'a> Connection<'a> {
             .map_err(self.fail("scanning"))?;
         Ok(keys.into_iter().collect())
     }
+
+    /// The alert-router keys of every search: one walk per pattern for
+    /// every spelling of the tenant, then the exact globs.
+    async fn alert_keys(
+        &mut self,
+        searches: &[AlertKeySearch],
+    ) -> Result<BTreeSet<Vec<u8>>, RedisSideError> {
+        let mut keys = BTreeSet::new();
+        for search in searches {
+            let found = self.scan_all(&search.prefilter).await?;
+            keys.extend(found.into_iter().filter(|name| search.selects(name)));
+        }
+        Ok(keys)
+    }
 }
 
 /// Removes the scope's verdict keys, their index-set entries and the alert
@@ -118,7 +132,7 @@ pub async fn erase(
     scope: &Scope,
     alert_patterns: &[String],
 ) -> Result<Removed, RedisSideError> {
-    let alert_globs = alert_globs(scope, alert_patterns)?;
+    let alert_searches = alert_searches(scope, alert_patterns)?;
     let mut conn = Connection::open(target).await?;
     let mut removed = Removed::default();
 
@@ -150,10 +164,7 @@ pub async fn erase(
     }
     removed.verdict_key_names = verdict_keys;
 
-    let mut alert_keys = BTreeSet::new();
-    for glob in &alert_globs {
-        alert_keys.extend(conn.scan_all(glob).await?);
-    }
+    let alert_keys = conn.alert_keys(&alert_searches).await?;
     {
         let keys: Vec<Vec<u8>> = alert_keys.into_iter().collect();
         for chunk in keys.chunks(PIPELINE_BATCH) {
@@ -179,7 +190,7 @@ pub async fn remaining(
     upto: i64,
     removed_keys: &[VerdictKey],
 ) -> Result<Remaining, RedisSideError> {
-    let alert_globs = alert_globs(scope, alert_patterns)?;
+    let alert_searches = alert_searches(scope, alert_patterns)?;
     let mut conn = Connection::open(target).await?;
     let mut remaining = Remaining::default();
     for key in conn.scan_all(&scope.verdict_key_glob()).await? {
@@ -203,20 +214,20 @@ pub async fn remaining(
             .map_err(conn.fail("checking index sets"))?;
         remaining.index_entries += present.into_iter().filter(|p| *p).count() as u64;
     }
-    let mut alert_keys = BTreeSet::new();
-    for glob in &alert_globs {
-        alert_keys.extend(conn.scan_all(glob).await?);
-    }
+    let alert_keys = conn.alert_keys(&alert_searches).await?;
     remaining.alert_keys = alert_keys.len() as u64;
     Ok(remaining)
 }
 
-fn alert_globs(scope: &Scope, patterns: &[String]) -> Result<Vec<String>, RedisSideError> {
-    let mut globs = Vec::new();
+fn alert_searches(
+    scope: &Scope,
+    patterns: &[String],
+) -> Result<Vec<AlertKeySearch>, RedisSideError> {
+    let mut searches = Vec::new();
     for pattern in patterns {
-        globs.extend(scope.alert_key_globs(pattern)?);
+        searches.extend(scope.alert_key_search(pattern)?);
     }
-    Ok(globs)
+    Ok(searches)
 }
 
 fn index_key_of(minute: i64) -> String {

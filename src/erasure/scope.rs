@@ -112,6 +112,18 @@ impl Scope {
     /// without `{server}` hold tenant-wide keys and only apply to
     /// whole-tenant erasures (empty for a server erasure).
     pub fn alert_key_globs(&self, pattern: &str) -> Result<Vec<String>, PatternError> {
+        Ok(self
+            .alert_key_search(pattern)?
+            .map(|search| search.exact)
+            .unwrap_or_default())
+    }
+
+    /// How to find the keys of an alert-router pattern in one walk of the
+    /// keyspace: `SCAN MATCH` the prefilter (the `{tenant}` placeholder as
+    /// [`key::tenant_prefilter_glob`], which every spelling matches), keep
+    /// the keys an exact glob matches. None when the pattern does not apply
+    /// to the scope (see [`Scope::alert_key_globs`]).
+    pub fn alert_key_search(&self, pattern: &str) -> Result<Option<AlertKeySearch>, PatternError> {
         if !pattern.contains("{tenant}") {
             return Err(PatternError {
                 pattern: pattern.to_string(),
@@ -119,17 +131,21 @@ impl Scope {
         }
         let server = match (&self.server, pattern.contains("{server}")) {
             (Some(server), true) => key::escape_glob(server),
-            (Some(_), false) => return Ok(Vec::new()),
+            (Some(_), false) => return Ok(None),
             (None, _) => "*".to_string(),
         };
-        Ok(key::tenant_globs(self.tenant)
-            .into_iter()
-            .map(|tenant| {
-                pattern
-                    .replace("{tenant}", &tenant)
-                    .replace("{server}", &server)
-            })
-            .collect())
+        let expand = |tenant: &str| {
+            pattern
+                .replace("{tenant}", tenant)
+                .replace("{server}", &server)
+        };
+        Ok(Some(AlertKeySearch {
+            prefilter: expand(&key::tenant_prefilter_glob(self.tenant)),
+            exact: key::tenant_globs(self.tenant)
+                .iter()
+                .map(|tenant| expand(tenant))
+                .collect(),
+        }))
     }
 
     /// The tenant's hash in the suppression tables: lowercase hex of
@@ -151,6 +167,20 @@ impl fmt::Display for Scope {
 /// Lowercase hex of SHA-256(tenant_id as text || salt).
 pub fn tenant_hash(tenant: Uuid, salt: &str) -> String {
     hex::encode(Sha256::digest(format!("{tenant}{salt}")))
+}
+
+/// The keys of one alert-router pattern for a scope: those `SCAN MATCH
+/// prefilter` returns that one of `exact` matches ([`key::glob_matches`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AlertKeySearch {
+    pub prefilter: String,
+    pub exact: Vec<String>,
+}
+
+impl AlertKeySearch {
+    pub fn selects(&self, name: &[u8]) -> bool {
+        self.exact.iter().any(|glob| key::glob_matches(glob, name))
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
