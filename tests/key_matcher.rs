@@ -347,3 +347,62 @@ async fn measure_scan_patterns() {
         );
     }
 }
+
+/// Migration 0010 fills `tenant_id` and `server_slug` of the rejects
+/// stored before it from their key text, in SQL. For generated keys (as
+/// rejects stored them then: UTF-8, verbatim), its statement gives exactly
+/// what the drain's key reading gives now.
+#[tokio::test]
+async fn the_migration_backfill_reads_keys_as_the_drain_does() {
+    let db = archiver_operator::testing::TestDatabase::new().await;
+    let migration = include_str!("../migrations/0010_rejects_identity.sql");
+    let start = migration
+        .find("UPDATE probe_minute_rejects")
+        .expect("the backfill statement");
+    let update = &migration[start..];
+    let update = &update[..update.find(';').expect("its end")];
+    let mut runner = TestRunner::deterministic();
+    let strategy = key_name();
+    let mut keys = std::collections::BTreeSet::new();
+    while keys.len() < 2_000 {
+        let key = strategy.new_tree(&mut runner).unwrap().current();
+        if let Ok(text) = String::from_utf8(key)
+            && !text.contains('\0')
+        {
+            keys.insert(text);
+        }
+    }
+    let keys: Vec<String> = keys.into_iter().collect();
+    sqlx::query(
+        "INSERT INTO probe_minute_rejects (shard_id, verdict_key, reason) \
+         SELECT 0, key, 'test' FROM unnest($1::text[]) AS key",
+    )
+    .bind(&keys)
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    sqlx::raw_sql(sqlx::AssertSqlSafe(update.to_string()))
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    let rows: Vec<(String, Option<Uuid>, Option<String>)> =
+        sqlx::query_as("SELECT verdict_key, tenant_id, server_slug FROM probe_minute_rejects")
+            .fetch_all(&db.pool)
+            .await
+            .unwrap();
+    assert_eq!(rows.len(), keys.len());
+    let mut attributed = 0;
+    for (key, tenant, server) in rows {
+        let owner = key::owner(key.as_bytes());
+        attributed += usize::from(owner.is_some());
+        assert_eq!(
+            owner,
+            tenant.map(|tenant| KeyOwner { tenant, server }),
+            "{key}"
+        );
+    }
+    assert!(
+        attributed > 500,
+        "the keys exercise the backfill: {attributed}"
+    );
+}
