@@ -697,7 +697,7 @@ async fn probe_phases(
         .keys
         .iter()
         .zip(&fields)
-        .map(|(key, fields)| verdict::parse(key, fields, minute))
+        .map(|(key, fields)| verdict::parse_bytes(key, fields, minute))
         .collect::<Result<_, _>>()
         .map_err(|reject| anyhow!("{} {}", reject.reason.as_str(), reject.detail))?;
     phases.parse = lap(&mut at);

@@ -208,8 +208,8 @@ async fn seed_postgres(pool: &PgPool, p: &Params) -> anyhow::Result<Seeded> {
     .await
     .context("seeding probe_month")?;
     sqlx::query(
-        "INSERT INTO probe_minute_rejects (shard_id, verdict_key, minute_bucket, reason) \
-         SELECT 0, 'verdict:' || $1 || ':' || s || ':us-easr:' || extract(epoch FROM m)::bigint, m, 'unknown_region' \
+        "INSERT INTO probe_minute_rejects (shard_id, verdict_key, minute_bucket, reason, tenant_id, server_slug) \
+         SELECT 0, 'verdict:' || $1 || ':' || s || ':us-easr:' || extract(epoch FROM m)::bigint, m, 'unknown_region', $1::uuid, s \
          FROM generate_series($3::timestamptz, $3::timestamptz + interval '99 minutes', interval '1 minute') m, \
               unnest(ARRAY[$2, 'server-0']) s",
     )

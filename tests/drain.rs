@@ -1449,3 +1449,186 @@ fn the_unsealed_timeout_defaults_to_300_and_is_bounded() {
         "no CEL rule for unsealedTimeoutSeconds"
     );
 }
+
+/// Writes sealed verdicts under these key names (bytes) with `state`,
+/// listed in the minute's index set.
+async fn put_verdicts(redis: &RedisServer, at: DateTime<Utc>, keys: &[(Vec<u8>, &str)]) {
+    let client = redis::Client::open(redis.url()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let mut pipe = redis::pipe();
+    for (key, state) in keys {
+        pipe.hset_multiple(key, &[("state", *state), ("verdict_sealed", "1")])
+            .ignore();
+        pipe.sadd(index_key(at), key).ignore();
+    }
+    pipe.query_async::<()>(&mut conn).await.unwrap();
+}
+
+/// A reject as stored: key text, reason, tenant and server columns.
+type RejectRow = (String, String, Option<Uuid>, Option<String>);
+
+async fn rejects(db: &TestDatabase) -> Vec<RejectRow> {
+    sqlx::query_as(
+        "SELECT verdict_key, reason, tenant_id, server_slug FROM probe_minute_rejects ORDER BY verdict_key",
+    )
+    .fetch_all(&db.pool)
+    .await
+    .unwrap()
+}
+
+/// A key name that is not UTF-8, listed in the index set or found by SCAN,
+/// stopped the whole shard before the fix ("Cannot convert from UTF-8").
+/// Now it is a reject under an escaped name, attributed to the tenant its
+/// key names, and the minute archives.
+#[tokio::test]
+async fn key_names_that_are_not_utf8_are_rejects_and_the_minute_archives() {
+    for discovery in [Discovery::Index, Discovery::Scan] {
+        let db = TestDatabase::new().await;
+        november_partition(&db).await;
+        let redis = redis_server();
+        let fixture = seed(&redis, 0..1, 2, true).await;
+        let at = minute(0);
+        let epoch = at.timestamp();
+        let of_tenant = [
+            format!("verdict:{}:caf", tenant(920)).as_bytes(),
+            b"\xe9",
+            format!(":us-east:{epoch}").as_bytes(),
+        ]
+        .concat();
+        let no_tenant = [
+            b"verdict:\xff\xfe:s:us-east:".as_slice(),
+            epoch.to_string().as_bytes(),
+        ]
+        .concat();
+        put_verdicts(&redis, at, &[(of_tenant, "up"), (no_tenant, "up")]).await;
+
+        let clock = ManualClock::new(minute(1) + chrono::Duration::seconds(5));
+        let mut w = worker(
+            &db,
+            &redis,
+            settings(0, discovery, minute(0), clock.now()),
+            &clock,
+            "w",
+        )
+        .await;
+        let report = w.tick(BUDGET).await.expect("the minute is not an error");
+        assert_eq!(report.archived.len(), 1, "{discovery:?}: {report:?}");
+        assert_eq!(watermark(&db, 0).await, minute(0));
+        assert_eq!(archived_rows(&db).await, fixture.expected);
+        let stored = rejects(&db).await;
+        let of = |name: &str| {
+            stored
+                .iter()
+                .find(|(key, ..)| key == name)
+                .unwrap_or_else(|| panic!("{name} not rejected: {stored:?}"))
+                .clone()
+        };
+        let (_, reason, owner, server) =
+            of(&format!("verdict:{}:caf\\xe9:us-east:{epoch}", tenant(920)));
+        assert!(reason.starts_with("invalid_text"), "{reason}");
+        assert_eq!((owner, server), (Some(tenant(920)), None));
+        let (_, reason, owner, _) = of(&format!("verdict:\\xff\\xfe:s:us-east:{epoch}"));
+        assert!(reason.starts_with("invalid_text"), "{reason}");
+        assert_eq!(owner, None);
+        assert_eq!(stored.len(), fixture.rejected_keys.len() + 2);
+    }
+}
+
+/// After an erasure, a late verdict of the erased pair (valid or not, in
+/// any spelling of the tenant) is stored neither as a row nor as a reject.
+/// Before the fix the tombstone filter dropped rows but stored rejects.
+#[tokio::test]
+async fn a_late_verdict_of_an_erased_pair_is_stored_neither_as_row_nor_as_reject() {
+    let db = TestDatabase::new().await;
+    november_partition(&db).await;
+    let redis = redis_server();
+    let fixture = seed(&redis, 0..1, 2, true).await;
+    let at = minute(0);
+    let epoch = at.timestamp();
+    let (pair_tenant, whole_tenant) = (tenant(1), tenant(930));
+    let upper = pair_tenant.to_string().to_uppercase();
+    let late: Vec<(Vec<u8>, &str)> = vec![
+        (
+            format!("verdict:{pair_tenant}:server-0:us-easr:{epoch}").into_bytes(),
+            "up",
+        ),
+        (
+            format!("verdict:{upper}:server-0:ap-southeast:{epoch}").into_bytes(),
+            "sideways",
+        ),
+        (
+            format!("verdict:{upper}:server-0:us-west:{epoch}").into_bytes(),
+            "up",
+        ),
+        (
+            format!("verdict:{whole_tenant}:any:us-east:{epoch}").into_bytes(),
+            "up",
+        ),
+        (
+            format!("verdict:{whole_tenant}:any:us-easr:{epoch}").into_bytes(),
+            "up",
+        ),
+        (format!("verdict:{whole_tenant}").into_bytes(), "up"),
+    ];
+    put_verdicts(&redis, at, &late).await;
+    // Another server of the erased pair's tenant is not erased: its reject stays.
+    let kept = format!("verdict:{upper}:server-1:us-easr:{epoch}");
+    put_verdicts(&redis, at, &[(kept.clone().into_bytes(), "up")]).await;
+    sqlx::query(
+        "INSERT INTO data_deletion_log (tenant_id, server_slug, deleted_at, reason, requester) \
+         VALUES ($1, 'server-0', $3, 'gdpr-art17', $4), ($2, NULL, $3, 'gdpr-art17', $4)",
+    )
+    .bind(pair_tenant)
+    .bind(whole_tenant)
+    .bind(minute(0) + chrono::Duration::seconds(90))
+    .bind(Uuid::nil())
+    .execute(&db.pool)
+    .await
+    .unwrap();
+
+    let clock = ManualClock::new(minute(1) + chrono::Duration::seconds(5));
+    let mut w = worker(
+        &db,
+        &redis,
+        settings(0, Discovery::Index, minute(0), clock.now()),
+        &clock,
+        "w",
+    )
+    .await;
+    let report = w.tick(BUDGET).await.unwrap();
+    assert_eq!(report.archived.len(), 1, "{report:?}");
+    let expected: Expected = fixture
+        .expected
+        .into_iter()
+        .filter(|(t, s, ..)| !(*t == pair_tenant && s == "server-0"))
+        .collect();
+    assert_eq!(archived_rows(&db).await, expected);
+    let stored = rejects(&db).await;
+    let erased: Vec<&RejectRow> = stored
+        .iter()
+        .filter(|(key, ..)| {
+            let key = key.to_lowercase();
+            key.contains(&whole_tenant.to_string())
+                || key.contains(&format!("{pair_tenant}:server-0:"))
+        })
+        .collect();
+    assert!(
+        erased.is_empty(),
+        "rejects of erased pairs stored: {erased:?}"
+    );
+    let kept_row = stored
+        .iter()
+        .find(|(key, ..)| *key == kept)
+        .unwrap_or_else(|| panic!("{kept} not rejected: {stored:?}"));
+    assert_eq!(
+        (kept_row.2, kept_row.3.as_deref()),
+        (Some(pair_tenant), Some("server-1")),
+        "a reject carries the canonical tenant and the server of its key"
+    );
+    assert_eq!(stored.len(), fixture.rejected_keys.len() + 1);
+    assert_eq!(
+        report.archived[0].erased,
+        5 + late.len(),
+        "5 regions of the pair's fixture rows, its 3 late verdicts, the whole tenant's 3"
+    );
+}

@@ -229,11 +229,14 @@ async fn seed_postgres(pool: &PgPool) {
             .await
             .unwrap();
             sqlx::query(
-                "INSERT INTO probe_minute_rejects (shard_id, verdict_key, minute_bucket, raw_fields, reason) \
-                 VALUES (0, $1, $2, '{\"state\": \"up\"}', 'unknown_region: us-easr')",
+                "INSERT INTO probe_minute_rejects (shard_id, verdict_key, minute_bucket, raw_fields, reason, \
+                                                   tenant_id, server_slug) \
+                 VALUES (0, $1, $2, '{\"state\": \"up\"}', 'unknown_region: us-easr', $3, $4)",
             )
             .bind(verdict_key(t, server, "us-easr", minute(3)))
             .bind(minute(3))
+            .bind(t)
+            .bind(server)
             .execute(pool)
             .await
             .unwrap();
@@ -1538,4 +1541,268 @@ async fn the_drill_fails_loudly_when_a_surface_cannot_be_erased() {
     assert!(stdout.contains("drill FAILED"), "{stdout}");
     assert!(stdout.contains("HTTP 503"), "{stdout}");
     assert!(tombstones(&env.db.pool).await.is_empty());
+}
+
+// ------------------------------------------ identity: spellings and key bytes
+
+/// A drain worker of the test Redis whose clock stands `at`, backfilling
+/// from `first`.
+async fn drain_worker(env: &Env, first: DateTime<Utc>, at: DateTime<Utc>) -> Worker {
+    let clock = ManualClock::new(at);
+    Worker::connect(
+        ShardSettings {
+            shard_id: 0,
+            label: "test/shard-0".into(),
+            discovery: Discovery::Index,
+            backfill: at - first,
+            acknowledged_gaps: Vec::new(),
+            tick_offset: chrono::Duration::seconds(5),
+        },
+        "worker-a".into(),
+        env.db.pool.clone(),
+        &env.redis.url(),
+        Arc::new(clock),
+        Arc::new(Metrics::new()),
+    )
+    .await
+    .unwrap()
+}
+
+/// Writes sealed verdicts under these key names (bytes), listed in their
+/// minute's index set.
+async fn put_verdicts(url: &str, keys: &[(Vec<u8>, &str)], minute: DateTime<Utc>) {
+    let client = redis::Client::open(url).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let mut pipe = redis::pipe();
+    for (key, state) in keys {
+        pipe.hset_multiple(key, &[("state", *state), ("verdict_sealed", "1")])
+            .ignore();
+        pipe.sadd(index_key(minute), key).ignore();
+    }
+    pipe.query_async::<()>(&mut conn).await.unwrap();
+}
+
+/// Every key name of a Redis, as bytes.
+async fn redis_key_names(url: &str) -> BTreeSet<Vec<u8>> {
+    let client = redis::Client::open(url).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let keys: Vec<Vec<u8>> = redis::cmd("KEYS")
+        .arg("*")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    keys.into_iter().collect()
+}
+
+/// Upper-case, simple and braced spellings of the tenant: the drain
+/// archives them as the canonical tenant, and before the fix the erasure
+/// only looked for the lower-case spelling (Redis keys and the reject
+/// survived while verification said zero).
+#[tokio::test]
+async fn every_spelling_of_the_tenant_that_the_drain_reads_is_erased_and_verified() {
+    let env = env().await;
+    let (t, server) = (tenant(2), "server-0");
+    let m = minute(2);
+    let epoch = m.timestamp();
+    let upper = t.hyphenated().to_string().to_uppercase();
+    let simple = t.simple().to_string().to_uppercase();
+    let key = |tenant: &str, server: &str, region: &str| {
+        format!("verdict:{tenant}:{server}:{region}:{epoch}").into_bytes()
+    };
+    let pair_keys = vec![
+        (key(&upper, server, "us-east"), "up"),
+        (key(&simple, server, "eu-west"), "down"),
+        (key(&format!("{{{upper}}}"), server, "ap-southeast"), "up"),
+        // Rejected by the drain (unknown region): a reject of the pair.
+        (key(&upper, server, "us-easr"), "up"),
+    ];
+    let other_keys = vec![
+        (key(&upper, "server_1", "us-east"), "up"),
+        (key(&upper, "SERVER-0", "us-east"), "up"),
+        (
+            key(&tenant(3).to_string().to_uppercase(), server, "us-east"),
+            "up",
+        ),
+    ];
+    put_verdicts(&env.redis.url(), &pair_keys, m).await;
+    put_verdicts(&env.redis.url(), &other_keys, m).await;
+    let mut worker = drain_worker(&env, m, m + chrono::Duration::seconds(65)).await;
+    let report = worker.tick(Duration::from_secs(30)).await.unwrap();
+    assert_eq!(report.archived.len(), 1, "{report:?}");
+    worker.flush_marks().await;
+    let stored: Vec<(Uuid, String, String)> = sqlx::query_as(
+        "SELECT tenant_id, server_slug, region FROM probe_minute WHERE tenant_id = $1 AND server_slug = $2 \
+         ORDER BY region",
+    )
+    .bind(t)
+    .bind(server)
+    .fetch_all(&env.db.pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        stored.len(),
+        3,
+        "the drain archives every spelling: {stored:?}"
+    );
+
+    // Verification counts with the drain's reading: it sees the pair's
+    // keys and reject before the erasure (it said zero before the fix).
+    let scope = Scope::server(t, server);
+    let settings = ErasureSettings::new(&env.ctx.config, env.ctx.redis_targets.targets());
+    let before = archiver_operator::erasure::verify::count_surfaces(
+        &env.db.pool,
+        &scope,
+        &settings,
+        erasure_time(),
+        &Vec::new(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(before["redis_verdict_keys"], 4, "{before:?}");
+    assert_eq!(before["probe_minute"], 3, "{before:?}");
+    assert_eq!(before["probe_minute_rejects"], 1, "{before:?}");
+
+    let mut object = request("erase-every-spelling", t, Some(server));
+    reconcile(&mut object, &env.ctx).await;
+    let st = status(&object);
+    assert_eq!(st.phase, Some(DeletionPhase::Completed), "{st:#?}");
+    assert!(st.verification.as_ref().unwrap().verified);
+    assert_eq!(st.removed["redis_verdict_keys"], 4);
+    assert_eq!(st.removed["redis_index_entries"], 4);
+    assert_eq!(st.removed["probe_minute_rejects"], 1);
+    let left = redis_key_names(&env.redis.url()).await;
+    for (key, _) in &pair_keys {
+        assert!(
+            !left.contains(key),
+            "{} survived",
+            String::from_utf8_lossy(key)
+        );
+    }
+    for (key, _) in &other_keys {
+        assert!(
+            left.contains(key),
+            "{} was erased",
+            String::from_utf8_lossy(key)
+        );
+    }
+    let rejects: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM probe_minute_rejects WHERE verdict_key ILIKE '%' || $1 || '%'",
+    )
+    .bind(&upper)
+    .fetch_one(&env.db.pool)
+    .await
+    .unwrap();
+    assert_eq!(rejects, 0, "the upper-case reject of the pair is gone");
+}
+
+/// Alert-router keys written with an upper-case tenant are the tenant's
+/// too.
+#[tokio::test]
+async fn alert_keys_in_any_spelling_of_the_tenant_are_erased() {
+    let env = env().await;
+    let t = tenant(4);
+    let upper = t.to_string().to_uppercase();
+    let client = redis::Client::open(env.redis.url()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let mut pipe = redis::pipe();
+    pipe.set(format!("alert:{upper}:api:cooldown"), "1")
+        .ignore()
+        .set(format!("tenantcfg:{{{upper}}}"), "{}")
+        .ignore()
+        .set(
+            format!("tenantcfg:{}", tenant(5).to_string().to_uppercase()),
+            "{}",
+        )
+        .ignore();
+    pipe.query_async::<()>(&mut conn).await.unwrap();
+    let mut object = request("erase-alert-spellings", t, None);
+    reconcile(&mut object, &env.ctx).await;
+    let st = status(&object);
+    assert_eq!(st.phase, Some(DeletionPhase::Completed), "{st:#?}");
+    assert_eq!(st.removed["redis_alert_keys"], 2);
+    let left = redis_key_names(&env.redis.url()).await;
+    assert_eq!(
+        left,
+        BTreeSet::from([
+            format!("tenantcfg:{}", tenant(5).to_string().to_uppercase()).into_bytes()
+        ])
+    );
+}
+
+/// A key name that is not UTF-8 failed every whole-tenant erasure on the
+/// shard ("Cannot convert from UTF-8") before the fix.
+#[tokio::test]
+async fn a_whole_tenant_erasure_succeeds_with_key_names_that_are_not_utf8() {
+    let env = env().await;
+    seed_redis(&env.redis.url()).await;
+    let t = tenant(0);
+    let of_tenant = [format!("verdict:{t}:").as_bytes(), b"caf\xe9:us-east:60"].concat();
+    let of_tenant_upper = [
+        format!("verdict:{}:", t.to_string().to_uppercase()).as_bytes(),
+        b"s:us-east:\xff",
+    ]
+    .concat();
+    let unrelated = b"verdict:\xff\xfe:server-0:us-east:60".to_vec();
+    put_verdicts(
+        &env.redis.url(),
+        &[
+            (of_tenant.clone(), "up"),
+            (of_tenant_upper.clone(), "up"),
+            (unrelated.clone(), "up"),
+        ],
+        minute(1),
+    )
+    .await;
+    let mut object = request("erase-not-utf8", t, None);
+    reconcile(&mut object, &env.ctx).await;
+    let st = status(&object);
+    assert_eq!(st.phase, Some(DeletionPhase::Completed), "{st:#?}");
+    assert!(st.verification.as_ref().unwrap().verified, "{st:#?}");
+    let left = redis_key_names(&env.redis.url()).await;
+    assert!(!left.contains(&of_tenant));
+    assert!(!left.contains(&of_tenant_upper));
+    assert!(left.contains(&unrelated), "another tenant's key stays");
+    assert!(
+        !left
+            .iter()
+            .any(|k| String::from_utf8_lossy(k).contains(&t.to_string())),
+        "nothing of the tenant is left"
+    );
+    // The server erasure of another tenant walks past those names too.
+    let mut object = request("erase-t1-not-utf8", tenant(1), Some("server-0"));
+    reconcile(&mut object, &env.ctx).await;
+    assert_eq!(phase(&object), Some(DeletionPhase::Completed));
+}
+
+/// Rejects are reached by their columns: replay removes a reject that
+/// came back in any spelling of its key.
+#[tokio::test]
+async fn replay_removes_a_reject_that_came_back_whatever_its_key_spelling() {
+    let env = env().await;
+    let (t, server) = (tenant(6), "api");
+    let mut object = request("erase-then-replay-rejects", t, Some(server));
+    reconcile(&mut object, &env.ctx).await;
+    assert_eq!(phase(&object), Some(DeletionPhase::Completed));
+    // A restore brings back a reject whose key spells the tenant in upper case.
+    sqlx::query(
+        "INSERT INTO probe_minute_rejects (shard_id, verdict_key, minute_bucket, raw_fields, reason, \
+                                           tenant_id, server_slug) \
+         VALUES (0, $1, $2, '{}', 'unknown_region: us-easr', $3, $4)",
+    )
+    .bind(format!(
+        "verdict:{}:{server}:us-easr:{}",
+        t.to_string().to_uppercase(),
+        minute(3).timestamp()
+    ))
+    .bind(minute(3))
+    .bind(t)
+    .bind(server)
+    .execute(&env.db.pool)
+    .await
+    .unwrap();
+    let report =
+        replay::replay_tombstones(&env.db.pool, Some(&SecretString::new(SALT)), Utc::now())
+            .await
+            .unwrap();
+    assert_eq!(report.removed["probe_minute_rejects"], 1, "{report:?}");
 }

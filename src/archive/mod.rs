@@ -6,6 +6,7 @@
 //! ([`worker`]) and fills the status from the watermark row ([`health`]).
 
 pub mod health;
+pub mod key;
 pub mod redis_source;
 pub mod stray;
 pub mod verdict;

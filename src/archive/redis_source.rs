@@ -19,7 +19,8 @@ const SCAN_COUNT: usize = 10_000;
 /// The keys of one minute and how they were found.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MinuteKeys {
-    pub keys: Vec<String>,
+    /// Key names as bytes: Redis does not require them to be UTF-8.
+    pub keys: Vec<Vec<u8>>,
     /// `Index` or `Scan`: what `Auto` resolved to.
     pub via: Discovery,
 }
@@ -38,15 +39,16 @@ pub async fn discover(
 }
 
 /// Every key matching `pattern`, walking the whole keyspace with SCAN
-/// (large COUNT: a scan pays per call). A key may come back twice.
-pub async fn scan_keys<C>(redis: &mut C, pattern: &str) -> redis::RedisResult<Vec<String>>
+/// (large COUNT: a scan pays per call). A key may come back twice. Names
+/// are bytes: one name that is not UTF-8 must not fail the whole scan.
+pub async fn scan_keys<C>(redis: &mut C, pattern: &str) -> redis::RedisResult<Vec<Vec<u8>>>
 where
     C: redis::aio::ConnectionLike + Send,
 {
     let mut keys = Vec::new();
     let mut cursor: u64 = 0;
     loop {
-        let (next, batch): (u64, Vec<String>) = redis::cmd("SCAN")
+        let (next, batch): (u64, Vec<Vec<u8>>) = redis::cmd("SCAN")
             .arg(cursor)
             .arg("MATCH")
             .arg(pattern)
@@ -63,7 +65,7 @@ where
 }
 
 /// One chunk of a minute: its keys and their fields, in order.
-pub type Chunk = (Vec<String>, Vec<RawFields>);
+pub type Chunk = (Vec<Vec<u8>>, Vec<RawFields>);
 
 /// A minute being read: how its keys are found, and its chunks as they
 /// arrive.
@@ -98,7 +100,7 @@ pub async fn stream_minute(
     Ok(MinuteStream { via, chunks })
 }
 
-type KeyBatches = tokio::sync::mpsc::Sender<redis::RedisResult<Vec<String>>>;
+type KeyBatches = tokio::sync::mpsc::Sender<redis::RedisResult<Vec<Vec<u8>>>>;
 
 async fn resolve(
     redis: &mut ConnectionManager,
@@ -147,8 +149,8 @@ async fn find_keys(
     redis: &mut ConnectionManager,
     minute: DateTime<Utc>,
     via: Discovery,
-) -> redis::RedisResult<Vec<String>> {
-    let mut keys: Vec<String> = match via {
+) -> redis::RedisResult<Vec<Vec<u8>>> {
+    let mut keys: Vec<Vec<u8>> = match via {
         Discovery::Index => {
             redis::cmd("SMEMBERS")
                 .arg(index_key(minute))
@@ -167,7 +169,7 @@ async fn find_keys(
 /// reader of the chunks goes away.
 async fn read_batches(
     redis: ConnectionManager,
-    mut key_batches: tokio::sync::mpsc::Receiver<redis::RedisResult<Vec<String>>>,
+    mut key_batches: tokio::sync::mpsc::Receiver<redis::RedisResult<Vec<Vec<u8>>>>,
     sender: tokio::sync::mpsc::Sender<redis::RedisResult<Chunk>>,
 ) {
     use futures::StreamExt;
@@ -276,7 +278,7 @@ const SAMPLE_BYTES: usize = 256;
 /// failing the minute.
 pub async fn read(
     redis: &mut ConnectionManager,
-    keys: &[String],
+    keys: &[Vec<u8>],
 ) -> redis::RedisResult<Vec<RawFields>> {
     let mut all = Vec::with_capacity(keys.len());
     for chunk in keys.chunks(PIPELINE_BATCH) {
@@ -539,7 +541,7 @@ fn text(value: redis::Value, not_utf8: &mut bool) -> Result<String, redis::Parsi
 /// audit would then count them as missed).
 pub async fn mark_archived(
     redis: &mut ConnectionManager,
-    keys: &[String],
+    keys: &[Vec<u8>],
     at: DateTime<Utc>,
 ) -> redis::RedisResult<()> {
     let script = redis::Script::new(

@@ -248,6 +248,22 @@ pub fn parse(key: &str, raw: &RawFields, minute: DateTime<Utc>) -> Result<Verdic
     })
 }
 
+/// Parses `key` (bytes, as Redis returns names) and its hash fields. A
+/// name that is not UTF-8 cannot be a verdict: it is a reject whose detail
+/// shows the name escaped, never an error of the minute.
+pub fn parse_bytes(key: &[u8], raw: &RawFields, minute: DateTime<Utc>) -> Result<Verdict, Reject> {
+    match std::str::from_utf8(key) {
+        Ok(key) => parse(key, raw, minute),
+        Err(_) => Err(Reject::new(
+            RejectReason::InvalidText,
+            format!("the key name is not UTF-8: {}", super::key::printable(key)),
+        )),
+    }
+}
+
+/// The tenant, server and region of a key of `minute`. Tenant and server
+/// come from [`super::key::owner`], the reading every erasure path uses,
+/// so a row is always attributed as an erasure would find it.
 fn parse_key(key: &str, minute: DateTime<Utc>) -> Result<(Uuid, String, String), Reject> {
     let malformed = |why: &str| Reject::new(RejectReason::MalformedKey, format!("{why}: {key:?}"));
     let parts: Vec<&str> = key.split(':').collect();
@@ -261,14 +277,23 @@ fn parse_key(key: &str, minute: DateTime<Utc>) -> Result<(Uuid, String, String),
             "expected verdict:{tenant}:{server}:{region}:{minute}",
         ));
     }
-    let tenant = Uuid::try_parse(tenant).map_err(|_| malformed("tenant is not a UUID"))?;
+    if Uuid::try_parse(tenant).is_err() {
+        return Err(malformed("tenant is not a UUID"));
+    }
+    let Some(super::key::KeyOwner {
+        tenant,
+        server: Some(server),
+    }) = super::key::owner(key.as_bytes())
+    else {
+        return Err(malformed("server is not a slug"));
+    };
     let epoch: i64 = epoch
         .parse()
         .map_err(|_| malformed("minute is not a number"))?;
     if epoch != minute.timestamp() {
         return Err(malformed("minute does not match the minute being archived"));
     }
-    Ok((tenant, server.to_string(), region.to_string()))
+    Ok((tenant, server, region.to_string()))
 }
 
 fn text(fields: &BTreeMap<String, String>, name: &str) -> Option<String> {

@@ -14,6 +14,7 @@ use redis::aio::ConnectionManager;
 use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
+use super::key::{self, KeyOwner};
 use super::redis_source::{self, MinuteStream};
 use super::stray::{self, AuditPace};
 use super::verdict::{self, RawFields, Reject, RejectReason, Verdict};
@@ -193,7 +194,7 @@ pub struct Worker {
     clock: SharedClock,
     metrics: Arc<Metrics>,
     /// Keys of the minute being committed, marked `archived_at` after commit.
-    pending_marks: Vec<String>,
+    pending_marks: Vec<Vec<u8>>,
     marker: Marker,
     /// A warning about the last archived minute (kept until the next one).
     warning: Option<String>,
@@ -582,8 +583,8 @@ impl Worker {
         // Check and parse chunk by chunk while the previous chunk is being
         // copied into Postgres and the next one read from Redis.
         let tombstones = Tombstones::load(tx, minute).await?;
-        let mut keys_read: Vec<String> = Vec::new();
-        let mut rejects: Vec<(String, RawFields, Reject)> = Vec::new();
+        let mut keys_read: Vec<Vec<u8>> = Vec::new();
+        let mut rejects: Vec<(Vec<u8>, RawFields, Reject)> = Vec::new();
         let mut erased = 0;
         let mut unsealed_timed_out = 0;
         // Past the timeout, a verdict still unsealed is rejected instead of
@@ -602,24 +603,24 @@ impl Worker {
             keys_read.extend(keys.iter().cloned());
             let mut rows = Vec::with_capacity(keys.len());
             for (key, fields) in keys.into_iter().zip(fields) {
-                if let Some(reject) = too_large(&fields) {
-                    rejects.push((key, fields, reject));
-                    continue;
-                }
-                if is_unsealed(&fields) {
+                let parsed = if let Some(reject) = too_large(&fields) {
+                    Err(reject)
+                } else if is_unsealed(&fields) {
                     unsealed_timed_out += 1;
-                    let reject = Reject {
+                    Err(Reject {
                         reason: RejectReason::UnsealedTimeout,
                         detail: format!(
                             "not sealed {} s after the minute ended (spec.unsealedTimeoutSeconds {timeout_seconds})",
                             waited.num_seconds()
                         ),
-                    };
-                    rejects.push((key, fields, reject));
-                    continue;
-                }
-                match verdict::parse(&key, &fields, minute) {
+                    })
+                } else {
+                    verdict::parse_bytes(&key, &fields, minute)
+                };
+                match parsed {
                     Ok(row) => rows.push(row),
+                    // A reject of an erased pair is its data too: not stored.
+                    Err(_) if tombstones.erases_key(&key) => erased += 1,
                     Err(reject) => rejects.push((key, fields, reject)),
                 }
             }
@@ -710,15 +711,28 @@ impl Worker {
         &self,
         tx: &mut PgConnection,
         minute: DateTime<Utc>,
-        rejects: &[(String, RawFields, Reject)],
+        rejects: &[(Vec<u8>, RawFields, Reject)],
     ) -> Result<(), DrainError> {
         if rejects.is_empty() {
             return Ok(());
         }
-        // Stored as text and jsonb, which hold no NUL: shown as U+FFFD there.
+        // Text holds neither NUL nor bytes that are not UTF-8: such names
+        // are stored escaped (`\xff`), distinct from every other name.
         let keys: Vec<String> = rejects
             .iter()
-            .map(|(key, _, _)| verdict::without_nul(key))
+            .map(|(key, _, _)| key::printable(key))
+            .collect();
+        // The owner as the one key reading gives it, so an erasure reaches
+        // the reject by column, whatever the spelling of the key.
+        let owners: Vec<Option<KeyOwner>> =
+            rejects.iter().map(|(key, _, _)| key::owner(key)).collect();
+        let tenants: Vec<Option<Uuid>> = owners
+            .iter()
+            .map(|o| o.as_ref().map(|o| o.tenant))
+            .collect();
+        let servers: Vec<Option<String>> = owners
+            .into_iter()
+            .map(|o| o.and_then(|o| o.server))
             .collect();
         let raw: Vec<serde_json::Value> = rejects
             .iter()
@@ -733,8 +747,11 @@ impl Worker {
             })
             .collect();
         sqlx::query(
-            "INSERT INTO probe_minute_rejects (shard_id, verdict_key, minute_bucket, raw_fields, reason, rejected_at) \
-             SELECT $1, key, $2, raw, reason, $6 FROM unnest($3::text[], $4::jsonb[], $5::text[]) AS r(key, raw, reason) \
+            "INSERT INTO probe_minute_rejects \
+               (shard_id, verdict_key, minute_bucket, raw_fields, reason, rejected_at, tenant_id, server_slug) \
+             SELECT $1, key, $2, raw, reason, $6, tenant, server \
+             FROM unnest($3::text[], $4::jsonb[], $5::text[], $7::uuid[], $8::text[]) \
+                  AS r(key, raw, reason, tenant, server) \
              ON CONFLICT (shard_id, verdict_key) DO NOTHING",
         )
         .bind(self.settings.shard_id)
@@ -743,6 +760,8 @@ impl Worker {
         .bind(&raw)
         .bind(&reasons)
         .bind(self.clock.now())
+        .bind(&tenants)
+        .bind(&servers)
         .execute(&mut *tx)
         .await
         .map_err(db("writing rejects"))?;
@@ -829,7 +848,7 @@ struct Marker {
 
 enum MarkJob {
     Mark {
-        keys: Vec<String>,
+        keys: Vec<Vec<u8>>,
         at: DateTime<Utc>,
     },
     /// Answered once every job before it is done.
@@ -861,7 +880,7 @@ impl Marker {
         Self { jobs, label }
     }
 
-    async fn mark(&self, keys: Vec<String>, at: DateTime<Utc>) {
+    async fn mark(&self, keys: Vec<Vec<u8>>, at: DateTime<Utc>) {
         if self.jobs.send(MarkJob::Mark { keys, at }).await.is_err() {
             tracing::warn!(shard = %self.label, "the marker task is gone; keys not marked archived");
         }
@@ -905,18 +924,33 @@ impl Tombstones {
         Ok(tombstones)
     }
 
+    /// Whether a tombstone covers data of `tenant` and `server` (None: a
+    /// key that names the tenant only, which only a whole-tenant erasure
+    /// reaches, as in the erasure itself).
+    fn erases(&self, tenant: Uuid, server: Option<&str>) -> bool {
+        self.whole_tenants.contains(&tenant)
+            || server.is_some_and(|server| self.pairs.contains(&(tenant, server.to_string())))
+    }
+
+    /// Whether `key` belongs to an erased pair, read by the one key
+    /// reading the erasure uses ([`key::owner`]).
+    fn erases_key(&self, key: &[u8]) -> bool {
+        !self.is_empty()
+            && key::owner(key)
+                .is_some_and(|owner| self.erases(owner.tenant, owner.server.as_deref()))
+    }
+
+    fn is_empty(&self) -> bool {
+        self.whole_tenants.is_empty() && self.pairs.is_empty()
+    }
+
     /// Removes erased rows; returns how many.
     fn drop_erased(&self, rows: &mut Vec<Verdict>) -> usize {
-        if self.whole_tenants.is_empty() && self.pairs.is_empty() {
+        if self.is_empty() {
             return 0;
         }
         let before = rows.len();
-        rows.retain(|row| {
-            !self.whole_tenants.contains(&row.tenant_id)
-                && !self
-                    .pairs
-                    .contains(&(row.tenant_id, row.server_slug.clone()))
-        });
+        rows.retain(|row| !self.erases(row.tenant_id, Some(&row.server_slug)));
         before - rows.len()
     }
 }

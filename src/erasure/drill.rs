@@ -335,13 +335,16 @@ async fn seed_postgres(
     .await
     .map_err(db("seeding probe_minute"))?;
     sqlx::query(
-        "INSERT INTO probe_minute_rejects (shard_id, verdict_key, minute_bucket, raw_fields, reason, rejected_at) \
-         VALUES (0, $1, $2, '{\"state\": \"up\", \"drill\": \"1\"}', 'unknown_region: drill', $3) \
+        "INSERT INTO probe_minute_rejects \
+           (shard_id, verdict_key, minute_bucket, raw_fields, reason, rejected_at, tenant_id, server_slug) \
+         VALUES (0, $1, $2, '{\"state\": \"up\", \"drill\": \"1\"}', 'unknown_region: drill', $3, $4, $5) \
          ON CONFLICT DO NOTHING",
     )
     .bind(verdict_key(DRILL_TENANT, DRILL_SERVER, "us-easr", last))
     .bind(last)
     .bind(now)
+    .bind(DRILL_TENANT)
+    .bind(DRILL_SERVER)
     .execute(&mut *tx)
     .await
     .map_err(db("seeding probe_minute_rejects"))?;
@@ -433,7 +436,7 @@ async fn seed_redis(
             .ignore();
             pipe.expire(&key, REDIS_TTL_SECONDS).ignore();
             pipe.sadd(index_key(minute), &key).ignore();
-            keys.push((key, Some(minute.timestamp())));
+            keys.push((key.into_bytes(), Some(minute.timestamp())));
         }
         minute += chrono::Duration::minutes(1);
     }
@@ -442,10 +445,18 @@ async fn seed_redis(
         .map_err(redis_err("seeding verdict keys"))?;
     let scope = Scope::server(DRILL_TENANT, DRILL_SERVER);
     for pattern in alert_patterns {
-        let Ok(Some(glob)) = scope.alert_key_glob(pattern) else {
+        // Only patterns a server erasure applies to; the key is the
+        // pattern spelled out (the tenant canonical, wildcards as text).
+        if !scope
+            .alert_key_globs(pattern)
+            .is_ok_and(|globs| !globs.is_empty())
+        {
             continue;
-        };
-        let key = glob.replace(['*', '?'], "drill");
+        }
+        let key = pattern
+            .replace("{tenant}", &DRILL_TENANT.to_string())
+            .replace("{server}", DRILL_SERVER)
+            .replace(['*', '?'], "drill");
         conn.set_ex::<_, _, ()>(&key, "drill", REDIS_TTL_SECONDS as u64)
             .await
             .map_err(redis_err("seeding alert-router keys"))?;

@@ -2,7 +2,10 @@
 //! entry in the minute's index set) and every alert-router key matching the
 //! configured patterns, in one Redis instance. Keys are found with
 //! `SCAN MATCH` and removed with pipelined `UNLINK` (non-blocking for the
-//! server, unlike `DEL` of many keys).
+//! server, unlike `DEL` of many keys). Key names are bytes (one name that
+//! is not UTF-8 must not fail an erasure), and a verdict key is the scope's
+//! when the drain's own key reading says so ([`Scope::owns_verdict_key`]):
+//! the glob only narrows the walk, for every spelling of the tenant.
 //!
 //! SCAN walks the whole keyspace; that is the price of completeness: the
 //! scope's keys cannot be enumerated otherwise (minutes outside any known
@@ -15,7 +18,7 @@ use redis::AsyncConnectionConfig;
 use redis::aio::MultiplexedConnection;
 
 use super::redis_targets::RedisTarget;
-use super::scope::{PatternError, Scope};
+use super::scope::{AlertKeySearch, PatternError, Scope};
 use crate::archive::verdict::index_key;
 
 /// Commands per pipeline round trip.
@@ -36,8 +39,9 @@ pub enum RedisSideError {
     Pattern(#[from] PatternError),
 }
 
-/// A verdict key and its minute (epoch seconds), when readable.
-pub type VerdictKey = (String, Option<i64>);
+/// A verdict key (its name's bytes) and its minute (epoch seconds), when
+/// readable.
+pub type VerdictKey = (Vec<u8>, Option<i64>);
 /// Verdict keys per shard label.
 pub type KeysByShard = Vec<(String, Vec<VerdictKey>)>;
 
@@ -99,11 +103,25 @@ impl<'a> Connection<'a> {
 
     /// Every key matching `pattern`. SCAN may return a key twice; the set
     /// removes duplicates.
-    async fn scan_all(&mut self, pattern: &str) -> Result<BTreeSet<String>, RedisSideError> {
+    async fn scan_all(&mut self, pattern: &str) -> Result<BTreeSet<Vec<u8>>, RedisSideError> {
         let keys = crate::archive::redis_source::scan_keys(&mut self.conn, pattern)
             .await
             .map_err(self.fail("scanning"))?;
         Ok(keys.into_iter().collect())
+    }
+
+    /// The alert-router keys of every search: one walk per pattern for
+    /// every spelling of the tenant, then the exact globs.
+    async fn alert_keys(
+        &mut self,
+        searches: &[AlertKeySearch],
+    ) -> Result<BTreeSet<Vec<u8>>, RedisSideError> {
+        let mut keys = BTreeSet::new();
+        for search in searches {
+            let found = self.scan_all(&search.prefilter).await?;
+            keys.extend(found.into_iter().filter(|name| search.selects(name)));
+        }
+        Ok(keys)
     }
 }
 
@@ -114,7 +132,7 @@ pub async fn erase(
     scope: &Scope,
     alert_patterns: &[String],
 ) -> Result<Removed, RedisSideError> {
-    let alert_globs = alert_globs(scope, alert_patterns)?;
+    let alert_searches = alert_searches(scope, alert_patterns)?;
     let mut conn = Connection::open(target).await?;
     let mut removed = Removed::default();
 
@@ -146,8 +164,9 @@ pub async fn erase(
     }
     removed.verdict_key_names = verdict_keys;
 
-    for glob in &alert_globs {
-        let keys: Vec<String> = conn.scan_all(glob).await?.into_iter().collect();
+    let alert_keys = conn.alert_keys(&alert_searches).await?;
+    {
+        let keys: Vec<Vec<u8>> = alert_keys.into_iter().collect();
         for chunk in keys.chunks(PIPELINE_BATCH) {
             let unlinked: u64 = redis::cmd("UNLINK")
                 .arg(chunk)
@@ -171,7 +190,7 @@ pub async fn remaining(
     upto: i64,
     removed_keys: &[VerdictKey],
 ) -> Result<Remaining, RedisSideError> {
-    let alert_globs = alert_globs(scope, alert_patterns)?;
+    let alert_searches = alert_searches(scope, alert_patterns)?;
     let mut conn = Connection::open(target).await?;
     let mut remaining = Remaining::default();
     for key in conn.scan_all(&scope.verdict_key_glob()).await? {
@@ -195,20 +214,20 @@ pub async fn remaining(
             .map_err(conn.fail("checking index sets"))?;
         remaining.index_entries += present.into_iter().filter(|p| *p).count() as u64;
     }
-    for glob in &alert_globs {
-        remaining.alert_keys += conn.scan_all(glob).await?.len() as u64;
-    }
+    let alert_keys = conn.alert_keys(&alert_searches).await?;
+    remaining.alert_keys = alert_keys.len() as u64;
     Ok(remaining)
 }
 
-fn alert_globs(scope: &Scope, patterns: &[String]) -> Result<Vec<String>, RedisSideError> {
-    let mut globs = Vec::new();
+fn alert_searches(
+    scope: &Scope,
+    patterns: &[String],
+) -> Result<Vec<AlertKeySearch>, RedisSideError> {
+    let mut searches = Vec::new();
     for pattern in patterns {
-        if let Some(glob) = scope.alert_key_glob(pattern)? {
-            globs.push(glob);
-        }
+        searches.extend(scope.alert_key_search(pattern)?);
     }
-    Ok(globs)
+    Ok(searches)
 }
 
 fn index_key_of(minute: i64) -> String {

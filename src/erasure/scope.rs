@@ -1,11 +1,14 @@
 //! What one erasure covers: a tenant's server, or the whole tenant, and how
 //! that scope reads in SQL predicates, Redis key patterns and the salted
-//! tenant hash of the suppression tables.
+//! tenant hash of the suppression tables. Keys are attributed to a scope
+//! by the drain's own key reading ([`crate::archive::key`]).
 
 use std::fmt;
 
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
+
+use crate::archive::key::{self, KeyOwner};
 
 /// The literal that replaces an erased tenant's hash in the suppression tables.
 pub const TOMBSTONE_HASH: &str = "tombstone";
@@ -71,75 +74,78 @@ impl Scope {
         }
     }
 
-    /// `LIKE` pattern of the scope's verdict keys (as stored in
-    /// `probe_minute_rejects.verdict_key`), with `_`, `%` and `\` escaped:
-    /// slugs may contain `_`, which LIKE would read as any character.
-    pub fn verdict_key_like(&self) -> String {
-        let mut pattern = format!("verdict:{}:", self.tenant);
-        if let Some(server) = &self.server {
-            pattern.push_str(&escape_like(server));
-            pattern.push(':');
-        }
-        pattern.push('%');
-        pattern
-    }
-
-    /// Redis `SCAN MATCH` pattern of the scope's verdict keys
-    /// (`verdict:{tenant}:{server}:{region}:{minute}`).
+    /// Redis `SCAN MATCH` pattern that finds every verdict key of the
+    /// scope, whatever the spelling of its tenant: a prefilter (one walk
+    /// of the keyspace for every spelling), exact only together with
+    /// [`Scope::owns_verdict_key`].
     pub fn verdict_key_glob(&self) -> String {
+        let tenant = key::tenant_prefilter_glob(self.tenant);
         match &self.server {
-            Some(server) => format!(
-                "verdict:{}:{}:*",
-                escape_glob(&self.tenant.to_string()),
-                escape_glob(server)
-            ),
-            None => format!("verdict:{}:*", escape_glob(&self.tenant.to_string())),
+            Some(server) => format!("verdict:{tenant}:{}*", key::escape_glob(server)),
+            None => format!("verdict:{tenant}"),
         }
     }
 
-    /// Whether a key found by [`Scope::verdict_key_glob`] really is one of
-    /// the scope's verdicts, and its minute (epoch seconds) when readable.
-    /// The glob already guarantees the prefix; this guards against a key
-    /// whose server part merely starts like ours.
-    pub fn owns_verdict_key(&self, key: &str) -> Option<Option<i64>> {
-        let mut parts = key.split(':');
-        if parts.next() != Some("verdict") || parts.next() != Some(&*self.tenant.to_string()) {
-            return None;
-        }
-        let server = parts.next()?;
-        if self.server.as_deref().is_some_and(|own| own != server) {
-            return None;
-        }
-        let _region = parts.next();
-        let minute = parts.next().and_then(|m| m.parse::<i64>().ok());
-        Some(minute)
+    /// Whether `owner` (what a key names, by [`key::owner`]) is of this
+    /// scope: the same tenant, and for a server scope the same slug, byte
+    /// for byte, as the drain stores it.
+    pub fn covers(&self, owner: &KeyOwner) -> bool {
+        owner.tenant == self.tenant
+            && self
+                .server
+                .as_deref()
+                .is_none_or(|own| owner.server.as_deref() == Some(own))
+    }
+
+    /// Whether `key` is one of the scope's verdict keys, as the drain would
+    /// attribute it, and its minute (epoch seconds) when readable.
+    pub fn owns_verdict_key(&self, key: &[u8]) -> Option<Option<i64>> {
+        let owner = key::owner(key)?;
+        self.covers(&owner).then(|| key::minute_of(key))
     }
 
     /// Expands an alert-router key pattern such as `alert:{tenant}:{server}:*`
-    /// for this scope. A whole-tenant erasure matches every server (`*`).
-    /// Patterns without `{tenant}` would match other tenants' keys and are
-    /// refused; patterns without `{server}` hold tenant-wide keys and only
-    /// apply to whole-tenant erasures (None for a server erasure).
-    pub fn alert_key_glob(&self, pattern: &str) -> Result<Option<String>, PatternError> {
+    /// for this scope: one glob per spelling of the tenant the drain reads
+    /// (hyphenated, simple, braced; hex letters in either case). A
+    /// whole-tenant erasure matches every server (`*`). Patterns without
+    /// `{tenant}` would match other tenants' keys and are refused; patterns
+    /// without `{server}` hold tenant-wide keys and only apply to
+    /// whole-tenant erasures (empty for a server erasure).
+    pub fn alert_key_globs(&self, pattern: &str) -> Result<Vec<String>, PatternError> {
+        Ok(self
+            .alert_key_search(pattern)?
+            .map(|search| search.exact)
+            .unwrap_or_default())
+    }
+
+    /// How to find the keys of an alert-router pattern in one walk of the
+    /// keyspace: `SCAN MATCH` the prefilter (the `{tenant}` placeholder as
+    /// [`key::tenant_prefilter_glob`], which every spelling matches), keep
+    /// the keys an exact glob matches. None when the pattern does not apply
+    /// to the scope (see [`Scope::alert_key_globs`]).
+    pub fn alert_key_search(&self, pattern: &str) -> Result<Option<AlertKeySearch>, PatternError> {
         if !pattern.contains("{tenant}") {
             return Err(PatternError {
                 pattern: pattern.to_string(),
             });
         }
-        let tenant = escape_glob(&self.tenant.to_string());
-        match (&self.server, pattern.contains("{server}")) {
-            (Some(server), true) => Ok(Some(
-                pattern
-                    .replace("{tenant}", &tenant)
-                    .replace("{server}", &escape_glob(server)),
-            )),
-            (Some(_), false) => Ok(None),
-            (None, _) => Ok(Some(
-                pattern
-                    .replace("{tenant}", &tenant)
-                    .replace("{server}", "*"),
-            )),
-        }
+        let server = match (&self.server, pattern.contains("{server}")) {
+            (Some(server), true) => key::escape_glob(server),
+            (Some(_), false) => return Ok(None),
+            (None, _) => "*".to_string(),
+        };
+        let expand = |tenant: &str| {
+            pattern
+                .replace("{tenant}", tenant)
+                .replace("{server}", &server)
+        };
+        Ok(Some(AlertKeySearch {
+            prefilter: expand(&key::tenant_prefilter_glob(self.tenant)),
+            exact: key::tenant_globs(self.tenant)
+                .iter()
+                .map(|tenant| expand(tenant))
+                .collect(),
+        }))
     }
 
     /// The tenant's hash in the suppression tables: lowercase hex of
@@ -163,34 +169,26 @@ pub fn tenant_hash(tenant: Uuid, salt: &str) -> String {
     hex::encode(Sha256::digest(format!("{tenant}{salt}")))
 }
 
+/// The keys of one alert-router pattern for a scope: those `SCAN MATCH
+/// prefilter` returns that one of `exact` matches ([`key::glob_matches`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AlertKeySearch {
+    pub prefilter: String,
+    pub exact: Vec<String>,
+}
+
+impl AlertKeySearch {
+    pub fn selects(&self, name: &[u8]) -> bool {
+        self.exact.iter().any(|glob| key::glob_matches(glob, name))
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error(
     "alert-router key pattern {pattern:?} has no {{tenant}} placeholder: it would match other tenants' keys"
 )]
 pub struct PatternError {
     pub pattern: String,
-}
-
-fn escape_glob(text: &str) -> String {
-    let mut escaped = String::with_capacity(text.len());
-    for c in text.chars() {
-        if matches!(c, '*' | '?' | '[' | ']' | '\\') {
-            escaped.push('\\');
-        }
-        escaped.push(c);
-    }
-    escaped
-}
-
-fn escape_like(text: &str) -> String {
-    let mut escaped = String::with_capacity(text.len());
-    for c in text.chars() {
-        if matches!(c, '%' | '_' | '\\') {
-            escaped.push('\\');
-        }
-        escaped.push(c);
-    }
-    escaped
 }
 
 #[cfg(test)]
@@ -200,56 +198,73 @@ mod tests {
     const TENANT: Uuid = Uuid::from_u128(0x6f1c2a9e_4b1d_4c55_9a43_2f5e7d8c9b01);
 
     #[test]
-    fn verdict_patterns_select_exactly_the_scope() {
+    fn verdict_keys_of_the_scope_in_any_spelling_and_only_those() {
+        let upper = TENANT.hyphenated().to_string().to_uppercase();
         let server = Scope::server(TENANT, "my_server");
         assert_eq!(
-            server.verdict_key_glob(),
-            format!("verdict:{TENANT}:my_server:*")
-        );
-        assert_eq!(
-            server.verdict_key_like(),
-            format!("verdict:{TENANT}:my\\_server:%")
-        );
-        assert_eq!(
-            server.owns_verdict_key(&format!("verdict:{TENANT}:my_server:us-east:60")),
+            server.owns_verdict_key(format!("verdict:{TENANT}:my_server:us-east:60").as_bytes()),
             Some(Some(60))
         );
         assert_eq!(
-            server.owns_verdict_key(&format!("verdict:{TENANT}:my_server2:us-east:60")),
+            server.owns_verdict_key(format!("verdict:{upper}:my_server:us-east:60").as_bytes()),
+            Some(Some(60))
+        );
+        assert_eq!(
+            server.owns_verdict_key(format!("verdict:{TENANT}:my_server2:us-east:60").as_bytes()),
             None
         );
-        let tenant = Scope::tenant(TENANT);
-        assert_eq!(tenant.verdict_key_glob(), format!("verdict:{TENANT}:*"));
         assert_eq!(
-            tenant.owns_verdict_key(&format!("verdict:{TENANT}:other:us-east:x")),
+            server.owns_verdict_key(format!("verdict:{TENANT}:My_server:us-east:60").as_bytes()),
+            None,
+            "slugs compare byte for byte, as the drain stores them"
+        );
+        let tenant = Scope::tenant(TENANT);
+        assert_eq!(
+            tenant.owns_verdict_key(format!("verdict:{TENANT}:other:us-east:x").as_bytes()),
             Some(None)
         );
+        assert_eq!(
+            tenant.owns_verdict_key(
+                &[format!("verdict:{upper}:").as_bytes(), b"\xff:us-east:60"].concat()
+            ),
+            Some(Some(60))
+        );
+        assert!(server.verdict_key_glob().ends_with(":my_server*"));
+        assert!(tenant.verdict_key_glob().starts_with("verdict:*6[fF]1[cC]"));
     }
 
     #[test]
     fn alert_patterns_need_the_tenant_and_follow_the_scope() {
+        let [hyphenated, simple, braced] = key::tenant_globs(TENANT);
         let server = Scope::server(TENANT, "api");
         assert_eq!(
-            server.alert_key_glob("alert:{tenant}:{server}:*").unwrap(),
-            Some(format!("alert:{TENANT}:api:*"))
+            server.alert_key_globs("alert:{tenant}:{server}:*").unwrap(),
+            vec![
+                format!("alert:{hyphenated}:api:*"),
+                format!("alert:{simple}:api:*"),
+                format!("alert:{braced}:api:*"),
+            ]
         );
-        assert_eq!(
-            server.alert_key_glob("cooldown:{tenant}").unwrap(),
-            None,
+        assert!(
+            server
+                .alert_key_globs("cooldown:{tenant}")
+                .unwrap()
+                .is_empty(),
             "tenant-wide keys stay for a server erasure"
         );
         assert_eq!(
             Scope::tenant(TENANT)
-                .alert_key_glob("alert:{tenant}:{server}:*")
-                .unwrap(),
-            Some(format!("alert:{TENANT}:*:*"))
+                .alert_key_globs("alert:{tenant}:{server}:*")
+                .unwrap()[0],
+            format!("alert:{hyphenated}:*:*")
         );
-        assert!(server.alert_key_glob("alert:*").is_err());
-    }
-
-    #[test]
-    fn glob_specials_in_values_are_escaped() {
-        assert_eq!(escape_glob("a*b?[c]\\"), "a\\*b\\?\\[c\\]\\\\");
+        assert!(server.alert_key_globs("alert:*").is_err());
+        assert_eq!(
+            Scope::server(TENANT, "a*b?[c]")
+                .alert_key_globs("a:{tenant}:{server}")
+                .unwrap()[0],
+            format!("a:{hyphenated}:a\\*b\\?\\[c\\]")
+        );
     }
 
     #[test]

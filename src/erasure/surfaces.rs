@@ -27,8 +27,9 @@ pub mod names {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Table {
     ProbeMinute,
-    /// Verdicts that failed validation: their key names the tenant and
-    /// server, their raw fields are the verdict.
+    /// Verdicts that failed validation: their raw fields are the verdict;
+    /// `tenant_id` and `server_slug` are what their key names, as the drain
+    /// reads it (NULL when the key names none).
     ProbeMinuteRejects,
     ProbeDay,
     ProbeMonth,
@@ -82,11 +83,10 @@ impl Table {
     /// by [`Table::bind`] in the same order).
     fn condition(self, selection: &Selection<'_>) -> String {
         let (mut condition, used) = match self {
-            Self::ProbeMinute | Self::ProbeDay | Self::ProbeMonth => (
+            Self::ProbeMinute | Self::ProbeMinuteRejects | Self::ProbeDay | Self::ProbeMonth => (
                 selection.scope.predicate().to_string(),
                 selection.scope.param_count(),
             ),
-            Self::ProbeMinuteRejects => ("verdict_key LIKE $1".to_string(), 1),
             Self::SuppressionClusters | Self::SuppressionClustersHistory => (
                 "contributing_tenant_hashes @> ARRAY[$1]::text[]".to_string(),
                 1,
@@ -119,8 +119,9 @@ impl Table {
         selection: &Selection<'q>,
     ) -> Query<'q, Postgres, PgArguments> {
         let query = match self {
-            Self::ProbeMinute | Self::ProbeDay | Self::ProbeMonth => selection.scope.bind(query),
-            Self::ProbeMinuteRejects => query.bind(selection.scope.verdict_key_like()),
+            Self::ProbeMinute | Self::ProbeMinuteRejects | Self::ProbeDay | Self::ProbeMonth => {
+                selection.scope.bind(query)
+            }
             Self::SuppressionClusters | Self::SuppressionClustersHistory => {
                 query.bind(selection.tenant_hash.unwrap_or_default())
             }

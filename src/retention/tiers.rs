@@ -74,6 +74,11 @@ pub enum Table {
     SuppressionHistory,
     /// Cross-tenant: verdicts the drain could not archive, kept for the
     /// shortest per-minute window of any tier (see `ranges::rejects_days`).
+    /// Rejects carry the `tenant_id` and `server_slug` their key names
+    /// (migration 0010), which erasure and replay select by; retention
+    /// still prunes the table as a whole, because the shortest window is
+    /// never longer than the window of the reject's own tenant, and a
+    /// reject whose key names no tenant has no tier to follow.
     Rejects,
 }
 
