@@ -186,6 +186,7 @@ async fn idle_ticks_open_no_new_database_sessions() {
             backfill: chrono::Duration::minutes(1),
             acknowledged_gaps: Vec::new(),
             tick_offset: chrono::Duration::seconds(5),
+            unsealed_timeout: chrono::Duration::seconds(300),
         },
         "worker-idle".into(),
         pool.clone(),

@@ -1557,6 +1557,7 @@ async fn drain_worker(env: &Env, first: DateTime<Utc>, at: DateTime<Utc>) -> Wor
             backfill: at - first,
             acknowledged_gaps: Vec::new(),
             tick_offset: chrono::Duration::seconds(5),
+            unsealed_timeout: chrono::Duration::seconds(300),
         },
         "worker-a".into(),
         env.db.pool.clone(),

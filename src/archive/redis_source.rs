@@ -296,7 +296,7 @@ enum Plan {
 
 async fn read_batch(
     redis: &mut ConnectionManager,
-    keys: &[String],
+    keys: &[Vec<u8>],
 ) -> redis::RedisResult<Vec<RawFields>> {
     let mut pipe = redis::pipe();
     pipe.ignore_errors();
@@ -415,7 +415,7 @@ fn within_limits(mut raw: RawFields) -> RawFields {
 }
 
 /// One key through [`BOUNDED_READ`].
-async fn read_bounded(redis: &mut ConnectionManager, key: &str) -> redis::RedisResult<RawFields> {
+async fn read_bounded(redis: &mut ConnectionManager, key: &[u8]) -> redis::RedisResult<RawFields> {
     let replies: Vec<BoundedHash> = redis::Script::new(BOUNDED_READ)
         .key(key)
         .arg(MAX_VERDICT_FIELDS)
