@@ -149,8 +149,14 @@ fn cases(default: u32) -> u32 {
 fn raw_fields() -> impl Strategy<Value = RawFields> {
     let name = prop_oneof![
         prop::sample::select(vec![
-            "state", "p95_ms", "tool_list_hash", "error_kind", "asn",
-            "registry_of_origin", "verdict_sealed", "archived_at",
+            "state",
+            "p95_ms",
+            "tool_list_hash",
+            "error_kind",
+            "asn",
+            "registry_of_origin",
+            "verdict_sealed",
+            "archived_at",
         ])
         .prop_map(str::to_string),
         ".{0,8}",
@@ -161,13 +167,16 @@ fn raw_fields() -> impl Strategy<Value = RawFields> {
         "[0-9a-fA-F]{0,9}",
         ".{0,12}",
     ];
-    (prop::collection::btree_map(name, value, 0..8), any::<bool>(), any::<bool>()).prop_map(
-        |(fields, not_utf8, wrong_type)| RawFields {
+    (
+        prop::collection::btree_map(name, value, 0..8),
+        any::<bool>(),
+        any::<bool>(),
+    )
+        .prop_map(|(fields, not_utf8, wrong_type)| RawFields {
             fields,
             not_utf8,
             read_error: wrong_type.then(|| "WRONGTYPE".to_string()),
-        },
-    )
+        })
 }
 
 proptest! {
