@@ -135,8 +135,77 @@ fn erasure_selects(scope: &Scope, key: &[u8]) -> bool {
 
 // ------------------------------------------------------------ properties
 
+/// Cases per property: `PROPTEST_CASES` when set (scripts/fuzz.sh runs
+/// far more), else `default`.
+fn cases(default: u32) -> u32 {
+    std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(default)
+}
+
+/// Hash fields as a coalescer (or anything else) might write them: native
+/// names with random values, random names, NUL and huge numbers included.
+fn raw_fields() -> impl Strategy<Value = RawFields> {
+    let name = prop_oneof![
+        prop::sample::select(vec![
+            "state",
+            "p95_ms",
+            "tool_list_hash",
+            "error_kind",
+            "asn",
+            "registry_of_origin",
+            "verdict_sealed",
+            "archived_at",
+        ])
+        .prop_map(str::to_string),
+        ".{0,8}",
+    ];
+    let value = prop_oneof![
+        prop::sample::select(verdict::STATES.to_vec()).prop_map(str::to_string),
+        "-?[0-9]{0,12}",
+        "[0-9a-fA-F]{0,9}",
+        ".{0,12}",
+    ];
+    (
+        prop::collection::btree_map(name, value, 0..8),
+        any::<bool>(),
+        any::<bool>(),
+    )
+        .prop_map(|(fields, not_utf8, wrong_type)| RawFields {
+            fields,
+            not_utf8,
+            read_error: wrong_type.then(|| "WRONGTYPE".to_string()),
+        })
+}
+
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(2_000))]
+    #![proptest_config(ProptestConfig::with_cases(cases(2_000)))]
+
+    /// The verdict parser never panics, and what it archives is what the
+    /// table accepts and what the key names.
+    #[test]
+    fn the_verdict_parser_takes_any_input(
+        key in prop_oneof![key_name(), prop::collection::vec(any::<u8>(), 0..64)],
+        raw in raw_fields(),
+    ) {
+        match verdict::parse_bytes(&key, &raw, minute()) {
+            Ok(row) => {
+                prop_assert!(raw.read_error.is_none() && !raw.not_utf8);
+                prop_assert!(verdict::REGIONS.contains(&row.region.as_str()));
+                prop_assert!(verdict::STATES.contains(&row.state.as_str()));
+                prop_assert_eq!(row.minute, minute());
+                prop_assert!(row.p95_ms.is_none_or(|n| n >= 0) && row.asn.is_none_or(|n| n >= 0));
+                prop_assert!(!row.extra.contains_key("state") && !row.extra.contains_key("archived_at"));
+                prop_assert!(!row.server_slug.contains('\0') && !row.server_slug.is_empty());
+                prop_assert_eq!(
+                    key::owner(&key),
+                    Some(KeyOwner { tenant: row.tenant_id, server: Some(row.server_slug) })
+                );
+            }
+            Err(reject) => prop_assert!(!reject.reason.as_str().is_empty()),
+        }
+    }
 
     /// What the drain archives as a row of a pair, or attributes to a pair
     /// as a reject, is exactly what the erasure of that pair selects.

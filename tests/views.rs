@@ -563,3 +563,250 @@ async fn a_month_keeps_days_retention_deleted_before_it_was_complete() {
     views::close_day(&db.pool, day(31)).await.unwrap();
     assert_eq!(month().await, (2, 5, 1, 1, Some(71.429)));
 }
+
+/// Inserts `minutes` minutes from `from`, `tenants` x 2 servers x 5 regions
+/// per minute, one statement per minute in minute order as the drain writes
+/// them, every state present (so suppression clusters form). No ANALYZE.
+async fn load_minutes(db: &TestDatabase, from: DateTime<Utc>, minutes: i64, tenants: i32) {
+    for m in 0..minutes {
+        sqlx::query(
+            "INSERT INTO probe_minute (tenant_id, server_slug, region, minute_bucket, state, p95_ms, \
+                 error_kind, asn, registry_of_origin) \
+             SELECT ('70000000-0000-4000-8000-' || lpad(to_hex(t), 12, '0'))::uuid, 'srv-' || s, r, $1, \
+                    (ARRAY['up','down','degraded','auth-walled','unknown'])[1 + (t + s) % 5], 100 + t % 50, \
+                    'tls-expired', 16509, 'mcp.so' \
+             FROM generate_series(0, $2 - 1) t, generate_series(0, 1) s, \
+                  unnest(ARRAY['us-east','us-west','eu-west','ap-southeast','sa-east']) r",
+        )
+        .bind(from + chrono::Duration::minutes(m))
+        .bind(tenants)
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    }
+}
+
+/// Scans of a table as PostgreSQL counts them: (sequential, index).
+async fn scans(db: &TestDatabase, table: &str) -> (i64, i64) {
+    sqlx::query_as(
+        "SELECT coalesce(seq_scan, 0), coalesce(idx_scan, 0) FROM pg_stat_user_tables WHERE relname = $1",
+    )
+    .bind(table)
+    .fetch_one(&db.pool)
+    .await
+    .unwrap()
+}
+
+/// Closes `pool` (opened with `application_name=name`) and waits until its
+/// backends are gone: a backend reports its scan counters when it exits
+/// (while it lives, only when idle, up to 10 s later).
+async fn close_and_report(db: &TestDatabase, pool: sqlx::PgPool, name: &str) {
+    pool.close().await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let alive: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM pg_stat_activity WHERE application_name = $1")
+                .bind(name)
+                .fetch_one(&db.pool)
+                .await
+                .unwrap();
+        if alive == 0 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "backends of {name} did not exit"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+}
+
+/// The per-minute statements on a large partition without statistics (it
+/// was analyzed while empty, as a new month's partition is; autovacuum kept
+/// off so it stays that way): they find the minute through an index, never
+/// by reading the whole partition. Seen in production as minutes per
+/// minute after a restore.
+#[tokio::test]
+async fn the_minute_statements_use_an_index_whatever_the_statistics_say() {
+    let db = TestDatabase::new().await;
+    partitions(&db).await;
+    for statement in [
+        "ALTER TABLE probe_minute_2026_11 SET (autovacuum_enabled = off)",
+        // No summarization work (it counts as sequential scans) but ours.
+        "ALTER INDEX probe_minute_2026_11_minute_bucket_idx SET (autosummarize = off)",
+        "ANALYZE probe_minute_2026_11",
+    ] {
+        sqlx::query(statement).execute(&db.pool).await.unwrap();
+    }
+    let first = Utc.with_ymd_and_hms(2026, 11, 20, 8, 0, 0).unwrap();
+    // 30 minutes of 10,000 rows.
+    load_minutes(&db, first, 30, 1000).await;
+    let statistics: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM pg_stats WHERE tablename = 'probe_minute_2026_11'",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        statistics, 0,
+        "the partition has column statistics after all"
+    );
+    sqlx::query("INSERT INTO derived_views_watermark (last_minute) VALUES ($1)")
+        .bind(first + chrono::Duration::minutes(19))
+        .execute(&db.pool)
+        .await
+        .unwrap();
+
+    let (seq_before, index_before) = scans(&db, "probe_minute_2026_11").await;
+    let name = "views-minute-statements";
+    let work = archiver_operator::db::connect(&format!("{}?application_name={name}", db.url), 2)
+        .await
+        .unwrap();
+    for m in 20..30 {
+        views::apply_minute(&work, first + chrono::Duration::minutes(m), Some(SALT))
+            .await
+            .unwrap();
+    }
+    close_and_report(&db, work, name).await;
+    let (seq_after, index_after) = scans(&db, "probe_minute_2026_11").await;
+    assert_eq!(
+        seq_after - seq_before,
+        0,
+        "ten minutes applied with {} sequential scans of the whole partition",
+        seq_after - seq_before
+    );
+    assert!(
+        index_after - index_before >= 20,
+        "two statements per minute through an index, saw {}",
+        index_after - index_before
+    );
+    // And they did their work: every server of every minute counted.
+    let minutes: i64 = sqlx::query_scalar("SELECT sum(minutes_total)::bigint FROM probe_day")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(minutes, 10 * 2000);
+    let clusters: i64 = sqlx::query_scalar("SELECT count(*) FROM suppression_clusters")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert!(clusters > 0);
+}
+
+/// Autosummarize of every index of the partition tree, by index name.
+async fn autosummarize(db: &TestDatabase) -> BTreeMap<String, bool> {
+    let rows: Vec<(String, bool)> = sqlx::query_as(
+        "SELECT t.relid::text, coalesce(c.reloptions @> ARRAY['autosummarize=on'], false) \
+         FROM pg_partition_tree('probe_minute_brin_minute') t JOIN pg_class c ON c.oid = t.relid \
+         WHERE t.isleaf",
+    )
+    .fetch_all(&db.pool)
+    .await
+    .unwrap();
+    rows.into_iter().collect()
+}
+
+/// The maintenance summarizes the BRIN ranges it is about to read (a query
+/// for one minute then reads about that minute's blocks), and no partition
+/// index hands summarization to autovacuum's queue, which one large minute
+/// overflows.
+#[tokio::test]
+async fn the_maintenance_summarizes_the_minute_index_itself() {
+    let db = TestDatabase::new().await;
+    partitions(&db).await;
+    // A partition created after the migrations copies the parent's options.
+    let before = autosummarize(&db).await;
+    assert_eq!(before.len(), 2, "{before:?}");
+    sqlx::query("ALTER TABLE probe_minute_2026_11 SET (autovacuum_enabled = off)")
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    let first = Utc.with_ymd_and_hms(2026, 11, 20, 8, 0, 0).unwrap();
+    load_minutes(&db, first, 12, 1000).await;
+    sqlx::query("INSERT INTO derived_views_watermark (last_minute) VALUES ($1)")
+        .bind(first - chrono::Duration::minutes(1))
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    sqlx::query(
+        "INSERT INTO archive_watermark (shard_id, last_minute, owner, expires_at) VALUES (0, $1, 't', now())",
+    )
+    .bind(first + chrono::Duration::minutes(11))
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    let report = maintain(&db, first + chrono::Duration::minutes(13)).await;
+    assert_eq!(report.minutes.len(), 12);
+
+    let after = autosummarize(&db).await;
+    assert!(
+        after.values().all(|on| !on),
+        "autosummarize still on: {after:?}"
+    );
+    let left: i64 = sqlx::query_scalar(
+        "SELECT brin_summarize_new_values('probe_minute_2026_11_minute_bucket_idx')::bigint",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(left, 0, "{left} block ranges were left unsummarized");
+
+    // One minute's query reads about one minute's blocks, not the partition.
+    let pages: i64 = sqlx::query_scalar(
+        "SELECT pg_relation_size('probe_minute_2026_11') / current_setting('block_size')::bigint",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    let mut tx = db.pool.begin().await.unwrap();
+    sqlx::query("SET LOCAL enable_seqscan = off")
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    let plan: serde_json::Value = sqlx::query_scalar(
+        "EXPLAIN (ANALYZE, FORMAT JSON) SELECT count(*) FROM probe_minute \
+         WHERE minute_bucket = '2026-11-20 08:06:00+00'",
+    )
+    .fetch_one(&mut *tx)
+    .await
+    .unwrap();
+    tx.rollback().await.unwrap();
+    let plan_text = plan.to_string();
+    let heap_blocks = |field: &str| -> i64 {
+        plan_text
+            .split(&format!("\"{field}\":"))
+            .nth(1)
+            .and_then(|rest| rest.split([',', '}']).next())
+            .and_then(|n| n.trim().parse().ok())
+            .unwrap_or(0)
+    };
+    let read = heap_blocks("Lossy Heap Blocks") + heap_blocks("Exact Heap Blocks");
+    assert!(
+        read > 0 && read * 4 < pages,
+        "one minute of twelve read {read} of {pages} blocks: {plan_text}"
+    );
+}
+
+/// Migration 0012 turns autosummarize off on the indexes of partitions that
+/// exist when it runs.
+#[tokio::test]
+async fn migration_0012_turns_autosummarize_off_on_existing_partitions() {
+    let db = TestDatabase::empty().await;
+    archiver_operator::db::MIGRATOR
+        .run_to(11, &db.pool)
+        .await
+        .unwrap();
+    partitions(&db).await;
+    assert!(
+        autosummarize(&db).await.values().all(|on| *on),
+        "before 0012 partitions copy autosummarize from the parent"
+    );
+    archiver_operator::db::migrate(&db.pool).await.unwrap();
+    let after = autosummarize(&db).await;
+    assert_eq!(after.len(), 2);
+    assert!(
+        after.values().all(|on| !on),
+        "autosummarize still on: {after:?}"
+    );
+}

@@ -282,6 +282,8 @@ mod tests {
         assert_eq!(printable(b"a\0b"), "a\\x00b");
         assert_eq!(printable(b"a\\xffb"), "a\\\\xffb");
         assert_ne!(printable(b"a\\xff"), printable(b"a\xff"));
+        // The old text (NUL shown as U+FFFD) made these two one row.
+        assert_ne!(printable(b"a\0b"), printable("a\u{FFFD}b".as_bytes()));
     }
 
     #[test]

@@ -5,6 +5,7 @@
 //! Redis URL Secret), runs or deploys the shard's drain worker
 //! ([`worker`]) and fills the status from the watermark row ([`health`]).
 
+pub mod brin;
 pub mod health;
 pub mod key;
 pub mod redis_source;

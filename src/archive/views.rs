@@ -74,6 +74,14 @@ pub async fn maintain(
     let Some(ready_through) = slowest_shard(pool).await? else {
         return Ok(report);
     };
+    if last < ready_through {
+        super::brin::summarize_before_reading(
+            pool,
+            last + chrono::Duration::minutes(1),
+            ready_through,
+        )
+        .await;
+    }
     while last < ready_through && started.elapsed() < settings.budget {
         let minute = last + chrono::Duration::minutes(1);
         apply_minute(pool, minute, settings.salt).await?;
@@ -164,6 +172,16 @@ pub async fn apply_minute_in(
         .execute(&mut *tx)
         .await
         .map_err(db("taking the erasure lock (shared)"))?;
+    // The minute's rows are found through probe_minute_brin_minute (or the
+    // clusters' partial index). The planner costs a BRIN scan from the
+    // column's correlation statistics; without statistics (a partition
+    // analyzed while empty, after a restore or a truncate) it prefers a
+    // sequential scan of the whole partition, which grows all month, and a
+    // minute took minutes. So, for this transaction only, no sequential scans.
+    sqlx::query("SET LOCAL enable_seqscan = off")
+        .execute(&mut *tx)
+        .await
+        .map_err(db("setting the minute's plan"))?;
     let moved = sqlx::query(
         "UPDATE derived_views_watermark SET last_minute = $1 WHERE last_minute = $1 - interval '1 minute'",
     )
