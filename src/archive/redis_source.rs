@@ -558,3 +558,37 @@ pub async fn mark_archived(
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn raw(fields: usize, value_bytes: usize) -> RawFields {
+        (0..fields)
+            .map(|i| (format!("f{i:03}"), "é".repeat(value_bytes / 2)))
+            .collect::<std::collections::BTreeMap<_, _>>()
+            .into()
+    }
+
+    #[test]
+    fn a_hash_read_whole_within_the_limits_is_kept_as_is() {
+        let fits = raw(256, 200);
+        assert_eq!(within_limits(fits.clone()), fits);
+    }
+
+    #[test]
+    fn a_hash_that_grew_over_the_limits_is_cut_to_a_flagged_sample() {
+        for (fields, value_bytes) in [(257, 2), (10, 8_000)] {
+            let cut = within_limits(raw(fields, value_bytes));
+            let size = cut.oversize.expect("flagged");
+            assert_eq!(size.fields, fields as u64);
+            assert_eq!(
+                size.bytes,
+                Some((fields * (4 + value_bytes / 2 * 2)) as u64)
+            );
+            assert!(cut.fields.len() <= SAMPLE_FIELDS);
+            // Cut on a character boundary, never longer than the bound.
+            assert!(cut.fields.values().all(|v| v.len() <= SAMPLE_BYTES));
+        }
+    }
+}
