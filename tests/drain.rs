@@ -1449,3 +1449,72 @@ fn the_unsealed_timeout_defaults_to_300_and_is_bounded() {
         "no CEL rule for unsealedTimeoutSeconds"
     );
 }
+
+/// A Redis (or proxy) that refuses MEMORY USAGE still gets the size limits
+/// right: the exact sum is taken instead, and nothing holds the minute.
+#[tokio::test]
+async fn the_size_limits_hold_where_memory_usage_is_refused() {
+    let db = TestDatabase::new().await;
+    november_partition(&db).await;
+    let redis = redis_server();
+    let fixture = seed(&redis, 0..1, 1, true).await;
+    let at = minute(0);
+    let many_bytes = verdict_key(tenant(930), "bytes", "us-east", at);
+    let fits = verdict_key(tenant(931), "fits", "us-east", at);
+    let mut conn = redis_conn(&redis).await;
+    let mut pipe = redis::pipe();
+    pipe.hset(&many_bytes, "state", "up")
+        .hset(&many_bytes, "verdict_sealed", "1")
+        .hset(&many_bytes, "blob", "z".repeat(70_000))
+        .hset(&fits, "state", "up")
+        .hset(&fits, "verdict_sealed", "1")
+        .hset(&fits, "note", "n".repeat(60_000))
+        .sadd(index_key(at), &many_bytes)
+        .sadd(index_key(at), &fits)
+        .cmd("ACL")
+        .arg("SETUSER")
+        .arg("default")
+        .arg("-memory");
+    pipe.query_async::<()>(&mut conn).await.unwrap();
+    let refused: redis::RedisResult<i64> = redis::cmd("MEMORY")
+        .arg("USAGE")
+        .arg(&fits)
+        .query_async(&mut conn)
+        .await;
+    assert!(
+        refused.is_err(),
+        "MEMORY USAGE must be refused: {refused:?}"
+    );
+
+    let clock = ManualClock::new(minute(0) + chrono::Duration::seconds(65));
+    let mut w = worker(
+        &db,
+        &redis,
+        settings(0, Discovery::Index, minute(0), clock.now()),
+        &clock,
+        "w",
+    )
+    .await;
+    let report = w.tick(BUDGET).await.unwrap();
+    assert_eq!(report.archived.len(), 1, "{report:?}");
+    let mut expected = fixture.expected.clone();
+    expected.insert((
+        tenant(931),
+        "fits".into(),
+        "us-east".into(),
+        at,
+        "up".into(),
+        None,
+    ));
+    assert_eq!(archived_rows(&db).await, expected);
+    let reason: String =
+        sqlx::query_scalar("SELECT reason FROM probe_minute_rejects WHERE verdict_key = $1")
+            .bind(&many_bytes)
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
+    assert!(
+        reason.starts_with("too_large: 3 fields, 70026 bytes"),
+        "{reason}"
+    );
+}

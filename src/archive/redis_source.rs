@@ -201,7 +201,8 @@ async fn read_batches(
 /// The size is checked before anything is copied: HLEN first (a hash with
 /// too many fields is never summed), then MEMORY USAGE (exact for at most
 /// ARGV[1] fields, and never below the payload), and only when that is
-/// over the byte limit the exact sum of names and HSTRLENs.
+/// over the byte limit (or refused) the exact sum of names and HSTRLENs.
+/// HRANDFIELD needs Redis 6.2 or later.
 const BOUNDED_READ: &str = r#"
 local max_fields = tonumber(ARGV[1])
 local max_bytes = tonumber(ARGV[2])
@@ -234,8 +235,8 @@ for k, key in ipairs(KEYS) do
     replies[k] = sample(key, names, {'too_large', fields, -1})
   else
     local bytes = -1
-    local memory = redis.call('MEMORY', 'USAGE', key, 'SAMPLES', '0')
-    if memory and memory > max_bytes then
+    local measured, memory = pcall(redis.call, 'MEMORY', 'USAGE', key, 'SAMPLES', '0')
+    if not measured or (memory and memory > max_bytes) then
       local names = redis.call('HKEYS', key)
       bytes = 0
       for _, name in ipairs(names) do
@@ -332,6 +333,9 @@ async fn read_batch(
                 Ok(Some(_)) => {}
                 // Gone since HLEN.
                 Ok(None) => plans[index] = Plan::Done(RawFields::default()),
+                // A Redis (or proxy) that refuses MEMORY USAGE: the script
+                // sums the hash exactly instead.
+                Err(error) if error.code() != Some("WRONGTYPE") => plans[index] = Plan::Bounded,
                 Err(error) => plans[index] = Plan::Done(key_error(error)?),
             }
         }
