@@ -1348,6 +1348,38 @@ mod ready_is_false_when_the_shard_cannot_progress {
     }
 
     #[tokio::test]
+    async fn but_a_suspended_shard_is_not_blocked_by_what_its_last_tick_saw() {
+        let db = TestDatabase::new().await;
+        november_partition(&db).await;
+        let redis = redis_server();
+        seed(&redis, 0..1, 2, true).await;
+        seed(&redis, 2..3, 2, true).await;
+        let clock = ManualClock::new(minute(3) + chrono::Duration::seconds(5));
+        let mut w = worker(
+            &db,
+            &redis,
+            settings(0, Discovery::Auto, minute(0), clock.now()),
+            &clock,
+            "w",
+        )
+        .await;
+        w.tick(BUDGET).await.unwrap();
+        clock.advance(chrono::Duration::minutes(30));
+        let mut shard = status_path::shard();
+        shard.spec.suspend = true;
+        let mut ctx = status_path::context(&db, &redis.url(), &clock);
+        ctx.workers = archiver_operator::runtime::workers::WorkerHost::Inline;
+        let outcome = status_path::reconcile(&shard, &ctx).await;
+        let (on, reason, message) = status_path::condition(&outcome.status, "Ready");
+        assert_eq!(
+            (on.as_str(), reason.as_str()),
+            ("True", "Reconciled"),
+            "{message}"
+        );
+        assert!(message.starts_with("suspended"), "{message}");
+    }
+
+    #[tokio::test]
     async fn an_unsealed_wait() {
         let db = TestDatabase::new().await;
         november_partition(&db).await;
