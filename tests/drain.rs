@@ -1348,6 +1348,38 @@ mod ready_is_false_when_the_shard_cannot_progress {
     }
 
     #[tokio::test]
+    async fn but_a_suspended_shard_is_not_blocked_by_what_its_last_tick_saw() {
+        let db = TestDatabase::new().await;
+        november_partition(&db).await;
+        let redis = redis_server();
+        seed(&redis, 0..1, 2, true).await;
+        seed(&redis, 2..3, 2, true).await;
+        let clock = ManualClock::new(minute(3) + chrono::Duration::seconds(5));
+        let mut w = worker(
+            &db,
+            &redis,
+            settings(0, Discovery::Auto, minute(0), clock.now()),
+            &clock,
+            "w",
+        )
+        .await;
+        w.tick(BUDGET).await.unwrap();
+        clock.advance(chrono::Duration::minutes(30));
+        let mut shard = status_path::shard();
+        shard.spec.suspend = true;
+        let mut ctx = status_path::context(&db, &redis.url(), &clock);
+        ctx.workers = archiver_operator::runtime::workers::WorkerHost::Inline;
+        let outcome = status_path::reconcile(&shard, &ctx).await;
+        let (on, reason, message) = status_path::condition(&outcome.status, "Ready");
+        assert_eq!(
+            (on.as_str(), reason.as_str()),
+            ("True", "Reconciled"),
+            "{message}"
+        );
+        assert!(message.starts_with("suspended"), "{message}");
+    }
+
+    #[tokio::test]
     async fn an_unsealed_wait() {
         let db = TestDatabase::new().await;
         november_partition(&db).await;
@@ -1630,5 +1662,74 @@ async fn a_late_verdict_of_an_erased_pair_is_stored_neither_as_row_nor_as_reject
         report.archived[0].erased,
         5 + late.len(),
         "5 regions of the pair's fixture rows, its 3 late verdicts, the whole tenant's 3"
+    );
+}
+
+/// A Redis (or proxy) that refuses MEMORY USAGE still gets the size limits
+/// right: the exact sum is taken instead, and nothing holds the minute.
+#[tokio::test]
+async fn the_size_limits_hold_where_memory_usage_is_refused() {
+    let db = TestDatabase::new().await;
+    november_partition(&db).await;
+    let redis = redis_server();
+    let fixture = seed(&redis, 0..1, 1, true).await;
+    let at = minute(0);
+    let many_bytes = verdict_key(tenant(930), "bytes", "us-east", at);
+    let fits = verdict_key(tenant(931), "fits", "us-east", at);
+    let mut conn = redis_conn(&redis).await;
+    let mut pipe = redis::pipe();
+    pipe.hset(&many_bytes, "state", "up")
+        .hset(&many_bytes, "verdict_sealed", "1")
+        .hset(&many_bytes, "blob", "z".repeat(70_000))
+        .hset(&fits, "state", "up")
+        .hset(&fits, "verdict_sealed", "1")
+        .hset(&fits, "note", "n".repeat(60_000))
+        .sadd(index_key(at), &many_bytes)
+        .sadd(index_key(at), &fits)
+        .cmd("ACL")
+        .arg("SETUSER")
+        .arg("default")
+        .arg("-memory");
+    pipe.query_async::<()>(&mut conn).await.unwrap();
+    let refused: redis::RedisResult<i64> = redis::cmd("MEMORY")
+        .arg("USAGE")
+        .arg(&fits)
+        .query_async(&mut conn)
+        .await;
+    assert!(
+        refused.is_err(),
+        "MEMORY USAGE must be refused: {refused:?}"
+    );
+
+    let clock = ManualClock::new(minute(0) + chrono::Duration::seconds(65));
+    let mut w = worker(
+        &db,
+        &redis,
+        settings(0, Discovery::Index, minute(0), clock.now()),
+        &clock,
+        "w",
+    )
+    .await;
+    let report = w.tick(BUDGET).await.unwrap();
+    assert_eq!(report.archived.len(), 1, "{report:?}");
+    let mut expected = fixture.expected.clone();
+    expected.insert((
+        tenant(931),
+        "fits".into(),
+        "us-east".into(),
+        at,
+        "up".into(),
+        None,
+    ));
+    assert_eq!(archived_rows(&db).await, expected);
+    let reason: String =
+        sqlx::query_scalar("SELECT reason FROM probe_minute_rejects WHERE verdict_key = $1")
+            .bind(&many_bytes)
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
+    assert!(
+        reason.starts_with("too_large: 3 fields, 70026 bytes"),
+        "{reason}"
     );
 }

@@ -163,13 +163,17 @@ fn stray_message(count: i64, examples: &[String]) -> String {
 
 /// Why a shard cannot make progress, as the reason and message of
 /// `Ready=False`; `None` when it can. `ticking` is false for a suspended
-/// shard, which is expected not to tick.
+/// shard: it is expected not to progress, and what its last tick saw is
+/// stale.
 pub fn not_ready(
     health: &ShardHealth,
     now: DateTime<Utc>,
     ticking: bool,
     unsealed_timeout_seconds: u32,
 ) -> Option<(&'static str, String)> {
+    if !ticking {
+        return None;
+    }
     let error = health.last_error.clone().unwrap_or_default();
     let blocked = match health.waiting_reason.as_deref() {
         Some("redis-unavailable") => Some(("RedisUnavailable", error)),
@@ -200,7 +204,7 @@ pub fn not_ready(
     }
     let last_tick = health.last_tick_at?;
     let silent = (now - last_tick).num_seconds();
-    (ticking && silent > NO_RECENT_TICK_SECONDS).then(|| {
+    (silent > NO_RECENT_TICK_SECONDS).then(|| {
         (
             "NoRecentTick",
             format!(

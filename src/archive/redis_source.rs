@@ -203,7 +203,8 @@ async fn read_batches(
 /// The size is checked before anything is copied: HLEN first (a hash with
 /// too many fields is never summed), then MEMORY USAGE (exact for at most
 /// ARGV[1] fields, and never below the payload), and only when that is
-/// over the byte limit the exact sum of names and HSTRLENs.
+/// over the byte limit (or refused) the exact sum of names and HSTRLENs.
+/// HRANDFIELD needs Redis 6.2 or later.
 const BOUNDED_READ: &str = r#"
 local max_fields = tonumber(ARGV[1])
 local max_bytes = tonumber(ARGV[2])
@@ -236,8 +237,8 @@ for k, key in ipairs(KEYS) do
     replies[k] = sample(key, names, {'too_large', fields, -1})
   else
     local bytes = -1
-    local memory = redis.call('MEMORY', 'USAGE', key, 'SAMPLES', '0')
-    if memory and memory > max_bytes then
+    local measured, memory = pcall(redis.call, 'MEMORY', 'USAGE', key, 'SAMPLES', '0')
+    if not measured or (memory and memory > max_bytes) then
       local names = redis.call('HKEYS', key)
       bytes = 0
       for _, name in ipairs(names) do
@@ -334,6 +335,9 @@ async fn read_batch(
                 Ok(Some(_)) => {}
                 // Gone since HLEN.
                 Ok(None) => plans[index] = Plan::Done(RawFields::default()),
+                // A Redis (or proxy) that refuses MEMORY USAGE: the script
+                // sums the hash exactly instead.
+                Err(error) if error.code() != Some("WRONGTYPE") => plans[index] = Plan::Bounded,
                 Err(error) => plans[index] = Plan::Done(key_error(error)?),
             }
         }
@@ -559,4 +563,38 @@ pub async fn mark_archived(
         invocation.invoke_async::<()>(redis).await?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn raw(fields: usize, value_bytes: usize) -> RawFields {
+        (0..fields)
+            .map(|i| (format!("f{i:03}"), "é".repeat(value_bytes / 2)))
+            .collect::<std::collections::BTreeMap<_, _>>()
+            .into()
+    }
+
+    #[test]
+    fn a_hash_read_whole_within_the_limits_is_kept_as_is() {
+        let fits = raw(256, 200);
+        assert_eq!(within_limits(fits.clone()), fits);
+    }
+
+    #[test]
+    fn a_hash_that_grew_over_the_limits_is_cut_to_a_flagged_sample() {
+        for (fields, value_bytes) in [(257, 2), (10, 8_000)] {
+            let cut = within_limits(raw(fields, value_bytes));
+            let size = cut.oversize.expect("flagged");
+            assert_eq!(size.fields, fields as u64);
+            assert_eq!(
+                size.bytes,
+                Some((fields * (4 + value_bytes / 2 * 2)) as u64)
+            );
+            assert!(cut.fields.len() <= SAMPLE_FIELDS);
+            // Cut on a character boundary, never longer than the bound.
+            assert!(cut.fields.values().all(|v| v.len() <= SAMPLE_BYTES));
+        }
+    }
 }
