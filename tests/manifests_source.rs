@@ -290,7 +290,7 @@ fn a_namespace_naming_a_path_writes_nothing_outside_the_directory() {
     let deletion = manifests.join("deletion-request.yaml");
     let crafted = std::fs::read_to_string(&deletion).unwrap().replace(
         "namespace: archiver",
-        "namespace: \"x/../../../outside\"",
+        "namespace: \"x/../../../../outside\"",
     );
     std::fs::write(&deletion, crafted).unwrap();
     // What the crafted path needs to resolve: a directory a checkout can carry.
@@ -302,16 +302,16 @@ fn a_namespace_naming_a_path_writes_nothing_outside_the_directory() {
         .output()
         .expect("run");
     let printed = text(&output);
-    assert_eq!(output.status.code(), Some(1), "{printed}");
-    assert!(
-        printed.contains("metadata.namespace: must be a lowercase DNS label"),
-        "{printed}"
-    );
     let outside: Vec<String> = files_under(base.path())
         .into_iter()
         .filter(|f| !f.starts_with("checkout/"))
         .collect();
     assert_eq!(outside, Vec::<String>::new(), "written outside: {printed}");
+    assert_eq!(output.status.code(), Some(1), "{printed}");
+    assert!(
+        printed.contains("metadata.namespace: must be a lowercase DNS label"),
+        "{printed}"
+    );
 }
 
 /// A crafted file under `.archiver/status/` naming a path made `run`
@@ -332,7 +332,7 @@ fn a_crafted_status_file_deletes_nothing_outside_the_directory() {
     std::fs::create_dir_all(status.join("DeletionRequest_x")).unwrap();
     std::fs::write(
         status.join("crafted.yaml"),
-        "kind: DeletionRequest\nnamespace: x/../../../victim\nname: precious\ngeneration: 1\n\
+        "kind: DeletionRequest\nnamespace: x/../../../../victim\nname: precious\ngeneration: 1\n\
          specHash: ''\ntriggerHash: ''\nfirstSeen: 2026-11-23T10:00:00Z\n",
     )
     .unwrap();
