@@ -356,7 +356,10 @@ fn a_crafted_status_file_deletes_nothing_outside_the_directory() {
         Some("precious"),
         "the file outside was removed: {printed}"
     );
-    assert!(other.exists(), "a file the operator did not write was removed");
+    assert!(
+        other.exists(),
+        "a file the operator did not write was removed"
+    );
     assert!(
         printed.contains("not a status file written by the operator"),
         "{printed}"
@@ -403,8 +406,11 @@ fn links_leaving_the_directory_are_not_followed() {
     // A link to a link inside a linked directory, ending outside.
     std::os::unix::fs::symlink(&outside, manifests.join("linked-dir")).unwrap();
     std::fs::create_dir(manifests.join("inner")).unwrap();
-    std::os::unix::fs::symlink("../linked-dir/secret.yaml", manifests.join("inner/hop.yaml"))
-        .unwrap();
+    std::os::unix::fs::symlink(
+        "../linked-dir/secret.yaml",
+        manifests.join("inner/hop.yaml"),
+    )
+    .unwrap();
     std::os::unix::fs::symlink("inner/hop.yaml", manifests.join("chained.yaml")).unwrap();
     std::os::unix::fs::symlink("/etc/passwd", manifests.join("passwd.yaml")).unwrap();
 
@@ -424,7 +430,10 @@ fn links_leaving_the_directory_are_not_followed() {
             "{link}: {printed}"
         );
     }
-    assert!(!printed.contains("root:"), "/etc/passwd was read: {printed}");
+    assert!(
+        !printed.contains("root:"),
+        "/etc/passwd was read: {printed}"
+    );
     assert!(
         printed.contains(
             "failed      ArchiverShard/archiver/shard-0: Secret archiver/redis-shard-0 not found"
@@ -436,7 +445,11 @@ fn links_leaving_the_directory_are_not_followed() {
     std::fs::remove_file(manifests.join("secret-redis-shard-0.yaml")).unwrap();
     std::fs::remove_file(manifests.join("chained.yaml")).unwrap();
     std::fs::remove_file(manifests.join("passwd.yaml")).unwrap();
-    std::fs::rename(outside.join("secret.yaml"), manifests.join("inner/secret.yml")).unwrap();
+    std::fs::rename(
+        outside.join("secret.yaml"),
+        manifests.join("inner/secret.yml"),
+    )
+    .unwrap();
     std::os::unix::fs::symlink("inner/secret.yml", manifests.join("via-inner.yaml")).unwrap();
     let output = Command::new(env!("CARGO_BIN_EXE_archiver-operator"))
         .args(["run", "--manifests", manifests.to_str().unwrap(), "--once"])
@@ -444,7 +457,10 @@ fn links_leaving_the_directory_are_not_followed() {
         .output()
         .expect("run");
     let printed = text(&output);
-    assert!(!printed.contains("leaves the manifests directory"), "{printed}");
+    assert!(
+        !printed.contains("leaves the manifests directory"),
+        "{printed}"
+    );
     assert!(
         !printed.contains("Secret archiver/redis-shard-0 not found"),
         "{printed}"

@@ -381,7 +381,8 @@ impl ManifestsEngine {
             let mut current = BTreeSet::new();
             for problem in &set.problems {
                 let line = problem.to_string();
-                let fresh = refresh.reread.contains(&problem.file) || !state.reported.contains(&line);
+                let fresh =
+                    refresh.reread.contains(&problem.file) || !state.reported.contains(&line);
                 if fresh {
                     tracing::warn!(problem = %line, "invalid manifest skipped");
                 }

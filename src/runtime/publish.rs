@@ -173,10 +173,15 @@ mod tests {
         let manifests = base.path().join("checkout");
         std::fs::create_dir_all(&manifests).unwrap();
         let publisher = Publisher::Directory(manifests.join(".archiver").join("published"));
-        publisher.publish("archiver", "policy", data()).await.unwrap();
+        publisher
+            .publish("archiver", "policy", data())
+            .await
+            .unwrap();
         assert_eq!(
-            std::fs::read_to_string(manifests.join(".archiver/published/archiver/policy/retention.md"))
-                .unwrap(),
+            std::fs::read_to_string(
+                manifests.join(".archiver/published/archiver/policy/retention.md")
+            )
+            .unwrap(),
             "text"
         );
         assert!(
@@ -188,8 +193,7 @@ mod tests {
         // A link shipped in place of a directory is refused.
         let outside = base.path().join("outside");
         std::fs::create_dir_all(&outside).unwrap();
-        std::os::unix::fs::symlink(&outside, manifests.join(".archiver/published/other"))
-            .unwrap();
+        std::os::unix::fs::symlink(&outside, manifests.join(".archiver/published/other")).unwrap();
         assert!(publisher.publish("other", "policy", data()).await.is_err());
         assert_eq!(std::fs::read_dir(&outside).unwrap().count(), 0);
     }

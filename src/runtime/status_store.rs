@@ -257,7 +257,7 @@ impl StatusStore {
         let mut foreign = Vec::new();
         for entry in entries.flatten() {
             let path = entry.path();
-            if !path.extension().is_some_and(|e| e == "yaml") {
+            if path.extension().is_none_or(|e| e != "yaml") {
                 continue;
             }
             match read_status_file(&path, &entry.file_name()) {
@@ -381,7 +381,11 @@ mod tests {
             ("Deletion/Request", "archiver", "a"),
             ("", "archiver", "a"),
         ] {
-            assert_eq!(status_file_name(kind, namespace, name), None, "{namespace}/{name}");
+            assert_eq!(
+                status_file_name(kind, namespace, name),
+                None,
+                "{namespace}/{name}"
+            );
         }
         let dir = tempfile::tempdir().unwrap();
         let store = StatusStore::for_manifests(dir.path());
@@ -411,7 +415,10 @@ mod tests {
             Err(StatusStoreError::NotADirectory { .. })
         ));
         assert!(store.list().is_err());
-        assert_eq!(std::fs::read_dir(outside.join("status")).unwrap().count(), 0);
+        assert_eq!(
+            std::fs::read_dir(outside.join("status")).unwrap().count(),
+            0
+        );
         std::fs::remove_file(manifests.join(".archiver")).unwrap();
 
         // A link left where the temporary file goes, and one in place of
