@@ -360,9 +360,7 @@ async fn run_operator(
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
-        Err(operator::RunError::PassFailed { .. }) => {
-            ExitCode::from(exit_code::NOT_ALL_SUCCEEDED)
-        }
+        Err(operator::RunError::PassFailed { .. }) => ExitCode::from(exit_code::NOT_ALL_SUCCEEDED),
         Err(error) => {
             // The operator could not start: arguments, the database, the
             // API server or the HTTP address.

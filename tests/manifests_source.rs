@@ -290,7 +290,7 @@ fn a_namespace_naming_a_path_writes_nothing_outside_the_directory() {
     let deletion = manifests.join("deletion-request.yaml");
     let crafted = std::fs::read_to_string(&deletion).unwrap().replace(
         "namespace: archiver",
-        "namespace: \"x/../../../outside\"",
+        "namespace: \"x/../../../../outside\"",
     );
     std::fs::write(&deletion, crafted).unwrap();
     // What the crafted path needs to resolve: a directory a checkout can carry.
@@ -302,16 +302,16 @@ fn a_namespace_naming_a_path_writes_nothing_outside_the_directory() {
         .output()
         .expect("run");
     let printed = text(&output);
-    assert_eq!(output.status.code(), Some(1), "{printed}");
-    assert!(
-        printed.contains("metadata.namespace: must be a lowercase DNS label"),
-        "{printed}"
-    );
     let outside: Vec<String> = files_under(base.path())
         .into_iter()
         .filter(|f| !f.starts_with("checkout/"))
         .collect();
     assert_eq!(outside, Vec::<String>::new(), "written outside: {printed}");
+    assert_eq!(output.status.code(), Some(1), "{printed}");
+    assert!(
+        printed.contains("metadata.namespace: must be a lowercase DNS label"),
+        "{printed}"
+    );
 }
 
 /// A crafted file under `.archiver/status/` naming a path made `run`
@@ -332,7 +332,7 @@ fn a_crafted_status_file_deletes_nothing_outside_the_directory() {
     std::fs::create_dir_all(status.join("DeletionRequest_x")).unwrap();
     std::fs::write(
         status.join("crafted.yaml"),
-        "kind: DeletionRequest\nnamespace: x/../../../victim\nname: precious\ngeneration: 1\n\
+        "kind: DeletionRequest\nnamespace: x/../../../../victim\nname: precious\ngeneration: 1\n\
          specHash: ''\ntriggerHash: ''\nfirstSeen: 2026-11-23T10:00:00Z\n",
     )
     .unwrap();
@@ -356,7 +356,10 @@ fn a_crafted_status_file_deletes_nothing_outside_the_directory() {
         Some("precious"),
         "the file outside was removed: {printed}"
     );
-    assert!(other.exists(), "a file the operator did not write was removed");
+    assert!(
+        other.exists(),
+        "a file the operator did not write was removed"
+    );
     assert!(
         printed.contains("not a status file written by the operator"),
         "{printed}"
@@ -403,8 +406,11 @@ fn links_leaving_the_directory_are_not_followed() {
     // A link to a link inside a linked directory, ending outside.
     std::os::unix::fs::symlink(&outside, manifests.join("linked-dir")).unwrap();
     std::fs::create_dir(manifests.join("inner")).unwrap();
-    std::os::unix::fs::symlink("../linked-dir/secret.yaml", manifests.join("inner/hop.yaml"))
-        .unwrap();
+    std::os::unix::fs::symlink(
+        "../linked-dir/secret.yaml",
+        manifests.join("inner/hop.yaml"),
+    )
+    .unwrap();
     std::os::unix::fs::symlink("inner/hop.yaml", manifests.join("chained.yaml")).unwrap();
     std::os::unix::fs::symlink("/etc/passwd", manifests.join("passwd.yaml")).unwrap();
 
@@ -424,7 +430,10 @@ fn links_leaving_the_directory_are_not_followed() {
             "{link}: {printed}"
         );
     }
-    assert!(!printed.contains("root:"), "/etc/passwd was read: {printed}");
+    assert!(
+        !printed.contains("root:"),
+        "/etc/passwd was read: {printed}"
+    );
     assert!(
         printed.contains(
             "failed      ArchiverShard/archiver/shard-0: Secret archiver/redis-shard-0 not found"
@@ -436,7 +445,11 @@ fn links_leaving_the_directory_are_not_followed() {
     std::fs::remove_file(manifests.join("secret-redis-shard-0.yaml")).unwrap();
     std::fs::remove_file(manifests.join("chained.yaml")).unwrap();
     std::fs::remove_file(manifests.join("passwd.yaml")).unwrap();
-    std::fs::rename(outside.join("secret.yaml"), manifests.join("inner/secret.yml")).unwrap();
+    std::fs::rename(
+        outside.join("secret.yaml"),
+        manifests.join("inner/secret.yml"),
+    )
+    .unwrap();
     std::os::unix::fs::symlink("inner/secret.yml", manifests.join("via-inner.yaml")).unwrap();
     let output = Command::new(env!("CARGO_BIN_EXE_archiver-operator"))
         .args(["run", "--manifests", manifests.to_str().unwrap(), "--once"])
@@ -444,7 +457,10 @@ fn links_leaving_the_directory_are_not_followed() {
         .output()
         .expect("run");
     let printed = text(&output);
-    assert!(!printed.contains("leaves the manifests directory"), "{printed}");
+    assert!(
+        !printed.contains("leaves the manifests directory"),
+        "{printed}"
+    );
     assert!(
         !printed.contains("Secret archiver/redis-shard-0 not found"),
         "{printed}"

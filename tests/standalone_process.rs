@@ -290,7 +290,9 @@ async fn an_invalid_manifest_is_reported_once_per_change() {
         std::fs::read_to_string(log.path())
             .unwrap_or_default()
             .lines()
-            .filter(|line| line.contains("invalid manifest skipped") && line.contains("broken.yaml"))
+            .filter(|line| {
+                line.contains("invalid manifest skipped") && line.contains("broken.yaml")
+            })
             .count()
     };
     wait_until("the first report", || reports() >= 1).await;
@@ -358,7 +360,10 @@ fn output_to_a_closed_pipe_ends_quietly() {
         let (code, stderr) = closed_reader(&["status", "--manifests", manifests, "-o", format]);
         assert_eq!(code, Some(0), "status -o {format}: {stderr}");
         assert!(!stderr.contains("panicked"), "status -o {format}: {stderr}");
-        assert!(!stderr.contains("Broken pipe"), "status -o {format}: {stderr}");
+        assert!(
+            !stderr.contains("Broken pipe"),
+            "status -o {format}: {stderr}"
+        );
     }
     // `validate` keeps the exit code of its result (problems found: 1).
     let invalid = dir.path().join("invalid");

@@ -134,7 +134,10 @@ fn every_problem_of_every_object_is_reported_in_one_run() {
     .unwrap()
     // Schema: a wrong type and an unknown field.
     .replace("maxShrinkPercent: 50", "maxShrinkPercent: lots")
-    .replace("public:     {perMinuteDays: 7,", "public:     {perMinuteDay: 7, perMinuteDays: 7,")
+    .replace(
+        "public:     {perMinuteDays: 7,",
+        "public:     {perMinuteDay: 7, perMinuteDays: 7,",
+    )
     // CEL: a tier whose per-minute window is longer than its daily one.
     .replace(
         "author:     {perMinuteDays: 90,",
@@ -230,7 +233,8 @@ fn a_namespace_must_be_a_dns_label() {
 fn oversize_deep_and_alias_bomb_files_are_clear_problems() {
     let dir = tempfile::tempdir().unwrap();
     let big = dir.path().join("big.yaml");
-    let mut text = String::from("apiVersion: v1\nkind: Secret\nmetadata: {name: big}\nstringData:\n");
+    let mut text =
+        String::from("apiVersion: v1\nkind: Secret\nmetadata: {name: big}\nstringData:\n");
     let line = format!("  k{{}}: {}\n", "x".repeat(1000));
     for i in 0..4300 {
         text.push_str(&line.replace("{}", &i.to_string()));

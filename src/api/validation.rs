@@ -413,15 +413,9 @@ pub fn validate_document(doc: &Document) -> Vec<Problem> {
         )];
     }
     let mut problems = validate_metadata(doc);
-    let Some(crd) = crd_for_kind(doc.kind()) else {
+    let Some(schema) = schema_for_kind(doc.kind()) else {
         return problems;
     };
-    let schema = crd.spec.versions[0]
-        .schema
-        .as_ref()
-        .and_then(|s| s.open_api_v3_schema.as_ref())
-        .map(|s| serde_json::to_value(s).expect("a JSON schema serializes"))
-        .unwrap_or(Value::Null);
     // The CRD schema describes spec (and status, which is ignored on create:
     // the API server takes it from the status subresource only); apiVersion,
     // kind and metadata are checked by the API server itself.
@@ -431,7 +425,7 @@ pub fn validate_document(doc: &Document) -> Vec<Problem> {
             map.remove(implicit);
         }
     }
-    let violations = schema_check::check(&schema, &object);
+    let violations = schema_check::check(schema, &object);
     // A CEL rule runs only where its node is structurally sound (as at
     // admission, where a type error stops the rules); the rules of every
     // other node still run, so their problems are reported too.
@@ -445,7 +439,7 @@ pub fn validate_document(doc: &Document) -> Vec<Problem> {
             .iter()
             .map(|v| doc.problem(Some(v.field.clone()), v.reason.clone())),
     );
-    for (field, message) in cel_problems(&schema, &object, &blocked) {
+    for (field, message) in cel_problems(schema, &object, &blocked) {
         problems.push(doc.problem((!field.is_empty()).then_some(field), message));
     }
     // The semantic rules parse what CEL can only match; a field already
@@ -459,6 +453,28 @@ pub fn validate_document(doc: &Document) -> Vec<Problem> {
         }
     }
     problems
+}
+
+/// The OpenAPI schema of each kind, generated once per process (building
+/// the CRDs costs far more than checking an object against them).
+fn schema_for_kind(kind: &str) -> Option<&'static Value> {
+    static SCHEMAS: std::sync::OnceLock<BTreeMap<String, Value>> = std::sync::OnceLock::new();
+    SCHEMAS
+        .get_or_init(|| {
+            super::KINDS
+                .iter()
+                .filter_map(|kind| {
+                    let crd = crd_for_kind(kind)?;
+                    let schema = crd.spec.versions[0]
+                        .schema
+                        .as_ref()
+                        .and_then(|s| s.open_api_v3_schema.as_ref())
+                        .map(|s| serde_json::to_value(s).expect("a JSON schema serializes"))?;
+                    Some((kind.to_string(), schema))
+                })
+                .collect()
+        })
+        .get(kind)
 }
 
 /// The CEL rules of every node whose subtree has no blocking schema
@@ -815,17 +831,30 @@ fn list_directory(dir: &Path, listing: &mut ManifestListing) {
         if hidden || !path.extension().is_some_and(|e| e == "yaml" || e == "yml") {
             continue;
         }
-        let is_link = entry.file_type().is_ok_and(|t| t.is_symlink());
+        let Ok(file_type) = entry.file_type() else {
+            continue;
+        };
+        if file_type.is_file() {
+            // Directly in the directory and not a link: nothing to resolve
+            // (and no system call spent on it: this runs every second).
+            found.push(Ok(ManifestEntry {
+                resolved: root.join(entry.file_name()),
+                path,
+            }));
+            continue;
+        }
+        if !file_type.is_symlink() {
+            continue;
+        }
         let resolved = match std::fs::canonicalize(&path) {
             Ok(resolved) => resolved,
-            Err(error) if is_link => {
+            Err(error) => {
                 found.push(Err(refuse(
                     path,
                     format!("is a link that cannot be resolved ({error}): not read"),
                 )));
                 continue;
             }
-            Err(_) => continue,
         };
         if !resolved.starts_with(&root) {
             found.push(Err(refuse(

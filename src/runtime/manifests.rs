@@ -167,6 +167,26 @@ impl ManifestCache {
         }
     }
 
+    /// The result of the last refresh, as an unchanged one (when the
+    /// directory is known not to have changed).
+    pub fn unchanged(&self) -> Refresh {
+        Refresh {
+            set: self.set.clone(),
+            changed: false,
+            reread: BTreeSet::new(),
+        }
+    }
+
+    /// The directories whose changes matter besides the manifests
+    /// directory itself: those holding the targets of its links.
+    fn link_target_dirs(&self) -> BTreeSet<PathBuf> {
+        self.files
+            .iter()
+            .filter(|(path, file)| file.resolved.parent() != path.parent())
+            .filter_map(|(_, file)| file.resolved.parent().map(Path::to_path_buf))
+            .collect()
+    }
+
     /// The valid objects and every problem, from the cached files.
     fn assemble(&self) -> ManifestSet {
         let mut set = ManifestSet {
@@ -361,7 +381,8 @@ impl ManifestsEngine {
             let mut current = BTreeSet::new();
             for problem in &set.problems {
                 let line = problem.to_string();
-                let fresh = refresh.reread.contains(&problem.file) || !state.reported.contains(&line);
+                let fresh =
+                    refresh.reread.contains(&problem.file) || !state.reported.contains(&line);
                 if fresh {
                     tracing::warn!(problem = %line, "invalid manifest skipped");
                 }
@@ -586,11 +607,39 @@ impl ManifestsEngine {
         shutdown: impl std::future::Future<Output = ()>,
     ) {
         tokio::pin!(shutdown);
+        // Poll the shutdown future once now: a signal listener it sets up
+        // exists from here on, so a SIGTERM that arrives during a long first
+        // pass is not lost (a listener created later never sees it).
+        tokio::select! {
+            biased;
+            _ = &mut shutdown => return,
+            _ = std::future::ready(()) => {}
+        }
         let mut was_leader = false;
+        // File-system notifications say when to look again; without them
+        // (or when they cannot be set up) the directory is polled.
+        let watch = DirectoryWatch::new(&self.dir);
+        let mut last_scan: Option<Instant> = None;
         loop {
             let leading = leadership.is_leader();
             if leading {
-                let refresh = self.state().cache.refresh(&self.dir);
+                // Events are drained before the scan: a change made during
+                // the scan leaves an event for the next round.
+                let notified = watch.as_ref().is_none_or(DirectoryWatch::take_events);
+                let scan_due = last_scan.is_none_or(|at| at.elapsed() >= FULL_SCAN_INTERVAL);
+                let refresh = if notified || scan_due || !was_leader {
+                    last_scan = Some(Instant::now());
+                    let mut state = self.state();
+                    let refresh = state.cache.refresh(&self.dir);
+                    if let Some(watch) = &watch {
+                        for dir in state.cache.link_target_dirs() {
+                            watch.add(&dir);
+                        }
+                    }
+                    refresh
+                } else {
+                    self.state().cache.unchanged()
+                };
                 let now = self.ctx.clock.now();
                 let due = self.state().next_due.is_some_and(|due| due <= now);
                 if refresh.changed && was_leader {
@@ -633,6 +682,110 @@ fn not_ready(status: &Value) -> Option<String> {
             ready["message"].as_str().unwrap_or("")
         )
     })
+}
+
+/// How often the directory is scanned even without a notification: the
+/// safety net for changes notifications do not report (a file system
+/// mounted over the network, a notification queue that overflowed).
+const FULL_SCAN_INTERVAL: Duration = Duration::from_secs(60);
+
+/// Notifications of changes in the manifests directory and in the
+/// directories its links point into (Linux inotify). When nothing changed,
+/// a round costs one `read` that finds nothing.
+struct DirectoryWatch {
+    #[cfg(target_os = "linux")]
+    fd: std::os::fd::OwnedFd,
+}
+
+impl DirectoryWatch {
+    #[cfg(target_os = "linux")]
+    fn new(dir: &Path) -> Option<Self> {
+        use std::os::fd::FromRawFd as _;
+        // SAFETY: inotify_init1 takes no pointers; a negative result is an error.
+        let fd = unsafe { libc::inotify_init1(libc::IN_NONBLOCK | libc::IN_CLOEXEC) };
+        if fd < 0 {
+            tracing::warn!(error = %std::io::Error::last_os_error(), "no file-system notifications; polling the manifests directory");
+            return None;
+        }
+        // SAFETY: fd is a new descriptor owned by nobody else.
+        let watch = Self {
+            fd: unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) },
+        };
+        watch.add(dir).then_some(watch)
+    }
+
+    #[cfg(not(target_os = "linux"))]
+    fn new(_dir: &Path) -> Option<Self> {
+        None
+    }
+
+    /// Watches one directory; false (with a warning) when it cannot.
+    #[cfg(target_os = "linux")]
+    fn add(&self, dir: &Path) -> bool {
+        use std::os::fd::AsRawFd as _;
+        use std::os::unix::ffi::OsStrExt as _;
+        let Ok(path) = std::ffi::CString::new(dir.as_os_str().as_bytes()) else {
+            return false;
+        };
+        let mask = libc::IN_CREATE
+            | libc::IN_DELETE
+            | libc::IN_MODIFY
+            | libc::IN_CLOSE_WRITE
+            | libc::IN_MOVED_FROM
+            | libc::IN_MOVED_TO
+            | libc::IN_ATTRIB
+            | libc::IN_DELETE_SELF
+            | libc::IN_MOVE_SELF
+            | libc::IN_ONLYDIR;
+        // SAFETY: path is a NUL-terminated string that outlives the call.
+        let added = unsafe { libc::inotify_add_watch(self.fd.as_raw_fd(), path.as_ptr(), mask) };
+        if added < 0 {
+            tracing::warn!(dir = %dir.display(), error = %std::io::Error::last_os_error(), "cannot watch a directory; relying on the periodic scan");
+        }
+        added >= 0
+    }
+
+    #[cfg(not(target_os = "linux"))]
+    fn add(&self, _dir: &Path) -> bool {
+        false
+    }
+
+    /// Whether anything happened since the last call (every pending event
+    /// is consumed). An error counts as a change: better a scan too many.
+    #[cfg(target_os = "linux")]
+    fn take_events(&self) -> bool {
+        use std::os::fd::AsRawFd as _;
+        let mut buffer = [0u8; 4096];
+        let mut seen = false;
+        loop {
+            // SAFETY: the buffer is valid for its whole length.
+            let read = unsafe {
+                libc::read(
+                    self.fd.as_raw_fd(),
+                    buffer.as_mut_ptr().cast(),
+                    buffer.len(),
+                )
+            };
+            if read > 0 {
+                seen = true;
+                continue;
+            }
+            if read == 0 {
+                return true;
+            }
+            let error = std::io::Error::last_os_error();
+            match error.kind() {
+                std::io::ErrorKind::WouldBlock => return seen,
+                std::io::ErrorKind::Interrupted => {}
+                _ => return true,
+            }
+        }
+    }
+
+    #[cfg(not(target_os = "linux"))]
+    fn take_events(&self) -> bool {
+        true
+    }
 }
 
 /// `namespace/name` of an object.

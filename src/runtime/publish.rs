@@ -158,3 +158,43 @@ impl Publisher {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn data() -> BTreeMap<String, String> {
+        [("retention.md".to_string(), "text".to_string())].into()
+    }
+
+    #[tokio::test]
+    async fn documents_stay_inside_the_manifests_directory() {
+        let base = tempfile::tempdir().unwrap();
+        let manifests = base.path().join("checkout");
+        std::fs::create_dir_all(&manifests).unwrap();
+        let publisher = Publisher::Directory(manifests.join(".archiver").join("published"));
+        publisher
+            .publish("archiver", "policy", data())
+            .await
+            .unwrap();
+        assert_eq!(
+            std::fs::read_to_string(
+                manifests.join(".archiver/published/archiver/policy/retention.md")
+            )
+            .unwrap(),
+            "text"
+        );
+        assert!(
+            publisher
+                .publish("x/../../../..", "policy", data())
+                .await
+                .is_err()
+        );
+        // A link shipped in place of a directory is refused.
+        let outside = base.path().join("outside");
+        std::fs::create_dir_all(&outside).unwrap();
+        std::os::unix::fs::symlink(&outside, manifests.join(".archiver/published/other")).unwrap();
+        assert!(publisher.publish("other", "policy", data()).await.is_err());
+        assert_eq!(std::fs::read_dir(&outside).unwrap().count(), 0);
+    }
+}

@@ -257,7 +257,7 @@ impl StatusStore {
         let mut foreign = Vec::new();
         for entry in entries.flatten() {
             let path = entry.path();
-            if !path.extension().is_some_and(|e| e == "yaml") {
+            if path.extension().is_none_or(|e| e != "yaml") {
                 continue;
             }
             match read_status_file(&path, &entry.file_name()) {
@@ -342,4 +342,102 @@ pub fn create_private_dirs(base: &Path, components: &[&str]) -> Result<PathBuf, 
         }
     }
     Ok(path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn object(namespace: &str, name: &str) -> StoredObject {
+        StoredObject {
+            kind: "DeletionRequest".into(),
+            namespace: namespace.into(),
+            name: name.into(),
+            generation: 1,
+            spec_hash: String::new(),
+            trigger_hash: String::new(),
+            first_seen: DateTime::<Utc>::UNIX_EPOCH,
+            last_reconciled: None,
+            next_reconcile: None,
+            consecutive_failures: 0,
+            last_error: None,
+            paused: false,
+            status: serde_json::Value::Null,
+            events: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn only_valid_names_have_a_status_file() {
+        assert_eq!(
+            status_file_name("DeletionRequest", "archiver", "erase.6f1c"),
+            Some("DeletionRequest_archiver_erase.6f1c.yaml".into())
+        );
+        for (kind, namespace, name) in [
+            ("DeletionRequest", "x/../../outside", "a"),
+            ("DeletionRequest", "archiver", "../a"),
+            ("DeletionRequest", "archiver", ".."),
+            ("DeletionRequest", "a_b", "c"),
+            ("Deletion/Request", "archiver", "a"),
+            ("", "archiver", "a"),
+        ] {
+            assert_eq!(
+                status_file_name(kind, namespace, name),
+                None,
+                "{namespace}/{name}"
+            );
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let store = StatusStore::for_manifests(dir.path());
+        assert!(matches!(
+            store.save(&object("x/../../outside", "a")),
+            Err(StatusStoreError::InvalidName { .. })
+        ));
+        assert!(matches!(
+            store.remove("DeletionRequest", "archiver", "../../a"),
+            Err(StatusStoreError::InvalidName { .. })
+        ));
+    }
+
+    #[test]
+    fn links_in_the_status_path_are_never_followed() {
+        let base = tempfile::tempdir().unwrap();
+        let manifests = base.path().join("checkout");
+        let outside = base.path().join("outside");
+        std::fs::create_dir_all(&manifests).unwrap();
+        std::fs::create_dir_all(outside.join("status")).unwrap();
+        let store = StatusStore::for_manifests(&manifests);
+
+        // `.archiver` shipped as a link to elsewhere.
+        std::os::unix::fs::symlink(&outside, manifests.join(".archiver")).unwrap();
+        assert!(matches!(
+            store.save(&object("archiver", "a")),
+            Err(StatusStoreError::NotADirectory { .. })
+        ));
+        assert!(store.list().is_err());
+        assert_eq!(
+            std::fs::read_dir(outside.join("status")).unwrap().count(),
+            0
+        );
+        std::fs::remove_file(manifests.join(".archiver")).unwrap();
+
+        // A link left where the temporary file goes, and one in place of
+        // a status file.
+        let status = manifests.join(".archiver/status");
+        std::fs::create_dir_all(&status).unwrap();
+        let target = outside.join("target");
+        std::fs::write(&target, "untouched").unwrap();
+        std::os::unix::fs::symlink(&target, status.join("DeletionRequest_archiver_a.yaml.tmp"))
+            .unwrap();
+        std::os::unix::fs::symlink(&target, status.join("DeletionRequest_archiver_b.yaml"))
+            .unwrap();
+        store.save(&object("archiver", "a")).unwrap();
+        assert_eq!(std::fs::read_to_string(&target).unwrap(), "untouched");
+        assert!(store.load("DeletionRequest", "archiver", "b").is_err());
+        let (objects, foreign) = store.list_with_foreign().unwrap();
+        assert_eq!(objects.len(), 1);
+        assert_eq!(foreign.len(), 1, "{foreign:?}");
+        store.remove("DeletionRequest", "archiver", "b").unwrap();
+        assert_eq!(std::fs::read_to_string(&target).unwrap(), "untouched");
+    }
 }
