@@ -546,7 +546,9 @@ impl ManifestsEngine {
                 stored.status = serde_json::to_value(&outcome.status).unwrap_or(Value::Null);
                 stored.next_reconcile = Some(now + chrono_duration(outcome.requeue_after));
                 record_events(&mut stored, &outcome.events, now);
-                if let Some(why) = not_ready(&stored.status) {
+                if let Some(why) = not_ready(&stored.status)
+                    && !is_suspended(&object)
+                {
                     report.not_ready.push((label.clone(), why));
                 }
                 report.reconciled.push(label.clone());
@@ -666,6 +668,16 @@ impl ManifestsEngine {
             }
         }
     }
+}
+
+/// `spec.suspend: true`: the object was stopped on purpose, so its
+/// `Ready=False` is what was asked for, not a failure of the pass (the
+/// status still says it).
+fn is_suspended<K: serde::Serialize>(object: &K) -> bool {
+    serde_json::to_value(object)
+        .ok()
+        .and_then(|value| value.pointer("/spec/suspend").and_then(Value::as_bool))
+        .unwrap_or(false)
 }
 
 /// Why a reconciled object is not ready: its `Ready` condition is `False`
