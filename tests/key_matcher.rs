@@ -176,6 +176,7 @@ fn raw_fields() -> impl Strategy<Value = RawFields> {
             fields,
             not_utf8,
             read_error: wrong_type.then(|| "WRONGTYPE".to_string()),
+            oversize: None,
         })
 }
 
