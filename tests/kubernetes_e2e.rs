@@ -64,6 +64,12 @@ fn path_str(path: &Path) -> &str {
 #[test]
 fn crds_are_established_served_with_printer_columns_and_explained() {
     let cluster = with_crds();
+    // No warnings either (an unknown `format: uint32` drew one per field).
+    let warnings = common::control_plane::crd_apply_warnings();
+    assert!(
+        warnings.trim().is_empty(),
+        "kubectl apply -f crds/: {warnings}"
+    );
     // The chart ships its own copies: the API server accepts them as well (they
     // are applied over the crds/ ones; a difference would show as a change).
     let chart_crds = repo().join("charts/archiver-operator/crds");
@@ -107,11 +113,9 @@ fn crds_are_established_served_with_printer_columns_and_explained() {
     for file in yaml_files(&repo().join("examples")) {
         for mut object in documents(&file) {
             object["metadata"]["namespace"] = namespace.into();
-            cluster
-                .kubectl_with_stdin(&["apply", "-f", "-"], Some(&object.to_string()))
-                .success
-                .then_some(())
-                .unwrap_or_else(|| panic!("{} applies", file.display()));
+            let applied =
+                cluster.kubectl_with_stdin(&["apply", "-f", "-"], Some(&object.to_string()));
+            assert!(applied.success, "{}: {}", file.display(), applied.stderr);
         }
     }
 
@@ -272,12 +276,7 @@ fn the_api_server_and_validate_reject_the_same_fixtures_for_the_same_field() {
     assert!(valid, "{problems}");
     for example in &examples {
         let applied = cluster.kubectl(&["apply", "--dry-run=server", "-f", path_str(example)]);
-        assert!(
-            applied.success,
-            "{}: {}",
-            example.display(),
-            applied.stderr
-        );
+        assert!(applied.success, "{}: {}", example.display(), applied.stderr);
     }
 }
 
@@ -334,11 +333,12 @@ fn deletion_request_spec_cannot_be_changed_with_kubectl_apply() {
         .pop()
         .expect("one DeletionRequest");
     request["metadata"]["namespace"] = namespace.into();
-    cluster
-        .kubectl_with_stdin(&["apply", "-f", "-"], Some(&request.to_string()))
-        .success
-        .then_some(())
-        .expect("the example is created");
+    let created = cluster.kubectl_with_stdin(&["apply", "-f", "-"], Some(&request.to_string()));
+    assert!(
+        created.success,
+        "the example is created: {}",
+        created.stderr
+    );
     request["spec"]["serverSlug"] = "another-server".into();
     let changed = cluster.kubectl_with_stdin(&["apply", "-f", "-"], Some(&request.to_string()));
     assert!(!changed.success, "a changed spec was accepted");
@@ -368,6 +368,7 @@ fn deletion_request_spec_cannot_be_changed_with_kubectl_apply() {
 /// `archiver-operator run` against the control plane; stopped when dropped.
 struct Operator {
     child: Child,
+    port: u16,
     log: PathBuf,
     _dir: tempfile::TempDir,
 }
@@ -388,7 +389,10 @@ impl Operator {
             .env("ARCHIVER_SUPPRESSION_SALT", "e2e-salt")
             .env("ARCHIVER_LOG_FORMAT", "text")
             .env("POD_NAMESPACE", "archiver")
-            .env("RUST_LOG", "info")
+            .env(
+                "RUST_LOG",
+                std::env::var("ARCHIVER_E2E_OPERATOR_LOG").unwrap_or_else(|_| "info".into()),
+            )
             .stdin(Stdio::null())
             .stdout(log_file.try_clone().expect("log handle"))
             .stderr(log_file);
@@ -402,6 +406,7 @@ impl Operator {
         let child = command.spawn().expect("start archiver-operator run");
         Self {
             child,
+            port,
             log,
             _dir: dir,
         }
@@ -409,6 +414,22 @@ impl Operator {
 
     fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// The operator's reconcile counters, for a failure message.
+    fn reconcile_metrics(&self) -> String {
+        use std::io::{Read, Write};
+        let mut text = String::new();
+        if let Ok(mut stream) = std::net::TcpStream::connect(("127.0.0.1", self.port)) {
+            let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
+            let _ = stream.write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n");
+            let _ = stream.read_to_string(&mut text);
+        }
+        text.lines()
+            .filter(|line| line.starts_with("archiver_reconcile"))
+            .filter(|line| !line.contains("_bucket"))
+            .collect::<Vec<_>>()
+            .join("\n")
     }
 }
 
@@ -474,13 +495,17 @@ async fn examples_applied_with_kubectl_become_ready_and_the_deletion_completes()
     ];
     wait.extend(objects);
     let ready = cluster.kubectl(&wait);
-    assert!(
-        ready.success,
-        "{}{}\noperator log:\n{}",
-        ready.stdout,
-        ready.stderr,
-        operator.log()
-    );
+    if !ready.success {
+        let live = cluster.kubectl(&["get", "-n", "archiver", "archiver", "-o", "yaml"]);
+        panic!(
+            "{}{}\nlive objects:\n{}\nreconciles:\n{}\noperator log:\n{}",
+            ready.stdout,
+            ready.stderr,
+            live.stdout,
+            operator.reconcile_metrics(),
+            operator.log()
+        );
+    }
     let completed = cluster.kubectl(&[
         "wait",
         "-n",
@@ -524,7 +549,10 @@ async fn examples_applied_with_kubectl_become_ready_and_the_deletion_completes()
         .as_str()
         .expect("its SHA-256");
     use sha2::Digest;
-    assert_eq!(hex::encode(sha2::Sha256::digest(receipt.as_bytes())), digest);
+    assert_eq!(
+        hex::encode(sha2::Sha256::digest(receipt.as_bytes())),
+        digest
+    );
     let tombstone = request["status"]["tombstoneId"]
         .as_i64()
         .expect("a tombstone id");
@@ -558,6 +586,50 @@ async fn examples_applied_with_kubectl_become_ready_and_the_deletion_completes()
         shard["status"]["workerDeployment"], "archiver-worker-shard-0",
         "{}",
         shard["status"]
+    );
+
+    // Steady state is quiet: with nothing changing, the operator writes
+    // nothing but its Lease (no status rewrites, no repeated events), over a
+    // window longer than the slowest periodic reconcile (the shard's 30 s
+    // status refresh). Read from the API server's audit log.
+    let quiet_from = chrono::Utc::now();
+    std::thread::sleep(Duration::from_secs(35));
+    let quiet_until = chrono::Utc::now();
+    let writes: Vec<(String, String)> = cluster
+        .audit_events()
+        .iter()
+        .filter(|event| event["stage"] == "ResponseComplete")
+        .filter(|event| {
+            event["userAgent"]
+                .as_str()
+                .is_some_and(|agent| !agent.starts_with("kubectl"))
+        })
+        .filter(|event| {
+            matches!(
+                event["verb"].as_str(),
+                Some("create" | "update" | "patch" | "delete")
+            )
+        })
+        .filter(|event| {
+            event["requestReceivedTimestamp"]
+                .as_str()
+                .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+                .is_some_and(|t| t >= quiet_from && t <= quiet_until)
+        })
+        .map(|event| {
+            (
+                event["verb"].as_str().unwrap_or_default().to_string(),
+                event["requestURI"].as_str().unwrap_or_default().to_string(),
+            )
+        })
+        .collect();
+    let (lease, other): (Vec<_>, Vec<_>) = writes
+        .into_iter()
+        .partition(|(_, uri)| uri.contains("/leases/"));
+    assert!(!lease.is_empty(), "the leader renews its Lease");
+    assert!(
+        other.is_empty(),
+        "writes in a steady state besides the Lease: {other:#?}"
     );
     drop(operator);
 }

@@ -40,7 +40,8 @@ struct Running {
 
 static CONTROL_PLANE: OnceLock<Result<ControlPlane, String>> = OnceLock::new();
 static RUNNING: Mutex<Option<Running>> = Mutex::new(None);
-static CRDS: OnceLock<Result<(), String>> = OnceLock::new();
+/// What `kubectl apply -f crds/` printed on stderr (the API server's warnings).
+static CRDS: OnceLock<Result<String, String>> = OnceLock::new();
 
 extern "C" fn stop_at_exit() {
     if let Ok(mut running) = RUNNING.lock()
@@ -172,7 +173,8 @@ fn start() -> Result<ControlPlane, String> {
         libc::atexit(stop_at_exit);
     }
     let deadline = Instant::now() + READY_TIMEOUT;
-    let supervisor_log = || std::fs::read_to_string(root.join("supervisor.log")).unwrap_or_default();
+    let supervisor_log =
+        || std::fs::read_to_string(root.join("supervisor.log")).unwrap_or_default();
     while !dir.join("ready").exists() {
         let exited = RUNNING
             .lock()
@@ -214,9 +216,10 @@ pub fn with_crds() -> &'static ControlPlane {
     let control_plane = control_plane();
     let installed = CRDS.get_or_init(|| {
         let crds = repo().join("crds");
-        control_plane
-            .kubectl_ok(&["apply", "-f", crds.to_str().unwrap_or("crds")])
-            .map_err(|e| format!("applying crds/: {e}"))?;
+        let applied = control_plane.kubectl(&["apply", "-f", crds.to_str().unwrap_or("crds")]);
+        if !applied.success {
+            return Err(format!("applying crds/: {}", applied.stderr));
+        }
         control_plane
             .kubectl_ok(&[
                 "wait",
@@ -226,12 +229,22 @@ pub fn with_crds() -> &'static ControlPlane {
                 "--all",
             ])
             .map_err(|e| format!("waiting for the CRDs: {e}"))?;
-        control_plane.ensure_namespace("archiver")
+        control_plane.ensure_namespace("archiver")?;
+        Ok(applied.stderr)
     });
     if let Err(reason) = installed {
         panic!("{reason}");
     }
     control_plane
+}
+
+/// The API server's warnings when `crds/` was first applied.
+pub fn crd_apply_warnings() -> String {
+    with_crds();
+    match CRDS.get() {
+        Some(Ok(stderr)) => stderr.clone(),
+        _ => String::new(),
+    }
 }
 
 /// What a kubectl call printed.
