@@ -18,7 +18,9 @@
 #
 # The kube-apiserver flags are those controller-runtime's envtest gives it
 # (pkg/internal/testing/controlplane), plus the Node,RBAC authorizer and an audit
-# policy that logs every request at Metadata level; the endpoint reconciler is off
+# policy that logs every request at Metadata level, and the admission plugin that
+# checks the right to set blockOwnerDeletion (as OpenShift and hardened clusters
+# enable it); the endpoint reconciler is off
 # (it refuses a loopback advertise address, and no Service needs endpoints here).
 set -euo pipefail
 
@@ -187,6 +189,7 @@ foreground() {
         --service-cluster-ip-range 10.0.0.0/24 \
         --allow-privileged=true \
         --disable-admission-plugins ServiceAccount \
+        --enable-admission-plugins OwnerReferencesPermissionEnforcement \
         --authorization-mode Node,RBAC \
         --service-account-issuer "https://127.0.0.1:$api_port/" \
         --service-account-key-file "$dir/pki/service-account.pub" \

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use common::control_plane::{ControlPlane, repo, with_crds};
+use common::control_plane::{ControlPlane, chart_rbac, repo, with_crds};
 
 fn yaml_files(dir: &Path) -> Vec<PathBuf> {
     let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
@@ -374,7 +374,7 @@ struct Operator {
 }
 
 impl Operator {
-    fn start(cluster: &ControlPlane, database_url: &str) -> Self {
+    fn start(kubeconfig: &Path, database_url: &str) -> Self {
         use std::os::unix::process::CommandExt;
         let dir = tempfile::tempdir().expect("operator directory");
         let log = dir.path().join("operator.log");
@@ -384,7 +384,7 @@ impl Operator {
         command
             .args(["run", "--namespace", "archiver", "--http-addr"])
             .arg(format!("127.0.0.1:{port}"))
-            .env("KUBECONFIG", &cluster.kubeconfig)
+            .env("KUBECONFIG", kubeconfig)
             .env("DATABASE_URL", database_url)
             .env("ARCHIVER_SUPPRESSION_SALT", "e2e-salt")
             .env("ARCHIVER_LOG_FORMAT", "text")
@@ -479,7 +479,27 @@ async fn examples_applied_with_kubectl_become_ready_and_the_deletion_completes()
             .kubectl_with_stdin(&["apply", "-f", "-"], Some(&secret.to_string()))
             .success
     );
-    let operator = Operator::start(cluster, &database.url);
+    // Least privilege: the operator runs as the chart's ServiceAccount with
+    // exactly the RBAC the chart renders (watching this one namespace), with
+    // a token from the TokenRequest API.
+    let rbac = chart_rbac(
+        "archiver",
+        &serde_json::json!({"watchNamespace": "archiver"}),
+    );
+    let service_account = rbac
+        .iter()
+        .find(|object| object["kind"] == "ServiceAccount")
+        .and_then(|object| object["metadata"]["name"].as_str())
+        .expect("the chart renders the operator's ServiceAccount")
+        .to_string();
+    for object in &rbac {
+        let applied = cluster.kubectl_with_stdin(&["apply", "-f", "-"], Some(&object.to_string()));
+        assert!(applied.success, "{object}: {}", applied.stderr);
+    }
+    let credentials = tempfile::tempdir().expect("a directory for the kubeconfig");
+    let kubeconfig = credentials.path().join("operator.kubeconfig");
+    cluster.service_account_kubeconfig("archiver", &service_account, &kubeconfig);
+    let operator = Operator::start(&kubeconfig, &database.url);
     let objects = [
         "retentionpolicy/tiers",
         "partitionschedule/probe-minute",
@@ -632,4 +652,127 @@ async fn examples_applied_with_kubectl_become_ready_and_the_deletion_completes()
         "writes in a steady state besides the Lease: {other:#?}"
     );
     drop(operator);
+
+    // Every request of the operator was allowed, and every permission the
+    // chart grants it was used by the scenario above.
+    let user = format!("system:serviceaccount:archiver:{service_account}");
+    let requests: Vec<Value> = cluster
+        .audit_events()
+        .into_iter()
+        .filter(|event| event["stage"] == "ResponseComplete" && event["user"]["username"] == user)
+        .collect();
+    assert!(requests.len() > 20, "the operator's requests are audited");
+    let forbidden: Vec<String> = requests
+        .iter()
+        .filter(|event| event["responseStatus"]["code"] == 403)
+        .map(|event| format!("{} {}", event["verb"], event["requestURI"]))
+        .collect();
+    assert!(
+        forbidden.is_empty(),
+        "forbidden with the chart's RBAC: {forbidden:#?}"
+    );
+    let unused = unused_permissions(&rbac, &service_account, &requests);
+    eprintln!("permissions granted but not used by a request: {unused:?}");
+    let unjustified: Vec<&String> = unused
+        .iter()
+        .filter(|permission| !JUSTIFIED_UNUSED.iter().any(|(p, _)| p == permission))
+        .collect();
+    assert!(
+        unjustified.is_empty(),
+        "permissions the chart grants that no request used: {unjustified:#?}"
+    );
+}
+
+/// Permissions no audited request can show in use, and why they are granted.
+const JUSTIFIED_UNUSED: &[(&str, &str)] = &[(
+    "archiver.uptime.dev/archivershards/finalizers update",
+    "checked by the OwnerReferencesPermissionEnforcement admission plugin when \
+     the worker Deployment's ownerReference has blockOwnerDeletion; not a request",
+)];
+
+/// `group/resource[/subresource] verb` for every rule of the Roles and
+/// ClusterRoles bound to the ServiceAccount that no request used. Creating
+/// with a server-side apply is authorized as `create` and audited as a
+/// `patch` answered 201.
+fn unused_permissions(rbac: &[Value], service_account: &str, requests: &[Value]) -> Vec<String> {
+    let bound: BTreeSet<(String, String)> = rbac
+        .iter()
+        .filter(|object| {
+            matches!(
+                object["kind"].as_str(),
+                Some("RoleBinding" | "ClusterRoleBinding")
+            )
+        })
+        .filter(|binding| {
+            binding["subjects"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|subject| {
+                    subject["kind"] == "ServiceAccount" && subject["name"] == service_account
+                })
+        })
+        .map(|binding| {
+            (
+                binding["roleRef"]["kind"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string(),
+                binding["roleRef"]["name"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string(),
+            )
+        })
+        .collect();
+    assert!(
+        !bound.is_empty(),
+        "the chart binds roles to {service_account}"
+    );
+    let mut unused = Vec::new();
+    for role in rbac.iter().filter(|object| {
+        bound.contains(&(
+            object["kind"].as_str().unwrap_or_default().to_string(),
+            object["metadata"]["name"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string(),
+        ))
+    }) {
+        for rule in role["rules"].as_array().into_iter().flatten() {
+            let strings = |key: &str| -> Vec<String> {
+                rule[key]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(Value::as_str)
+                    .map(str::to_string)
+                    .collect()
+            };
+            for group in strings("apiGroups") {
+                for resource in strings("resources") {
+                    let (resource_name, subresource) = match resource.split_once('/') {
+                        Some((r, s)) => (r.to_string(), Some(s.to_string())),
+                        None => (resource.clone(), None),
+                    };
+                    for verb in strings("verbs") {
+                        let used = requests.iter().any(|event| {
+                            let object = &event["objectRef"];
+                            object["apiGroup"].as_str().unwrap_or("") == group
+                                && object["resource"] == resource_name.as_str()
+                                && object["subresource"].as_str().map(str::to_string) == subresource
+                                && (event["verb"] == verb.as_str()
+                                    || (verb == "create"
+                                        && event["verb"] == "patch"
+                                        && event["responseStatus"]["code"] == 201))
+                        });
+                        if !used {
+                            unused.push(format!("{group}/{resource} {verb}"));
+                        }
+                    }
+                }
+            }
+        }
+    }
+    unused
 }

@@ -332,3 +332,87 @@ impl ControlPlane {
             .collect()
     }
 }
+
+/// The chart's RBAC objects (ServiceAccount, Roles, ClusterRoles and their
+/// bindings) rendered with the real Helm library, as JSON: the virtualenv of
+/// the chart tests (`scripts/chart-tests.sh`, which creates it when missing)
+/// holds helm-python-sdk.
+pub fn chart_rbac(release_namespace: &str, values: &serde_json::Value) -> Vec<serde_json::Value> {
+    const RENDER: &str = r#"
+import json, sys
+import helm_python as helm
+import yaml
+chart_dir, namespace, values = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
+with helm.Chart.load(chart_dir) as chart:
+    manifests = chart.render(values, name="archiver-operator", namespace=namespace)
+kinds = {"ServiceAccount", "Role", "RoleBinding", "ClusterRole", "ClusterRoleBinding"}
+objects = [doc for path, text in sorted(manifests.items()) if path.endswith(".yaml")
+           for doc in yaml.safe_load_all(text) if doc and doc["kind"] in kinds]
+print(json.dumps(objects))
+"#;
+    let venv_python = repo().join("target/chart-venv/bin/python");
+    if !venv_python.exists() {
+        // Creates the virtualenv (pinned packages) and only collects the tests.
+        let mut setup = Command::new(repo().join("scripts/chart-tests.sh"));
+        setup.current_dir(repo()).args(["--collect-only", "-q"]);
+        let output = run_bounded(setup, Duration::from_secs(900))
+            .unwrap_or_else(|e| panic!("scripts/chart-tests.sh: {e}"));
+        assert!(
+            output.status.success(),
+            "scripts/chart-tests.sh could not prepare the Helm library: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    let (python, pythonpath) = if venv_python.exists() {
+        (venv_python, None)
+    } else {
+        // chart-tests.sh's fallback without a virtualenv.
+        (
+            PathBuf::from("python3"),
+            Some(repo().join("target/chart-pylib")),
+        )
+    };
+    let mut render = Command::new(python);
+    render
+        .arg("-c")
+        .arg(RENDER)
+        .arg(repo().join("charts/archiver-operator"))
+        .arg(release_namespace)
+        .arg(values.to_string());
+    if let Some(path) = pythonpath {
+        render.env("PYTHONPATH", path);
+    }
+    let output = run_bounded(render, Duration::from_secs(120))
+        .unwrap_or_else(|e| panic!("rendering the chart: {e}"));
+    assert!(
+        output.status.success(),
+        "rendering the chart: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_slice(&output.stdout).expect("the render script prints JSON")
+}
+
+impl ControlPlane {
+    /// A kubeconfig that authenticates as a ServiceAccount, with a token
+    /// from the TokenRequest API (`kubectl create token`).
+    pub fn service_account_kubeconfig(&self, namespace: &str, name: &str, path: &Path) {
+        let token = self
+            .kubectl_ok(&["create", "token", name, "-n", namespace, "--duration=2h"])
+            .unwrap_or_else(|e| panic!("{e}"));
+        let server = self
+            .kubectl_ok(&[
+                "config",
+                "view",
+                "--minify",
+                "-o",
+                "jsonpath={.clusters[0].cluster.server}",
+            ])
+            .unwrap_or_else(|e| panic!("{e}"));
+        let text = format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n  - name: archiver-dev\n    cluster:\n      server: {server}\n      certificate-authority: {ca}\nusers:\n  - name: {name}\n    user:\n      token: {token}\ncontexts:\n  - name: {name}\n    context:\n      cluster: archiver-dev\n      user: {name}\n      namespace: {namespace}\ncurrent-context: {name}\n",
+            ca = self.dir.join("pki/ca.crt").display(),
+            token = token.trim(),
+        );
+        std::fs::write(path, text).expect("write the ServiceAccount kubeconfig");
+    }
+}
