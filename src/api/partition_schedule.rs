@@ -10,7 +10,9 @@ use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::common::{LocalObjectRef, WINDOW_MESSAGE, WINDOW_NOT_EMPTY_MESSAGE, WINDOW_NOT_EMPTY_RULE, WINDOW_RULE};
+use super::common::{
+    LocalObjectRef, WINDOW_MESSAGE, WINDOW_NOT_EMPTY_MESSAGE, WINDOW_NOT_EMPTY_RULE, WINDOW_RULE,
+};
 
 /// Monthly partitions of the history table, created ahead and dropped behind
 /// retention with guards.
