@@ -375,6 +375,17 @@ struct Operator {
 
 impl Operator {
     fn start(kubeconfig: &Path, database_url: &str) -> Self {
+        Self::start_as(kubeconfig, database_url, "archiver", None)
+    }
+
+    /// An operator watching `namespace` (its Lease there too), named
+    /// `identity` in the Lease when given (as POD_NAME names it in a cluster).
+    fn start_as(
+        kubeconfig: &Path,
+        database_url: &str,
+        namespace: &str,
+        identity: Option<&str>,
+    ) -> Self {
         use std::os::unix::process::CommandExt;
         let dir = tempfile::tempdir().expect("operator directory");
         let log = dir.path().join("operator.log");
@@ -382,13 +393,13 @@ impl Operator {
         let port = archiver_operator::local_servers::free_port().expect("free port");
         let mut command = Command::new(env!("CARGO_BIN_EXE_archiver-operator"));
         command
-            .args(["run", "--namespace", "archiver", "--http-addr"])
+            .args(["run", "--namespace", namespace, "--http-addr"])
             .arg(format!("127.0.0.1:{port}"))
             .env("KUBECONFIG", kubeconfig)
             .env("DATABASE_URL", database_url)
             .env("ARCHIVER_SUPPRESSION_SALT", "e2e-salt")
             .env("ARCHIVER_LOG_FORMAT", "text")
-            .env("POD_NAMESPACE", "archiver")
+            .env("POD_NAMESPACE", namespace)
             .env(
                 "RUST_LOG",
                 std::env::var("ARCHIVER_E2E_OPERATOR_LOG").unwrap_or_else(|_| "info".into()),
@@ -396,6 +407,9 @@ impl Operator {
             .stdin(Stdio::null())
             .stdout(log_file.try_clone().expect("log handle"))
             .stderr(log_file);
+        if let Some(identity) = identity {
+            command.env("POD_NAME", identity);
+        }
         // SAFETY: prctl is async-signal-safe.
         unsafe {
             command.pre_exec(|| {
@@ -775,4 +789,115 @@ fn unused_permissions(rbac: &[Value], service_account: &str, requests: &[Value])
         }
     }
     unused
+}
+
+// ---------------------------------------------------------------------------
+// 4. Leader election between two operator processes
+// ---------------------------------------------------------------------------
+
+fn lease_holder(cluster: &ControlPlane, namespace: &str) -> Option<String> {
+    let holder = cluster.kubectl(&[
+        "get",
+        "-n",
+        namespace,
+        "lease/archiver-operator-leader",
+        "-o",
+        "jsonpath={.spec.holderIdentity}",
+    ]);
+    (holder.success && !holder.stdout.is_empty()).then_some(holder.stdout)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn when_the_leader_is_killed_the_other_operator_takes_over_within_the_lease() {
+    let cluster = with_crds();
+    let namespace = "election";
+    cluster.ensure_namespace(namespace).expect("namespace");
+    let database = archiver_operator::testing::TestDatabase::new().await;
+    let rbac = chart_rbac(namespace, &serde_json::json!({"watchNamespace": namespace}));
+    for object in &rbac {
+        let applied = cluster.kubectl_with_stdin(&["apply", "-f", "-"], Some(&object.to_string()));
+        assert!(applied.success, "{object}: {}", applied.stderr);
+    }
+    let credentials = tempfile::tempdir().expect("a directory for the kubeconfig");
+    let kubeconfig = credentials.path().join("operator.kubeconfig");
+    cluster.service_account_kubeconfig(namespace, "archiver-operator", &kubeconfig);
+    let mut operators = vec![
+        Operator::start_as(&kubeconfig, &database.url, namespace, Some("operator-a")),
+        Operator::start_as(&kubeconfig, &database.url, namespace, Some("operator-b")),
+    ];
+    let mut policy = documents(&repo().join("examples/retention-policy.yaml"))
+        .pop()
+        .expect("one RetentionPolicy");
+    policy["metadata"]["namespace"] = namespace.into();
+    let applied = cluster.kubectl_with_stdin(&["apply", "-f", "-"], Some(&policy.to_string()));
+    assert!(applied.success, "{}", applied.stderr);
+    let ready = cluster.kubectl(&[
+        "wait",
+        "-n",
+        namespace,
+        "--for=condition=Ready",
+        "--timeout=120s",
+        "retentionpolicy/tiers",
+    ]);
+    assert!(ready.success, "{}\n{}", ready.stderr, operators[0].log());
+    let leader = lease_holder(cluster, namespace).expect("a leader holds the Lease");
+    let (index, follower) = match leader.as_str() {
+        "operator-a" => (0, "operator-b"),
+        "operator-b" => (1, "operator-a"),
+        other => panic!("unexpected Lease holder {other}"),
+    };
+    // Only the leader reconciles: the follower's log never starts controllers.
+    assert!(
+        !operators[1 - index]
+            .log()
+            .contains("leading: starting controllers"),
+        "{}",
+        operators[1 - index].log()
+    );
+
+    // SIGKILL: no graceful release of the Lease; the follower must wait it out.
+    // SAFETY: signalling our own child.
+    unsafe {
+        libc::kill(operators[index].child.id() as libc::pid_t, libc::SIGKILL);
+    }
+    let killed_at = Instant::now();
+    let deadline = killed_at + Duration::from_secs(60);
+    while lease_holder(cluster, namespace).as_deref() != Some(follower) {
+        assert!(
+            Instant::now() < deadline,
+            "{follower} did not take the Lease:\n{}",
+            operators[1 - index].log()
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    let takeover = killed_at.elapsed();
+    // The Lease lasts 15 s; renewal and the watch add a few seconds.
+    assert!(
+        takeover < Duration::from_secs(30),
+        "takeover took {takeover:?}"
+    );
+
+    // The new leader reconciles: a PartitionSchedule applied now becomes Ready.
+    let mut schedule = documents(&repo().join("examples/partition-schedule.yaml"))
+        .pop()
+        .expect("one PartitionSchedule");
+    schedule["metadata"]["namespace"] = namespace.into();
+    let applied = cluster.kubectl_with_stdin(&["apply", "-f", "-"], Some(&schedule.to_string()));
+    assert!(applied.success, "{}", applied.stderr);
+    let ready = cluster.kubectl(&[
+        "wait",
+        "-n",
+        namespace,
+        "--for=condition=Ready",
+        "--timeout=120s",
+        "partitionschedule/probe-minute",
+    ]);
+    assert!(
+        ready.success,
+        "{}\n{}",
+        ready.stderr,
+        operators[1 - index].log()
+    );
+    eprintln!("leader {leader} killed; {follower} took over in {takeover:?}");
+    operators.clear();
 }
