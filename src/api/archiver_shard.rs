@@ -75,6 +75,9 @@ pub struct ArchiverShardSpec {
     #[serde(default = "default_backfill")]
     #[schemars(length(max = 32))]
     #[x_kube(validation = kube::core::Rule::new(DURATION_RULE).message("must be a duration such as 1h, 90m or 1h30m"))]
+    // `0m` matches the pattern but means no backfill at all (the API server
+    // accepted it before this rule; `validate` did not).
+    #[x_kube(validation = kube::core::Rule::new("self.matches('[1-9]')").message("must be a positive duration such as 1h or 90m"))]
     pub backfill_when_no_watermark: String,
     /// Lag above this many seconds turns LagWithinSLO false.
     #[serde(default = "default_lag_slo_seconds")]
@@ -138,8 +141,11 @@ pub enum Discovery {
 }
 
 /// A range of minutes acknowledged as lost.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
+// Both are date-time strings, timestamps to CEL (the API server accepted a
+// reversed gap before this rule; `validate` did not).
+#[x_kube(validation = kube::core::Rule::new("self.to > self.from").message("must be after from").field_path(".to"))]
 pub struct AcknowledgedGap {
     /// First lost minute (inclusive, RFC 3339).
     pub from: DateTime<Utc>,

@@ -21,6 +21,10 @@ pub const CONFIRM_SHRINK_ANNOTATION: &str = "archiver.uptime.dev/confirm-shrink"
 pub const WINDOW_RULE: &str =
     "self.matches('^([01][0-9]|2[0-3]):[0-5][0-9]-([01][0-9]|2[0-3]):[0-5][0-9]$')";
 pub const WINDOW_MESSAGE: &str = "must be a UTC window HH:MM-HH:MM, e.g. 03:00-05:00";
+/// CEL rule: a window whose start equals its end is empty (the API server
+/// accepted `04:00-04:00` before this rule; `validate` did not).
+pub const WINDOW_NOT_EMPTY_RULE: &str = "!self.matches('^[0-9][0-9]:[0-9][0-9]-[0-9][0-9]:[0-9][0-9]$') || self.substring(0, 5) != self.substring(6, 11)";
+pub const WINDOW_NOT_EMPTY_MESSAGE: &str = "start and end are equal: the window would be empty";
 
 /// Longest RFC 1123 label (a namespace), as the API server allows.
 pub const DNS1123_LABEL_MAX: usize = 63;

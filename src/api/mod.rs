@@ -79,6 +79,16 @@ fn normalize_under(value: &mut Value, parent: &str) {
             for (key, child) in map.iter_mut() {
                 normalize_under(child, key);
             }
+            // schemars names unsigned widths (`uint16`, `uint32`) that the API
+            // server does not know: it warns `unrecognized format` on every
+            // apply of the CRD. The minimum/maximum beside them keep the bounds.
+            if let Some(Value::String(format)) = map.get_mut("format") {
+                match format.as_str() {
+                    "uint8" | "uint16" => *format = "int32".into(),
+                    "uint32" | "uint64" => *format = "int64".into(),
+                    _ => {}
+                }
+            }
             if parent != "subresources" {
                 // `default: []` or `default: {}` in a schema is a real value.
                 map.retain(|key, child| key == "default" || !is_empty(child));

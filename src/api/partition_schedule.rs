@@ -10,7 +10,9 @@ use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::common::{LocalObjectRef, WINDOW_MESSAGE, WINDOW_RULE};
+use super::common::{
+    LocalObjectRef, WINDOW_MESSAGE, WINDOW_NOT_EMPTY_MESSAGE, WINDOW_NOT_EMPTY_RULE, WINDOW_RULE,
+};
 
 /// Monthly partitions of the history table, created ahead and dropped behind
 /// retention with guards.
@@ -61,6 +63,7 @@ pub struct PartitionScheduleSpec {
     #[serde(default = "default_drop_window")]
     #[schemars(length(max = 11))]
     #[x_kube(validation = kube::core::Rule::new(WINDOW_RULE).message(WINDOW_MESSAGE))]
+    #[x_kube(validation = kube::core::Rule::new(WINDOW_NOT_EMPTY_RULE).message(WINDOW_NOT_EMPTY_MESSAGE))]
     pub drop_window: String,
     /// RetentionPolicy whose longest per-minute window bounds drops.
     pub retention_policy_ref: LocalObjectRef,

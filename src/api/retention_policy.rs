@@ -12,7 +12,7 @@ use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::common::{WINDOW_MESSAGE, WINDOW_RULE};
+use super::common::{WINDOW_MESSAGE, WINDOW_NOT_EMPTY_MESSAGE, WINDOW_NOT_EMPTY_RULE, WINDOW_RULE};
 
 /// Retention tiers and how they are enforced. Exactly one RetentionPolicy may
 /// be in force per operator; with none, or with two, nothing is deleted.
@@ -148,6 +148,7 @@ pub struct Enforcement {
     #[serde(default = "default_enforcement_window")]
     #[schemars(length(max = 11))]
     #[x_kube(validation = kube::core::Rule::new(WINDOW_RULE).message(WINDOW_MESSAGE))]
+    #[x_kube(validation = kube::core::Rule::new(WINDOW_NOT_EMPTY_RULE).message(WINDOW_NOT_EMPTY_MESSAGE))]
     pub window: String,
     /// At most this many rows are deleted for one tenant in one pass.
     #[serde(default = "default_max_rows_per_tenant_pass")]

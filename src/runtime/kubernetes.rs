@@ -278,10 +278,31 @@ where
     (Controller::for_stream(stream, reader.clone()), reader)
 }
 
+/// Waits until a watch cache has listed every object; false when its writer
+/// is gone. kube-runtime's `Store::wait_until_ready` keeps one waker (a
+/// oneshot channel), so of several tasks waiting on one store only the last
+/// to poll is woken — and the controller reconciling from the store waits on
+/// it too. Asking again every 100 ms sees the cache ready whoever was woken.
+async fn cache_listed<K>(store: &reflector::Store<K>) -> bool
+where
+    K: Resource + Clone + 'static,
+    K::DynamicType: Eq + Hash + Clone,
+{
+    loop {
+        match tokio::time::timeout(Duration::from_millis(100), store.wait_until_ready()).await {
+            Ok(ready) => return ready.is_ok(),
+            Err(_still_listing) => continue,
+        }
+    }
+}
+
 /// Keeps the policy directory equal to the watch cache of RetentionPolicies,
 /// and only marks it ready once the cache has listed every object.
-async fn sync_policy_directory(store: reflector::Store<RetentionPolicy>, kctx: Arc<KubeContext>) {
-    if store.wait_until_ready().await.is_err() {
+async fn sync_policy_directory(
+    store: reflector::Store<RetentionPolicy>,
+    directory: Arc<crate::retention::directory::PolicyDirectory>,
+) {
+    if !cache_listed(&store).await {
         return;
     }
     loop {
@@ -291,7 +312,7 @@ async fn sync_policy_directory(store: reflector::Store<RetentionPolicy>, kctx: A
                 policy.spec.clone(),
             )
         });
-        kctx.ctx.policies.replace_all(policies);
+        directory.replace_all(policies);
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
 }
@@ -303,7 +324,7 @@ async fn sync_shard_targets(
     store: reflector::Store<ArchiverShard>,
     targets: Arc<crate::erasure::redis_targets::RedisTargets>,
 ) {
-    if store.wait_until_ready().await.is_err() {
+    if !cache_listed(&store).await {
         return;
     }
     loop {
@@ -349,7 +370,10 @@ pub async fn run_controllers(
     // The shard workers are Deployments the operator owns: a change to one
     // wakes its shard's reconcile.
     let (policies, policy_store) = controller_and_store::<RetentionPolicy>(&client, namespace);
-    let directory_sync = tokio::spawn(sync_policy_directory(policy_store, kctx.clone()));
+    let directory_sync = tokio::spawn(sync_policy_directory(
+        policy_store,
+        kctx.ctx.policies.clone(),
+    ));
     let deployments = api_for::<Deployment>(&client, namespace);
     let (shards, shard_store) = controller_and_store::<ArchiverShard>(&client, namespace);
     let shards = shards.owns(
@@ -382,6 +406,7 @@ pub async fn run_controllers(
 mod tests {
     use super::*;
     use crate::erasure::redis_targets::RedisTargets;
+    use crate::retention::directory::InForce;
     use crate::runtime::config::SecretString;
 
     fn shard(name: &str) -> ArchiverShard {
@@ -391,6 +416,48 @@ mod tests {
         shard.metadata.name = Some(name.to_string());
         shard.metadata.namespace = Some("archiver".to_string());
         shard
+    }
+
+    fn policy(name: &str) -> RetentionPolicy {
+        let mut policy: RetentionPolicy =
+            serde_yaml_ng::from_str(include_str!("../../examples/retention-policy.yaml"))
+                .expect("the example parses");
+        policy.metadata.name = Some(name.to_string());
+        policy.metadata.namespace = Some("archiver".to_string());
+        policy
+    }
+
+    /// Found against a real API server: the RetentionPolicy controller waits
+    /// for the same watch cache as the directory sync, and kube-runtime's
+    /// `Store::wait_until_ready` wakes only the last of several waiters. The
+    /// sync slept forever, so no policy was ever in force (Ready=False "still
+    /// loading" for good, nothing enforced).
+    #[tokio::test]
+    async fn the_policy_directory_is_filled_while_a_controller_waits_for_the_same_cache() {
+        let (store, mut writer) = reflector::store::<RetentionPolicy>();
+        let directory = Arc::new(crate::retention::directory::PolicyDirectory::new());
+        let sync = tokio::spawn(sync_policy_directory(store.clone(), directory.clone()));
+        tokio::task::yield_now().await;
+        // The controller reconciling from this cache waits on it too, after the sync.
+        let controller = tokio::spawn({
+            let store = store.clone();
+            async move { store.wait_until_ready().await }
+        });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        writer.apply_watcher_event(&watcher::Event::Init);
+        writer.apply_watcher_event(&watcher::Event::InitApply(policy("tiers")));
+        writer.apply_watcher_event(&watcher::Event::InitDone);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while directory.in_force() == InForce::NotReady && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        sync.abort();
+        assert!(controller.await.expect("the controller's wait").is_ok());
+        assert!(
+            matches!(directory.in_force(), InForce::One { ref label, .. } if label == "archiver/tiers"),
+            "{:?}",
+            directory.in_force()
+        );
     }
 
     #[tokio::test]

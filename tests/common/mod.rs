@@ -1,0 +1,3 @@
+//! Support shared by the end-to-end tests against a real Kubernetes control plane.
+
+pub mod control_plane;
