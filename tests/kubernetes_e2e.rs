@@ -597,6 +597,52 @@ async fn examples_applied_with_kubectl_become_ready_and_the_deletion_completes()
             .await
             .expect("the tombstone row");
     assert_eq!(kept.as_deref(), Some(digest));
+
+    // The same checks through the kubectl plugin, as the DPO runs them.
+    let plugin = Plugin::new(cluster);
+    let checked = plugin.run(
+        &["receipt", "erase-6f1c-my-server", "-n", "archiver"],
+        &[("DATABASE_URL", database.url.as_str())],
+    );
+    assert!(
+        checked.status.success(),
+        "kubectl archiver receipt: {}",
+        text(&checked)
+    );
+    assert!(
+        String::from_utf8_lossy(&checked.stdout).contains(digest),
+        "{}",
+        text(&checked)
+    );
+    let status = plugin.run(&["status", "-n", "archiver"], &[]);
+    assert!(
+        status.status.success(),
+        "kubectl archiver status: {}",
+        text(&status)
+    );
+    let table = String::from_utf8_lossy(&status.stdout);
+    for object in ["shard-0", "tiers", "probe-minute", "erase-6f1c-my-server"] {
+        assert!(
+            table
+                .lines()
+                .any(|line| line.contains(object) && line.contains(" True ")),
+            "{object} not listed as Ready in:\n{table}"
+        );
+    }
+    let plan = plugin.run(
+        &[
+            "plan",
+            "-f",
+            path_str(&examples.join("retention-policy.yaml")),
+        ],
+        &[("DATABASE_URL", database.url.as_str())],
+    );
+    assert!(
+        plan.status.success(),
+        "kubectl archiver plan: {}",
+        text(&plan)
+    );
+
     let finalizers: BTreeSet<&str> = request["metadata"]["finalizers"]
         .as_array()
         .into_iter()
@@ -900,4 +946,198 @@ async fn when_the_leader_is_killed_the_other_operator_takes_over_within_the_leas
     );
     eprintln!("leader {leader} killed; {follower} took over in {takeover:?}");
     operators.clear();
+}
+
+// ---------------------------------------------------------------------------
+// The kubectl plugin and the deadline extension, through the real kubectl
+// ---------------------------------------------------------------------------
+
+/// `kubectl archiver ...`: the real kubectl finding the binary on PATH as
+/// `kubectl-archiver`, as after the chart README's install step.
+struct Plugin<'a> {
+    cluster: &'a ControlPlane,
+    bin: tempfile::TempDir,
+}
+
+impl<'a> Plugin<'a> {
+    fn new(cluster: &'a ControlPlane) -> Self {
+        let bin = tempfile::tempdir().expect("plugin directory");
+        std::os::unix::fs::symlink(
+            env!("CARGO_BIN_EXE_archiver-operator"),
+            bin.path().join("kubectl-archiver"),
+        )
+        .expect("link kubectl-archiver");
+        Self { cluster, bin }
+    }
+
+    fn run(&self, args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
+        let path = format!(
+            "{}:{}",
+            self.bin.path().display(),
+            std::env::var("PATH").unwrap_or_default()
+        );
+        // kubectl looks a plugin up by the words before the first flag, so
+        // no global flag may come first.
+        let mut command = Command::new(&self.cluster.kubectl);
+        command
+            .env("KUBECONFIG", &self.cluster.kubeconfig)
+            .env("PATH", path)
+            .arg("archiver")
+            .args(args);
+        for (name, value) in env {
+            command.env(name, value);
+        }
+        common::control_plane::run_bounded(command, Duration::from_secs(120))
+            .unwrap_or_else(|e| panic!("kubectl archiver {args:?}: {e}"))
+    }
+}
+
+fn text(output: &std::process::Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
+}
+
+#[test]
+fn kubectl_archiver_erase_creates_a_deletion_request_with_a_generated_name() {
+    let cluster = with_crds();
+    let namespace = "plugin";
+    cluster.ensure_namespace(namespace).expect("namespace");
+    let plugin = Plugin::new(cluster);
+    let erase = [
+        "erase",
+        "--tenant",
+        "6F1C2A9E-4B1D-4C55-9A43-2F5E7D8C9B01",
+        "--server",
+        "web",
+        "--reason",
+        "gdpr-art17",
+        "--requester",
+        "0b7e3c41-9d2a-4f6b-8e15-7a9c0d4e2f63",
+        "-n",
+        namespace,
+    ];
+    let mut dry_run = erase.to_vec();
+    dry_run.push("--dry-run");
+    let printed = plugin.run(&dry_run, &[]);
+    assert!(printed.status.success(), "{}", text(&printed));
+    assert!(String::from_utf8_lossy(&printed.stdout).contains("generateName: erase-6f1c2a9e-"));
+
+    let created = plugin.run(&erase, &[]);
+    assert!(created.status.success(), "{}", text(&created));
+    let list: Value = serde_json::from_str(
+        &cluster
+            .kubectl_ok(&["get", "deletionrequests", "-n", namespace, "-o", "json"])
+            .expect("list"),
+    )
+    .expect("JSON");
+    let items = list["items"].as_array().expect("items");
+    assert_eq!(
+        items.len(),
+        1,
+        "the dry run created nothing, the real run one: {list:#}"
+    );
+    let object = &items[0];
+    let name = object["metadata"]["name"].as_str().expect("a name");
+    assert!(name.starts_with("erase-6f1c2a9e-"), "{name}");
+    assert!(
+        String::from_utf8_lossy(&created.stdout).contains(name),
+        "{}",
+        text(&created)
+    );
+    assert_eq!(
+        object["spec"]["tenantId"],
+        "6f1c2a9e-4b1d-4c55-9a43-2f5e7d8c9b01"
+    );
+    assert_eq!(object["spec"]["serverSlug"], "web");
+    assert!(
+        object["spec"]["receivedAt"].as_str().is_some(),
+        "{object:#}"
+    );
+
+    let status = plugin.run(&["status", "-n", namespace], &[]);
+    assert!(status.status.success(), "{}", text(&status));
+    let table = String::from_utf8_lossy(&status.stdout);
+    assert!(
+        table
+            .lines()
+            .any(|l| l.starts_with("DeletionRequest") && l.contains(name)),
+        "{table}"
+    );
+
+    // Bad input never reaches the API server.
+    let refused = plugin.run(
+        &[
+            "erase",
+            "--tenant",
+            "6f1c2a9e-4b1d-4c55-9a43-2f5e7d8c9b01",
+            "--server",
+            "a/b",
+            "--reason",
+            "drill",
+            "--requester",
+            "0b7e3c41-9d2a-4f6b-8e15-7a9c0d4e2f63",
+            "-n",
+            namespace,
+        ],
+        &[],
+    );
+    assert_eq!(refused.status.code(), Some(2), "{}", text(&refused));
+}
+
+#[test]
+fn an_extension_may_be_added_once_with_kubectl_apply_and_never_changed() {
+    let cluster = with_crds();
+    let namespace = "extension";
+    cluster.ensure_namespace(namespace).expect("namespace");
+    let mut request = documents(&repo().join("examples/deletion-request.yaml"))
+        .pop()
+        .expect("one DeletionRequest");
+    request["metadata"]["namespace"] = namespace.into();
+    let apply = |object: &Value| {
+        cluster.kubectl_with_stdin(&["apply", "-f", "-"], Some(&object.to_string()))
+    };
+    assert!(apply(&request).success, "the example is created");
+
+    let mut extended = request.clone();
+    extended["spec"]["extension"] =
+        serde_json::json!({"days": 30, "reason": "the request covers many servers"});
+    let added = apply(&extended);
+    assert!(
+        added.success,
+        "adding an extension is allowed: {}",
+        added.stderr
+    );
+
+    let mut longer = extended.clone();
+    longer["spec"]["extension"]["days"] = 60.into();
+    let changed = apply(&longer);
+    assert!(!changed.success, "a changed extension was accepted");
+    assert!(
+        changed.stderr.contains("spec is immutable"),
+        "{}",
+        changed.stderr
+    );
+
+    let removed = cluster.kubectl_with_stdin(&["replace", "-f", "-"], Some(&request.to_string()));
+    assert!(!removed.success, "removing the extension was accepted");
+
+    let mut too_long = request.clone();
+    too_long["metadata"]["name"] = "erase-too-long".into();
+    too_long["spec"]["extension"] = serde_json::json!({"days": 61, "reason": "more time"});
+    assert!(!apply(&too_long).success, "61 days were accepted");
+
+    let days = cluster
+        .kubectl_ok(&[
+            "get",
+            "-n",
+            namespace,
+            "deletionrequest/erase-6f1c-my-server",
+            "-o",
+            "jsonpath={.spec.extension.days}",
+        ])
+        .expect("readable");
+    assert_eq!(days, "30");
 }
