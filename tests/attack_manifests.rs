@@ -1,0 +1,318 @@
+//! Attacks on the manifests source and `validate` with input nobody wrote
+//! on purpose: names at their length limits, a file caught half-written,
+//! duplicate keys, odd encodings, special files. Through the binary, with a
+//! real PostgreSQL where objects are reconciled.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use archiver_operator::testing::TestDatabase;
+use serde_json::Value;
+
+fn binary(args: &[&str], database_url: Option<&str>) -> Output {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_archiver-operator"));
+    command.args(args).env("ARCHIVER_LOG_FORMAT", "text");
+    match database_url {
+        Some(url) => command.env("DATABASE_URL", url),
+        None => command.env_remove("DATABASE_URL"),
+    };
+    command.output().expect("run the binary")
+}
+
+fn run_once(dir: &Path, database_url: &str) -> Output {
+    binary(
+        &[
+            "run",
+            "--manifests",
+            dir.to_str().unwrap(),
+            "--once",
+            "--now",
+            "2026-11-23T10:00:00Z",
+        ],
+        Some(database_url),
+    )
+}
+
+fn validate(path: &Path) -> Output {
+    binary(&["validate", "-f", path.to_str().unwrap()], None)
+}
+
+fn text(output: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
+}
+
+fn example(name: &str) -> String {
+    std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("examples")
+            .join(name),
+    )
+    .expect("example")
+}
+
+/// `Kind/name` of every status `status -o json` prints.
+fn statuses(dir: &Path) -> Vec<String> {
+    let output = binary(
+        &["status", "--manifests", dir.to_str().unwrap(), "-o", "json"],
+        None,
+    );
+    assert!(output.status.success(), "{}", text(&output));
+    let objects: Vec<Value> = serde_json::from_slice(&output.stdout).expect("status is JSON");
+    objects
+        .iter()
+        .map(|o| {
+            format!(
+                "{}/{}",
+                o["kind"].as_str().unwrap(),
+                o["name"].as_str().unwrap()
+            )
+        })
+        .collect()
+}
+
+/// A valid DNS subdomain of exactly `len` characters.
+fn long_name(len: usize) -> String {
+    let mut name = String::new();
+    while name.len() < len {
+        if !name.is_empty() {
+            name.push('.');
+        }
+        let label = 63.min(len - name.len());
+        name.push_str(&"a".repeat(label));
+    }
+    // A label cannot end up empty or start with '.': the loop above only
+    // adds a dot before a label of at least one character.
+    assert_eq!(name.len(), len);
+    name
+}
+
+/// An object with a 253-character name (valid for the API server, and so
+/// for `validate`) could not keep a status: its file name
+/// `Kind_namespace_name.yaml` passes the 255 bytes a file name may hold,
+/// so every pass failed with "File name too long" and `run --once` exited 1.
+#[tokio::test]
+async fn names_at_the_length_limits_keep_a_status() {
+    let db = TestDatabase::empty().await;
+    let dir = tempfile::tempdir().unwrap();
+    let namespace = "n".repeat(63);
+    let name = long_name(253);
+    // A second name equal to the first up to where the status file name is
+    // cut: the two must not share a file.
+    let twin = format!("{}b", &name[..252]);
+    std::fs::write(
+        dir.path().join("policy.yaml"),
+        example("retention-policy.yaml")
+            .replace("namespace: archiver", &format!("namespace: {namespace}")),
+    )
+    .unwrap();
+    let schedule = example("partition-schedule.yaml")
+        .replace("namespace: archiver", &format!("namespace: {namespace}"));
+    for (file, object) in [("a.yaml", &name), ("b.yaml", &twin)] {
+        std::fs::write(
+            dir.path().join(file),
+            schedule.replace("name: probe-minute", &format!("name: {object}")),
+        )
+        .unwrap();
+    }
+    let checked = validate(dir.path());
+    assert!(checked.status.success(), "{}", text(&checked));
+
+    let output = run_once(dir.path(), &db.url);
+    assert!(output.status.success(), "{}", text(&output));
+    let mut expected = vec![
+        format!("PartitionSchedule/{name}"),
+        format!("PartitionSchedule/{twin}"),
+        "RetentionPolicy/tiers".to_string(),
+    ];
+    expected.sort();
+    let mut found = statuses(dir.path());
+    found.sort();
+    assert_eq!(found, expected);
+    for entry in std::fs::read_dir(dir.path().join(".archiver/status")).unwrap() {
+        let file = entry.unwrap().file_name();
+        assert!(file.len() <= 251, "{file:?}");
+    }
+    // A second pass finds both statuses again (nothing reported foreign,
+    // nothing forgotten).
+    let output = run_once(dir.path(), &db.url);
+    assert!(output.status.success(), "{}", text(&output));
+    assert!(
+        !text(&output).contains("not a status file"),
+        "{}",
+        text(&output)
+    );
+    assert_eq!(statuses(dir.path()).len(), 3);
+}
+
+/// A manifest caught half-written (a `git checkout` or an editor saving in
+/// place) or briefly not UTF-8 made the objects after the break vanish from
+/// the set, and the pass then deleted their statuses as if their manifests
+/// had been removed (and stopped their shard's worker). Nothing may be
+/// forgotten on account of a file that cannot be read whole.
+#[tokio::test]
+async fn a_file_caught_half_written_forgets_no_status() {
+    let db = TestDatabase::empty().await;
+    let dir = tempfile::tempdir().unwrap();
+    let policy = example("retention-policy.yaml");
+    let schedule = example("partition-schedule.yaml");
+    let both = dir.path().join("both.yaml");
+    std::fs::write(&both, format!("{policy}\n---\n{schedule}")).unwrap();
+    let output = run_once(dir.path(), &db.url);
+    assert!(output.status.success(), "{}", text(&output));
+    let before = statuses(dir.path());
+    assert_eq!(
+        before,
+        ["PartitionSchedule/probe-minute", "RetentionPolicy/tiers"]
+    );
+
+    // The second document cut short in the middle of a flow sequence.
+    let cut = schedule.find("spec:").unwrap();
+    std::fs::write(
+        &both,
+        format!(
+            "{policy}\n---\n{}spec: {{table: [probe_minute",
+            &schedule[..cut]
+        ),
+    )
+    .unwrap();
+    let output = run_once(dir.path(), &db.url);
+    assert_eq!(output.status.code(), Some(1), "{}", text(&output));
+    assert!(text(&output).contains("both.yaml:"), "{}", text(&output));
+    assert_eq!(statuses(dir.path()), before, "{}", text(&output));
+
+    // The whole file briefly not UTF-8.
+    let mut bytes = format!("{policy}\n---\n{schedule}").into_bytes();
+    bytes.insert(10, 0xff);
+    std::fs::write(&both, bytes).unwrap();
+    let output = run_once(dir.path(), &db.url);
+    assert_eq!(output.status.code(), Some(1), "{}", text(&output));
+    assert!(text(&output).contains("not UTF-8"), "{}", text(&output));
+    assert_eq!(statuses(dir.path()), before, "{}", text(&output));
+
+    // Once it reads whole again, a removed object is forgotten as before.
+    std::fs::write(&both, &policy).unwrap();
+    let output = run_once(dir.path(), &db.url);
+    assert!(output.status.success(), "{}", text(&output));
+    assert_eq!(statuses(dir.path()), ["RetentionPolicy/tiers"]);
+}
+
+/// A key given twice was taken silently (the last one won), so the object
+/// that ran was not the one a reviewer read; kubectl and the API server
+/// refuse such a manifest.
+#[test]
+fn a_key_given_twice_is_a_problem() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("policy.yaml");
+    let policy = example("retention-policy.yaml");
+    std::fs::write(
+        &file,
+        policy.replace("  name: tiers\n", "  name: tiers\n  name: other\n"),
+    )
+    .unwrap();
+    let output = validate(&file);
+    assert_eq!(output.status.code(), Some(1), "{}", text(&output));
+    assert!(
+        text(&output).contains("duplicate key \"name\""),
+        "{}",
+        text(&output)
+    );
+    // The same at the top of a nested mapping.
+    std::fs::write(
+        &file,
+        policy.replace(
+            "  shrinkGuard:\n",
+            "  shrinkGuard:\n    maxShrinkPercent: 90\n",
+        ),
+    )
+    .unwrap();
+    let output = validate(&file);
+    assert_eq!(output.status.code(), Some(1), "{}", text(&output));
+    assert!(
+        text(&output).contains("maxShrinkPercent"),
+        "{}",
+        text(&output)
+    );
+}
+
+/// Encodings and YAML features a manifest may carry by accident: a BOM,
+/// CRLF line endings, YAML 1.1 numbers. The valid ones stay valid; what
+/// cannot be represented is a clear problem, never a crash or a hang.
+#[test]
+fn odd_encodings_are_read_or_clearly_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let policy = example("retention-policy.yaml");
+    let write = |name: &str, content: Vec<u8>| -> PathBuf {
+        let path = dir.path().join(name);
+        std::fs::write(&path, content).unwrap();
+        path
+    };
+    let bom = write(
+        "bom.yaml",
+        [b"\xef\xbb\xbf".as_slice(), policy.as_bytes()].concat(),
+    );
+    let output = validate(&bom);
+    assert!(output.status.success(), "BOM: {}", text(&output));
+    let crlf = write("crlf.yaml", policy.replace('\n', "\r\n").into_bytes());
+    let output = validate(&crlf);
+    assert!(output.status.success(), "CRLF: {}", text(&output));
+
+    for (name, replacement, field) in [
+        (
+            "huge.yaml",
+            "maxShrinkPercent: 1e400",
+            "spec.shrinkGuard.maxShrinkPercent",
+        ),
+        (
+            "hex.yaml",
+            "maxShrinkPercent: 0x100",
+            "spec.shrinkGuard.maxShrinkPercent",
+        ),
+        ("tagged.yaml", "maxShrinkPercent: !custom 5", ""),
+        ("binary.yaml", "maxShrinkPercent: !!binary aGVsbG8=", ""),
+    ] {
+        let path = write(
+            name,
+            policy
+                .replace("maxShrinkPercent: 50", replacement)
+                .into_bytes(),
+        );
+        let output = validate(&path);
+        assert_eq!(output.status.code(), Some(1), "{name}: {}", text(&output));
+        assert!(text(&output).contains(name), "{name}: {}", text(&output));
+        assert!(text(&output).contains(field), "{name}: {}", text(&output));
+    }
+}
+
+/// Special files named like manifests (a FIFO, a socket, a link to
+/// `/dev/zero`) neither block the pass nor get read.
+#[test]
+fn special_files_named_yaml_are_skipped() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("policy.yaml"),
+        example("retention-policy.yaml"),
+    )
+    .unwrap();
+    let fifo = std::ffi::CString::new(dir.path().join("fifo.yaml").to_str().unwrap()).unwrap();
+    // SAFETY: a NUL-terminated path that outlives the call.
+    assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o600) }, 0);
+    let _socket = std::os::unix::net::UnixListener::bind(dir.path().join("socket.yaml")).unwrap();
+    std::os::unix::fs::symlink("/dev/zero", dir.path().join("zero.yaml")).unwrap();
+    std::os::unix::fs::symlink("fifo.yaml", dir.path().join("to-fifo.yaml")).unwrap();
+
+    let started = std::time::Instant::now();
+    let output = validate(dir.path());
+    assert!(started.elapsed() < std::time::Duration::from_secs(20));
+    let printed = text(&output);
+    assert_eq!(output.status.code(), Some(1), "{printed}");
+    assert!(
+        printed.contains("zero.yaml: is a link that leaves"),
+        "{printed}"
+    );
+    assert!(!printed.contains("fifo.yaml"), "{printed}");
+    assert!(!printed.contains("socket.yaml"), "{printed}");
+}
