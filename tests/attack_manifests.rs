@@ -316,3 +316,162 @@ fn special_files_named_yaml_are_skipped() {
     assert!(!printed.contains("fifo.yaml"), "{printed}");
     assert!(!printed.contains("socket.yaml"), "{printed}");
 }
+
+/// The status directory swapped for a link to elsewhere between two passes
+/// (a checkout that carries `.archiver/status -> /somewhere`): the next pass
+/// neither writes there nor removes anything there, and says why.
+#[tokio::test]
+async fn a_status_directory_replaced_by_a_link_between_passes() {
+    let db = TestDatabase::empty().await;
+    let base = tempfile::tempdir().unwrap();
+    let dir = base.path().join("checkout");
+    std::fs::create_dir(&dir).unwrap();
+    std::fs::write(dir.join("policy.yaml"), example("retention-policy.yaml")).unwrap();
+    std::fs::write(
+        dir.join("schedule.yaml"),
+        example("partition-schedule.yaml"),
+    )
+    .unwrap();
+    let output = run_once(&dir, &db.url);
+    assert!(output.status.success(), "{}", text(&output));
+
+    let outside = base.path().join("outside");
+    std::fs::rename(dir.join(".archiver/status"), &outside).unwrap();
+    std::os::unix::fs::symlink(&outside, dir.join(".archiver/status")).unwrap();
+    let listing = |path: &Path| {
+        let mut files: Vec<(String, Vec<u8>)> = std::fs::read_dir(path)
+            .unwrap()
+            .map(|e| {
+                let e = e.unwrap();
+                (
+                    e.file_name().to_string_lossy().into_owned(),
+                    std::fs::read(e.path()).unwrap(),
+                )
+            })
+            .collect();
+        files.sort();
+        files
+    };
+    let before = listing(&outside);
+    assert_eq!(before.len(), 2);
+    // The schedule's manifest goes: its status would be removed.
+    std::fs::remove_file(dir.join("schedule.yaml")).unwrap();
+    let output = run_once(&dir, &db.url);
+    assert_eq!(output.status.code(), Some(1), "{}", text(&output));
+    assert!(
+        text(&output).contains("is a link or not a directory"),
+        "{}",
+        text(&output)
+    );
+    assert_eq!(listing(&outside), before, "{}", text(&output));
+
+    // `.archiver` itself as the link.
+    std::fs::remove_file(dir.join(".archiver/status")).unwrap();
+    std::fs::remove_dir_all(dir.join(".archiver")).unwrap();
+    std::fs::create_dir(base.path().join("elsewhere")).unwrap();
+    std::fs::rename(&outside, base.path().join("elsewhere/status")).unwrap();
+    std::os::unix::fs::symlink(base.path().join("elsewhere"), dir.join(".archiver")).unwrap();
+    let output = run_once(&dir, &db.url);
+    assert_eq!(output.status.code(), Some(1), "{}", text(&output));
+    assert_eq!(
+        listing(&base.path().join("elsewhere/status")),
+        before,
+        "{}",
+        text(&output)
+    );
+    // Nor is the privacy text published through the link.
+    assert!(
+        !base.path().join("elsewhere/published").exists(),
+        "{}",
+        text(&output)
+    );
+}
+
+/// Files the operator did not write, left in the status directory (a
+/// temporary file of a process killed mid-write, a file named like a status
+/// but holding another object, a FIFO), survive every pass and block
+/// nothing.
+#[tokio::test]
+async fn leftovers_in_the_status_directory_are_left_alone() {
+    let db = TestDatabase::empty().await;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("policy.yaml"),
+        example("retention-policy.yaml"),
+    )
+    .unwrap();
+    let output = run_once(dir.path(), &db.url);
+    assert!(output.status.success(), "{}", text(&output));
+    let status = dir.path().join(".archiver/status");
+    let own = status.join("RetentionPolicy_archiver_tiers.yaml");
+    let content = std::fs::read_to_string(&own).unwrap();
+    // What a SIGKILL between write and rename leaves: a half temporary file.
+    std::fs::write(
+        status.join("RetentionPolicy_archiver_tiers.yaml.tmp"),
+        &content[..content.len() / 2],
+    )
+    .unwrap();
+    std::fs::write(
+        status.join("PartitionSchedule_archiver_gone.yaml"),
+        content.replace("name: tiers", "name: other"),
+    )
+    .unwrap();
+    let fifo = std::ffi::CString::new(status.join("Fifo_a_b.yaml").to_str().unwrap()).unwrap();
+    // SAFETY: a NUL-terminated path that outlives the call.
+    assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o600) }, 0);
+
+    let started = std::time::Instant::now();
+    let output = run_once(dir.path(), &db.url);
+    assert!(started.elapsed() < std::time::Duration::from_secs(60));
+    assert!(output.status.success(), "{}", text(&output));
+    assert!(
+        status.join("PartitionSchedule_archiver_gone.yaml").exists(),
+        "a file the operator did not write was removed"
+    );
+    assert!(status.join("Fifo_a_b.yaml").exists());
+    // The status itself is whole and still read back.
+    assert_eq!(statuses(dir.path()), ["RetentionPolicy/tiers"]);
+}
+
+/// A directory of 5,000 manifests where one file changes, one is renamed
+/// over another, and one is rewritten with the same size and contents in
+/// the same second: only those are read again.
+#[test]
+fn only_changed_files_are_read_again_among_five_thousand() {
+    use archiver_operator::runtime::manifests::ManifestCache;
+    let dir = tempfile::tempdir().unwrap();
+    let secret = |i: usize, value: &str| {
+        format!(
+            "apiVersion: v1\nkind: Secret\nmetadata:\n  name: s-{i}\n  namespace: archiver\nstringData:\n  k: {value}\n"
+        )
+    };
+    for i in 0..5000 {
+        std::fs::write(dir.path().join(format!("s-{i:04}.yaml")), secret(i, "v")).unwrap();
+    }
+    let mut cache = ManifestCache::default();
+    let first = cache.refresh(dir.path());
+    assert_eq!(first.reread.len(), 5000);
+    assert_eq!(first.set.secrets.len(), 5000);
+    assert!(first.set.problems.is_empty(), "{:?}", first.set.problems);
+
+    let unchanged = cache.refresh(dir.path());
+    assert!(!unchanged.changed);
+    assert!(unchanged.reread.is_empty());
+
+    std::fs::write(dir.path().join("s-0042.yaml"), secret(42, "w")).unwrap();
+    let renamed_from = dir.path().join("s-4000.yaml");
+    let renamed_over = dir.path().join("s-4001.yaml");
+    std::fs::rename(&renamed_from, &renamed_over).unwrap();
+    let second = cache.refresh(dir.path());
+    assert!(second.changed);
+    let reread: Vec<String> = second
+        .reread
+        .iter()
+        .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(reread, ["s-0042.yaml", "s-4001.yaml"]);
+    assert_eq!(second.set.secrets.len(), 4999);
+    let key = |i: usize| ("archiver".to_string(), format!("s-{i}"));
+    assert!(second.set.secrets.contains_key(&key(4000)));
+    assert!(!second.set.secrets.contains_key(&key(4001)));
+}
