@@ -475,3 +475,96 @@ fn only_changed_files_are_read_again_among_five_thousand() {
     assert!(second.set.secrets.contains_key(&key(4000)));
     assert!(!second.set.secrets.contains_key(&key(4001)));
 }
+
+/// Forty documents in one file, each an alias bomb just small enough on
+/// its own: refused quickly, never gigabytes of expanded values.
+#[test]
+fn a_file_of_many_small_alias_bombs_is_refused_quickly() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut document = String::from("a0: &a0 [x, x, x, x, x, x, x, x]\n");
+    for level in 1..7 {
+        let previous = format!("*a{}", level - 1);
+        document.push_str(&format!(
+            "a{level}: &a{level} [{}]\n",
+            vec![previous; 8].join(", ")
+        ));
+    }
+    let file = dir.path().join("bombs.yaml");
+    std::fs::write(&file, format!("---\n{document}").repeat(40)).unwrap();
+    let started = std::time::Instant::now();
+    let output = validate(&file);
+    assert!(started.elapsed() < std::time::Duration::from_secs(10));
+    assert_eq!(output.status.code(), Some(1), "{}", text(&output));
+    assert!(text(&output).contains("bombs.yaml"), "{}", text(&output));
+}
+
+/// The continuous operator killed with SIGKILL at many points of its first
+/// passes (before, during and after writing statuses), then started again:
+/// every status file left is whole, and one pass afterwards leaves no
+/// temporary file behind.
+#[tokio::test]
+async fn sigkill_mid_pass_leaves_whole_statuses() {
+    let db = TestDatabase::empty().await;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("policy.yaml"),
+        example("retention-policy.yaml"),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("schedule.yaml"),
+        example("partition-schedule.yaml"),
+    )
+    .unwrap();
+    for delay_ms in [150u64, 300, 450, 600, 800, 1000, 1300, 1700, 2200, 3000] {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_archiver-operator"))
+            .args(["run", "--manifests", dir.path().to_str().unwrap()])
+            .args(["--http-addr", &format!("127.0.0.1:{port}")])
+            .env("DATABASE_URL", &db.url)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("start the operator");
+        tokio::time::sleep(std::time::Duration::from_millis(delay_ms)).await;
+        child.kill().expect("SIGKILL");
+        child.wait().expect("reaped");
+        // Whatever was left parses as statuses the operator wrote.
+        let output = binary(
+            &[
+                "status",
+                "--manifests",
+                dir.path().to_str().unwrap(),
+                "-o",
+                "json",
+            ],
+            None,
+        );
+        assert!(
+            output.status.success(),
+            "after {delay_ms} ms: {}",
+            text(&output)
+        );
+        assert!(
+            !text(&output).contains("not a status file"),
+            "after {delay_ms} ms: {}",
+            text(&output)
+        );
+    }
+    let output = run_once(dir.path(), &db.url);
+    assert!(output.status.success(), "{}", text(&output));
+    assert_eq!(
+        statuses(dir.path()),
+        ["PartitionSchedule/probe-minute", "RetentionPolicy/tiers"]
+    );
+    let leftovers: Vec<String> = std::fs::read_dir(dir.path().join(".archiver/status"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|name| !name.ends_with(".yaml"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+}
