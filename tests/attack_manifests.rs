@@ -568,3 +568,36 @@ async fn sigkill_mid_pass_leaves_whole_statuses() {
         .collect();
     assert!(leftovers.is_empty(), "{leftovers:?}");
 }
+
+/// A Secret whose `data` value decodes to bytes that are not UTF-8 is
+/// dropped key by key in the manifests source, so the shard reports
+/// `Secret archiver/redis-shard-0 has no key "url"` although the key is
+/// there; the Kubernetes source says `key "url" is not UTF-8`.
+#[test]
+#[ignore = "defect: manifests source drops non-UTF-8 Secret data keys silently (runtime::manifests::secret_data); the shard then reports a missing key instead of 'is not UTF-8' as the Kubernetes source does; the fix changes SecretMap's value type (shared with tests/drain.rs)"]
+fn a_secret_value_that_is_not_utf8_is_named_as_such() {
+    let dir = tempfile::tempdir().unwrap();
+    for name in ["archiver-shard.yaml", "secret-redis-shard-0.yaml"] {
+        std::fs::write(dir.path().join(name), example(name)).unwrap();
+    }
+    use base64::Engine as _;
+    let encoded = base64::engine::general_purpose::STANDARD.encode(b"redis://127.0.0.1:1/0\xff");
+    let secret = dir.path().join("secret-redis-shard-0.yaml");
+    let original = std::fs::read_to_string(&secret).unwrap();
+    let start = original.find("stringData:").unwrap();
+    std::fs::write(
+        &secret,
+        format!("{}data:\n  url: {encoded}\n", &original[..start]),
+    )
+    .unwrap();
+    let output = binary(
+        &["run", "--manifests", dir.path().to_str().unwrap(), "--once"],
+        None,
+    );
+    assert_eq!(output.status.code(), Some(1), "{}", text(&output));
+    assert!(
+        text(&output).contains("\"url\" is not UTF-8"),
+        "{}",
+        text(&output)
+    );
+}
