@@ -273,6 +273,13 @@ impl<'de> serde::de::Visitor<'de> for BoundedValue<'_> {
         while let Some(key) = map.next_key::<String>()? {
             self.charge(key.len())?;
             let value = map.next_value_seed(self.nested()?)?;
+            // The API server and kubectl refuse a key given twice; taking
+            // the last one silently would run something nobody reviewed.
+            if fields.contains_key(&key) {
+                return Err(serde::de::Error::custom(format!(
+                    "duplicate key {key:?} in one mapping"
+                )));
+            }
             fields.insert(key, value);
         }
         Ok(Value::Object(fields))

@@ -444,6 +444,19 @@ impl ManifestsEngine {
             }
             state.reported_foreign = foreign.into_iter().map(|f| f.path).collect();
         }
+        // A file that could not be read whole (being written, truncated,
+        // not UTF-8, too large, a link refused) may still hold objects that
+        // are missing from this set: which ones is unknown, so no status
+        // goes until every file reads again.
+        if let Some(unreadable) = set.problems.iter().find(|p| p.object.is_none()) {
+            if !stored.is_empty() {
+                report.notes.push(format!(
+                    "statuses kept: {} cannot be read whole, so no manifest is known to be removed",
+                    unreadable.file.display()
+                ));
+            }
+            return;
+        }
         for object in stored {
             let label = format!("{}/{}/{}", object.kind, object.namespace, object.name);
             // An object that is only broken keeps its status until fixed.

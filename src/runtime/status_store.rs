@@ -104,13 +104,34 @@ const STATUS_DIRS: [&str; 2] = [".archiver", "status"];
 /// accept have one: a namespace is an RFC 1123 label and a name an RFC 1123
 /// subdomain, so neither can hold `/`, `..` or `_` (the separator), and the
 /// kind is one of the operator's (letters only). No object can name a path.
+///
+/// A file name holds at most 255 bytes, but a kind, a 63-character namespace
+/// and a 253-character name do not fit: a longer one keeps the start of the
+/// name and adds a third `_` and the SHA-256 of the name, a form no short
+/// name can take (names hold no `_`), so two objects never share a file.
 pub fn status_file_name(kind: &str, namespace: &str, name: &str) -> Option<String> {
     let valid = !kind.is_empty()
         && kind.bytes().all(|b| b.is_ascii_alphabetic())
         && is_dns1123_label(namespace)
         && is_dns1123_subdomain(name);
-    valid.then(|| format!("{kind}_{namespace}_{name}.yaml"))
+    if !valid {
+        return None;
+    }
+    let plain = format!("{kind}_{namespace}_{name}.yaml");
+    if plain.len() <= MAX_STATUS_FILE_NAME {
+        return Some(plain);
+    }
+    use sha2::Digest as _;
+    let digest = hex::encode(sha2::Sha256::digest(name.as_bytes()));
+    let fixed = format!("{kind}_{namespace}__{digest}.yaml").len();
+    // The name is ASCII (checked above): any byte index is a boundary.
+    let kept = &name[..MAX_STATUS_FILE_NAME.saturating_sub(fixed).min(name.len())];
+    Some(format!("{kind}_{namespace}_{kept}_{digest}.yaml"))
 }
+
+/// Longest status file name: 255 bytes (NAME_MAX) less the `.tmp` of the
+/// temporary file written before it.
+const MAX_STATUS_FILE_NAME: usize = 255 - ".tmp".len();
 
 impl StatusStore {
     pub fn for_manifests(dir: &Path) -> Self {
