@@ -731,7 +731,9 @@ pub async fn run_forever(
     shutdown: impl std::future::Future<Output = ()>,
 ) {
     tokio::pin!(shutdown);
+    let mut shard_lag = crate::archive::health::ShardLagExport::default();
     loop {
+        shard_lag.export(&pool, clock.now(), &metrics).await;
         let _ = maintain_and_report(
             &pool,
             salt.as_ref().map(|s| s.expose()),

@@ -144,9 +144,24 @@ pub async fn serve_with_limits(
     Ok(())
 }
 
-/// The process is alive.
-async fn health() -> &'static str {
-    "ok\n"
+/// The process is alive, and which build it runs (seed 002).
+async fn health() -> Json<serde_json::Value> {
+    Json(build_info())
+}
+
+/// The version, git commit and build time recorded by `build.rs`.
+pub fn build_info() -> serde_json::Value {
+    let built = env!("ARCHIVER_BUILD_EPOCH")
+        .parse::<i64>()
+        .ok()
+        .and_then(|seconds| chrono::DateTime::<chrono::Utc>::from_timestamp(seconds, 0))
+        .map(|time| time.to_rfc3339_opts(chrono::SecondsFormat::Secs, true));
+    json!({
+        "status": "ok",
+        "version": env!("CARGO_PKG_VERSION"),
+        "commit": env!("ARCHIVER_GIT_COMMIT"),
+        "buildTime": built,
+    })
 }
 
 /// Ready when the database answers (or none is configured) and the process
