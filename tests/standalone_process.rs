@@ -484,3 +484,64 @@ async fn the_leader_exports_a_rising_shard_lag_while_no_worker_ticks() {
         "no worker archived anything: the watermark is still stale"
     );
 }
+
+/// Issue 16 item 6: a worker's /ready checks its shard's Redis and its
+/// shard's progress: 200 while both are fine, 503 with a JSON reason once
+/// its Redis is gone.
+#[tokio::test]
+async fn a_worker_is_not_ready_when_its_redis_is_down() {
+    let db = TestDatabase::empty().await;
+    let dir = copy_examples();
+    let redis = archiver_operator::testing::redis_server();
+    archiver_operator::db::migrate(&db.pool)
+        .await
+        .expect("migrate");
+    // Caught up: the shard progresses as soon as the worker ticks.
+    sqlx::query(
+        "INSERT INTO archive_watermark (shard_id, last_minute, owner, expires_at) \
+         VALUES (0, date_trunc('minute', now()) - interval '1 minute', 'nobody', now())",
+    )
+    .execute(&db.pool)
+    .await
+    .expect("a current watermark");
+    let port = free_port().expect("free port");
+    let child = Command::new(env!("CARGO_BIN_EXE_archiver-operator"))
+        .args(["worker", "--shard", "archiver/shard-0"])
+        .args(["--manifests", dir.path().to_str().unwrap()])
+        .args(["--http-addr", &format!("127.0.0.1:{port}")])
+        .env("DATABASE_URL", &db.url)
+        .env("REDIS_URL", redis.url())
+        .env("ARCHIVER_LOG_FORMAT", "json")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start the worker");
+    let _guard = Stopped(child);
+
+    let ready = |expected: u16| {
+        let (code, body) = get(port, "/ready")?;
+        let json: serde_json::Value = serde_json::from_str(&body).ok()?;
+        (code == expected).then_some(json)
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut up = None;
+    while Instant::now() < deadline && up.is_none() {
+        up = ready(200);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let up = up.expect("the worker never became ready with its Redis up");
+    assert_eq!(up["redis"], "ok", "{up}");
+    assert_eq!(up["shard"]["progressing"], true, "{up}");
+
+    drop(redis);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut down = None;
+    while Instant::now() < deadline && down.is_none() {
+        down = ready(503);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let down = down.expect("the worker stayed ready after its Redis stopped");
+    assert_eq!(down["ready"], false, "{down}");
+    assert_eq!(down["redis"], "unreachable", "{down}");
+    assert_eq!(down["database"], "ok", "{down}");
+}
