@@ -72,3 +72,58 @@ async fn an_unreadable_watermark_is_counted_and_the_lag_keeps_rising() {
         "the lag keeps rising from the last minute read"
     );
 }
+
+/// A replica that stops leading clears its shard lag series: a frozen value
+/// would keep `max()` over the replicas (and the alert) wrong after failover.
+#[tokio::test]
+async fn the_lag_series_are_cleared_when_the_loop_stops() {
+    let db = TestDatabase::empty().await;
+    archiver_operator::db::migrate(&db.pool)
+        .await
+        .expect("migrate");
+    sqlx::query(
+        "INSERT INTO archive_watermark (shard_id, last_minute, owner, expires_at) \
+         VALUES (0, now() - interval '1 hour', 'nobody', now())",
+    )
+    .execute(&db.pool)
+    .await
+    .expect("a watermark row");
+    let metrics = std::sync::Arc::new(Metrics::new());
+    metrics.observe_shard(0, "archiver/shard-0", 180);
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let exported = {
+        let metrics = metrics.clone();
+        async move {
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+            while series(
+                &metrics,
+                "archiver_shard_lag_seconds{shard=\"archiver/shard-0\"}",
+            )
+            .is_none()
+                && std::time::Instant::now() < deadline
+            {
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+            let seen = series(
+                &metrics,
+                "archiver_shard_lag_seconds{shard=\"archiver/shard-0\"}",
+            );
+            let _ = stop.send(());
+            seen
+        }
+    };
+    let maintenance = archiver_operator::archive::views::run_forever(
+        db.pool.clone(),
+        None,
+        std::sync::Arc::new(archiver_operator::clock::SystemClock),
+        metrics.clone(),
+        async move {
+            let _ = stopped.await;
+        },
+    );
+    let (seen, ()) = tokio::join!(exported, maintenance);
+    assert!(seen.is_some_and(|lag| lag >= 3_500.0), "{seen:?}");
+    let text = metrics.encode();
+    assert!(!text.contains("archiver_shard_lag_seconds{"), "{text}");
+    assert!(!text.contains("archiver_shard_lag_slo_seconds{"), "{text}");
+}

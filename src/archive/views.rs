@@ -742,8 +742,12 @@ pub async fn run_forever(
         )
         .await;
         tokio::select! {
-            _ = &mut shutdown => return,
+            _ = &mut shutdown => break,
             _ = tokio::time::sleep(MAINTENANCE_INTERVAL) => {}
         }
     }
+    // A replica that stops leading must not keep exporting a frozen lag:
+    // alerts take max() over the replicas.
+    metrics.shard_lag_seconds.clear();
+    metrics.shard_lag_slo_seconds.clear();
 }
