@@ -91,7 +91,18 @@ async fn health_ready_and_metrics_answer_as_specified() {
     );
 
     let (code, body) = get(port, "/health").expect("/health answers");
-    assert_eq!((code, body.trim()), (200, "ok"));
+    assert_eq!(code, 200, "{body}");
+    let health: serde_json::Value = serde_json::from_str(&body).expect("/health answers JSON");
+    assert_eq!(health["status"], "ok");
+    assert_eq!(health["version"], env!("CARGO_PKG_VERSION"));
+    // This test runs from a git checkout: build.rs recorded HEAD.
+    let commit = health["commit"].as_str().expect("commit");
+    assert!(
+        commit.len() == 40 && commit.chars().all(|c| c.is_ascii_hexdigit()),
+        "{body}"
+    );
+    let built = health["buildTime"].as_str().expect("buildTime");
+    chrono::DateTime::parse_from_rfc3339(built).expect("buildTime is RFC 3339");
     let (code, body) = get(port, "/ready").expect("/ready answers");
     assert_eq!(code, 200, "{body}");
     let ready: serde_json::Value = serde_json::from_str(&body).expect("JSON");
@@ -378,4 +389,159 @@ fn output_to_a_closed_pipe_ends_quietly() {
     let (code, stderr) = closed_reader(&["crd"]);
     assert_eq!(code, Some(0), "{stderr}");
     assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+/// The value of the series `name{labels}` in an OpenMetrics text.
+fn series_value(metrics: &str, series: &str) -> Option<f64> {
+    metrics
+        .lines()
+        .find_map(|line| line.strip_prefix(series)?.trim().parse().ok())
+}
+
+/// Issue 16 item 1: with no worker able to tick (its Redis is a closed port)
+/// and a watermark two hours old, the leader's /metrics still shows the
+/// shard's lag, from the watermark row and the clock, and it rises.
+#[tokio::test]
+async fn the_leader_exports_a_rising_shard_lag_while_no_worker_ticks() {
+    let db = TestDatabase::empty().await;
+    let dir = copy_examples();
+    let closed = free_port().expect("free port");
+    let secret = dir.path().join("secret-redis-shard-0.yaml");
+    let text = std::fs::read_to_string(&secret).expect("secret manifest");
+    std::fs::write(
+        &secret,
+        text.replace(
+            "redis://127.0.0.1:6379/0",
+            &format!("redis://127.0.0.1:{closed}/0"),
+        ),
+    )
+    .expect("write the secret");
+    archiver_operator::db::migrate(&db.pool)
+        .await
+        .expect("migrate");
+    sqlx::query(
+        "INSERT INTO archive_watermark (shard_id, last_minute, owner, expires_at) \
+         VALUES (0, date_trunc('minute', now()) - interval '2 hours', 'nobody', now())",
+    )
+    .execute(&db.pool)
+    .await
+    .expect("a stale watermark");
+    let port = free_port().expect("free port");
+    let child = Command::new(env!("CARGO_BIN_EXE_archiver-operator"))
+        .args(["run", "--manifests", dir.path().to_str().unwrap()])
+        .args(["--http-addr", &format!("127.0.0.1:{port}")])
+        .env("DATABASE_URL", &db.url)
+        .env("ARCHIVER_LOG_FORMAT", "json")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start the operator");
+    let _guard = Stopped(child);
+
+    let lag_series = "archiver_shard_lag_seconds{shard=\"archiver/shard-0\"}";
+    let scrape_lag = || {
+        let (_, body) = get(port, "/metrics")?;
+        Some((series_value(&body, lag_series)?, body))
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut first = None;
+    while Instant::now() < deadline && first.is_none() {
+        first = scrape_lag();
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let (first, body) = first.expect("the leader never exported archiver_shard_lag_seconds");
+    assert!(
+        (7_100.0..7_300.0).contains(&first),
+        "two hours behind, got {first}"
+    );
+    assert_eq!(
+        series_value(
+            &body,
+            "archiver_shard_lag_slo_seconds{shard=\"archiver/shard-0\"}"
+        ),
+        Some(180.0),
+        "{body}"
+    );
+    assert_eq!(
+        series_value(&body, "archiver_watermark_read_failures_total"),
+        Some(0.0)
+    );
+    // The export runs every 10 s: the lag rises without any tick.
+    let mut later = first;
+    let deadline = Instant::now() + Duration::from_secs(40);
+    while Instant::now() < deadline && later <= first {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        later = scrape_lag().map_or(later, |(lag, _)| lag);
+    }
+    assert!(later > first, "the lag stayed at {first} s");
+    let last_minute: chrono::DateTime<chrono::Utc> =
+        sqlx::query_scalar("SELECT last_minute FROM archive_watermark WHERE shard_id = 0")
+            .fetch_one(&db.pool)
+            .await
+            .expect("watermark");
+    assert!(
+        chrono::Utc::now() - last_minute > chrono::Duration::minutes(110),
+        "no worker archived anything: the watermark is still stale"
+    );
+}
+
+/// Issue 16 item 6: a worker's /ready checks its shard's Redis and its
+/// shard's progress: 200 while both are fine, 503 with a JSON reason once
+/// its Redis is gone.
+#[tokio::test]
+async fn a_worker_is_not_ready_when_its_redis_is_down() {
+    let db = TestDatabase::empty().await;
+    let dir = copy_examples();
+    let redis = archiver_operator::testing::redis_server();
+    archiver_operator::db::migrate(&db.pool)
+        .await
+        .expect("migrate");
+    // Caught up: the shard progresses as soon as the worker ticks.
+    sqlx::query(
+        "INSERT INTO archive_watermark (shard_id, last_minute, owner, expires_at) \
+         VALUES (0, date_trunc('minute', now()) - interval '1 minute', 'nobody', now())",
+    )
+    .execute(&db.pool)
+    .await
+    .expect("a current watermark");
+    let port = free_port().expect("free port");
+    let child = Command::new(env!("CARGO_BIN_EXE_archiver-operator"))
+        .args(["worker", "--shard", "archiver/shard-0"])
+        .args(["--manifests", dir.path().to_str().unwrap()])
+        .args(["--http-addr", &format!("127.0.0.1:{port}")])
+        .env("DATABASE_URL", &db.url)
+        .env("REDIS_URL", redis.url())
+        .env("ARCHIVER_LOG_FORMAT", "json")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start the worker");
+    let _guard = Stopped(child);
+
+    let ready = |expected: u16| {
+        let (code, body) = get(port, "/ready")?;
+        let json: serde_json::Value = serde_json::from_str(&body).ok()?;
+        (code == expected).then_some(json)
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut up = None;
+    while Instant::now() < deadline && up.is_none() {
+        up = ready(200);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let up = up.expect("the worker never became ready with its Redis up");
+    assert_eq!(up["redis"], "ok", "{up}");
+    assert_eq!(up["shard"]["progressing"], true, "{up}");
+
+    drop(redis);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut down = None;
+    while Instant::now() < deadline && down.is_none() {
+        down = ready(503);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let down = down.expect("the worker stayed ready after its Redis stopped");
+    assert_eq!(down["ready"], false, "{down}");
+    assert_eq!(down["redis"], "unreachable", "{down}");
+    assert_eq!(down["database"], "ok", "{down}");
 }

@@ -242,3 +242,51 @@ pub fn stray_keys_note(
     let known = previous.and_then(|status| status.stray_keys);
     (known != Some(count)).then(|| stray_message(count, &health.stray_key_examples))
 }
+
+/// The leader's view of every shard's lag, from `archive_watermark` and the
+/// clock: it exists whether or not a shard's worker runs, so a crash-looping
+/// or scaled-down worker shows a lag that rises instead of a series that
+/// stops. When the table cannot be read, the lag keeps rising from the last
+/// minute read (a lower bound of the truth) and the failure is counted.
+#[derive(Debug, Default)]
+pub struct ShardLagExport {
+    last_minutes: std::collections::BTreeMap<i32, DateTime<Utc>>,
+}
+
+impl ShardLagExport {
+    pub async fn export(
+        &mut self,
+        pool: &PgPool,
+        now: DateTime<Utc>,
+        metrics: &crate::runtime::metrics::Metrics,
+    ) {
+        let read = sqlx::query_as::<_, (i32, DateTime<Utc>)>(
+            "SELECT shard_id, last_minute FROM archive_watermark",
+        )
+        .fetch_all(pool);
+        match tokio::time::timeout(std::time::Duration::from_secs(10), read).await {
+            Ok(Ok(rows)) => self.last_minutes = rows.into_iter().collect(),
+            Ok(Err(error)) => {
+                tracing::warn!(%error, "reading archive_watermark for the shard lag failed");
+                metrics.watermark_read_failures.inc();
+            }
+            Err(_) => {
+                tracing::warn!("reading archive_watermark for the shard lag timed out after 10 s");
+                metrics.watermark_read_failures.inc();
+            }
+        }
+        for (shard_id, last_minute) in &self.last_minutes {
+            // A row no reconciled ArchiverShard names has no label nor SLO.
+            let Some(shard) = metrics.shard_label(*shard_id) else {
+                continue;
+            };
+            let lag = (now - (*last_minute + chrono::Duration::minutes(1)))
+                .num_seconds()
+                .max(0);
+            metrics
+                .shard_lag_seconds
+                .get_or_create(&crate::runtime::metrics::ShardLabels { shard })
+                .set(lag);
+        }
+    }
+}

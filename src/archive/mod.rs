@@ -42,9 +42,16 @@ impl Managed for ArchiverShard {
         if !problems.is_empty() {
             return Ok(finish(self, ctx, status, &problems, "", STATUS_REFRESH));
         }
+        let namespace = self.namespace().unwrap_or_else(|| "default".into());
+        // The leader's lag of this shard, from its watermark row (same label
+        // as the worker's metrics).
+        ctx.metrics.observe_shard(
+            self.spec.shard_id,
+            &format!("{namespace}/{}", self.name_any()),
+            self.spec.lag_slo_seconds,
+        );
         // The URL is only handed to the worker; it never reaches a log,
         // an event or the status.
-        let namespace = self.namespace().unwrap_or_else(|| "default".into());
         let redis_url = ctx
             .secrets
             .resolve(&namespace, &self.spec.redis.url_secret_ref)

@@ -731,7 +731,9 @@ pub async fn run_forever(
     shutdown: impl std::future::Future<Output = ()>,
 ) {
     tokio::pin!(shutdown);
+    let mut shard_lag = crate::archive::health::ShardLagExport::default();
     loop {
+        shard_lag.export(&pool, clock.now(), &metrics).await;
         let _ = maintain_and_report(
             &pool,
             salt.as_ref().map(|s| s.expose()),
@@ -740,8 +742,12 @@ pub async fn run_forever(
         )
         .await;
         tokio::select! {
-            _ = &mut shutdown => return,
+            _ = &mut shutdown => break,
             _ = tokio::time::sleep(MAINTENANCE_INTERVAL) => {}
         }
     }
+    // A replica that stops leading must not keep exporting a frozen lag:
+    // alerts take max() over the replicas.
+    metrics.shard_lag_seconds.clear();
+    metrics.shard_lag_slo_seconds.clear();
 }

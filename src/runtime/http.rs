@@ -21,6 +21,69 @@ pub struct HttpState {
     pub leadership: Leadership,
     pub db: Option<PgPool>,
     pub metrics: Arc<Metrics>,
+    /// Set in a shard worker: `/ready` also checks its Redis and whether its
+    /// shard progresses.
+    pub worker: Option<WorkerReadiness>,
+}
+
+/// What a worker's `/ready` checks besides the database.
+#[derive(Clone)]
+pub struct WorkerReadiness {
+    /// The shard's Redis (a fresh connection per probe: the drain's own
+    /// connection must not be taken by a probe).
+    pub redis: redis::Client,
+    pub shard_id: i32,
+    /// `spec.unsealedTimeoutSeconds`, for the reason of an unsealed wait.
+    pub unsealed_timeout_seconds: u32,
+    pub clock: crate::clock::SharedClock,
+}
+
+/// How long one dependency check of `/ready` may take.
+const READY_CHECK_TIMEOUT: Duration = Duration::from_secs(2);
+
+impl WorkerReadiness {
+    async fn redis(&self) -> &'static str {
+        let ping = async {
+            let mut connection = self.redis.get_multiplexed_async_connection().await?;
+            redis::cmd("PING")
+                .query_async::<String>(&mut connection)
+                .await
+        };
+        match tokio::time::timeout(READY_CHECK_TIMEOUT, ping).await {
+            Ok(Ok(_)) => "ok",
+            Ok(Err(_)) => "unreachable",
+            Err(_) => "timeout",
+        }
+    }
+
+    /// Why the shard cannot progress, from its watermark row; `None` when it
+    /// progresses or waits only for unsealed verdicts (bounded by the
+    /// shard's timeout), or has not ticked yet.
+    async fn shard_blocked(&self, pool: &PgPool) -> Option<(String, String)> {
+        let read = crate::archive::health::read(pool, self.shard_id);
+        let health = match tokio::time::timeout(READY_CHECK_TIMEOUT, read).await {
+            Ok(Ok(health)) => health?,
+            Ok(Err(error)) => {
+                return Some((
+                    "DatabaseError".into(),
+                    format!("reading the watermark: {error}"),
+                ));
+            }
+            Err(_) => {
+                return Some((
+                    "DatabaseError".into(),
+                    "reading the watermark timed out".into(),
+                ));
+            }
+        };
+        let (reason, message) = crate::archive::health::not_ready(
+            &health,
+            self.clock.now(),
+            true,
+            self.unsealed_timeout_seconds,
+        )?;
+        (reason != "UnsealedWait").then(|| (reason.to_string(), message))
+    }
 }
 
 pub fn router(state: HttpState) -> Router {
@@ -144,9 +207,24 @@ pub async fn serve_with_limits(
     Ok(())
 }
 
-/// The process is alive.
-async fn health() -> &'static str {
-    "ok\n"
+/// The process is alive, and which build it runs (seed 002).
+async fn health() -> Json<serde_json::Value> {
+    Json(build_info())
+}
+
+/// The version, git commit and build time recorded by `build.rs`.
+pub fn build_info() -> serde_json::Value {
+    let built = env!("ARCHIVER_BUILD_EPOCH")
+        .parse::<i64>()
+        .ok()
+        .and_then(|seconds| chrono::DateTime::<chrono::Utc>::from_timestamp(seconds, 0))
+        .map(|time| time.to_rfc3339_opts(chrono::SecondsFormat::Secs, true));
+    json!({
+        "status": "ok",
+        "version": env!("CARGO_PKG_VERSION"),
+        "commit": env!("ARCHIVER_GIT_COMMIT"),
+        "buildTime": built,
+    })
 }
 
 /// Ready when the database answers (or none is configured) and the process
@@ -163,22 +241,36 @@ async fn ready(State(state): State<HttpState>) -> Response {
             }
         }
     };
-    let ready = matches!(database, "ok" | "not configured");
+    let mut ready = matches!(database, "ok" | "not configured");
     let role = if state.leadership.is_leader() {
         "leader"
     } else {
         "standby"
     };
+    let mut body = json!({"ready": ready, "role": role, "database": database});
+    if let Some(worker) = &state.worker {
+        let redis = worker.redis().await;
+        body["redis"] = json!(redis);
+        ready &= redis == "ok";
+        let blocked = match (&state.db, database) {
+            (Some(pool), "ok") => worker.shard_blocked(pool).await,
+            _ => None,
+        };
+        body["shard"] = match &blocked {
+            None => json!({"progressing": true}),
+            Some((reason, message)) => {
+                json!({"progressing": false, "reason": reason, "message": message})
+            }
+        };
+        ready &= blocked.is_none();
+        body["ready"] = json!(ready);
+    }
     let code = if ready {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
-    (
-        code,
-        Json(json!({"ready": ready, "role": role, "database": database})),
-    )
-        .into_response()
+    (code, Json(body)).into_response()
 }
 
 async fn metrics(State(state): State<HttpState>) -> Response {

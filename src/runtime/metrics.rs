@@ -106,6 +106,17 @@ pub struct Metrics {
     pub retention_drift_rows: Family<RetentionTableLabels, Gauge>,
     /// Seconds spent deleting in one enforcement run (all its batches).
     pub retention_run_duration: Histogram,
+    /// Seconds between now and the end of each shard's last archived minute,
+    /// computed by the leader from `archive_watermark` whether or not the
+    /// shard's worker runs (the worker's own `lag_seconds` stops with it).
+    pub shard_lag_seconds: Family<ShardLabels, Gauge>,
+    /// Each shard's `spec.lagSloSeconds`, so alerts compare the two series.
+    pub shard_lag_slo_seconds: Family<ShardLabels, Gauge>,
+    /// Reads of `archive_watermark` by the leader that failed.
+    pub watermark_read_failures: Counter,
+    /// Shard id to shard label (`namespace/name`) of the shards this
+    /// process reconciles: the watermark rows only know the id.
+    shard_labels: Mutex<std::collections::BTreeMap<i32, String>>,
 }
 
 impl Default for Metrics {
@@ -247,6 +258,24 @@ impl Metrics {
             "Seconds spent deleting in one retention enforcement run",
             retention_run_duration.clone(),
         );
+        let shard_lag_seconds = Family::<ShardLabels, Gauge>::default();
+        let shard_lag_slo_seconds = Family::<ShardLabels, Gauge>::default();
+        let watermark_read_failures = Counter::default();
+        registry.register(
+            "shard_lag_seconds",
+            "Seconds each shard's archive_watermark is behind now, computed by the leader",
+            shard_lag_seconds.clone(),
+        );
+        registry.register(
+            "shard_lag_slo_seconds",
+            "Each shard's spec.lagSloSeconds",
+            shard_lag_slo_seconds.clone(),
+        );
+        registry.register(
+            "watermark_read_failures",
+            "Reads of archive_watermark by the leader that failed",
+            watermark_read_failures.clone(),
+        );
         Self {
             registry: Mutex::new(registry),
             reconciles,
@@ -270,7 +299,34 @@ impl Metrics {
             retention_deleted_rows,
             retention_drift_rows,
             retention_run_duration,
+            shard_lag_seconds,
+            shard_lag_slo_seconds,
+            watermark_read_failures,
+            shard_labels: Mutex::default(),
         }
+    }
+
+    /// Records a reconciled shard: its label for the lag computed from its
+    /// watermark row, and its lag SLO.
+    pub fn observe_shard(&self, shard_id: i32, label: &str, lag_slo_seconds: u32) {
+        self.shard_labels
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .insert(shard_id, label.to_string());
+        self.shard_lag_slo_seconds
+            .get_or_create(&ShardLabels {
+                shard: label.to_string(),
+            })
+            .set(i64::from(lag_slo_seconds));
+    }
+
+    /// The label of shard `shard_id`, when this process reconciled it.
+    pub fn shard_label(&self, shard_id: i32) -> Option<String> {
+        self.shard_labels
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .get(&shard_id)
+            .cloned()
     }
 
     /// Registers a metric added by a domain module (drain lag, coverage...).

@@ -225,6 +225,7 @@ pub async fn run_standalone(dir: PathBuf, args: &OperatorArgs) -> Result<(), Run
         leadership: leadership.clone(),
         db,
         metrics: ctx.metrics.clone(),
+        worker: None,
     };
     let listener = listen(args).await?;
     let http = tokio::spawn(serve(listener, http_state, terminated()));
@@ -289,6 +290,7 @@ pub async fn run_in_cluster(args: &OperatorArgs) -> Result<(), RunError> {
         leadership: leadership.clone(),
         db,
         metrics: ctx.metrics.clone(),
+        worker: None,
     };
     let listener = listen(args).await?;
     let http = tokio::spawn(serve(listener, http_state, terminated()));
@@ -407,6 +409,13 @@ pub async fn run_worker(
         .await?
         .ok_or_else(|| RunError::Worker("a worker needs --database-url or DATABASE_URL".into()))?;
     let metrics = Arc::new(Metrics::new());
+    let readiness = super::http::WorkerReadiness {
+        redis: crate::redis_client::open(redis_url.expose())
+            .map_err(|e| RunError::Worker(format!("the shard's Redis URL: {e}")))?,
+        shard_id: shard.spec.shard_id,
+        unsealed_timeout_seconds: shard.spec.unsealed_timeout_seconds,
+        clock: Arc::new(SystemClock),
+    };
     let listener = listen(args).await?;
     let http = tokio::spawn(serve(
         listener,
@@ -414,6 +423,7 @@ pub async fn run_worker(
             leadership: Leadership::always(),
             db: Some(pool.clone()),
             metrics: metrics.clone(),
+            worker: Some(readiness),
         },
         terminated(),
     ));

@@ -563,9 +563,20 @@ def alerts(values: dict[str, Any]) -> dict[str, dict[str, Any]]:
 
 def test_alerts_page_on_the_signals_that_matter() -> None:
     rules = alerts(VARIANTS["monitoring"])
-    assert rules["ArchiverLagAboveSLO"]["expr"] == "max by (namespace, shard) (archiver_lag_seconds) > 180"
+    # Each shard's lag, computed by the leader from archive_watermark, against
+    # that shard's own spec.lagSloSeconds (issue 16 item 1).
+    assert rules["ArchiverLagAboveSLO"]["expr"] == (
+        "max by (namespace, shard) (archiver_shard_lag_seconds) > on (namespace, shard) "
+        "max by (namespace, shard) (archiver_shard_lag_slo_seconds)"
+    )
     assert rules["ArchiverLagAboveSLO"]["for"] == "5m"
-    assert rules["ArchiverLagAboveSLO"]["labels"] == {"severity": "critical", "team": "platform"}
+    assert rules["ArchiverLagAboveSLO"]["labels"] == {"severity": "warning", "team": "platform"}
+    assert rules["ArchiverLagCritical"]["expr"] == "max by (namespace, shard) (archiver_shard_lag_seconds) > 1800"
+    assert rules["ArchiverLagCritical"]["labels"]["severity"] == "critical"
+    assert "absent(archiver_shard_lag_seconds)" in rules["ArchiverShardLagAbsent"]["expr"]
+    assert "unless on (namespace, shard)" in rules["ArchiverShardLagAbsent"]["expr"]
+    assert "archiver_watermark_read_failures_total" in rules["ArchiverWatermarkUnreadable"]["expr"]
+    assert rules["ArchiverWatermarkUnreadable"]["labels"]["severity"] == "critical"
     assert "archiver_partition_coverage_months) < 1" in rules["ArchiverPartitionMissing"]["expr"]
     assert rules["ArchiverDeletionDeadlineNear"]["expr"].endswith("(archiver_deletion_deadline_seconds) < 432000")
     assert rules["ArchiverDeletionDeadlineImminent"]["expr"].endswith("< 86400")
@@ -577,8 +588,8 @@ def test_alerts_page_on_the_signals_that_matter() -> None:
         assert rule["labels"]["severity"] in ("warning", "critical")
         assert rule["annotations"]["summary"] and rule["annotations"]["description"]
     # Thresholds follow the values.
-    tuned = alerts({"metrics": {"prometheusRule": {"enabled": True, "lagSloSeconds": 300, "lagFor": "10m", "deletionDeadlineWarningDays": 7}}})
-    assert tuned["ArchiverLagAboveSLO"]["expr"].endswith("> 300")
+    tuned = alerts({"metrics": {"prometheusRule": {"enabled": True, "criticalLagSeconds": 3600, "lagFor": "10m", "deletionDeadlineWarningDays": 7}}})
+    assert tuned["ArchiverLagCritical"]["expr"].endswith("> 3600")
     assert tuned["ArchiverLagAboveSLO"]["for"] == "10m"
     assert tuned["ArchiverDeletionDeadlineNear"]["expr"].endswith(f"< {7 * 86400}")
     assert "ArchiverViewsBehind" in alerts(VARIANTS["everything"])
