@@ -280,20 +280,31 @@ async fn huge_hashes_are_bounded_rejects() {
 /// at an aligned minute long archived, never listed in that minute's
 /// index set. Index discovery never reads it, so it is no reject; the
 /// audit counts only hashes without `archived_at` as missed, so it is no
-/// stray either: it is dropped silently. A hash in the same place is
-/// counted (the control).
+/// stray either: it was dropped silently before the fix. A hash in the
+/// same place is counted (the control); a string the drain read and
+/// rejected is not (its reject row names it).
 #[tokio::test]
-#[ignore = "defect: stray audit skips non-hash keys (WRONGTYPE) behind the watermark, assuming they were \
-            rejected as not_a_hash when read; one absent from its index set is never read, never rejected \
-            and never reported (src/archive/stray.rs, audit: `if let [Ok(true), Ok(false)]`)"]
 async fn a_non_hash_key_missed_by_index_discovery_is_reported_by_the_audit() {
-    use archiver_operator::archive::stray::{AuditPace, StrayKind, audit};
-    let (_db, redis, mut conn) = setup().await;
+    use archiver_operator::archive::stray::{AuditPace, ShardRejects, StrayKind, audit};
+    let (db, redis, mut conn) = setup().await;
     let old = minute() - chrono::Duration::minutes(30);
     let stamp = old.timestamp();
     let missed_hash = format!("verdict:{TENANT}:hash:us-east:{stamp}");
     let missed_string = format!("verdict:{TENANT}:string:us-east:{stamp}");
+    let rejected_string = format!("verdict:{TENANT}:rejected:us-east:{stamp}");
+    sqlx::query(
+        "INSERT INTO probe_minute_rejects (shard_id, verdict_key, minute_bucket, reason, tenant_id, server_slug) \
+         VALUES (0, $1, $2, 'not_a_hash: WRONGTYPE', $3, 'rejected')",
+    )
+    .bind(&rejected_string)
+    .bind(old)
+    .bind(TENANT)
+    .execute(&db.pool)
+    .await
+    .unwrap();
     redis::pipe()
+        .set(&rejected_string, "up")
+        .ignore()
         .hset(&missed_hash, "state", "up")
         .ignore()
         .set(&missed_string, "up")
@@ -310,10 +321,16 @@ async fn a_non_hash_key_missed_by_index_discovery_is_reported_by_the_audit() {
         count: 100,
         pause: Duration::from_millis(1),
     };
-    let found = audit(&mut manager, Some(minute()), pace).await.unwrap();
+    let rejects = ShardRejects {
+        pool: &db.pool,
+        shard_id: 0,
+    };
+    let found = audit(&mut manager, Some(minute()), pace, rejects)
+        .await
+        .unwrap();
     assert_eq!(
         found.by_kind.get(&StrayKind::Missed),
         Some(&2),
-        "both keys were never read: {found:?}"
+        "the hash and the string never read: {found:?}"
     );
 }

@@ -213,8 +213,8 @@ async fn index_entries_of_the_pair_without_their_key_are_erased_and_counted() {
     // Another tenant's entry stays.
     let unrelated = verdict_key(&tenant(2).to_string(), server, "us-east", m);
     put_verdicts(&env.redis.url(), &[expired.clone(), unrelated.clone()], m).await;
-    put_verdicts(&env.redis.url(), &[misfiled.clone()], minute(4)).await;
-    put_verdicts(&env.redis.url(), &[other_server.clone()], m).await;
+    put_verdicts(&env.redis.url(), std::slice::from_ref(&misfiled), minute(4)).await;
+    put_verdicts(&env.redis.url(), std::slice::from_ref(&other_server), m).await;
     let mut conn = redis_conn(&env.redis.url()).await;
     redis::cmd("DEL")
         .arg(&expired)
