@@ -16,7 +16,10 @@
 //!   archived, or absent from the minute's index set). The marker is
 //!   written after the commit and a crash can lose the markers of the last
 //!   minute, so a few keys of one minute may be counted after a crash;
-//!   `probe_minute` tells (their rows are there).
+//!   `probe_minute` tells (their rows are there). A key that is not a hash
+//!   cannot carry that field: it is missed when the shard's rejects hold
+//!   no row for it (a key absent from its minute's index set is never
+//!   read, so never rejected as `not_a_hash`).
 //!
 //! The audit walks the keyspace with SCAN at a bounded rate (a page of
 //! `count` keys, then a pause), on a task of its own, never on a minute's
@@ -27,6 +30,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use redis::aio::ConnectionManager;
+use sqlx::PgPool;
 
 use super::verdict::ARCHIVED_AT_FIELD;
 
@@ -146,13 +150,30 @@ impl StrayAudit {
     }
 }
 
+/// Where the drain stores the rejects of a shard: a key that is not a hash
+/// was read by the drain exactly when a reject row names it.
+#[derive(Debug, Clone, Copy)]
+pub struct ShardRejects<'a> {
+    pub pool: &'a PgPool,
+    pub shard_id: i32,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AuditError {
+    #[error("walking the keyspace: {0}")]
+    Redis(#[from] redis::RedisError),
+    #[error("looking up the rejects of keys that are not hashes: {0}")]
+    Postgres(#[from] sqlx::Error),
+}
+
 /// Walks the keyspace once at `pace`. `watermark` is the shard's last
 /// archived minute (`None`: nothing archived yet, so nothing is missed).
 pub async fn audit(
     redis: &mut ConnectionManager,
     watermark: Option<DateTime<Utc>>,
     pace: AuditPace,
-) -> redis::RedisResult<StrayAudit> {
+    rejects: ShardRejects<'_>,
+) -> Result<StrayAudit, AuditError> {
     let missed_before = watermark.map(|minute| (minute - MISSED_GRACE).timestamp());
     let mut found = StrayAudit::default();
     let mut cursor: u64 = 0;
@@ -185,11 +206,35 @@ pub async fn audit(
                 pipe.cmd("HEXISTS").arg(name).arg(ARCHIVED_AT_FIELD);
             }
             let replies: Vec<redis::RedisResult<bool>> = pipe.query_async(redis).await?;
+            let mut not_hashes = Vec::new();
             for (name, reply) in old_enough.iter().zip(replies.chunks(2)) {
-                // WRONGTYPE: not a hash, rejected as not_a_hash when read;
-                // a key gone meanwhile is no stray.
-                if let [Ok(true), Ok(false)] = reply {
-                    found.found(StrayKind::Missed, name);
+                // A key gone meanwhile is no stray.
+                match reply {
+                    [Ok(true), Ok(false)] => found.found(StrayKind::Missed, name),
+                    [Ok(true), Err(error)] if error.code() == Some("WRONGTYPE") => {
+                        not_hashes.push(name)
+                    }
+                    _ => {}
+                }
+            }
+            if !not_hashes.is_empty() {
+                // Rejected as not_a_hash when read; missed when never read.
+                let printed: Vec<String> = not_hashes
+                    .iter()
+                    .map(|name| super::key::printable(name))
+                    .collect();
+                let rejected: Vec<String> = sqlx::query_scalar(
+                    "SELECT verdict_key FROM probe_minute_rejects \
+                     WHERE shard_id = $1 AND verdict_key = ANY($2)",
+                )
+                .bind(rejects.shard_id)
+                .bind(&printed)
+                .fetch_all(rejects.pool)
+                .await?;
+                for (name, printed) in not_hashes.into_iter().zip(&printed) {
+                    if !rejected.contains(printed) {
+                        found.found(StrayKind::Missed, name);
+                    }
                 }
             }
         }

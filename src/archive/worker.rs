@@ -333,7 +333,11 @@ impl Worker {
         let shard_id = self.settings.shard_id;
         let pace = self.audit_pace;
         self.audit = Some(tokio::spawn(async move {
-            let found = match stray::audit(&mut redis, Some(watermark), pace).await {
+            let rejects = stray::ShardRejects {
+                pool: &pool,
+                shard_id,
+            };
+            let found = match stray::audit(&mut redis, Some(watermark), pace, rejects).await {
                 Ok(found) => found,
                 Err(error) => {
                     tracing::warn!(shard = %label, %error, "stray-key audit failed; next one in an hour");

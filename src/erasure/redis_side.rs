@@ -25,6 +25,10 @@ use crate::archive::verdict::index_key;
 const PIPELINE_BATCH: usize = 2_000;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 const RESPONSE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Every minute's index set (see [`index_key`]).
+const INDEX_SET_GLOB: &str = "verdict-index:*";
+/// Members per SSCAN round trip.
+const SSCAN_COUNT: usize = 10_000;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RedisSideError {
@@ -110,6 +114,54 @@ impl<'a> Connection<'a> {
         Ok(keys.into_iter().collect())
     }
 
+    /// Every member of every index set (`verdict-index:*`) that is one of
+    /// the scope's verdict keys, with the set's name. Index members are key
+    /// names, so they hold the tenant and the server: an entry whose key
+    /// expired, or that a producer filed under another minute than its key
+    /// names, is the scope's data as much as the key itself.
+    async fn index_entries(
+        &mut self,
+        scope: &Scope,
+    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, RedisSideError> {
+        let sets = self.scan_all(INDEX_SET_GLOB).await?;
+        let member_glob = scope.verdict_key_glob();
+        let mut entries = Vec::new();
+        for set in sets {
+            let mut cursor: u64 = 0;
+            loop {
+                let reply: redis::RedisResult<(u64, Vec<Vec<u8>>)> = redis::cmd("SSCAN")
+                    .arg(&set)
+                    .arg(cursor)
+                    .arg("MATCH")
+                    .arg(&member_glob)
+                    .arg("COUNT")
+                    .arg(SSCAN_COUNT)
+                    .query_async(&mut self.conn)
+                    .await;
+                let (next, members) = match reply {
+                    Ok(reply) => reply,
+                    // Not a set: not an index set the drain can read, and
+                    // no member of it can be the scope's.
+                    Err(error) if error.code() == Some("WRONGTYPE") => break,
+                    Err(error) => return Err(self.fail("scanning index sets")(error)),
+                };
+                entries.extend(
+                    members
+                        .into_iter()
+                        .filter(|member| scope.owns_verdict_key(member).is_some())
+                        .map(|member| (set.clone(), member)),
+                );
+                if next == 0 {
+                    break;
+                }
+                cursor = next;
+            }
+        }
+        entries.sort_unstable();
+        entries.dedup();
+        Ok(entries)
+    }
+
     /// The alert-router keys of every search: one walk per pattern for
     /// every spelling of the tenant, then the exact globs.
     async fn alert_keys(
@@ -164,6 +216,21 @@ pub async fn erase(
     }
     removed.verdict_key_names = verdict_keys;
 
+    // Entries left in any index set: keys gone before the erasure, or
+    // listed under another minute than their name says.
+    let entries = conn.index_entries(scope).await?;
+    for chunk in entries.chunks(PIPELINE_BATCH) {
+        let mut pipe = redis::pipe();
+        for (set, member) in chunk {
+            pipe.srem(set, member);
+        }
+        let counts: Vec<u64> = pipe
+            .query_async(&mut conn.conn)
+            .await
+            .map_err(conn.fail("removing index entries"))?;
+        removed.index_entries += counts.into_iter().sum::<u64>();
+    }
+
     let alert_keys = conn.alert_keys(&alert_searches).await?;
     {
         let keys: Vec<Vec<u8>> = alert_keys.into_iter().collect();
@@ -200,7 +267,19 @@ pub async fn remaining(
             remaining.verdict_keys += 1;
         }
     }
-    let indexed: Vec<&VerdictKey> = removed_keys.iter().filter(|(_, m)| m.is_some()).collect();
+    // Every entry of the scope in an index set of a minute up to `upto`
+    // (or of a set whose name names no minute) ...
+    for (set, _) in conn.index_entries(scope).await? {
+        if index_set_minute(&set).is_none_or(|m| m <= upto) {
+            remaining.index_entries += 1;
+        }
+    }
+    // ... and the entries of the keys removed that name a later minute
+    // (their sets are not counted above).
+    let indexed: Vec<&VerdictKey> = removed_keys
+        .iter()
+        .filter(|(_, m)| m.is_some_and(|m| m > upto))
+        .collect();
     for chunk in indexed.chunks(PIPELINE_BATCH) {
         let mut pipe = redis::pipe();
         for (key, minute) in chunk {
@@ -228,6 +307,14 @@ fn alert_searches(
         searches.extend(scope.alert_key_search(pattern)?);
     }
     Ok(searches)
+}
+
+/// The minute (epoch seconds) an index set's name gives.
+fn index_set_minute(set: &[u8]) -> Option<i64> {
+    std::str::from_utf8(set.strip_prefix(b"verdict-index:")?)
+        .ok()?
+        .parse()
+        .ok()
 }
 
 fn index_key_of(minute: i64) -> String {
