@@ -109,6 +109,36 @@ impl Document {
     }
 }
 
+/// Refuses, before parsing, text whose flow collections the parser would take
+/// too long over (see [`MAX_FLOW_COLLECTIONS`]). The depth is counted on
+/// every bracket, quoted or not, so it can only over-count: a quoted `]`
+/// may hide a level from it, which is why the total is bounded as well.
+fn flow_nesting_problem(text: &str) -> Option<String> {
+    let (mut depth, mut deepest, mut opened) = (0usize, 0usize, 0usize);
+    for byte in text.bytes() {
+        match byte {
+            b'[' | b'{' => {
+                opened += 1;
+                depth += 1;
+                deepest = deepest.max(depth);
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    if deepest > MAX_YAML_DEPTH {
+        Some(format!(
+            "nested deeper than {MAX_YAML_DEPTH} levels (flow collections '[' or '{{' counted before parsing)"
+        ))
+    } else if opened > MAX_FLOW_COLLECTIONS {
+        Some(format!(
+            "{opened} flow collections ('[' or '{{'); at most {MAX_FLOW_COLLECTIONS} are read (write the manifest in block style)"
+        ))
+    } else {
+        None
+    }
+}
+
 /// Largest manifest file read; a bigger one is a manifest problem, never
 /// minutes of parsing (DESIGN.md section 9).
 pub const MAX_MANIFEST_BYTES: u64 = 4 * 1024 * 1024;
@@ -116,6 +146,14 @@ pub const MAX_MANIFEST_BYTES: u64 = 4 * 1024 * 1024;
 /// resources are about ten levels deep; this leaves room and stops a crafted
 /// file long before the parser's own recursion limit.
 pub const MAX_YAML_DEPTH: usize = 64;
+/// Most flow collections (`[` or `{`) a manifest file may open. The YAML
+/// parser's cost grows with the square of flow nesting, and it reads a whole
+/// document before [`MAX_YAML_DEPTH`] can apply: 20,000 nested `[` take
+/// seconds, 100,000 minutes. Counting every bracket, quoted or not, bounds
+/// that cost whatever the quoting; block-style manifests have none, and a
+/// JSON manifest of one of our objects has a few dozen.
+pub const MAX_FLOW_COLLECTIONS: usize = 20_000;
+
 /// What one document may expand to (aliases included): 16 units per node
 /// plus the bytes of its strings. A 4 MiB file without aliases stays far
 /// below it; an alias bomb reaches it after bounded work.
@@ -135,6 +173,16 @@ pub fn parse_documents(file: &Path, text: &str) -> Result<Vec<Document>, Problem
 /// that cannot be parsed (the YAML stream cannot be resumed after it), so
 /// `validate` still reports their problems.
 pub fn parse_documents_partially(file: &Path, text: &str) -> (Vec<Document>, Option<Problem>) {
+    if let Some(reason) = flow_nesting_problem(text) {
+        let problem = Problem {
+            file: file.to_path_buf(),
+            line: None,
+            object: None,
+            field: None,
+            reason,
+        };
+        return (Vec::new(), Some(problem));
+    }
     let mut documents = Vec::new();
     for (index, deserializer) in serde_yaml_ng::Deserializer::from_str(text).enumerate() {
         let budget = std::cell::Cell::new(MAX_EXPANDED_UNITS);
