@@ -26,6 +26,7 @@ async fn start(limits: ConnectionLimits) -> std::net::SocketAddr {
         leadership: Leadership::always(),
         db: None,
         metrics: Arc::new(Metrics::new()),
+        worker: None,
     });
     tokio::spawn(serve_with_limits(
         listener,
