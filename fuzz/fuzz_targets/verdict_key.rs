@@ -76,7 +76,10 @@ fuzz_target!(|data: &[u8]| {
             assert!(!row.server_slug.contains('\0') && !row.server_slug.is_empty());
             assert_eq!(
                 owner,
-                Some(KeyOwner { tenant: row.tenant_id, server: Some(row.server_slug) })
+                Some(KeyOwner {
+                    tenant: row.tenant_id,
+                    server: Some(row.server_slug)
+                })
             );
         }
         Err(reject) => assert!(!reject.reason.as_str().is_empty()),
