@@ -52,7 +52,7 @@ async fn read_until_closed(stream: &mut TcpStream, bound: Duration) -> Option<Ve
     }
 }
 
-/// Reads until `count` responses to /health arrived (each ends in "ok\n").
+/// Reads until `count` responses to /health arrived (each body is one JSON object, ending in "}").
 async fn read_responses(stream: &mut TcpStream, count: usize) -> String {
     let mut received = Vec::new();
     let mut buffer = [0u8; 4096];
@@ -61,7 +61,7 @@ async fn read_responses(stream: &mut TcpStream, count: usize) -> String {
         .matches("HTTP/1.1 200")
         .count()
         < count
-        || !received.ends_with(b"ok\n")
+        || !received.ends_with(b"}")
     {
         match tokio::time::timeout_at(deadline, stream.read(&mut buffer)).await {
             Ok(Ok(n)) if n > 0 => received.extend_from_slice(&buffer[..n]),
