@@ -87,7 +87,10 @@ pub async fn summarize_new_ranges(
     }
     .await;
     match outcome {
-        Ok(()) => tx.commit().await?,
+        Ok(()) => {
+            tx.commit().await?;
+            analyze_if_stale(pool, &partitions).await?;
+        }
         Err(sqlx::Error::Database(error)) if error.code().as_deref() == Some("55P03") => {
             // lock_not_available: a VACUUM (or DDL) holds a partition.
             tx.rollback().await?;
@@ -99,6 +102,33 @@ pub async fn summarize_new_ranges(
         Err(error) => return Err(error),
     }
     Ok(done)
+}
+
+/// ANALYZEs the partitions whose statistics are known to be stale: never
+/// analyzed, or changed by more than half their rows since (a partition
+/// analyzed while empty, a restore, a truncate). Without statistics the
+/// planner costs the BRIN index as reading the whole partition and picks a
+/// sequential scan for every minute. Forcing the plan instead
+/// (`enable_seqscan = off`) made the per-minute statements choose nested
+/// loops of lossy BRIN probes, far slower on a small table.
+async fn analyze_if_stale(pool: &PgPool, partitions: &[String]) -> Result<(), sqlx::Error> {
+    let stale: Vec<String> = sqlx::query_scalar(
+        "SELECT p FROM unnest($1::text[]) p \
+         JOIN pg_class c ON c.oid = to_regclass(p) \
+         LEFT JOIN pg_stat_user_tables s ON s.relid = c.oid \
+         WHERE c.reltuples < 0 \
+            OR coalesce(s.n_mod_since_analyze, 0) > greatest(1000, c.reltuples / 2)",
+    )
+    .bind(partitions)
+    .fetch_all(pool)
+    .await?;
+    for partition in stale {
+        // The name comes from the catalog, quoted by regclass output.
+        sqlx::query(sqlx::AssertSqlSafe(format!("ANALYZE {partition}")))
+            .execute(pool)
+            .await?;
+    }
+    Ok(())
 }
 
 /// [`summarize_new_ranges`] for a maintenance pass: a failure is logged and

@@ -173,15 +173,9 @@ pub async fn apply_minute_in(
         .await
         .map_err(db("taking the erasure lock (shared)"))?;
     // The minute's rows are found through probe_minute_brin_minute (or the
-    // clusters' partial index). The planner costs a BRIN scan from the
-    // column's correlation statistics; without statistics (a partition
-    // analyzed while empty, after a restore or a truncate) it prefers a
-    // sequential scan of the whole partition, which grows all month, and a
-    // minute took minutes. So, for this transaction only, no sequential scans.
-    sqlx::query("SET LOCAL enable_seqscan = off")
-        .execute(&mut *tx)
-        .await
-        .map_err(db("setting the minute's plan"))?;
+    // clusters' partial index); the maintenance pass ANALYZEs partitions
+    // whose statistics are stale before applying minutes (brin.rs), so the
+    // planner picks the index without being forced.
     let moved = sqlx::query(
         "UPDATE derived_views_watermark SET last_minute = $1 WHERE last_minute = $1 - interval '1 minute'",
     )
