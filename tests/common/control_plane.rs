@@ -351,17 +351,30 @@ objects = [doc for path, text in sorted(manifests.items()) if path.endswith(".ya
 print(json.dumps(objects))
 "#;
     let venv_python = repo().join("target/chart-venv/bin/python");
-    if !venv_python.exists() {
+    // Once per test process: tests run in parallel, and two concurrent
+    // set-ups would each remove the virtualenv the other is filling (seen on
+    // a fresh clone: "No module named 'helm_python'").
+    static HELM_LIBRARY: OnceLock<Result<(), String>> = OnceLock::new();
+    let prepared = HELM_LIBRARY.get_or_init(|| {
+        if venv_python.exists() {
+            return Ok(());
+        }
         // Creates the virtualenv (pinned packages) and only collects the tests.
         let mut setup = Command::new(repo().join("scripts/chart-tests.sh"));
         setup.current_dir(repo()).args(["--collect-only", "-q"]);
         let output = run_bounded(setup, Duration::from_secs(900))
-            .unwrap_or_else(|e| panic!("scripts/chart-tests.sh: {e}"));
-        assert!(
-            output.status.success(),
-            "scripts/chart-tests.sh could not prepare the Helm library: {}",
-            String::from_utf8_lossy(&output.stderr)
-        );
+            .map_err(|e| format!("scripts/chart-tests.sh: {e}"))?;
+        if output.status.success() {
+            Ok(())
+        } else {
+            Err(format!(
+                "scripts/chart-tests.sh could not prepare the Helm library: {}",
+                String::from_utf8_lossy(&output.stderr)
+            ))
+        }
+    });
+    if let Err(reason) = prepared {
+        panic!("{reason}");
     }
     let (python, pythonpath) = if venv_python.exists() {
         (venv_python, None)
