@@ -16,6 +16,7 @@ use archiver_operator::api::deletion_request::{
     DeletionPhase, DeletionReason, DeletionRequestSpec,
 };
 use archiver_operator::api::{DeletionRequest, DeletionRequestStatus};
+use archiver_operator::archive::key;
 use archiver_operator::archive::verdict::index_key;
 use archiver_operator::archive::worker::{ShardSettings, Worker};
 use archiver_operator::clock::ManualClock;
@@ -370,15 +371,13 @@ async fn slugs_with_metacharacters_case_and_look_alikes_are_erased_exactly() {
     }
 }
 
-/// Attack: the drain stores any non-empty UTF-8 slug without NUL as a
-/// server (`a*b`, `My Laptop`, `café`, 300 characters), but a
-/// DeletionRequest only admits `^[A-Za-z0-9][A-Za-z0-9._-]*$` up to 200
-/// characters: such a pair's data can be erased only with its whole
-/// tenant, never as the pair the drain attributed it to.
+/// Attack: the drain stores slugs no simple grammar would allow (`a*b`,
+/// `My Laptop`, `café`, 300 characters). The DeletionRequest CRD admits
+/// the drain's grammar (`key::is_server_slug`), so each such pair can be
+/// erased as the pair the drain attributed it to, not only with its whole
+/// tenant. (Before, the CRD admitted `^[A-Za-z0-9][A-Za-z0-9._-]*$` up to
+/// 200 characters and each of these requests was InvalidSpec.)
 #[tokio::test]
-#[ignore = "defect: the drain archives rows under server slugs (e.g. `My Laptop`, `a*b`, `café`, >200 chars) \
-            that spec.serverSlug refuses (InvalidSpec), so a server erasure cannot name a pair the drain attributes \
-            data to; decide one slug grammar for key::owner, the drain and the CRD"]
 async fn every_server_the_drain_stores_can_be_erased_as_a_pair() {
     let env = env().await;
     let t = tenant(8);
@@ -408,6 +407,37 @@ async fn every_server_the_drain_stores_can_be_erased_as_a_pair() {
         );
     }
     assert!(rows_of(&env.db.pool, t).await.is_empty());
+}
+
+/// A server segment outside the slug grammar (a control character, one
+/// character over the limit) is not stored as a server the CRD could never
+/// name: the drain rejects it, attributed to its tenant only, and a
+/// whole-tenant erasure removes the reject.
+#[tokio::test]
+async fn a_server_the_crd_cannot_name_is_a_reject_of_its_tenant() {
+    let env = env().await;
+    let t = tenant(9);
+    let m = minute(3);
+    let over = "s".repeat(key::MAX_SERVER_SLUG_CHARS + 1);
+    for slug in ["tab\there", "next\u{85}line", over.as_str()] {
+        put_verdicts(
+            &env.redis.url(),
+            &[verdict_key(&t.to_string(), slug, "us-east", m)],
+            m,
+        )
+        .await;
+    }
+    drain_minute(&env, m).await;
+    assert!(rows_of(&env.db.pool, t).await.is_empty());
+    let rejects = rejects_of(&env.db.pool, t).await;
+    assert_eq!(rejects.len(), 3, "{rejects:?}");
+    assert!(
+        rejects.iter().all(|(_, server)| server.is_none()),
+        "{rejects:?}"
+    );
+    let st = erase(&env.ctx, "erase-unnameable", t, None).await;
+    assert_eq!(st.phase, Some(DeletionPhase::Completed), "{st:#?}");
+    assert!(rejects_of(&env.db.pool, t).await.is_empty());
 }
 
 /// Attack: verdicts of an erased pair that arrive after the erasure, in

@@ -17,6 +17,7 @@ use proptest::strategy::ValueTree;
 use proptest::test_runner::TestRunner;
 use uuid::Uuid;
 
+use archiver_operator::api::validation::{Document, validate_document};
 use archiver_operator::archive::key::{self, KeyOwner, glob_matches};
 use archiver_operator::archive::verdict::{self, RawFields};
 use archiver_operator::erasure::Scope;
@@ -111,6 +112,57 @@ fn key_name() -> impl Strategy<Value = Vec<u8>> {
         }),
         1 => prop::collection::vec(any::<u8>(), 0..40),
     ]
+}
+
+/// Texts near the slug grammar's edges: short ones from an alphabet of
+/// separators, control characters (C0, DEL, C1), glob/LIKE metacharacters,
+/// spaces and other Unicode, and runs around the length limit.
+fn slug_text() -> impl Strategy<Value = String> {
+    let alphabet = prop::sample::select(vec![
+        'a',
+        'Z',
+        '0',
+        '-',
+        '.',
+        '_',
+        ' ',
+        ':',
+        '*',
+        '?',
+        '[',
+        '%',
+        '\\',
+        '/',
+        '\u{e9}',
+        '\u{1f600}',
+        '\0',
+        '\t',
+        '\n',
+        '\u{1b}',
+        '\u{7f}',
+        '\u{85}',
+        '\u{9f}',
+        '\u{a0}',
+        '\u{2028}',
+        '\u{feff}',
+    ]);
+    prop_oneof![
+        prop::collection::vec(alphabet, 0..8).prop_map(|chars| chars.into_iter().collect()),
+        (
+            key::MAX_SERVER_SLUG_CHARS - 2..key::MAX_SERVER_SLUG_CHARS + 3,
+            prop::bool::ANY
+        )
+            .prop_map(|(n, wide)| if wide {
+                "\u{e9}".repeat(n)
+            } else {
+                "s".repeat(n)
+            }),
+    ]
+}
+
+/// A verdict key of `TENANT`'s server `slug`.
+fn verdict_key_of(slug: &str) -> Vec<u8> {
+    format!("verdict:{TENANT}:{slug}:us-east:{}", minute().timestamp()).into_bytes()
 }
 
 fn scopes() -> Vec<Scope> {
@@ -269,6 +321,36 @@ proptest! {
 
     /// The escaped name of a key is injective: two names never share a
     /// rejects-table text (its unique index would drop one silently).
+    /// The DeletionRequest CRD admits as `spec.serverSlug` exactly the
+    /// texts the drain stores as a server (`key::is_server_slug`), checked
+    /// through the CRD's own schema and CEL rule as `validate` and the
+    /// operator evaluate them: every server the drain stores can be named
+    /// by a server erasure, and nothing else can.
+    #[test]
+    fn the_crd_admits_exactly_the_servers_the_drain_stores(slug in slug_text()) {
+        let document = Document {
+            file: "generated.yaml".into(),
+            index: 0,
+            value: serde_json::json!({
+                "apiVersion": "archiver.uptime.dev/v1alpha1",
+                "kind": "DeletionRequest",
+                "metadata": {"name": "erase-generated", "namespace": "archiver"},
+                "spec": {
+                    "tenantId": TENANT.to_string(),
+                    "serverSlug": slug,
+                    "reason": "gdpr-art17",
+                    "requester": NEIGHBOUR.to_string(),
+                },
+            }),
+        };
+        let problems = validate_document(&document);
+        let admitted = problems.is_empty();
+        prop_assert_eq!(admitted, key::is_server_slug(&slug), "{:?}: {:?}", slug, problems);
+        prop_assert!(problems.iter().all(|p| p.field.as_deref() == Some("spec.serverSlug")), "{:?}", problems);
+        let stored = key::owner(&verdict_key_of(&slug)).and_then(|owner| owner.server);
+        prop_assert_eq!(stored.as_deref() == Some(slug.as_str()), admitted);
+    }
+
     #[test]
     fn printable_names_never_collide(a in key_name(), b in key_name()) {
         prop_assert_eq!(key::printable(&a) == key::printable(&b), a == b);
@@ -419,18 +501,24 @@ async fn measure_scan_patterns() {
 }
 
 /// Migration 0010 fills `tenant_id` and `server_slug` of the rejects
-/// stored before it from their key text, in SQL. For generated keys (as
-/// rejects stored them then: UTF-8, verbatim), its statement gives exactly
-/// what the drain's key reading gives now.
+/// stored before it from their key text, in SQL, and 0013 clears the
+/// server of those whose server segment is outside the slug grammar. For
+/// generated keys (as rejects stored them then: UTF-8, verbatim), the two
+/// statements give exactly what the drain's key reading gives now.
 #[tokio::test]
 async fn the_migration_backfill_reads_keys_as_the_drain_does() {
     let db = archiver_operator::testing::TestDatabase::new().await;
-    let migration = include_str!("../migrations/0010_rejects_identity.sql");
-    let start = migration
-        .find("UPDATE probe_minute_rejects")
-        .expect("the backfill statement");
-    let update = &migration[start..];
-    let update = &update[..update.find(';').expect("its end")];
+    let update_of = |migration: &'static str| {
+        let start = migration
+            .find("UPDATE probe_minute_rejects")
+            .expect("the backfill statement");
+        let update = &migration[start..];
+        update[..update.find(';').expect("its end")].to_string()
+    };
+    let updates = [
+        update_of(include_str!("../migrations/0010_rejects_identity.sql")),
+        update_of(include_str!("../migrations/0013_server_slug_grammar.sql")),
+    ];
     let mut runner = TestRunner::deterministic();
     let strategy = key_name();
     let mut keys = std::collections::BTreeSet::new();
@@ -442,6 +530,17 @@ async fn the_migration_backfill_reads_keys_as_the_drain_does() {
             keys.insert(text);
         }
     }
+    // Server segments at the grammar's edges, which blind generation
+    // rarely reaches.
+    for server in ["tab\tx", "del\u{7f}", "c1\u{9f}", "nbsp\u{a0}"] {
+        keys.insert(format!("verdict:{TENANT}:{server}:us-east:60"));
+    }
+    for n in [key::MAX_SERVER_SLUG_CHARS, key::MAX_SERVER_SLUG_CHARS + 1] {
+        keys.insert(format!(
+            "verdict:{TENANT}:{}:us-east:60",
+            "\u{e9}".repeat(n)
+        ));
+    }
     let keys: Vec<String> = keys.into_iter().collect();
     sqlx::query(
         "INSERT INTO probe_minute_rejects (shard_id, verdict_key, reason) \
@@ -451,10 +550,12 @@ async fn the_migration_backfill_reads_keys_as_the_drain_does() {
     .execute(&db.pool)
     .await
     .unwrap();
-    sqlx::raw_sql(sqlx::AssertSqlSafe(update.to_string()))
-        .execute(&db.pool)
-        .await
-        .unwrap();
+    for update in updates {
+        sqlx::raw_sql(sqlx::AssertSqlSafe(update))
+            .execute(&db.pool)
+            .await
+            .unwrap();
+    }
     let rows: Vec<(String, Option<Uuid>, Option<String>)> =
         sqlx::query_as("SELECT verdict_key, tenant_id, server_slug FROM probe_minute_rejects")
             .fetch_all(&db.pool)

@@ -1074,7 +1074,7 @@ fn kubectl_archiver_erase_creates_a_deletion_request_with_a_generated_name() {
             "--tenant",
             "6f1c2a9e-4b1d-4c55-9a43-2f5e7d8c9b01",
             "--server",
-            "a/b",
+            "a:b",
             "--reason",
             "drill",
             "--requester",

@@ -41,10 +41,13 @@ use uuid::Uuid;
 pub struct DeletionRequestSpec {
     /// Tenant whose data is erased.
     pub tenant_id: Uuid,
-    /// Server to erase; omit to erase every server of the tenant.
+    /// Server to erase, exactly as it appears in its verdict keys (case
+    /// matters); omit to erase every server of the tenant. Any text of up
+    /// to 512 characters without ':' or control characters: every server
+    /// the drain stores can be named.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(min = 1, max = 200))]
-    #[x_kube(validation = kube::core::Rule::new("self.matches('^[A-Za-z0-9][A-Za-z0-9._-]*$')").message("must be a server slug (letters, digits, '.', '_', '-')"))]
+    #[schemars(length(min = 1, max = 512))]
+    #[x_kube(validation = kube::core::Rule::new(crate::archive::key::SERVER_SLUG_RULE).message("must be a server slug as its verdict keys spell it: no ':' and no control characters"))]
     pub server_slug: Option<String>,
     /// Why the data is erased.
     pub reason: DeletionReason,

@@ -14,6 +14,13 @@
 //! Its canonical text is lower-case hyphenated. A server slug is compared
 //! byte for byte: `api` and `API` are two servers, in the drain as in an
 //! erasure.
+//!
+//! A server slug is any text [`is_server_slug`] accepts, and the
+//! DeletionRequest CRD admits exactly the same texts (its `serverSlug`
+//! rule; a proptest of `tests/key_matcher.rs` compares the two), so every
+//! server the drain stores can be named by a server erasure. A key whose
+//! second segment is not a slug belongs to its tenant only: the drain
+//! rejects it and a whole-tenant erasure finds it.
 
 use uuid::Uuid;
 
@@ -24,10 +31,9 @@ pub const PREFIX: &[u8] = b"verdict:";
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct KeyOwner {
     pub tenant: Uuid,
-    /// The second segment, when it is a slug the drain can store: present,
-    /// non-empty, UTF-8 and without NUL. Otherwise the key belongs to the
-    /// tenant only (a whole-tenant erasure finds it, a server one cannot
-    /// name it).
+    /// The second segment, when it is UTF-8 and a server slug
+    /// ([`is_server_slug`]). Otherwise the key belongs to the tenant only
+    /// (a whole-tenant erasure finds it, a server one cannot name it).
     pub server: Option<String>,
 }
 
@@ -43,10 +49,32 @@ pub fn owner(key: &[u8]) -> Option<KeyOwner> {
 }
 
 fn slug(bytes: &[u8]) -> Option<String> {
-    if bytes.is_empty() || bytes.contains(&0) {
-        return None;
-    }
-    std::str::from_utf8(bytes).ok().map(str::to_string)
+    std::str::from_utf8(bytes)
+        .ok()
+        .filter(|text| is_server_slug(text))
+        .map(str::to_string)
+}
+
+/// The longest server slug, in characters (a CRD's `maxLength` counts
+/// characters, not bytes).
+pub const MAX_SERVER_SLUG_CHARS: usize = 512;
+
+/// The DeletionRequest CRD's rule for `spec.serverSlug`, the same grammar
+/// as [`is_server_slug`] (RE2 in the API server, the `regex` crate in
+/// `validate`; both read `\p{Cc}` as the Unicode control characters, which
+/// is what `char::is_control` tests).
+pub const SERVER_SLUG_RULE: &str = r"self.matches('^[^:\\p{Cc}]+$')";
+
+/// Whether `text` can be a server slug: 1 to [`MAX_SERVER_SLUG_CHARS`]
+/// characters, none of them `:` (it separates a key's segments) or a
+/// control character (NUL, newline, escape: nothing a person could type
+/// into a DeletionRequest or read back in a receipt). Case, spaces, glob and
+/// LIKE metacharacters and any other Unicode are allowed: an erasure
+/// escapes them.
+pub fn is_server_slug(text: &str) -> bool {
+    !text.is_empty()
+        && text.chars().count() <= MAX_SERVER_SLUG_CHARS
+        && !text.chars().any(|c| c == ':' || c.is_control())
 }
 
 /// The minute (epoch seconds) a key names in its fifth segment, as in
