@@ -8,6 +8,9 @@
 #   scripts/dev-cluster.sh up        start (or reuse) the control plane, print its env
 #   scripts/dev-cluster.sh env       print `export KUBECONFIG=...` of the running one
 #   scripts/dev-cluster.sh down      stop it and remove its directory
+#   scripts/dev-cluster.sh restart-apiserver [--down SECONDS]
+#                                    stop kube-apiserver, keep it down SECONDS, start it
+#                                    again (same port and etcd: the objects survive)
 #   scripts/dev-cluster.sh up --foreground
 #                                    run in the foreground until SIGTERM/SIGINT (the test
 #                                    support uses this; `up` runs it in the background)
@@ -176,55 +179,123 @@ foreground() {
         >"$dir/etcd.log" 2>&1 &
     etcd_pid=$!
 
-    setpriv --pdeathsig KILL "$bin/kube-apiserver" \
-        --advertise-address 127.0.0.1 \
-        --endpoint-reconciler-type none \
-        --bind-address 127.0.0.1 \
-        --secure-port "$api_port" \
-        --cert-dir "$dir/pki" \
-        --tls-cert-file "$dir/pki/serving.crt" \
-        --tls-private-key-file "$dir/pki/serving.key" \
-        --client-ca-file "$dir/pki/ca.crt" \
-        --etcd-servers "http://127.0.0.1:$etcd_port" \
-        --service-cluster-ip-range 10.0.0.0/24 \
-        --allow-privileged=true \
-        --disable-admission-plugins ServiceAccount \
-        --enable-admission-plugins OwnerReferencesPermissionEnforcement \
-        --authorization-mode Node,RBAC \
-        --service-account-issuer "https://127.0.0.1:$api_port/" \
-        --service-account-key-file "$dir/pki/service-account.pub" \
-        --service-account-signing-key-file "$dir/pki/service-account.key" \
-        --audit-policy-file "$dir/audit-policy.yaml" \
-        --audit-log-path "$dir/audit.log" \
-        --audit-log-maxsize 0 \
-        >"$dir/apiserver.log" 2>&1 &
-    api_pid=$!
+    start_apiserver() {
+        setpriv --pdeathsig KILL "$bin/kube-apiserver" \
+            --advertise-address 127.0.0.1 \
+            --endpoint-reconciler-type none \
+            --bind-address 127.0.0.1 \
+            --secure-port "$api_port" \
+            --cert-dir "$dir/pki" \
+            --tls-cert-file "$dir/pki/serving.crt" \
+            --tls-private-key-file "$dir/pki/serving.key" \
+            --client-ca-file "$dir/pki/ca.crt" \
+            --etcd-servers "http://127.0.0.1:$etcd_port" \
+            --service-cluster-ip-range 10.0.0.0/24 \
+            --allow-privileged=true \
+            --disable-admission-plugins ServiceAccount \
+            --enable-admission-plugins OwnerReferencesPermissionEnforcement \
+            --authorization-mode Node,RBAC \
+            --service-account-issuer "https://127.0.0.1:$api_port/" \
+            --service-account-key-file "$dir/pki/service-account.pub" \
+            --service-account-signing-key-file "$dir/pki/service-account.key" \
+            --audit-policy-file "$dir/audit-policy.yaml" \
+            --audit-log-path "$dir/audit.log" \
+            --audit-log-maxsize 0 \
+            >>"$dir/apiserver.log" 2>&1 &
+        api_pid=$!
+        echo "$api_pid" >"$dir/apiserver.pid"
+    }
+    # Until /readyz answers; exits when a process dies or the bound passes.
+    wait_until_ready() {
+        local deadline=$((SECONDS + READY_TIMEOUT))
+        until "$bin/kubectl" --kubeconfig "$dir/kubeconfig" get --raw /readyz --request-timeout=5s >/dev/null 2>&1; do
+            if ! kill -0 "$api_pid" 2>/dev/null || ! kill -0 "$etcd_pid" 2>/dev/null; then
+                log "the control plane exited while starting; last lines of its logs:"
+                tail -n 20 "$dir/etcd.log" "$dir/apiserver.log" >&2
+                exit 1
+            fi
+            if [ $SECONDS -ge $deadline ]; then
+                log "kube-apiserver not ready within $READY_TIMEOUT s; last lines of its log:"
+                tail -n 20 "$dir/apiserver.log" >&2
+                exit 1
+            fi
+            sleep 0.5
+        done
+    }
+    # restart-apiserver: stop kube-apiserver (SIGTERM, then SIGKILL after
+    # STOP_TIMEOUT), keep it down for the seconds in $dir/restart-down, start
+    # it again with the same flags, port and etcd (the objects survive).
+    restart_apiserver() {
+        local down waited=0
+        down=$(cat "$dir/restart-down" 2>/dev/null || echo 0)
+        rm -f "$dir/ready" "$dir/restart-down"
+        log "restarting kube-apiserver (down for $down s)"
+        kill -TERM "$api_pid" 2>/dev/null || true
+        while kill -0 "$api_pid" 2>/dev/null && [ $waited -lt $((STOP_TIMEOUT * 10)) ]; do
+            sleep 0.1
+            waited=$((waited + 1))
+        done
+        kill -KILL "$api_pid" 2>/dev/null || true
+        wait "$api_pid" 2>/dev/null || true
+        sleep "$down"
+        start_apiserver
+        wait_until_ready
+        touch "$dir/ready"
+        log "kube-apiserver restarted"
+    }
+
+    start_apiserver
     echo "$etcd_pid" >"$dir/etcd.pid"
-    echo "$api_pid" >"$dir/apiserver.pid"
     write_kubeconfig "$api_port"
     ln -sf "$bin/kubectl" "$dir/kubectl"
 
-    local deadline=$((SECONDS + READY_TIMEOUT))
-    until "$bin/kubectl" --kubeconfig "$dir/kubeconfig" get --raw /readyz --request-timeout=5s >/dev/null 2>&1; do
-        if ! kill -0 "$api_pid" 2>/dev/null || ! kill -0 "$etcd_pid" 2>/dev/null; then
-            log "the control plane exited while starting; last lines of its logs:"
-            tail -n 20 "$dir/etcd.log" "$dir/apiserver.log" >&2
-            exit 1
-        fi
-        if [ $SECONDS -ge $deadline ]; then
-            log "kube-apiserver not ready within $READY_TIMEOUT s; last lines of its log:"
-            tail -n 20 "$dir/apiserver.log" >&2
-            exit 1
-        fi
-        sleep 0.5
-    done
+    wait_until_ready
     touch "$dir/ready"
     log "ready: kube-apiserver on https://127.0.0.1:$api_port (etcd on 127.0.0.1:$etcd_port); $dir"
     print_env
-    # Ends when either process does (or on a signal, through the trap).
-    wait -n "$etcd_pid" "$api_pid" || true
+    # Ends when either process does (or on a signal, through the trap);
+    # SIGUSR1 (from `restart-apiserver`) interrupts the wait to restart
+    # kube-apiserver.
+    restart_requested=0
+    trap 'restart_requested=1' USR1
+    while true; do
+        wait -n "$etcd_pid" "$api_pid" || true
+        if [ "$restart_requested" = 1 ]; then
+            restart_requested=0
+            restart_apiserver
+            continue
+        fi
+        break
+    done
     log "a control-plane process exited; stopping"
     exit 1
+}
+
+# Stops kube-apiserver of the running control plane, keeps it down for
+# SECONDS (default 0), starts it again (same port, certificates and etcd),
+# and returns once it is ready again.
+restart() {
+    local down=0
+    if [ "${1:-}" = "--down" ]; then down=${2:?"--down needs SECONDS"}; fi
+    case "$down" in '' | *[!0-9]*) log "--down takes whole seconds, not '$down'"; return 2 ;; esac
+    if ! supervisor_alive || [ ! -f "$dir/ready" ]; then
+        log "no ready control plane in $dir; run: $0 up"
+        return 1
+    fi
+    echo "$down" >"$dir/restart-down"
+    kill -USR1 "$(cat "$dir/supervisor.pid")"
+    local deadline=$((SECONDS + 10))
+    while [ -f "$dir/ready" ]; do
+        if [ $SECONDS -ge $deadline ]; then log "the supervisor did not take the restart"; return 1; fi
+        sleep 0.1
+    done
+    deadline=$((SECONDS + down + READY_TIMEOUT + STOP_TIMEOUT))
+    until [ -f "$dir/ready" ]; do
+        if ! supervisor_alive; then log "the control plane stopped during the restart"; return 1; fi
+        if [ $SECONDS -ge $deadline ]; then log "kube-apiserver not ready again within the bound"; return 1; fi
+        sleep 0.2
+    done
+    log "kube-apiserver restarted"
 }
 
 up() {
@@ -302,8 +373,9 @@ env)
     fi
     ;;
 down) down ;;
+restart-apiserver) restart "${@:2}" ;;
 *)
-    echo "usage: $0 up [--foreground] | env | down" >&2
+    echo "usage: $0 up [--foreground] | env | down | restart-apiserver [--down SECONDS]" >&2
     exit 2
     ;;
 esac

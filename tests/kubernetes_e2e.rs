@@ -9,6 +9,8 @@
 //! lifecycle test owns `archiver`, the namespace of the examples).
 
 mod common;
+#[path = "kubernetes_e2e/restart.rs"]
+mod restart;
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};

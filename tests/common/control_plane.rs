@@ -25,7 +25,7 @@ pub fn repo() -> &'static Path {
 }
 
 /// A running control plane.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct ControlPlane {
     /// The script's directory: kubeconfig, audit.log, apiserver.log, pki/.
     pub dir: PathBuf,
@@ -45,23 +45,9 @@ static CRDS: OnceLock<Result<String, String>> = OnceLock::new();
 
 extern "C" fn stop_at_exit() {
     if let Ok(mut running) = RUNNING.lock()
-        && let Some(mut running) = running.take()
+        && let Some(running) = running.take()
     {
-        let pid = running.supervisor.id() as libc::pid_t;
-        // SAFETY: signalling our own child.
-        unsafe {
-            libc::kill(pid, libc::SIGTERM);
-        }
-        let deadline = Instant::now() + Duration::from_secs(25);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = running.supervisor.try_wait() {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = running.supervisor.kill();
-        let _ = running.supervisor.wait();
-        let _ = std::fs::remove_dir_all(&running.root);
+        stop(running.supervisor, &running.root);
     }
 }
 
@@ -106,7 +92,12 @@ pub fn run_bounded(mut command: Command, timeout: Duration) -> Result<Output, St
     })
 }
 
-fn start() -> Result<ControlPlane, String> {
+/// Starts `scripts/dev-cluster.sh up --foreground` on a control plane of its
+/// own under a new directory, and waits until it is ready. The script is
+/// spawned by a thread that lives as long as the process (the parent-death
+/// signal is tied to the spawning thread), so it dies with the test process
+/// even when nothing stops it.
+fn launch() -> Result<(ControlPlane, Child, PathBuf), String> {
     // The binaries first (cached after the first build); the script would do
     // the same, but here the wait is bounded and its own.
     let mut binaries = Command::new(repo().join("scripts/kube-binaries.sh"));
@@ -151,43 +142,27 @@ fn start() -> Result<ControlPlane, String> {
                     command.spawn()
                 })
                 .map_err(|e| format!("cannot start scripts/dev-cluster.sh: {e}"));
-            let sent = spawned.map(|child| {
-                if let Ok(mut running) = RUNNING.lock() {
-                    *running = Some(Running {
-                        supervisor: child,
-                        root: thread_root,
-                    });
-                }
-            });
-            let _ = sender.send(sent);
+            let _ = sender.send(spawned);
             loop {
                 std::thread::park();
             }
         })
         .map_err(|e| format!("cannot start the control-plane keeper thread: {e}"))?;
-    receiver
+    let mut supervisor = receiver
         .recv()
         .map_err(|_| "the control-plane keeper thread died".to_string())??;
-    // SAFETY: registering a plain extern "C" function with atexit.
-    unsafe {
-        libc::atexit(stop_at_exit);
-    }
     let deadline = Instant::now() + READY_TIMEOUT;
     let supervisor_log =
         || std::fs::read_to_string(root.join("supervisor.log")).unwrap_or_default();
     while !dir.join("ready").exists() {
-        let exited = RUNNING
-            .lock()
-            .ok()
-            .and_then(|mut running| running.as_mut().map(|r| r.supervisor.try_wait()))
-            .is_some_and(|status| !matches!(status, Ok(None)));
-        if exited {
+        if !matches!(supervisor.try_wait(), Ok(None)) {
             return Err(format!(
                 "scripts/dev-cluster.sh exited early:\n{}",
                 supervisor_log()
             ));
         }
         if Instant::now() >= deadline {
+            stop(supervisor, &root);
             return Err(format!(
                 "the control plane was not ready within {READY_TIMEOUT:?}:\n{}",
                 supervisor_log()
@@ -195,11 +170,83 @@ fn start() -> Result<ControlPlane, String> {
         }
         std::thread::sleep(Duration::from_millis(100));
     }
-    Ok(ControlPlane {
+    let control_plane = ControlPlane {
         kubeconfig: dir.join("kubeconfig"),
         kubectl: dir.join("kubectl"),
         dir,
-    })
+    };
+    Ok((control_plane, supervisor, root))
+}
+
+/// Stops a control plane's script (it stops etcd and kube-apiserver) and
+/// removes its directory.
+fn stop(mut supervisor: Child, root: &Path) {
+    let pid = supervisor.id() as libc::pid_t;
+    // SAFETY: signalling our own child.
+    unsafe {
+        libc::kill(pid, libc::SIGTERM);
+    }
+    let deadline = Instant::now() + Duration::from_secs(25);
+    while Instant::now() < deadline {
+        if let Ok(Some(_)) = supervisor.try_wait() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = supervisor.kill();
+    let _ = supervisor.wait();
+    let _ = std::fs::remove_dir_all(root);
+}
+
+fn start() -> Result<ControlPlane, String> {
+    let (control_plane, supervisor, root) = launch()?;
+    if let Ok(mut running) = RUNNING.lock() {
+        *running = Some(Running { supervisor, root });
+    }
+    // SAFETY: registering a plain extern "C" function with atexit.
+    unsafe {
+        libc::atexit(stop_at_exit);
+    }
+    Ok(control_plane)
+}
+
+/// A control plane of one test's own, for what would disturb the tests
+/// sharing the common one (restarting kube-apiserver). Stopped and removed
+/// when dropped.
+pub struct PrivateControlPlane {
+    control_plane: ControlPlane,
+    running: Option<(Child, PathBuf)>,
+}
+
+impl PrivateControlPlane {
+    /// Started with the operator's CRDs (from `crds/`) Established and the
+    /// examples' namespace created.
+    pub fn with_crds() -> Self {
+        let (control_plane, supervisor, root) =
+            launch().unwrap_or_else(|reason| panic!("a private control plane: {reason}"));
+        let private = Self {
+            control_plane,
+            running: Some((supervisor, root)),
+        };
+        install_crds(&private).unwrap_or_else(|reason| panic!("{reason}"));
+        private
+    }
+}
+
+impl std::ops::Deref for PrivateControlPlane {
+    type Target = ControlPlane;
+
+    fn deref(&self) -> &ControlPlane {
+        &self.control_plane
+    }
+}
+
+impl Drop for PrivateControlPlane {
+    fn drop(&mut self) {
+        if let Some((supervisor, root)) = self.running.take() {
+            stop(supervisor, &root);
+        }
+    }
 }
 
 /// The shared control plane (started on first use).
@@ -214,28 +261,32 @@ pub fn control_plane() -> &'static ControlPlane {
 /// and Established, and the examples' namespace created.
 pub fn with_crds() -> &'static ControlPlane {
     let control_plane = control_plane();
-    let installed = CRDS.get_or_init(|| {
-        let crds = repo().join("crds");
-        let applied = control_plane.kubectl(&["apply", "-f", crds.to_str().unwrap_or("crds")]);
-        if !applied.success {
-            return Err(format!("applying crds/: {}", applied.stderr));
-        }
-        control_plane
-            .kubectl_ok(&[
-                "wait",
-                "--for=condition=Established",
-                "--timeout=60s",
-                "crd",
-                "--all",
-            ])
-            .map_err(|e| format!("waiting for the CRDs: {e}"))?;
-        control_plane.ensure_namespace("archiver")?;
-        Ok(applied.stderr)
-    });
+    let installed = CRDS.get_or_init(|| install_crds(control_plane));
     if let Err(reason) = installed {
         panic!("{reason}");
     }
     control_plane
+}
+
+/// Applies `crds/`, waits until they are Established and creates the
+/// examples' namespace; the API server's warnings.
+fn install_crds(control_plane: &ControlPlane) -> Result<String, String> {
+    let crds = repo().join("crds");
+    let applied = control_plane.kubectl(&["apply", "-f", crds.to_str().unwrap_or("crds")]);
+    if !applied.success {
+        return Err(format!("applying crds/: {}", applied.stderr));
+    }
+    control_plane
+        .kubectl_ok(&[
+            "wait",
+            "--for=condition=Established",
+            "--timeout=60s",
+            "crd",
+            "--all",
+        ])
+        .map_err(|e| format!("waiting for the CRDs: {e}"))?;
+    control_plane.ensure_namespace("archiver")?;
+    Ok(applied.stderr)
 }
 
 /// The API server's warnings when `crds/` was first applied.
@@ -320,6 +371,26 @@ impl ControlPlane {
             Ok(())
         } else {
             Err(format!("creating namespace {name}: {}", output.stderr))
+        }
+    }
+
+    /// Stops kube-apiserver, keeps it down for `down`, starts it again on
+    /// the same port and etcd (`scripts/dev-cluster.sh restart-apiserver`),
+    /// and returns once it is ready.
+    pub fn restart_apiserver(&self, down: Duration) -> Result<(), String> {
+        let mut command = Command::new(repo().join("scripts/dev-cluster.sh"));
+        command
+            .args(["restart-apiserver", "--down"])
+            .arg(down.as_secs().to_string())
+            .env("ARCHIVER_DEV_CLUSTER_DIR", &self.dir);
+        let output = run_bounded(command, down + READY_TIMEOUT)?;
+        if output.status.success() {
+            Ok(())
+        } else {
+            Err(format!(
+                "restart-apiserver: {}",
+                String::from_utf8_lossy(&output.stderr)
+            ))
         }
     }
 
