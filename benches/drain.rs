@@ -37,7 +37,7 @@ use archiver_operator::archive::verdict::{self, REGIONS, index_key, scan_pattern
 use archiver_operator::archive::worker::{MinuteOutcome, ShardSettings, Worker};
 use archiver_operator::archive::writer::{self, WritePath};
 use archiver_operator::clock::ManualClock;
-use archiver_operator::runtime::metrics::Metrics;
+use archiver_operator::metrics::Metrics;
 use archiver_operator::testing::{TestDatabase, redis_server};
 
 /// This bench's section of docs/BENCHMARKS.md (other benches own theirs).

@@ -42,7 +42,7 @@ use archiver_operator::clock::ManualClock;
 use archiver_operator::erasure::redis_targets::RedisTarget;
 use archiver_operator::erasure::run::{self, Completed};
 use archiver_operator::erasure::scope::tenant_hash;
-use archiver_operator::erasure::{ErasureRequest, ErasureSettings, Scope};
+use archiver_operator::erasure::{ErasureRequest, Scope};
 use archiver_operator::runtime::config::{OperatorConfig, SecretString};
 use archiver_operator::testing::{TestDatabase, redis_server};
 
@@ -402,13 +402,10 @@ async fn measure_erasure(
         cache_invalidate_urls: vec![cache_url.to_string()],
         alert_key_patterns: vec!["alert:{tenant}:{server}:*".into()],
     };
-    let settings = ErasureSettings::new(
-        &config,
-        vec![RedisTarget {
-            label: "bench/shard-0".into(),
-            url: SecretString::new(redis_url),
-        }],
-    );
+    let settings = config.erasure_settings(vec![RedisTarget {
+        label: "bench/shard-0".into(),
+        url: SecretString::new(redis_url),
+    }]);
     let clock = ManualClock::new(erasure_time());
     let started = Instant::now();
     let done = run::execute(pool, &request(), &settings, &clock, 1, erasure_time())

@@ -36,10 +36,10 @@ use archiver_operator::api::archiver_shard::Discovery;
 use archiver_operator::archive::verdict::{REGIONS, index_key, verdict_key};
 use archiver_operator::archive::worker::{MinuteOutcome, ShardSettings, Worker};
 use archiver_operator::clock::ManualClock;
+use archiver_operator::metrics::Metrics;
 use archiver_operator::retention::count::count_expired;
 use archiver_operator::retention::enforce::{Enforcer, Settings, StepReport};
 use archiver_operator::retention::tiers::policy_hash;
-use archiver_operator::runtime::metrics::Metrics;
 use archiver_operator::testing::{TestDatabase, redis_server};
 
 const SERVERS_PER_TENANT: i64 = 2;

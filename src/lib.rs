@@ -22,10 +22,12 @@ pub mod db;
 pub mod demo;
 pub mod erasure;
 pub mod local_servers;
+pub mod metrics;
 pub mod partitions;
 pub mod plugin;
 pub mod redis_client;
 pub mod retention;
 pub mod runtime;
+pub mod secret;
 #[doc(hidden)]
 pub mod testing;

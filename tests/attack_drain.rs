@@ -15,7 +15,7 @@ use archiver_operator::archive::verdict::index_key;
 use archiver_operator::archive::worker::{ShardSettings, Worker};
 use archiver_operator::clock::ManualClock;
 use archiver_operator::local_servers::RedisServer;
-use archiver_operator::runtime::metrics::Metrics;
+use archiver_operator::metrics::Metrics;
 use archiver_operator::testing::{TestDatabase, redis_server};
 
 const TENANT: Uuid = Uuid::from_u128(0xd7a1_0000_0000_4000_8000_0000_0000_0001);

@@ -10,9 +10,9 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+use archiver_operator::metrics::Metrics;
 use archiver_operator::runtime::http::{ConnectionLimits, HttpState, router, serve_with_limits};
 use archiver_operator::runtime::leader::Leadership;
-use archiver_operator::runtime::metrics::Metrics;
 
 const LIMITS: ConnectionLimits = ConnectionLimits {
     header_read_timeout: Duration::from_secs(1),

@@ -20,12 +20,12 @@ use archiver_operator::archive::key;
 use archiver_operator::archive::verdict::index_key;
 use archiver_operator::archive::worker::{ShardSettings, Worker};
 use archiver_operator::clock::ManualClock;
+use archiver_operator::erasure::Scope;
 use archiver_operator::erasure::verify::count_surfaces;
-use archiver_operator::erasure::{ErasureSettings, Scope};
 use archiver_operator::local_servers::RedisServer;
+use archiver_operator::metrics::Metrics;
 use archiver_operator::runtime::config::{OperatorConfig, SecretString};
 use archiver_operator::runtime::context::{Context, SecretSource};
-use archiver_operator::runtime::metrics::Metrics;
 use archiver_operator::runtime::reconcile::{Managed, Outcome};
 use archiver_operator::runtime::workers::WorkerHost;
 use archiver_operator::testing::{TestDatabase, redis_server};
@@ -227,7 +227,10 @@ async fn index_entries_of_the_pair_without_their_key_are_erased_and_counted() {
     // Verification counts them: before the erasure it sees both entries
     // (it said zero before the fix, so a leftover could not fail it).
     let scope = Scope::server(t, server);
-    let settings = ErasureSettings::new(&env.ctx.config, env.ctx.redis_targets.targets());
+    let settings = env
+        .ctx
+        .config
+        .erasure_settings(env.ctx.redis_targets.targets());
     let before = count_surfaces(&env.db.pool, &scope, &settings, erasure_time(), &Vec::new())
         .await
         .unwrap();

@@ -187,7 +187,7 @@ async fn idle_ticks_open_no_new_database_sessions() {
     use archiver_operator::archive::views;
     use archiver_operator::archive::worker::{ShardSettings, Worker};
     use archiver_operator::clock::{Clock, ManualClock};
-    use archiver_operator::runtime::metrics::Metrics;
+    use archiver_operator::metrics::Metrics;
     use chrono::TimeZone;
 
     let db = TestDatabase::new().await;

@@ -16,7 +16,7 @@ use archiver_operator::archive::worker::{MinuteOutcome, ShardSettings, WaitReaso
 use archiver_operator::archive::writer::WritePath;
 use archiver_operator::clock::{Clock, ManualClock};
 use archiver_operator::local_servers::RedisServer;
-use archiver_operator::runtime::metrics::Metrics;
+use archiver_operator::metrics::Metrics;
 use archiver_operator::testing::{TestDatabase, redis_server};
 
 const BUDGET: Duration = Duration::from_secs(60);
@@ -604,7 +604,7 @@ async fn redis_going_away_holds_the_watermark() {
 async fn a_minute_with_far_fewer_keys_warns_without_holding_the_watermark() {
     use archiver_operator::api::ArchiverShardStatus;
     use archiver_operator::archive::health;
-    use archiver_operator::runtime::metrics::ShardLabels;
+    use archiver_operator::metrics::ShardLabels;
 
     let db = TestDatabase::new().await;
     november_partition(&db).await;
@@ -754,9 +754,9 @@ mod status_path {
 
     use archiver_operator::api::{ArchiverShard, ArchiverShardStatus};
     use archiver_operator::clock::ManualClock;
+    use archiver_operator::metrics::Metrics;
     use archiver_operator::runtime::config::{OperatorConfig, SecretString};
     use archiver_operator::runtime::context::{Context, SecretSource};
-    use archiver_operator::runtime::metrics::Metrics;
     use archiver_operator::runtime::reconcile::{EventType, Managed, Outcome};
     use archiver_operator::runtime::workers::WorkerHost;
     use archiver_operator::testing::TestDatabase;
@@ -837,7 +837,7 @@ async fn redis_conn(redis: &RedisServer) -> redis::aio::MultiplexedConnection {
 /// Warning event naming how many.
 #[tokio::test]
 async fn a_verdict_never_sealed_is_rejected_after_the_timeout_and_the_minute_archives() {
-    use archiver_operator::runtime::metrics::ShardLabels;
+    use archiver_operator::metrics::ShardLabels;
     let db = TestDatabase::new().await;
     november_partition(&db).await;
     let redis = redis_server();
@@ -1064,7 +1064,7 @@ async fn oversize_verdicts_are_rejected_with_a_bounded_sample() {
 #[tokio::test]
 async fn the_hourly_audit_reports_keys_that_can_never_be_archived() {
     use archiver_operator::archive::stray::AuditPace;
-    use archiver_operator::runtime::metrics::StrayKeyLabels;
+    use archiver_operator::metrics::StrayKeyLabels;
     let db = TestDatabase::new().await;
     november_partition(&db).await;
     let redis = redis_server();

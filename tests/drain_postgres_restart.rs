@@ -13,7 +13,7 @@ use archiver_operator::archive::verdict::{REGIONS, index_key, verdict_key};
 use archiver_operator::archive::worker::{ShardSettings, Worker};
 use archiver_operator::clock::ManualClock;
 use archiver_operator::local_servers::PostgresServer;
-use archiver_operator::runtime::metrics::Metrics;
+use archiver_operator::metrics::Metrics;
 use archiver_operator::testing::redis_server;
 
 fn minute(n: i64) -> DateTime<Utc> {

@@ -26,11 +26,11 @@ use archiver_operator::archive::worker::{ShardSettings, Worker};
 use archiver_operator::clock::{Clock, ManualClock};
 use archiver_operator::erasure::receipt::{SealedReceipt, sha256_hex};
 use archiver_operator::erasure::scope::tenant_hash;
-use archiver_operator::erasure::{ErasureRequest, ErasureSettings, Scope, replay};
+use archiver_operator::erasure::{ErasureRequest, Scope, replay};
 use archiver_operator::local_servers::RedisServer;
+use archiver_operator::metrics::{DeletionLabels, Metrics};
 use archiver_operator::runtime::config::{OperatorConfig, SecretString};
 use archiver_operator::runtime::context::{Context, SecretSource};
-use archiver_operator::runtime::metrics::{DeletionLabels, Metrics};
 use archiver_operator::runtime::reconcile::{Managed, Outcome};
 use archiver_operator::runtime::workers::WorkerHost;
 use archiver_operator::testing::{TestDatabase, redis_server};
@@ -747,7 +747,10 @@ async fn an_invalidation_that_hangs_fails_after_the_timeout() {
     seed_postgres(&env.db.pool).await;
     let before = postgres_snapshot(&env.db.pool).await;
     env.cache.delay_ms.store(3_000, Ordering::SeqCst);
-    let mut settings = ErasureSettings::new(&env.ctx.config, env.ctx.redis_targets.targets());
+    let mut settings = env
+        .ctx
+        .config
+        .erasure_settings(env.ctx.redis_targets.targets());
     settings.invalidation_timeout = Duration::from_millis(300);
     let request = ErasureRequest {
         namespace: NAMESPACE.into(),
@@ -895,7 +898,10 @@ async fn a_run_that_committed_without_its_receipt_is_folded_into_the_next() {
         extension: None,
     };
     // The process died right after COMMIT: no verification, no receipt.
-    let settings = ErasureSettings::new(&env.ctx.config, env.ctx.redis_targets.targets());
+    let settings = env
+        .ctx
+        .config
+        .erasure_settings(env.ctx.redis_targets.targets());
     let first = archiver_operator::erasure::transaction::erase(
         &env.db.pool,
         &request,
@@ -1649,7 +1655,10 @@ async fn every_spelling_of_the_tenant_that_the_drain_reads_is_erased_and_verifie
     // Verification counts with the drain's reading: it sees the pair's
     // keys and reject before the erasure (it said zero before the fix).
     let scope = Scope::server(t, server);
-    let settings = ErasureSettings::new(&env.ctx.config, env.ctx.redis_targets.targets());
+    let settings = env
+        .ctx
+        .config
+        .erasure_settings(env.ctx.redis_targets.targets());
     let before = archiver_operator::erasure::verify::count_surfaces(
         &env.db.pool,
         &scope,

@@ -16,9 +16,9 @@ use tower_test::mock::{Handle, SendResponse};
 
 use archiver_operator::api::{ArchiverShard, DeletionRequest, RetentionPolicy};
 use archiver_operator::clock::ManualClock;
+use archiver_operator::metrics::Metrics;
 use archiver_operator::runtime::context::{Context, SecretSource};
 use archiver_operator::runtime::kubernetes::{KubeContext, backoff, error_policy, reconcile};
-use archiver_operator::runtime::metrics::Metrics;
 use archiver_operator::runtime::workers::{KubeWorkers, WorkerHost};
 use archiver_operator::testing::TestDatabase;
 

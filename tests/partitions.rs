@@ -19,6 +19,7 @@ use archiver_operator::api::{
     RetentionPolicySpec,
 };
 use archiver_operator::clock::ManualClock;
+use archiver_operator::metrics::Metrics;
 use archiver_operator::partitions::calendar::{Bounds, Month, required_months};
 use archiver_operator::partitions::catalog::{self, CatalogPartition};
 use archiver_operator::partitions::plan::{
@@ -27,7 +28,6 @@ use archiver_operator::partitions::plan::{
 use archiver_operator::partitions::removal::{self, DropSettings};
 use archiver_operator::partitions::{PartitionError, ensure_partitions};
 use archiver_operator::runtime::context::{Context, SecretSource};
-use archiver_operator::runtime::metrics::Metrics;
 use archiver_operator::runtime::reconcile::{EventType, Managed, Outcome};
 use archiver_operator::runtime::workers::WorkerHost;
 use archiver_operator::testing::TestDatabase;

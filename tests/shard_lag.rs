@@ -3,7 +3,7 @@
 
 use archiver_operator::archive::health::ShardLagExport;
 use archiver_operator::local_servers::free_port;
-use archiver_operator::runtime::metrics::Metrics;
+use archiver_operator::metrics::Metrics;
 use archiver_operator::testing::TestDatabase;
 use chrono::{DateTime, Duration, Utc};
 

@@ -10,10 +10,10 @@ use std::time::{Duration, Instant};
 
 use archiver_operator::clock::SystemClock;
 use archiver_operator::local_servers::free_port;
+use archiver_operator::metrics::Metrics;
 use archiver_operator::runtime::context::{Context, SecretSource};
 use archiver_operator::runtime::leader::postgres_advisory_lock;
 use archiver_operator::runtime::manifests::ManifestsEngine;
-use archiver_operator::runtime::metrics::Metrics;
 use archiver_operator::testing::TestDatabase;
 
 fn copy_examples() -> tempfile::TempDir {

@@ -258,7 +258,7 @@ impl ShardLagExport {
         &mut self,
         pool: &PgPool,
         now: DateTime<Utc>,
-        metrics: &crate::runtime::metrics::Metrics,
+        metrics: &crate::metrics::Metrics,
     ) {
         let read = sqlx::query_as::<_, (i32, DateTime<Utc>)>(
             "SELECT shard_id, last_minute FROM archive_watermark",
@@ -285,7 +285,7 @@ impl ShardLagExport {
                 .max(0);
             metrics
                 .shard_lag_seconds
-                .get_or_create(&crate::runtime::metrics::ShardLabels { shard })
+                .get_or_create(&crate::metrics::ShardLabels { shard })
                 .set(lag);
         }
     }

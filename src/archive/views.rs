@@ -661,7 +661,7 @@ pub async fn maintain_and_report(
     pool: &PgPool,
     salt: Option<&str>,
     now: DateTime<Utc>,
-    metrics: &crate::runtime::metrics::Metrics,
+    metrics: &crate::metrics::Metrics,
 ) -> Result<MaintenanceReport, ViewsError> {
     let started = Instant::now();
     let result = maintain(
@@ -719,9 +719,9 @@ pub async fn maintain_and_report(
 /// The leader's maintenance loop.
 pub async fn run_forever(
     pool: PgPool,
-    salt: Option<crate::runtime::config::SecretString>,
+    salt: Option<crate::secret::SecretString>,
     clock: crate::clock::SharedClock,
-    metrics: std::sync::Arc<crate::runtime::metrics::Metrics>,
+    metrics: std::sync::Arc<crate::metrics::Metrics>,
     shutdown: impl std::future::Future<Output = ()>,
 ) {
     tokio::pin!(shutdown);

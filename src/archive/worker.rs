@@ -23,7 +23,7 @@ use crate::api::ArchiverShard;
 use crate::api::archiver_shard::Discovery;
 use crate::api::validation::parse_duration;
 use crate::clock::{SharedClock, minute_floor};
-use crate::runtime::metrics::{Metrics, RejectLabels, ShardLabels, StrayKeyLabels};
+use crate::metrics::{Metrics, RejectLabels, ShardLabels, StrayKeyLabels};
 use futures::StreamExt;
 
 /// Advisory-lock key shared by drain ticks (shared side) and erasures

@@ -17,15 +17,15 @@ use super::redis_side::VerdictKey;
 use super::redis_targets::{RedisTarget, RedisTargets};
 use super::scope::{Scope, tenant_hash};
 use super::surfaces::names;
-use super::transaction::{ACTOR, ErasureError, ErasureSettings};
+use super::transaction::{ACTOR, ErasureError};
 use super::verify::count_surfaces;
 use crate::api::deletion_request::{DeletionPhase, DeletionReason, DeletionRequestSpec};
 use crate::api::{DeletionRequest, DeletionRequestStatus};
 use crate::archive::verdict::{REGIONS, index_key, verdict_key};
 use crate::clock::{SharedClock, minute_floor};
+use crate::metrics::Metrics;
 use crate::runtime::config::{OperatorConfig, SecretString};
 use crate::runtime::context::{Context, SecretSource};
-use crate::runtime::metrics::Metrics;
 use crate::runtime::reconcile::{Managed, ReconcileError};
 use crate::runtime::workers::WorkerHost;
 
@@ -119,7 +119,7 @@ pub async fn run(
         label: DRILL_SHARD.into(),
         url: redis_url.clone(),
     };
-    let settings = ErasureSettings::new(&config, vec![target]);
+    let settings = config.erasure_settings(vec![target]);
 
     let minutes = seeded_minutes(now);
     ensure_month_partition(pool, minutes.0).await?;

@@ -40,8 +40,8 @@ use kube::ResourceExt;
 use crate::api::common::{ConditionUpdate, chrono_time, condition_types, set_condition};
 use crate::api::deletion_request::DeletionPhase;
 use crate::api::{DeletionRequest, DeletionRequestStatus};
+use crate::metrics::{DeletionLabels, ErasureStepLabels};
 use crate::runtime::context::Context;
-use crate::runtime::metrics::{DeletionLabels, ErasureStepLabels};
 use crate::runtime::reconcile::{
     Event, EventType, Managed, Outcome, ReconcileError, begin_status, finish, spec_problems,
 };
@@ -176,7 +176,7 @@ impl Managed for DeletionRequest {
                 "no ArchiverShard Redis is known yet: the erasure waits for the shards",
             ));
         }
-        let settings = ErasureSettings::new(&ctx.config, targets);
+        let settings = ctx.config.erasure_settings(targets);
         Ok(attempt(self, ctx, pool, &request, &settings, status).await)
     }
 

@@ -12,7 +12,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::RwLock;
 
-use crate::runtime::config::SecretString;
+use crate::secret::SecretString;
 
 /// One Redis instance to erase in.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -20,7 +20,7 @@ use uuid::Uuid;
 use super::scope::Scope;
 use super::surfaces::{HASH_TABLES, ROW_TABLES, Selection, suppression_tables_empty};
 use super::transaction::{ACTOR, ErasureError, lock_scope};
-use crate::runtime::config::SecretString;
+use crate::secret::SecretString;
 
 /// Audit-log action of a replay that changed something.
 pub const ACTION: &str = "tombstone-replay";

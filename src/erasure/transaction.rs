@@ -22,7 +22,7 @@ use super::scope::Scope;
 use super::surfaces::{self, HASH_TABLES, ROW_TABLES, Selection, names};
 use crate::api::deletion_request::CacheInvalidation;
 use crate::db::locks;
-use crate::runtime::config::{OperatorConfig, SecretString};
+use crate::secret::SecretString;
 
 /// Who the audit log names as actor.
 pub const ACTOR: &str = "archiver-operator";
@@ -119,11 +119,18 @@ pub struct ErasureSettings {
 }
 
 impl ErasureSettings {
-    pub fn new(config: &OperatorConfig, redis: Vec<RedisTarget>) -> Self {
+    /// Settings with the default bounds: the invalidation timeout and a
+    /// minute of waiting for locks.
+    pub fn new(
+        suppression_salt: Option<SecretString>,
+        cache_invalidate_urls: Vec<String>,
+        alert_key_patterns: Vec<String>,
+        redis: Vec<RedisTarget>,
+    ) -> Self {
         Self {
-            suppression_salt: config.suppression_salt.clone(),
-            cache_invalidate_urls: config.cache_invalidate_urls.clone(),
-            alert_key_patterns: config.alert_key_patterns.clone(),
+            suppression_salt,
+            cache_invalidate_urls,
+            alert_key_patterns,
             redis,
             invalidation_timeout: invalidate::TIMEOUT,
             lock_timeout: Duration::from_secs(60),

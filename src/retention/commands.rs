@@ -10,7 +10,7 @@ use super::privacy::{self, Format};
 use super::tiers::spec_problems;
 use crate::api::RetentionPolicy;
 use crate::api::validation::{read_documents, validate_document};
-use crate::runtime::config::SecretString;
+use crate::secret::SecretString;
 
 /// Exit status of `plan` when the change applies without confirmation.
 pub const EXIT_NO_CONFIRMATION: u8 = 0;

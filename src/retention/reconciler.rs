@@ -19,9 +19,9 @@ use crate::api::common::{
 };
 use crate::api::retention_policy::{EnforcementRun, ShrinkHold};
 use crate::api::{RetentionPolicy, RetentionPolicyStatus};
+use crate::metrics::{RetentionRowLabels, RetentionTableLabels};
 use crate::retention::directory::InForce;
 use crate::runtime::context::Context;
-use crate::runtime::metrics::{RetentionRowLabels, RetentionTableLabels};
 use crate::runtime::reconcile::{Event, EventType, Managed, Outcome, ReconcileError, begin_status};
 
 /// How old a drift count may get before it is counted again (outside a run).

@@ -2,37 +2,11 @@
 //! Secret values (database URL, suppression salt) are redacted from `Debug`
 //! so they cannot reach a log line by accident.
 
-use std::fmt;
 use std::net::SocketAddr;
 
 use clap::Args;
 
-/// A string that never prints its value.
-#[derive(Clone, PartialEq, Eq)]
-pub struct SecretString(String);
-
-impl SecretString {
-    pub fn new(value: impl Into<String>) -> Self {
-        Self(value.into())
-    }
-    /// The value, for the one place that needs it (a connection, a hash).
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for SecretString {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("<redacted>")
-    }
-}
-
-impl std::str::FromStr for SecretString {
-    type Err = std::convert::Infallible;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Ok(Self(s.to_string()))
-    }
-}
+pub use crate::secret::SecretString;
 
 /// Flags shared by `run` and `worker`.
 #[derive(Debug, Clone, Args)]
@@ -147,5 +121,21 @@ mod tests {
         let printed = format!("{config:?}");
         assert!(!printed.contains("pepper-123"), "{printed}");
         assert!(printed.contains("<redacted>"));
+    }
+}
+
+impl OperatorConfig {
+    /// What an erasure takes from this process's configuration, with the
+    /// shard Redis targets it must also reach.
+    pub fn erasure_settings(
+        &self,
+        redis: Vec<crate::erasure::redis_targets::RedisTarget>,
+    ) -> crate::erasure::ErasureSettings {
+        crate::erasure::ErasureSettings::new(
+            self.suppression_salt.clone(),
+            self.cache_invalidate_urls.clone(),
+            self.alert_key_patterns.clone(),
+            redis,
+        )
     }
 }

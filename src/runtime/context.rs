@@ -9,9 +9,9 @@ use k8s_openapi::api::core::v1::Secret;
 use sqlx::PgPool;
 
 use super::config::{OperatorConfig, SecretString};
-use super::metrics::Metrics;
 use crate::api::common::SecretKeyRef;
 use crate::clock::SharedClock;
+use crate::metrics::Metrics;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SecretError {

@@ -13,7 +13,7 @@ use serde_json::json;
 use sqlx::PgPool;
 
 use super::leader::Leadership;
-use super::metrics::Metrics;
+use crate::metrics::Metrics;
 
 /// What the endpoints report on.
 #[derive(Clone)]

@@ -8,7 +8,6 @@ pub mod http;
 pub mod kubernetes;
 pub mod leader;
 pub mod manifests;
-pub mod metrics;
 pub mod operator;
 pub mod publish;
 pub mod reconcile;

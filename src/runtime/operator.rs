@@ -15,11 +15,11 @@ use super::http::{HttpState, bind, serve};
 use super::kubernetes::{KubeContext, run_controllers};
 use super::leader::{Leadership, STANDALONE_LOCK_KEY, kubernetes_lease, postgres_advisory_lock};
 use super::manifests::{ManifestsEngine, PassReport};
-use super::metrics::Metrics;
 use super::publish::Publisher;
 use super::workers::{InProcessWorkers, KubeWorkers, WorkerHost};
 use crate::api::common::SecretKeyRef;
 use crate::clock::{ManualClock, SharedClock, SystemClock};
+use crate::metrics::Metrics;
 
 /// Name of the Lease the operator replicas compete for.
 pub const LEASE_NAME: &str = "archiver-operator-leader";

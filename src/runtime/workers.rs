@@ -23,12 +23,12 @@ use tokio::task::JoinHandle;
 
 use super::config::SecretString;
 use super::kubernetes::FIELD_MANAGER;
-use super::metrics::Metrics;
 use super::reconcile::ReconcileError;
 use crate::api::ArchiverShard;
 use crate::api::common::SecretKeyRef;
 use crate::archive::worker::{ShardSettings, TICK_BUDGET, TickReport, Worker, run_forever};
 use crate::clock::SharedClock;
+use crate::metrics::Metrics;
 
 /// How a shard's worker is run.
 #[derive(Clone)]
