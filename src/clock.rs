@@ -71,6 +71,27 @@ pub fn minute_floor(t: DateTime<Utc>) -> DateTime<Utc> {
         .expect("truncating a valid UTC timestamp to the minute cannot overflow")
 }
 
+/// Parses a Go-style duration (`1h`, `90m`, `1h30m`, `45s`).
+pub fn parse_duration(text: &str) -> Option<chrono::Duration> {
+    let mut total = chrono::Duration::zero();
+    let mut digits = String::new();
+    for c in text.chars() {
+        if c.is_ascii_digit() {
+            digits.push(c);
+            continue;
+        }
+        let n: i64 = digits.parse().ok()?;
+        digits.clear();
+        total += match c {
+            'h' => chrono::Duration::try_hours(n)?,
+            'm' => chrono::Duration::try_minutes(n)?,
+            's' => chrono::Duration::try_seconds(n)?,
+            _ => return None,
+        };
+    }
+    (digits.is_empty() && !text.is_empty()).then_some(total)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

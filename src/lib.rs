@@ -18,6 +18,7 @@ pub mod api;
 pub mod archive;
 pub mod cli;
 pub mod clock;
+pub mod controllers;
 pub mod db;
 pub mod demo;
 pub mod erasure;

@@ -645,7 +645,13 @@ async fn a_minute_with_far_fewer_keys_warns_without_holding_the_watermark() {
         "{warning}"
     );
     let mut status = ArchiverShardStatus::default();
-    health::apply(&mut status, &shard_health, 120, Some(1), clock.now());
+    archiver_operator::controllers::archiver_shard::apply_health(
+        &mut status,
+        &shard_health,
+        120,
+        Some(1),
+        clock.now(),
+    );
     let gap = status
         .conditions
         .iter()
@@ -1456,7 +1462,7 @@ fn the_unsealed_timeout_defaults_to_300_and_is_bounded() {
     let defaulted: archiver_operator::api::ArchiverShard = serde_json::from_value(yaml).unwrap();
     assert_eq!(defaulted.spec.unsealed_timeout_seconds, 300);
     assert_eq!(
-        ShardSettings::from_shard(&defaulted).unsealed_timeout,
+        archiver_operator::controllers::archiver_shard::shard_settings(&defaulted).unsealed_timeout,
         chrono::Duration::seconds(300)
     );
     for bad in [0, 3601] {

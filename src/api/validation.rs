@@ -727,26 +727,7 @@ fn shard_problems(doc: &Document, spec: &Value) -> Vec<Problem> {
     problems
 }
 
-/// Parses a Go-style duration (`1h`, `90m`, `1h30m`, `45s`).
-pub fn parse_duration(text: &str) -> Option<chrono::Duration> {
-    let mut total = chrono::Duration::zero();
-    let mut digits = String::new();
-    for c in text.chars() {
-        if c.is_ascii_digit() {
-            digits.push(c);
-            continue;
-        }
-        let n: i64 = digits.parse().ok()?;
-        digits.clear();
-        total += match c {
-            'h' => chrono::Duration::try_hours(n)?,
-            'm' => chrono::Duration::try_minutes(n)?,
-            's' => chrono::Duration::try_seconds(n)?,
-            _ => return None,
-        };
-    }
-    (digits.is_empty() && !text.is_empty()).then_some(total)
-}
+pub use crate::clock::parse_duration;
 
 /// Rules across objects: duplicates, two RetentionPolicies, two shards on
 /// one watermark row.

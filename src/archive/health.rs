@@ -1,12 +1,9 @@
-//! The shard's status, read from its watermark row: workers record what
-//! each tick saw there, and the operator turns it into status fields and
-//! conditions (the database is the channel between the two).
+//! The shard's health, read from its watermark row: workers record what
+//! each tick saw there, and the operator's controller turns it into status
+//! fields and conditions (the database is the channel between the two).
 
 use chrono::{DateTime, Utc};
 use sqlx::PgPool;
-
-use crate::api::ArchiverShardStatus;
-use crate::api::common::{ConditionUpdate, set_condition};
 
 /// Condition types of an ArchiverShard besides Ready.
 pub mod conditions {
@@ -48,7 +45,8 @@ impl ShardHealth {
             .max(0)
     }
 
-    fn waiting(&self, reason: &str) -> bool {
+    /// Whether the last tick waited for `reason` (`gap`, `unsealed`, ...).
+    pub fn waiting(&self, reason: &str) -> bool {
         self.waiting_reason.as_deref() == Some(reason)
     }
 }
@@ -64,94 +62,7 @@ pub async fn read(pool: &PgPool, shard_id: i32) -> Result<Option<ShardHealth>, s
     .await
 }
 
-/// Fills the drain fields and conditions of `status` from `health`.
-pub fn apply(
-    status: &mut ArchiverShardStatus,
-    health: &ShardHealth,
-    lag_slo_seconds: u32,
-    generation: Option<i64>,
-    now: DateTime<Utc>,
-) {
-    let lag = health.lag_seconds(now);
-    status.last_archived_minute = Some(health.last_minute);
-    status.lag_seconds = Some(lag);
-    status.lock_owner = Some(health.owner.clone());
-    status.rows_archived_last_tick = Some(health.rows_archived_last_tick);
-    status.rows_rejected_last_tick = Some(health.rows_rejected_last_tick);
-    status.unsealed_wait_seconds = health
-        .waiting_minute
-        .filter(|_| health.waiting("unsealed"))
-        .map(|minute| {
-            (now - (minute + chrono::Duration::minutes(1)))
-                .num_seconds()
-                .max(0)
-        });
-    status.unsealed_timeout_minute = health.unsealed_timeout_minute;
-    status.unsealed_timeout_verdicts = health
-        .unsealed_timeout_minute
-        .map(|_| i64::from(health.unsealed_timeout_keys));
-    status.stray_keys = health.stray_keys;
-    status.stray_key_examples = health.stray_key_examples.clone();
-    status.stray_audit_time = health.stray_audit_at;
-    let message = health.last_error.clone().unwrap_or_default();
-    let mut set = |type_, on: bool, reason_on, reason_off, text: String| {
-        set_condition(
-            &mut status.conditions,
-            ConditionUpdate {
-                type_,
-                status: on,
-                reason: if on { reason_on } else { reason_off },
-                message: text,
-            },
-            generation,
-            now,
-        );
-    };
-    set(
-        conditions::LAG_WITHIN_SLO,
-        lag <= i64::from(lag_slo_seconds),
-        "LagWithinSLO",
-        "LagAboveSLO",
-        format!("lag {lag} s, SLO {lag_slo_seconds} s"),
-    );
-    let gap = health.waiting("gap");
-    // A sharp drop in keys is a warning, not a hold: the condition stays
-    // False but says why someone should look.
-    let (no_gap_reason, no_gap_message) = match &health.last_warning {
-        Some(warning) => ("FewerKeysThanBefore", warning.clone()),
-        None => ("NoGap", String::new()),
-    };
-    set(
-        conditions::GAP_DETECTED,
-        gap,
-        "MinuteMissing",
-        no_gap_reason,
-        if gap {
-            format!("{message}; add it to spec.acknowledgedGaps once confirmed lost")
-        } else {
-            no_gap_message
-        },
-    );
-    let missing = health.waiting("partition-missing");
-    set(
-        conditions::PARTITION_MISSING,
-        missing,
-        "NoPartition",
-        "PartitionsPresent",
-        if missing { message } else { String::new() },
-    );
-    if let Some(count) = health.stray_keys {
-        set(
-            conditions::STRAY_KEYS,
-            count > 0,
-            "StrayKeysFound",
-            "NoStrayKeys",
-            stray_message(count, &health.stray_key_examples),
-        );
-    }
-}
-
-fn stray_message(count: i64, examples: &[String]) -> String {
+pub fn stray_message(count: i64, examples: &[String]) -> String {
     if count == 0 {
         return "no key looks like a verdict that can never be archived".into();
     }
@@ -215,14 +126,14 @@ pub fn not_ready(
 }
 
 /// The Warning event of a minute archived without its unsealed verdicts,
-/// once per such minute (`previous` is the status before this reconcile).
+/// once per such minute (`known` is the minute already reported, from the
+/// status before this reconcile).
 pub fn unsealed_timeout_note(
-    previous: Option<&ArchiverShardStatus>,
+    known: Option<DateTime<Utc>>,
     health: &ShardHealth,
     unsealed_timeout_seconds: u32,
 ) -> Option<String> {
     let minute = health.unsealed_timeout_minute?;
-    let known = previous.and_then(|status| status.unsealed_timeout_minute);
     (known != Some(minute)).then(|| {
         format!(
             "{} verdict(s) of minute {minute} were not sealed within {unsealed_timeout_seconds} s; \
@@ -233,13 +144,10 @@ pub fn unsealed_timeout_note(
 }
 
 /// The Warning event of a stray-key audit that found keys the drain can
-/// never archive, once per new audit result.
-pub fn stray_keys_note(
-    previous: Option<&ArchiverShardStatus>,
-    health: &ShardHealth,
-) -> Option<String> {
+/// never archive, once per new audit result (`known` is the count already
+/// reported).
+pub fn stray_keys_note(known: Option<i64>, health: &ShardHealth) -> Option<String> {
     let count = health.stray_keys.filter(|count| *count > 0)?;
-    let known = previous.and_then(|status| status.stray_keys);
     (known != Some(count)).then(|| stray_message(count, &health.stray_key_examples))
 }
 

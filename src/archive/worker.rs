@@ -19,9 +19,9 @@ use super::redis_source::{self, MinuteStream};
 use super::stray::{self, AuditPace};
 use super::verdict::{self, RawFields, Reject, RejectReason, Verdict};
 use super::writer::{self, StreamError, WriteError, WritePath};
-use crate::api::ArchiverShard;
+use crate::api::ArchiverShardSpec;
 use crate::api::archiver_shard::Discovery;
-use crate::api::validation::parse_duration;
+use crate::clock::parse_duration;
 use crate::clock::{SharedClock, minute_floor};
 use crate::metrics::{Metrics, RejectLabels, ShardLabels, StrayKeyLabels};
 use futures::StreamExt;
@@ -64,28 +64,22 @@ pub struct ShardSettings {
 }
 
 impl ShardSettings {
-    pub fn from_shard(shard: &ArchiverShard) -> Self {
+    /// The settings of the shard `label` (`namespace/name`) from its spec.
+    pub fn from_spec(label: impl Into<String>, spec: &ArchiverShardSpec) -> Self {
         Self {
-            shard_id: shard.spec.shard_id,
-            label: format!(
-                "{}/{}",
-                shard.metadata.namespace.as_deref().unwrap_or("default"),
-                shard.metadata.name.as_deref().unwrap_or("")
-            ),
-            discovery: shard.spec.discovery,
+            shard_id: spec.shard_id,
+            label: label.into(),
+            discovery: spec.discovery,
             // Validated by the spec rules; an hour is the documented default.
-            backfill: parse_duration(&shard.spec.backfill_when_no_watermark)
+            backfill: parse_duration(&spec.backfill_when_no_watermark)
                 .unwrap_or(chrono::Duration::hours(1)),
-            acknowledged_gaps: shard
-                .spec
+            acknowledged_gaps: spec
                 .acknowledged_gaps
                 .iter()
                 .map(|gap| (gap.from, gap.to, gap.reason.clone()))
                 .collect(),
-            tick_offset: chrono::Duration::seconds(i64::from(shard.spec.tick_offset_seconds)),
-            unsealed_timeout: chrono::Duration::seconds(i64::from(
-                shard.spec.unsealed_timeout_seconds,
-            )),
+            tick_offset: chrono::Duration::seconds(i64::from(spec.tick_offset_seconds)),
+            unsealed_timeout: chrono::Duration::seconds(i64::from(spec.unsealed_timeout_seconds)),
         }
     }
 

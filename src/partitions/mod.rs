@@ -17,7 +17,6 @@ pub mod coverage;
 pub mod create;
 pub mod plan;
 pub mod policy_registry;
-mod reconciler;
 pub mod removal;
 
 use std::time::Duration;

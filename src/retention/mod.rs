@@ -25,15 +25,10 @@ pub mod items;
 pub mod plan;
 pub mod privacy;
 pub mod ranges;
-mod reconciler;
 pub mod store;
 pub mod tiers;
 
-pub use reconciler::DRIFT_REFRESH;
-
 use crate::api::common::WindowError;
-use crate::runtime::publish::PublishError;
-use crate::runtime::reconcile::ReconcileError;
 
 /// Errors of retention work, each with what was being done.
 #[derive(Debug, thiserror::Error)]
@@ -46,29 +41,12 @@ pub enum RetentionError {
     },
     #[error("the stored enforced tier table cannot be read or written: {0}")]
     StoredPolicy(#[source] serde_json::Error),
-    #[error("publishing the privacy-policy text: {0}")]
-    Publish(#[from] PublishError),
     #[error("enforcement window: {0}")]
     Window(#[from] WindowError),
     #[error("internal error: {0}")]
     Invariant(String),
 }
 
-impl From<RetentionError> for ReconcileError {
-    fn from(error: RetentionError) -> Self {
-        match error {
-            RetentionError::Database { context, source } => {
-                ReconcileError::Database { context, source }
-            }
-            other => ReconcileError::Step {
-                step: "retention".into(),
-                reason: other.to_string(),
-            },
-        }
-    }
-}
-
-/// `map_err` adapter that adds what was being done to a database error.
 pub(crate) fn db(context: impl Into<String>) -> impl FnOnce(sqlx::Error) -> RetentionError {
     let context = context.into();
     move |source| RetentionError::Database { context, source }

@@ -427,7 +427,7 @@ pub async fn run_worker(
         },
         terminated(),
     ));
-    let settings = crate::archive::worker::ShardSettings::from_shard(&shard);
+    let settings = crate::controllers::archiver_shard::shard_settings(&shard);
     let worker = crate::archive::worker::Worker::connect(
         settings,
         super::workers::owner_name(),

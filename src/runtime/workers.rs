@@ -26,7 +26,7 @@ use super::kubernetes::FIELD_MANAGER;
 use super::reconcile::ReconcileError;
 use crate::api::ArchiverShard;
 use crate::api::common::SecretKeyRef;
-use crate::archive::worker::{ShardSettings, TICK_BUDGET, TickReport, Worker, run_forever};
+use crate::archive::worker::{TICK_BUDGET, TickReport, Worker, run_forever};
 use crate::clock::SharedClock;
 use crate::metrics::Metrics;
 
@@ -118,7 +118,7 @@ async fn connect(
     pool: &PgPool,
 ) -> Result<Worker, ReconcileError> {
     Worker::connect(
-        ShardSettings::from_shard(shard),
+        crate::controllers::archiver_shard::shard_settings(shard),
         owner_name(),
         pool.clone(),
         inputs.redis_url.expose(),
@@ -176,7 +176,7 @@ impl InProcessWorkers {
             return Ok(WorkerState::Suspended);
         }
         let pool = inputs.pool.ok_or(ReconcileError::NoDatabase)?.clone();
-        let settings = ShardSettings::from_shard(shard);
+        let settings = crate::controllers::archiver_shard::shard_settings(shard);
         let mut hasher = DefaultHasher::new();
         format!("{settings:?}").hash(&mut hasher);
         inputs.redis_url.expose().hash(&mut hasher);

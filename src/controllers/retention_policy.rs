@@ -8,22 +8,37 @@ use std::time::Duration;
 
 use kube::{Resource, ResourceExt};
 
-use super::count::count_expired;
-use super::enforce::{self, Enforcer, StepReport, next_window_start};
-use super::guard::{self, Candidate, Decision};
-use super::store::{self, Acceptance, AcceptedAs, DriftRow, EnforcedPolicy, RunRow};
-use super::tiers::{Table, policy_hash, spec_problems};
-use super::{RetentionError, privacy};
 use crate::api::common::{
     CONFIRM_SHRINK_ANNOTATION, ConditionUpdate, condition_types, set_condition,
 };
 use crate::api::retention_policy::{EnforcementRun, ShrinkHold};
 use crate::api::{RetentionPolicy, RetentionPolicyStatus};
 use crate::metrics::{RetentionRowLabels, RetentionTableLabels};
+use crate::retention::count::count_expired;
 use crate::retention::directory::InForce;
+use crate::retention::enforce::{self, Enforcer, StepReport, next_window_start};
+use crate::retention::guard::{self, Candidate, Decision};
+use crate::retention::store::{self, Acceptance, AcceptedAs, DriftRow, EnforcedPolicy, RunRow};
+use crate::retention::tiers::{Table, policy_hash, spec_problems};
+use crate::retention::{RetentionError, privacy};
 use crate::runtime::context::Context;
 use crate::runtime::reconcile::{Event, EventType, Managed, Outcome, ReconcileError, begin_status};
 
+impl From<RetentionError> for ReconcileError {
+    fn from(error: RetentionError) -> Self {
+        match error {
+            RetentionError::Database { context, source } => {
+                ReconcileError::Database { context, source }
+            }
+            other => ReconcileError::Step {
+                step: "retention".into(),
+                reason: other.to_string(),
+            },
+        }
+    }
+}
+
+/// `map_err` adapter that adds what was being done to a database error.
 /// How old a drift count may get before it is counted again (outside a run).
 pub const DRIFT_REFRESH: Duration = Duration::from_secs(3600);
 /// Condition types of this kind besides `Ready`.

@@ -8,17 +8,17 @@ use chrono::{DateTime, Utc};
 use kube::ResourceExt;
 use sqlx::PgPool;
 
-use super::audit::{self, LockDiscipline};
-use super::catalog::{self, CatalogPartition};
-use super::coverage::{self, Coverage};
-use super::create::{self, CreateReport};
-use super::plan::{Candidate, DropDecision, DropInputs, plan_drops};
-use super::policy_registry::PolicyLookup;
-use super::removal::{self, DropSettings, Dropped};
-use super::{PartitionError, conditions};
 use crate::api::common::{ConditionUpdate, UtcWindow, condition_types, set_condition};
 use crate::api::partition_schedule::NextDrop;
 use crate::api::{PartitionSchedule, PartitionScheduleStatus, RetentionPolicySpec};
+use crate::partitions::audit::{self, LockDiscipline};
+use crate::partitions::catalog::{self, CatalogPartition};
+use crate::partitions::coverage::{self, Coverage};
+use crate::partitions::create::{self, CreateReport};
+use crate::partitions::plan::{Candidate, DropDecision, DropInputs, plan_drops};
+use crate::partitions::policy_registry::PolicyLookup;
+use crate::partitions::removal::{self, DropSettings, Dropped};
+use crate::partitions::{PartitionError, conditions};
 use crate::runtime::context::Context;
 use crate::runtime::reconcile::{
     Event, EventType, Managed, Outcome, ReconcileError, begin_status, finish, object_label,
