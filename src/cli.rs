@@ -120,21 +120,21 @@ pub enum Command {
     /// shrink guard holds them, and the privacy-text diff (`--format
     /// markdown` for a pull-request comment). Exit 0: applies without
     /// confirmation; 3: the confirm-shrink annotation will be needed; 1: error.
-    Plan(crate::retention::commands::PlanArgs),
+    Plan(crate::commands::retention::PlanArgs),
     /// Render the privacy-policy retention section of a RetentionPolicy file:
     /// the same text the operator publishes to its ConfigMap.
-    RenderPrivacyPolicy(crate::retention::commands::RenderArgs),
+    RenderPrivacyPolicy(crate::commands::retention::RenderArgs),
     /// Print the receipt of a DeletionRequest and check its SHA-256 against
     /// the object's status, the audit log and the tombstones (exit 0 when
     /// everything matches, 1 on a mismatch, 2 when there is no receipt).
-    Receipt(crate::erasure::commands::ReceiptArgs),
+    Receipt(crate::commands::erasure::ReceiptArgs),
     /// Re-apply every tombstone to the data it covers: after restoring a
     /// backup (with --tombstones-from the live database) and periodically.
-    ReplayTombstones(crate::erasure::commands::ReplayArgs),
+    ReplayTombstones(crate::commands::erasure::ReplayArgs),
     /// Run the deletion drill: seed a synthetic tenant in every surface,
     /// erase it through a real DeletionRequest, check every surface is empty
     /// and the tombstone exists, print the receipt (exit 0 = passed).
-    Drill(crate::erasure::commands::DrillArgs),
+    Drill(crate::commands::erasure::DrillArgs),
 }
 
 /// Runs the parsed command.
@@ -143,11 +143,11 @@ pub async fn run(cli: Cli) -> ExitCode {
         Command::Crd { output_dir } => print_or_write_crds(output_dir.as_deref()),
         Command::Validate { files } => validate(&files),
         Command::Migrate { database_url } => migrate(&database_url).await,
-        Command::Plan(args) => crate::retention::commands::plan_command(args).await,
-        Command::RenderPrivacyPolicy(args) => crate::retention::commands::render_command(args),
-        Command::Receipt(args) => crate::erasure::commands::receipt(args).await,
-        Command::ReplayTombstones(args) => crate::erasure::commands::replay_tombstones(args).await,
-        Command::Drill(args) => crate::erasure::commands::drill(args).await,
+        Command::Plan(args) => crate::commands::retention::plan_command(args).await,
+        Command::RenderPrivacyPolicy(args) => crate::commands::retention::render_command(args),
+        Command::Receipt(args) => crate::commands::erasure::receipt(args).await,
+        Command::ReplayTombstones(args) => crate::commands::erasure::replay_tombstones(args).await,
+        Command::Drill(args) => crate::commands::erasure::drill(args).await,
         Command::Run {
             manifests,
             once,

@@ -4,9 +4,12 @@
 //! platform: Redis verdicts drained into Postgres history, pruned to the tier
 //! table, partitioned ahead of need, and erased on request with a receipt.
 //!
-//! Domain modules (`archive`, `retention`, `partitions`, `erasure`) know
-//! nothing about Kubernetes; `runtime` adapts them to the API server and to a
-//! directory of manifests.
+//! Domain modules (`archive`, `retention`, `partitions`, `erasure`, with
+//! the neutral `clock`, `db`, `metrics`, `secret`, `redis_client`) know
+//! nothing about Kubernetes (`tests/architecture.rs` enforces it).
+//! `controllers` adapts them to the four custom resources, `commands` to
+//! the one-shot CLI commands, and `runtime` runs the controllers against
+//! the API server or a directory of manifests.
 
 /// The drain allocates and frees millions of small strings per minute
 /// (Redis replies, parsed verdicts): mimalloc does that markedly cheaper
@@ -18,6 +21,7 @@ pub mod api;
 pub mod archive;
 pub mod cli;
 pub mod clock;
+pub mod commands;
 pub mod controllers;
 pub mod db;
 pub mod demo;

@@ -54,10 +54,10 @@ pub enum PluginCommand {
     Erase(EraseArgs),
     /// Print a DeletionRequest's receipt and check its SHA-256 against the
     /// status, the audit log and the tombstones (as `archiver-operator receipt`).
-    Receipt(crate::erasure::commands::ReceiptArgs),
+    Receipt(crate::commands::erasure::ReceiptArgs),
     /// Show what a RetentionPolicy file would delete, and the privacy-text
     /// diff (as `archiver-operator plan`).
-    Plan(crate::retention::commands::PlanArgs),
+    Plan(crate::commands::retention::PlanArgs),
     /// One line per archiver object in the namespace: kind, name, Ready and why.
     Status(StatusArgs),
 }
@@ -113,8 +113,8 @@ pub async fn run(args: impl IntoIterator<Item = OsString>) -> ExitCode {
     };
     match cli.command {
         PluginCommand::Erase(args) => report(erase(args).await),
-        PluginCommand::Receipt(args) => crate::erasure::commands::receipt(args).await,
-        PluginCommand::Plan(args) => crate::retention::commands::plan_command(args).await,
+        PluginCommand::Receipt(args) => crate::commands::erasure::receipt(args).await,
+        PluginCommand::Plan(args) => crate::commands::retention::plan_command(args).await,
         PluginCommand::Status(args) => report(status(args).await),
     }
 }

@@ -1468,7 +1468,7 @@ async fn the_drill_passes_leaves_the_tombstone_and_its_receipt_prints() {
     );
     assert!(stdout.contains("drill PASSED"), "{stdout}");
     assert!(stdout.contains("receipt sha256:"), "{stdout}");
-    let drill_tenant = archiver_operator::erasure::drill::DRILL_TENANT;
+    let drill_tenant = archiver_operator::commands::drill::DRILL_TENANT;
     assert_eq!(
         drill_tenant.to_string(),
         "00000000-0000-4000-8000-0000000d2111"

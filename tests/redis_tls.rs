@@ -308,7 +308,7 @@ async fn the_drill_and_its_erasure_work_over_tls() {
     // The drill's keys went through the TLS port into this very server.
     let client = redis::Client::open(redis.plain_url()).unwrap();
     let mut conn = client.get_multiplexed_async_connection().await.unwrap();
-    let tenant = archiver_operator::erasure::drill::DRILL_TENANT;
+    let tenant = archiver_operator::commands::drill::DRILL_TENANT;
     let left: Vec<String> = redis::cmd("KEYS")
         .arg(format!("*{tenant}*"))
         .query_async(&mut conn)

@@ -1497,16 +1497,17 @@ async fn a_shrink_past_the_guard_is_held_until_the_annotation_carries_its_hash()
     // `plan` at the next window predicts the rows, per table and tier, and
     // says confirmation is needed (exit 3) until the file carries the hash.
     let day3 = t0() + Duration::days(3);
-    let plan = archiver_operator::retention::plan::plan(&db.pool, &new, day3)
+    let plan = archiver_operator::commands::retention::plan_of(&db.pool, &new, day3)
         .await
         .unwrap();
     assert!(plan.needs_confirmation());
     assert_eq!(plan.held.len(), 2);
     let mut confirmed_file = new.clone();
     annotate(&mut confirmed_file, &new_hash);
-    let confirmed_plan = archiver_operator::retention::plan::plan(&db.pool, &confirmed_file, day3)
-        .await
-        .unwrap();
+    let confirmed_plan =
+        archiver_operator::commands::retention::plan_of(&db.pool, &confirmed_file, day3)
+            .await
+            .unwrap();
     assert!(!confirmed_plan.needs_confirmation());
 
     // The right hash: accepted, and the next run deletes exactly what plan said.

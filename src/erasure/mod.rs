@@ -18,8 +18,6 @@
 //! receipt is looked up by namespace, name and uid, also when the status
 //! was lost).
 
-pub mod commands;
-pub mod drill;
 pub mod invalidate;
 pub mod receipt;
 pub mod redis_side;

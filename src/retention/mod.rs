@@ -16,7 +16,6 @@
 //!
 //! A missing, conflicting or broken policy never causes a delete.
 
-pub mod commands;
 pub mod count;
 pub mod directory;
 pub mod enforce;

@@ -9,7 +9,6 @@
 use std::fmt::Write as _;
 
 use chrono::{DateTime, Utc};
-use kube::ResourceExt;
 use sqlx::PgPool;
 
 use super::RetentionError;
@@ -19,7 +18,7 @@ use super::store::{self, EnforcedPolicy};
 use super::tiers::{
     ALL_TIERS, Table, Tier, WindowChange, effective_guard_percent, policy_hash, window_changes,
 };
-use crate::api::RetentionPolicy;
+use crate::api::RetentionPolicySpec;
 use crate::api::common::CONFIRM_SHRINK_ANNOTATION;
 
 /// What applying a policy file would do.
@@ -56,13 +55,23 @@ impl Plan {
     }
 }
 
+/// The policy a plan is computed for, as read from its file.
+#[derive(Debug, Clone, Copy)]
+pub struct PlannedPolicy<'a> {
+    /// `namespace/name`.
+    pub label: &'a str,
+    pub spec: &'a RetentionPolicySpec,
+    /// The value of the confirm-shrink annotation, when the file has one.
+    pub confirmation: Option<&'a str>,
+}
+
 /// Computes the plan of `policy` against the database, as of `now`.
 pub async fn plan(
     pool: &PgPool,
-    policy: &RetentionPolicy,
+    policy: PlannedPolicy<'_>,
     now: DateTime<Utc>,
 ) -> Result<Plan, RetentionError> {
-    let spec = &policy.spec;
+    let spec = policy.spec;
     let hash = policy_hash(&spec.tiers);
     let enforced = store::enforced_policy(pool).await?;
     let (guard_percent, changes, held) = match &enforced {
@@ -78,7 +87,7 @@ pub async fn plan(
             (Some(guard), changes, held)
         }
     };
-    let confirmation = policy.annotations().get(CONFIRM_SHRINK_ANNOTATION);
+    let confirmation = policy.confirmation;
     let under_new = count_expired(pool, &spec.tiers, now).await?;
     let under_enforced = match &enforced {
         Some(current) if current.policy_hash == hash => Some(under_new.clone()),
@@ -91,11 +100,7 @@ pub async fn plan(
         .unwrap_or_default();
     let new_text = privacy::render(spec, None, Format::Markdown);
     Ok(Plan {
-        policy: format!(
-            "{}/{}",
-            policy.namespace().unwrap_or_else(|| "default".into()),
-            policy.name_any()
-        ),
+        policy: policy.label.to_string(),
         as_of: now,
         confirmed_in_file: confirmation.map(|value| value.trim()) == Some(hash.as_str()),
         policy_hash: hash,

@@ -98,6 +98,22 @@ fn cache_invalidate_url(text: &str) -> Result<String, String> {
     }
 }
 
+impl OperatorConfig {
+    /// What an erasure takes from this process's configuration, with the
+    /// shard Redis targets it must also reach.
+    pub fn erasure_settings(
+        &self,
+        redis: Vec<crate::erasure::redis_targets::RedisTarget>,
+    ) -> crate::erasure::ErasureSettings {
+        crate::erasure::ErasureSettings::new(
+            self.suppression_salt.clone(),
+            self.cache_invalidate_urls.clone(),
+            self.alert_key_patterns.clone(),
+            redis,
+        )
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
@@ -121,21 +137,5 @@ mod tests {
         let printed = format!("{config:?}");
         assert!(!printed.contains("pepper-123"), "{printed}");
         assert!(printed.contains("<redacted>"));
-    }
-}
-
-impl OperatorConfig {
-    /// What an erasure takes from this process's configuration, with the
-    /// shard Redis targets it must also reach.
-    pub fn erasure_settings(
-        &self,
-        redis: Vec<crate::erasure::redis_targets::RedisTarget>,
-    ) -> crate::erasure::ErasureSettings {
-        crate::erasure::ErasureSettings::new(
-            self.suppression_salt.clone(),
-            self.cache_invalidate_urls.clone(),
-            self.alert_key_patterns.clone(),
-            redis,
-        )
     }
 }

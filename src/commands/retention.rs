@@ -5,11 +5,11 @@ use std::process::ExitCode;
 
 use chrono::{DateTime, Utc};
 
-use super::plan::{self, Plan};
-use super::privacy::{self, Format};
-use super::tiers::spec_problems;
 use crate::api::RetentionPolicy;
 use crate::api::validation::{read_documents, validate_document};
+use crate::retention::plan::{self, Plan};
+use crate::retention::privacy::{self, Format};
+use crate::retention::tiers::spec_problems;
 use crate::secret::SecretString;
 
 /// Exit status of `plan` when the change applies without confirmation.
@@ -147,7 +147,7 @@ pub async fn plan(
             .await
             .map_err(|error| error.to_string())?;
         let now = now.unwrap_or_else(Utc::now);
-        let plan = plan::plan(&pool, &policy, now).await.map_err(|error| {
+        let plan = plan_of(&pool, &policy, now).await.map_err(|error| {
             format!("{error} (is the schema current? run `archiver-operator migrate`)")
         });
         pool.close().await;
@@ -173,4 +173,28 @@ fn print_plan(plan: &Plan, format: PlanFormat) {
         PlanFormat::Markdown => plan::render_markdown(plan),
     };
     print!("{text}");
+}
+
+/// The plan of a RetentionPolicy object read from a file.
+pub async fn plan_of(
+    pool: &sqlx::PgPool,
+    policy: &RetentionPolicy,
+    now: chrono::DateTime<chrono::Utc>,
+) -> Result<plan::Plan, crate::retention::RetentionError> {
+    use kube::ResourceExt;
+    let label = format!(
+        "{}/{}",
+        policy.namespace().unwrap_or_else(|| "default".into()),
+        policy.name_any()
+    );
+    let confirmation = policy
+        .annotations()
+        .get(crate::api::common::CONFIRM_SHRINK_ANNOTATION)
+        .map(String::as_str);
+    let planned = plan::PlannedPolicy {
+        label: &label,
+        spec: &policy.spec,
+        confirmation,
+    };
+    plan::plan(pool, planned, now).await
 }

@@ -10,11 +10,11 @@ use serde_json::Value;
 use sqlx::PgPool;
 use uuid::Uuid;
 
-use super::drill::{self, DRILL_REQUESTER};
-use super::receipt::{self, SealedReceipt, sha256_hex};
-use super::replay::{self, ReplayReport};
 use crate::api::DeletionRequest;
 use crate::clock::SystemClock;
+use crate::commands::drill::{self, DRILL_REQUESTER};
+use crate::erasure::receipt::{self, SealedReceipt, sha256_hex};
+use crate::erasure::replay::{self, ReplayReport};
 use crate::runtime::config::{OperatorConfig, SecretString};
 use crate::runtime::status_store::StatusStore;
 
