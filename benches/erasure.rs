@@ -401,6 +401,7 @@ async fn measure_erasure(
         suppression_salt: Some(SecretString::new(SALT)),
         cache_invalidate_urls: vec![cache_url.to_string()],
         alert_key_patterns: vec!["alert:{tenant}:{server}:*".into()],
+        erasure_out_of_scope_tables: Vec::new(),
     };
     let settings = config.erasure_settings(vec![RedisTarget {
         label: "bench/shard-0".into(),

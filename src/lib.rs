@@ -33,6 +33,7 @@ pub mod plugin;
 pub mod redis_client;
 pub mod retention;
 pub mod runtime;
+pub mod schema;
 pub mod secret;
 #[doc(hidden)]
 pub mod testing;

@@ -148,6 +148,7 @@ fn context(pool: &PgPool, clock: &ManualClock, cache_urls: Vec<String>) -> Conte
             suppression_salt: Some(SecretString::new(SALT)),
             cache_invalidate_urls: cache_urls,
             alert_key_patterns: ALERT_PATTERNS.iter().map(|p| p.to_string()).collect(),
+            erasure_out_of_scope_tables: Vec::new(),
         }),
         secrets: SecretSource::Manifests(Default::default()),
         metrics: Arc::new(Metrics::new()),
@@ -700,6 +701,57 @@ async fn redis_down_rolls_back_and_the_retry_completes() {
     assert_eq!(st.last_failure, None);
     assert_eq!(st.removed["redis_verdict_keys"], REDIS_MINUTES * 5);
     assert_eq!(outcome.requeue_after, Duration::from_secs(3600));
+    assert!(
+        pair_rows(&env.db.pool, tenant(0), Some("server-0"))
+            .await
+            .values()
+            .all(|c| *c == 0)
+    );
+}
+
+/// A table another team added with a `tenant_id` column is a surface no
+/// erasure covers: nothing is erased (no tombstone, no receipt, no
+/// "Verified") and the failure names the table, until the operator's
+/// configuration declares it out of scope.
+#[tokio::test]
+async fn a_table_naming_a_tenant_outside_the_catalogue_holds_the_erasure() {
+    let mut env = env().await;
+    seed_postgres(&env.db.pool).await;
+    seed_redis(&env.redis.url()).await;
+    sqlx::query("CREATE TABLE support_tickets (tenant_id uuid NOT NULL, body text)")
+        .execute(&env.db.pool)
+        .await
+        .unwrap();
+    let before = postgres_snapshot(&env.db.pool).await;
+
+    let mut object = request("erase-uncatalogued", tenant(0), Some("server-0"));
+    let outcome = reconcile(&mut object, &env.ctx).await;
+    assert_rolled_back(&env, &object, &before, "catalogue").await;
+    let failure = status(&object).last_failure.clone().unwrap_or_default();
+    assert!(failure.contains("support_tickets"), "{failure}");
+    assert!(
+        !status(&object)
+            .conditions
+            .iter()
+            .any(|c| c.type_ == "Verified" && c.status == "True")
+    );
+    assert_eq!(status(&object).receipt, None);
+    assert_eq!(outcome.events[0].reason, "ErasureFailed");
+    assert!(outcome.events[0].note.contains("support_tickets"));
+    assert!(
+        env.ctx
+            .metrics
+            .encode()
+            .contains("archiver_deletion_failures_total{step=\"catalogue\"} 1")
+    );
+
+    // Declared out of scope (its team erases it on its own): the retry completes.
+    let mut config = (*env.ctx.config).clone();
+    config.erasure_out_of_scope_tables = vec!["support_tickets".into()];
+    env.ctx.config = Arc::new(config);
+    reconcile(&mut object, &env.ctx).await;
+    let st = status(&object);
+    assert_eq!(st.phase, Some(DeletionPhase::Completed), "{st:#?}");
     assert!(
         pair_rows(&env.db.pool, tenant(0), Some("server-0"))
             .await

@@ -194,3 +194,58 @@ async fn tier_history_rejects_unknown_tiers_and_contracts_above_the_cap() {
             .expect_err("contract on a non-enterprise tier"),
     );
 }
+
+/// The catalogue (`src/schema.rs`) covers every table of the migrated
+/// schema that names a tenant, and every table it names exists; a table
+/// another team adds with a `tenant_id` column or tenant hashes, in any
+/// schema and also as a materialized view, is found, unless declared out of
+/// scope; partitions belong to their parent and views hold no data.
+#[tokio::test]
+async fn every_table_naming_a_tenant_is_in_the_catalogue_or_reported() {
+    use archiver_operator::schema::{catalogued_tables, uncatalogued_tables};
+    let db = TestDatabase::new().await;
+    create_november_partition(&db.pool).await;
+    assert_eq!(
+        uncatalogued_tables(&db.pool, &[]).await.unwrap(),
+        Vec::<String>::new(),
+        "the migrations add no table the catalogue misses"
+    );
+    for table in catalogued_tables() {
+        let exists: Option<String> = sqlx::query_scalar("SELECT to_regclass($1)::text")
+            .bind(table)
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
+        assert_eq!(
+            exists.as_deref(),
+            Some(table),
+            "the catalogue names {table}"
+        );
+    }
+    sqlx::raw_sql(
+        "CREATE TABLE other_team_notes (tenant_id uuid, note text); \
+         CREATE SCHEMA billing; CREATE TABLE billing.invoices (tenant_id uuid, total int); \
+         CREATE TABLE alert_dedup (alert_tenant_hash text); \
+         CREATE MATERIALIZED VIEW tenant_days AS SELECT DISTINCT tenant_id FROM probe_day; \
+         CREATE VIEW tenant_servers AS SELECT tenant_id, server_slug FROM probe_month; \
+         CREATE TABLE unrelated (id int)",
+    )
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        uncatalogued_tables(&db.pool, &[]).await.unwrap(),
+        vec![
+            "alert_dedup",
+            "billing.invoices",
+            "other_team_notes",
+            "tenant_days"
+        ]
+    );
+    assert_eq!(
+        uncatalogued_tables(&db.pool, &["billing.invoices".into(), "alert_dedup".into()])
+            .await
+            .unwrap(),
+        vec!["other_team_notes", "tenant_days"]
+    );
+}

@@ -75,6 +75,17 @@ pub struct DrillArgs {
         value_delimiter = ','
     )]
     pub alert_key_patterns: Vec<String>,
+    /// A table that holds a `tenant_id` column (or tenant hashes) but is
+    /// knowingly not erased, e.g. another team's table with its own
+    /// deletion process (repeatable; `name`, or `schema.name` outside the
+    /// search path's first schema). Without it, an erasure refuses to run
+    /// while such a table exists outside the catalogue (`src/schema.rs`).
+    #[arg(
+        long = "erasure-out-of-scope-table",
+        env = "ARCHIVER_ERASURE_OUT_OF_SCOPE_TABLES",
+        value_delimiter = ','
+    )]
+    pub erasure_out_of_scope_tables: Vec<String>,
     /// The person accountable for the drill erasure.
     #[arg(long, default_value_t = DRILL_REQUESTER)]
     pub requester: Uuid,
@@ -302,6 +313,7 @@ pub async fn drill(args: DrillArgs) -> ExitCode {
             suppression_salt: args.suppression_salt.clone(),
             cache_invalidate_urls: args.cache_invalidate_urls.clone(),
             alert_key_patterns: args.alert_key_patterns.clone(),
+            erasure_out_of_scope_tables: args.erasure_out_of_scope_tables.clone(),
         };
         drill::run(
             &pool,

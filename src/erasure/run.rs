@@ -54,6 +54,14 @@ pub async fn execute(
     {
         return Ok(from_stored(&stored));
     }
+    // A table naming a tenant that no erasure covers would make this
+    // erasure's "verified" untrue: nothing is erased while one exists.
+    let uncatalogued = crate::schema::uncatalogued_tables(pool, &settings.out_of_scope_tables)
+        .await
+        .map_err(db(Step::Catalogue))?;
+    if !uncatalogued.is_empty() {
+        return Err(ErasureError::UncataloguedTables(uncatalogued));
+    }
     let committed = transaction::erase(pool, request, settings, now(clock)).await?;
     let mut phases = committed.phases.clone();
     let timer = std::time::Instant::now();

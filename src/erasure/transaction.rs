@@ -41,6 +41,8 @@ pub enum Step {
     Commit,
     Verification,
     Receipt,
+    /// Checking that every table naming a tenant is in the catalogue.
+    Catalogue,
 }
 
 impl Step {
@@ -57,6 +59,7 @@ impl Step {
             Self::Commit => "commit",
             Self::Verification => "verification",
             Self::Receipt => "receipt",
+            Self::Catalogue => "catalogue",
         }
     }
 }
@@ -85,6 +88,14 @@ pub enum ErasureError {
     NoSalt,
     #[error("verification: {0}")]
     Unverified(String),
+    /// Tables that name a tenant but are neither erasure surfaces nor
+    /// declared kept: nothing is erased until they are.
+    #[error(
+        "catalogue: {} hold(s) tenant data but no erasure covers it: add it to the erasure (src/schema.rs, \
+         src/erasure/surfaces.rs) or declare it out of scope (--erasure-out-of-scope-table); nothing was erased",
+        .0.join(", ")
+    )]
+    UncataloguedTables(Vec<String>),
 }
 
 impl ErasureError {
@@ -96,6 +107,7 @@ impl ErasureError {
             Self::Invalidation(_) => Step::CacheInvalidation.as_str(),
             Self::NoSalt => Step::Suppression.as_str(),
             Self::Unverified(_) => Step::Verification.as_str(),
+            Self::UncataloguedTables(_) => Step::Catalogue.as_str(),
         }
     }
 }
@@ -116,6 +128,9 @@ pub struct ErasureSettings {
     /// Longest wait for a lock (drain ticks in flight, a rollup of the
     /// server): past it the attempt fails and is retried.
     pub lock_timeout: Duration,
+    /// Tables naming a tenant that are knowingly not erased
+    /// (`crate::schema::uncatalogued_tables`).
+    pub out_of_scope_tables: Vec<String>,
 }
 
 impl ErasureSettings {
@@ -134,7 +149,14 @@ impl ErasureSettings {
             redis,
             invalidation_timeout: invalidate::TIMEOUT,
             lock_timeout: Duration::from_secs(60),
+            out_of_scope_tables: Vec::new(),
         }
+    }
+
+    /// The same, leaving the tables `declared` out of scope.
+    pub fn with_out_of_scope_tables(mut self, declared: Vec<String>) -> Self {
+        self.out_of_scope_tables = declared;
+        self
     }
 }
 

@@ -34,6 +34,17 @@ pub struct OperatorArgs {
         value_delimiter = ','
     )]
     pub alert_key_patterns: Vec<String>,
+    /// A table that holds a `tenant_id` column (or tenant hashes) but is
+    /// knowingly not erased, e.g. another team's table with its own
+    /// deletion process (repeatable; `name`, or `schema.name` outside the
+    /// search path's first schema). Without it, an erasure refuses to run
+    /// while such a table exists outside the catalogue (`src/schema.rs`).
+    #[arg(
+        long = "erasure-out-of-scope-table",
+        env = "ARCHIVER_ERASURE_OUT_OF_SCOPE_TABLES",
+        value_delimiter = ','
+    )]
+    pub erasure_out_of_scope_tables: Vec<String>,
     /// Address of /health, /ready and /metrics.
     #[arg(long, env = "ARCHIVER_HTTP_ADDR", default_value = "0.0.0.0:8080")]
     pub http_addr: SocketAddr,
@@ -75,6 +86,8 @@ pub struct OperatorConfig {
     pub suppression_salt: Option<SecretString>,
     pub cache_invalidate_urls: Vec<String>,
     pub alert_key_patterns: Vec<String>,
+    /// Tables naming a tenant that erasures knowingly leave alone.
+    pub erasure_out_of_scope_tables: Vec<String>,
 }
 
 impl From<&OperatorArgs> for OperatorConfig {
@@ -83,6 +96,7 @@ impl From<&OperatorArgs> for OperatorConfig {
             suppression_salt: args.suppression_salt.clone(),
             cache_invalidate_urls: args.cache_invalidate_urls.clone(),
             alert_key_patterns: args.alert_key_patterns.clone(),
+            erasure_out_of_scope_tables: args.erasure_out_of_scope_tables.clone(),
         }
     }
 }
@@ -111,6 +125,7 @@ impl OperatorConfig {
             self.alert_key_patterns.clone(),
             redis,
         )
+        .with_out_of_scope_tables(self.erasure_out_of_scope_tables.clone())
     }
 }
 
