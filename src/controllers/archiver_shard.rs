@@ -73,10 +73,7 @@ impl Managed for ArchiverShard {
         }
         let health = health::read(pool, self.spec.shard_id)
             .await
-            .map_err(|source| ReconcileError::Database {
-                context: "reading the shard's watermark".into(),
-                source,
-            })?;
+            .map_err(ReconcileError::database("reading the shard's watermark"))?;
         let now = ctx.clock.now();
         let message = match &health {
             Some(health) => {

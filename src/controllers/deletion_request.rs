@@ -186,10 +186,7 @@ impl Managed for DeletionRequest {
             .clone()
             .or_else(|| ready_message(&outcome.status))
             .unwrap_or_else(|| "not started".into());
-        Err(ReconcileError::Step {
-            step: "erasure".into(),
-            reason: format!("the object stays until its erasure has completed ({why})"),
-        })
+        Err(ReconcileError::ErasureNotCompleted { why })
     }
 }
 

@@ -94,17 +94,7 @@ fn reconcile_error(error: PartitionError) -> ReconcileError {
         PartitionError::Database { context, source } => {
             ReconcileError::Database { context, source }
         }
-        other => ReconcileError::Step {
-            step: "partitions".into(),
-            reason: other.to_string(),
-        },
-    }
-}
-
-fn database(context: &str) -> impl FnOnce(sqlx::Error) -> ReconcileError + '_ {
-    move |source| ReconcileError::Database {
-        context: context.to_string(),
-        source,
+        other => ReconcileError::Partitions(other),
     }
 }
 
@@ -138,14 +128,20 @@ impl Pass<'_> {
             self.drops(policy).await?
         };
 
-        let partitions = catalog::read_partitions(self.pool)
-            .await
-            .map_err(database("reading the partitions of probe_minute"))?;
+        let partitions =
+            catalog::read_partitions(self.pool)
+                .await
+                .map_err(ReconcileError::database(
+                    "reading the partitions of probe_minute",
+                ))?;
         let coverage =
             coverage::coverage(&partitions, self.now, self.schedule.spec.create_ahead_days);
-        let (last_create_at, last_drop_at) = audit::last_actions(self.pool)
-            .await
-            .map_err(database("reading the last partition actions"))?;
+        let (last_create_at, last_drop_at) =
+            audit::last_actions(self.pool)
+                .await
+                .map_err(ReconcileError::database(
+                    "reading the last partition actions",
+                ))?;
         let candidates = plan_drops(
             &partitions,
             self.drop_inputs(drops.longest_contract_days),
@@ -247,7 +243,9 @@ impl Pass<'_> {
         )
         .fetch_one(self.pool)
         .await
-        .map_err(database("reading the longest contract extension"))?;
+        .map_err(ReconcileError::database(
+            "reading the longest contract extension",
+        ))?;
         if !self.window.contains(self.now) {
             return Ok(run);
         }
@@ -261,9 +259,12 @@ impl Pass<'_> {
         if run.failure.is_some() {
             return Ok(run);
         }
-        let partitions: Vec<CatalogPartition> = catalog::read_partitions(self.pool)
-            .await
-            .map_err(database("reading the partitions of probe_minute"))?;
+        let partitions: Vec<CatalogPartition> =
+            catalog::read_partitions(self.pool)
+                .await
+                .map_err(ReconcileError::database(
+                    "reading the partitions of probe_minute",
+                ))?;
         let candidates = plan_drops(
             &partitions,
             self.drop_inputs(run.longest_contract_days),
@@ -296,9 +297,12 @@ impl Pass<'_> {
         settings: DropSettings<'_>,
         run: &mut DropRun,
     ) -> Result<(), ReconcileError> {
-        let leftovers = audit::detached_not_dropped(self.pool)
-            .await
-            .map_err(database("looking for detached partitions not yet dropped"))?;
+        let leftovers =
+            audit::detached_not_dropped(self.pool)
+                .await
+                .map_err(ReconcileError::database(
+                    "looking for detached partitions not yet dropped",
+                ))?;
         for (name, recorded) in leftovers {
             match removal::drop_leftover(self.pool, &name, &recorded, settings).await {
                 Ok(Some(dropped)) => run.dropped.push(dropped),

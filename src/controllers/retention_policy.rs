@@ -30,10 +30,7 @@ impl From<RetentionError> for ReconcileError {
             RetentionError::Database { context, source } => {
                 ReconcileError::Database { context, source }
             }
-            other => ReconcileError::Step {
-                step: "retention".into(),
-                reason: other.to_string(),
-            },
+            other => ReconcileError::Retention(other),
         }
     }
 }

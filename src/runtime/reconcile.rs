@@ -57,19 +57,46 @@ pub enum ReconcileError {
     },
     #[error("no database configured (set --database-url or DATABASE_URL)")]
     NoDatabase,
-    #[error("{step} failed: {reason}")]
-    Step { step: String, reason: String },
+    #[error("partitions: {0}")]
+    Partitions(#[source] crate::partitions::PartitionError),
+    #[error("retention: {0}")]
+    Retention(#[source] crate::retention::RetentionError),
+    /// A DeletionRequest deleted before its erasure completed keeps its
+    /// finalizer: the deletion waits for the erasure.
+    #[error("erasure: the object stays until its erasure has completed ({why})")]
+    ErasureNotCompleted { why: String },
+    #[error("drain tick: {0}")]
+    DrainTick(#[source] crate::archive::worker::DrainError),
+    #[error("connecting to the shard's Redis: {0}")]
+    RedisConnect(#[source] redis::RedisError),
+    #[error("applying Deployment {deployment}: {source}")]
+    ApplyDeployment {
+        deployment: String,
+        #[source]
+        source: kube::Error,
+    },
 }
 
 impl ReconcileError {
-    /// Short, bounded label for the failure metric.
+    /// Short, bounded label for the failure metric: one per variant.
     pub fn metric_label(&self) -> &'static str {
         match self {
             Self::Secret(_) => "Secret",
             Self::Database { .. } => "Database",
             Self::NoDatabase => "NoDatabase",
-            Self::Step { .. } => "Step",
+            Self::Partitions(_) => "Partitions",
+            Self::Retention(_) => "Retention",
+            Self::ErasureNotCompleted { .. } => "ErasureNotCompleted",
+            Self::DrainTick(_) => "DrainTick",
+            Self::RedisConnect(_) => "RedisConnect",
+            Self::ApplyDeployment { .. } => "ApplyDeployment",
         }
+    }
+
+    /// `map_err` adapter that says what was being done to a database error.
+    pub fn database(context: impl Into<String>) -> impl FnOnce(sqlx::Error) -> Self {
+        let context = context.into();
+        move |source| Self::Database { context, source }
     }
 }
 

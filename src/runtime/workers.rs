@@ -92,10 +92,7 @@ impl WorkerHost {
                 // so markers and a stray-key audit that fell due finish first.
                 worker.flush_marks().await;
                 worker.wait_for_audit().await;
-                let report = report.map_err(|e| ReconcileError::Step {
-                    step: "drain tick".into(),
-                    reason: e.to_string(),
-                })?;
+                let report = report.map_err(ReconcileError::DrainTick)?;
                 Ok(WorkerState::Ticked(report))
             }
             Self::InProcess(workers) => workers.ensure(shard, &inputs),
@@ -126,10 +123,7 @@ async fn connect(
         inputs.metrics.clone(),
     )
     .await
-    .map_err(|e| ReconcileError::Step {
-        step: "connecting to Redis".into(),
-        reason: e.to_string(),
-    })
+    .map_err(ReconcileError::RedisConnect)
 }
 
 /// This process as a watermark owner: the pod name in a cluster.
@@ -251,9 +245,9 @@ impl KubeWorkers {
             &Patch::Apply(&deployment),
         )
         .await
-        .map_err(|e| ReconcileError::Step {
-            step: format!("applying Deployment {namespace}/{name}"),
-            reason: e.to_string(),
+        .map_err(|source| ReconcileError::ApplyDeployment {
+            deployment: format!("{namespace}/{name}"),
+            source,
         })?;
         Ok(WorkerState::Deployment(name))
     }
