@@ -64,8 +64,7 @@ const RESIDENT: i64 = 1 + OLDER_MINUTES + NEWER_MINUTES;
 /// is archived once it has ended; the next one has not).
 const TICK_AT: i64 = 65;
 /// The columns of probe_minute as the worker's COPY lists them.
-const COLUMNS: &str = "tenant_id, server_slug, region, minute_bucket, state, p95_ms, tool_list_hash, \
-                       error_kind, asn, registry_of_origin, archived_at, extra";
+const COLUMNS: &str = archiver_operator::archive::writer::COLUMNS;
 
 /// A run during which other processes kept more cores than this busy on
 /// average is discarded and retried (up to `RETRIES_PER_RUN` times).

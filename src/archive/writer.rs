@@ -12,7 +12,8 @@ use sqlx::{Acquire, PgConnection};
 
 use super::verdict::Verdict;
 
-const COLUMNS: &str = "tenant_id, server_slug, region, minute_bucket, state, p95_ms, tool_list_hash, \
+/// The columns of probe_minute, in the order of the COPY tuples.
+pub const COLUMNS: &str = "tenant_id, server_slug, region, minute_bucket, state, p95_ms, tool_list_hash, \
                        error_kind, asn, registry_of_origin, archived_at, extra";
 
 #[derive(Debug, thiserror::Error)]
