@@ -681,6 +681,12 @@ async fn examples_applied_with_kubectl_become_ready_and_the_deletion_completes()
         .audit_events()
         .iter()
         .filter(|event| event["stage"] == "ResponseComplete")
+        // This test's operator only: the operators of tests running in
+        // parallel (other namespaces, other ServiceAccounts) write meanwhile.
+        .filter(|event| {
+            event["user"]["username"]
+                == format!("system:serviceaccount:archiver:{service_account}").as_str()
+        })
         .filter(|event| {
             event["userAgent"]
                 .as_str()
