@@ -13,7 +13,7 @@ use archiver_operator::testing::{TestDatabase, redis_server};
 use serde_json::{Value, json};
 use uuid::Uuid;
 
-use super::{Operator, documents, get_json, path_str};
+use super::{Operator, Plugin, documents, get_json, path_str, text};
 use crate::common::argocd_lua;
 use crate::common::control_plane::{ControlPlane, chart_rbac, repo, with_crds};
 
@@ -233,6 +233,17 @@ async fn kubectl_delete_of_an_uncompleted_deletion_request_waits_until_its_erasu
     );
     assert_eq!(probe_days(&database, tenant, "my-server").await, 0);
     assert_eq!(probe_days(&database, tenant, "other-server").await, 1);
+    // The object is gone; its receipt is still there for the DPO.
+    let digest = tombstones[0].0.clone().unwrap_or_default();
+    let receipt = Plugin::new(cluster).run(
+        &["receipt", "erase-6f1c-my-server", "-n", namespace],
+        &[("DATABASE_URL", database.url.as_str())],
+    );
+    assert!(
+        receipt.status.success() && String::from_utf8_lossy(&receipt.stdout).contains(&digest),
+        "kubectl archiver receipt after the deletion: {}",
+        text(&receipt)
+    );
     assert!(
         operator.log().contains("erasure completed during deletion"),
         "{}",
