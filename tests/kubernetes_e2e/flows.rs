@@ -249,6 +249,44 @@ async fn kubectl_delete_of_an_uncompleted_deletion_request_waits_until_its_erasu
         "{}",
         operator.log()
     );
+
+    // A completed request holds nothing back: applied again (a new object,
+    // so a new erasure and tombstone), it completes, and `kubectl delete`
+    // returns at once; deleting it undoes nothing.
+    apply(cluster, &example("deletion-request.yaml", namespace));
+    let completed = cluster.kubectl(&[
+        "wait",
+        "-n",
+        namespace,
+        "--for=jsonpath={.status.phase}=Completed",
+        "--timeout=120s",
+        REQUEST,
+    ]);
+    assert!(
+        completed.success,
+        "{}\noperator log:\n{}",
+        completed.stderr,
+        operator.log()
+    );
+    let started = Instant::now();
+    cluster
+        .kubectl_ok(&["delete", "-n", namespace, REQUEST, "--timeout=30s"])
+        .unwrap_or_else(|e| panic!("{e}"));
+    eprintln!(
+        "a completed DeletionRequest deleted in {:?}",
+        started.elapsed()
+    );
+    let (count,): (i64,) = sqlx::query_as(
+        "SELECT count(*) FROM data_deletion_log WHERE request_namespace = $1 AND request_name = $2",
+    )
+    .bind(namespace)
+    .bind("erase-6f1c-my-server")
+    .fetch_one(&database.pool)
+    .await
+    .expect("count the tombstones");
+    assert_eq!(count, 2);
+    assert_eq!(probe_days(&database, tenant, "my-server").await, 0);
+    assert_eq!(probe_days(&database, tenant, "other-server").await, 1);
 }
 
 // ---------------------------------------------------------------------------
