@@ -358,9 +358,10 @@ fn assert_published(cluster: &ControlPlane, namespace: &str, file: &Path, genera
 /// A RetentionPolicy change that shortens the author tier's daily window
 /// from 730 to 300 days (59 % > maxShrinkPercent 50) is held: `ShrinkHeld`
 /// with the rows it would delete, the previous tier table still enforced and
-/// published; `kubectl annotate ... confirm-shrink=<hash from status>`
-/// releases it, the ConfigMap follows, and in the next enforcement window
-/// the rows are deleted in Postgres. The operator watches only its own
+/// published, and a run in an open window deletes nothing of the shrink;
+/// `kubectl annotate ... confirm-shrink=<hash from status>` releases it, the
+/// ConfigMap follows, and in the next enforcement window the rows are
+/// deleted in Postgres (one run per window occurrence). The operator watches only its own
 /// namespace, so the lifecycle test's `archiver/tiers` is not in its view
 /// (two policies in one view would be a conflict that deletes nothing).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -471,6 +472,37 @@ async fn a_shrink_is_held_until_kubectl_annotate_confirms_its_hash_and_the_confi
     assert_published(cluster, namespace, &first_file, 1);
     assert_eq!(probe_days(&database, tenant, "api").await, 8);
 
+    // Held, in an open enforcement window: the run enforces the tier table
+    // in force (730 days) and deletes none of the rows.
+    let mut held_open = shrunk.clone();
+    held_open["spec"]["enforcement"]["window"] = window(
+        chrono::Duration::minutes(-60),
+        chrono::Duration::minutes(120),
+    )
+    .into();
+    let held_open_file = files.path().join("held-open.yaml");
+    apply_file(cluster, &held_open, &held_open_file);
+    let ran = wait_for(
+        cluster,
+        namespace,
+        policy,
+        Duration::from_secs(120),
+        "a finished run in the open window",
+        &operator,
+        |live| {
+            live["status"]["observedGeneration"] == 3
+                && live["status"]["lastEnforcement"]["finishedAt"].is_string()
+        },
+    );
+    assert_eq!(
+        condition(&ran, "ShrinkHeld").map(|c| c["status"].clone()),
+        Some("True".into()),
+        "{:#}",
+        ran["status"]
+    );
+    assert_eq!(ran["status"]["enforcedPolicyHash"], first_hash.as_str());
+    assert_eq!(probe_days(&database, tenant, "api").await, 8);
+
     // The DPO confirms with the hash from status.
     cluster
         .kubectl_ok(&[
@@ -497,14 +529,14 @@ async fn a_shrink_is_held_until_kubectl_annotate_confirms_its_hash_and_the_confi
         "{:#}",
         released["status"]
     );
-    assert_published(cluster, namespace, &shrunk_file, 2);
+    assert_published(cluster, namespace, &held_open_file, 3);
 
-    // Outside the window nothing is deleted yet; the window opened now
-    // (a spec change of the same tier table) deletes exactly the five rows.
+    // This window's run is over; the next window (here: a window starting a
+    // minute later, also open now) deletes exactly the five rows.
     assert_eq!(probe_days(&database, tenant, "api").await, 8);
     let mut now_open = shrunk.clone();
     now_open["spec"]["enforcement"]["window"] = window(
-        chrono::Duration::minutes(-60),
+        chrono::Duration::minutes(-59),
         chrono::Duration::minutes(120),
     )
     .into();
