@@ -300,15 +300,15 @@ async fn shard_owns_a_worker_deployment_and_reports_its_watermark() {
     let mut ctx = kctx.ctx.clone();
     ctx.secrets = SecretSource::Kubernetes(client.clone());
     ctx.db = Some(db.pool.clone());
-    ctx.workers = WorkerHost::Kubernetes(Arc::new(KubeWorkers {
-        client: client.clone(),
-        image: "archiver-operator:test".into(),
-        database_secret: archiver_operator::api::common::SecretKeyRef {
+    ctx.workers = WorkerHost::Kubernetes(Arc::new(KubeWorkers::new(
+        client.clone(),
+        "archiver-operator:test".into(),
+        archiver_operator::api::common::SecretKeyRef {
             name: "archiver-database".into(),
             key: "url".into(),
         },
-        service_account: "archiver-worker".into(),
-    }));
+        "archiver-worker".into(),
+    )));
     sqlx::query(
         "INSERT INTO archive_watermark (shard_id, last_minute, owner, taken_at, expires_at, rows_archived_last_tick) \
          VALUES (0, '2026-11-23 08:55+00', 'worker-pod-1', now(), now(), 1234)",

@@ -25,6 +25,7 @@ use super::reconcile::{
     Event, EventType, FINALIZER, Managed, ReconcileError, failed_status, failure_event, is_paused,
     object_label,
 };
+use super::workers::WorkerHost;
 use crate::api::{ArchiverShard, DeletionRequest, PartitionSchedule, RetentionPolicy};
 
 /// Field manager of every server-side apply the operator makes.
@@ -376,10 +377,20 @@ pub async fn run_controllers(
     ));
     let deployments = api_for::<Deployment>(&client, namespace);
     let (shards, shard_store) = controller_and_store::<ArchiverShard>(&client, namespace);
-    let shards = shards.owns(
+    // Their watch cache also tells the worker host which Deployments are
+    // already as they would be applied.
+    let (deployment_cache, deployment_writer) = reflector::store();
+    let owned = watcher(
         deployments,
         watcher::Config::default().labels("app.kubernetes.io/managed-by=archiver-operator"),
-    );
+    )
+    .default_backoff()
+    .reflect(deployment_writer)
+    .touched_objects();
+    if let WorkerHost::Kubernetes(workers) = &kctx.ctx.workers {
+        workers.watch_cache(deployment_cache);
+    }
+    let shards = shards.owns_stream(owned);
     let targets_sync = tokio::spawn(sync_shard_targets(
         shard_store,
         kctx.ctx.redis_targets.clone(),

@@ -267,12 +267,12 @@ pub async fn run_standalone(dir: PathBuf, args: &OperatorArgs) -> Result<(), Run
 pub async fn run_in_cluster(args: &OperatorArgs) -> Result<(), RunError> {
     let client = kube::Client::try_default().await?;
     let db = database(args).await?;
-    let workers = WorkerHost::Kubernetes(Arc::new(KubeWorkers {
-        client: client.clone(),
-        image: args.worker_image.clone(),
-        database_secret: worker_database_secret(args),
-        service_account: args.worker_service_account.clone(),
-    }));
+    let workers = WorkerHost::Kubernetes(Arc::new(KubeWorkers::new(
+        client.clone(),
+        args.worker_image.clone(),
+        worker_database_secret(args),
+        args.worker_service_account.clone(),
+    )));
     let ctx = context(
         args,
         Arc::new(SystemClock),

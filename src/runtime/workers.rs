@@ -17,6 +17,7 @@ use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::api::{Api, Patch, PatchParams};
+use kube::runtime::reflector;
 use kube::{Resource, ResourceExt};
 use sqlx::PgPool;
 use tokio::task::JoinHandle;
@@ -228,9 +229,61 @@ pub struct KubeWorkers {
     pub database_secret: SecretKeyRef,
     /// ServiceAccount the worker pods run as.
     pub service_account: String,
+    /// The watch cache of the worker Deployments while the shard controller
+    /// runs (`run_controllers` sets it): a Deployment that already is what
+    /// would be applied is not applied again, so a steady state writes
+    /// nothing.
+    deployments: Mutex<Option<reflector::Store<Deployment>>>,
 }
 
+/// The SHA-256 of the Deployment the operator applied last, on the
+/// Deployment: equal to the desired one's means nothing needs applying.
+pub const APPLIED_SPEC_ANNOTATION: &str = "archiver.uptime.dev/applied-spec-sha256";
+
 impl KubeWorkers {
+    pub fn new(
+        client: kube::Client,
+        image: String,
+        database_secret: SecretKeyRef,
+        service_account: String,
+    ) -> Self {
+        Self {
+            client,
+            image,
+            database_secret,
+            service_account,
+            deployments: Mutex::new(None),
+        }
+    }
+
+    /// Hands over the watch cache of the worker Deployments.
+    pub fn watch_cache(&self, store: reflector::Store<Deployment>) {
+        if let Ok(mut deployments) = self.deployments.lock() {
+            *deployments = Some(store);
+        }
+    }
+
+    /// Whether the live Deployment (from the watch cache) already carries
+    /// what would be applied: the same applied spec and the same replica
+    /// count (the field people change by hand, `kubectl scale`, is put
+    /// back). Other hand edits are put back on the next change of the spec.
+    fn up_to_date(&self, namespace: &str, name: &str, desired: &Deployment, hash: &str) -> bool {
+        let Ok(deployments) = self.deployments.lock() else {
+            return false;
+        };
+        let Some(live) = deployments
+            .as_ref()
+            .and_then(|store| store.get(&reflector::ObjectRef::new(name).within(namespace)))
+        else {
+            return false;
+        };
+        live.annotations()
+            .get(APPLIED_SPEC_ANNOTATION)
+            .map(String::as_str)
+            == Some(hash)
+            && live.spec.replicas == desired.spec.replicas
+    }
+
     async fn ensure(&self, shard: &ArchiverShard) -> Result<WorkerState, ReconcileError> {
         let mut deployment = worker_deployment(shard, &self.image, &self.database_secret);
         if let Some(pod) = deployment.spec.template.spec.as_mut() {
@@ -238,6 +291,19 @@ impl KubeWorkers {
         }
         let name = deployment.metadata.name.clone().unwrap_or_default();
         let namespace = shard.namespace().unwrap_or_else(|| "default".into());
+        let hash = {
+            use sha2::Digest;
+            let bytes = serde_json::to_vec(&deployment).unwrap_or_default();
+            hex::encode(sha2::Sha256::digest(bytes))
+        };
+        if self.up_to_date(&namespace, &name, &deployment, &hash) {
+            return Ok(WorkerState::Deployment(name));
+        }
+        deployment
+            .metadata
+            .annotations
+            .get_or_insert_with(Default::default)
+            .insert(APPLIED_SPEC_ANNOTATION.to_string(), hash);
         let api: Api<Deployment> = Api::namespaced(self.client.clone(), &namespace);
         api.patch(
             &name,
