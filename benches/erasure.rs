@@ -402,6 +402,7 @@ async fn measure_erasure(
         cache_invalidate_urls: vec![cache_url.to_string()],
         alert_key_patterns: vec!["alert:{tenant}:{server}:*".into()],
         erasure_out_of_scope_tables: Vec::new(),
+        erasure_redis_urls: Vec::new(),
     };
     let settings = config.erasure_settings(vec![RedisTarget {
         label: "bench/shard-0".into(),

@@ -76,6 +76,7 @@ fn context(pool: &PgPool) -> Context {
             cache_invalidate_urls: Vec::new(),
             alert_key_patterns: ALERT_PATTERNS.iter().map(|p| p.to_string()).collect(),
             erasure_out_of_scope_tables: Vec::new(),
+            erasure_redis_urls: Vec::new(),
         }),
         secrets: SecretSource::Manifests(Default::default()),
         metrics: Arc::new(Metrics::new()),

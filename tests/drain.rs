@@ -793,6 +793,7 @@ mod status_path {
                 cache_invalidate_urls: Vec::new(),
                 alert_key_patterns: Vec::new(),
                 erasure_out_of_scope_tables: Vec::new(),
+                erasure_redis_urls: Vec::new(),
             }),
             secrets: SecretSource::Manifests(Arc::new(RwLock::new(secrets))),
             metrics: Arc::new(Metrics::new()),

@@ -149,6 +149,7 @@ fn context(pool: &PgPool, clock: &ManualClock, cache_urls: Vec<String>) -> Conte
             cache_invalidate_urls: cache_urls,
             alert_key_patterns: ALERT_PATTERNS.iter().map(|p| p.to_string()).collect(),
             erasure_out_of_scope_tables: Vec::new(),
+            erasure_redis_urls: Vec::new(),
         }),
         secrets: SecretSource::Manifests(Default::default()),
         metrics: Arc::new(Metrics::new()),
@@ -757,6 +758,49 @@ async fn a_table_naming_a_tenant_outside_the_catalogue_holds_the_erasure() {
             .await
             .values()
             .all(|c| *c == 0)
+    );
+}
+
+/// An erasure-only Redis (the alert router's own, `--erasure-redis-url`):
+/// the pair's keys there are erased in the same attempt and counted by the
+/// verification, labelled without its URL; the neighbours' keys stay.
+#[tokio::test]
+async fn an_erasure_only_redis_is_cleaned_and_verified_with_the_shards() {
+    let mut env = env().await;
+    seed_postgres(&env.db.pool).await;
+    seed_redis(&env.redis.url()).await;
+    let alert_redis = redis_server();
+    seed_redis(&alert_redis.url()).await;
+    let before = redis_snapshot(&alert_redis.url()).await;
+    let mut config = (*env.ctx.config).clone();
+    config.erasure_redis_urls = vec![SecretString::new(alert_redis.url())];
+    env.ctx.config = Arc::new(config);
+
+    let mut object = request("erase-with-alert-redis", tenant(0), Some("server-0"));
+    reconcile(&mut object, &env.ctx).await;
+    let st = status(&object);
+    assert_eq!(st.phase, Some(DeletionPhase::Completed), "{st:#?}");
+    let after = redis_snapshot(&alert_redis.url()).await;
+    let expected: BTreeSet<String> = before
+        .iter()
+        .filter(|line| !of_pair(line, tenant(0), Some("server-0")))
+        .cloned()
+        .collect();
+    assert_eq!(
+        after, expected,
+        "exactly the pair's keys are gone from the erasure-only Redis"
+    );
+    assert!(
+        !before
+            .iter()
+            .all(|line| !of_pair(line, tenant(0), Some("server-0"))),
+        "it held keys of the pair"
+    );
+    let receipt = st.receipt.clone().unwrap_or_default();
+    assert!(receipt.contains("erasure-redis/0"), "{receipt}");
+    assert!(
+        !receipt.contains(&alert_redis.url()),
+        "no URL in the receipt"
     );
 }
 

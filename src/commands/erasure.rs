@@ -314,6 +314,7 @@ pub async fn drill(args: DrillArgs) -> ExitCode {
             cache_invalidate_urls: args.cache_invalidate_urls.clone(),
             alert_key_patterns: args.alert_key_patterns.clone(),
             erasure_out_of_scope_tables: args.erasure_out_of_scope_tables.clone(),
+            erasure_redis_urls: Vec::new(),
         };
         drill::run(
             &pool,

@@ -45,6 +45,20 @@ pub struct OperatorArgs {
         value_delimiter = ','
     )]
     pub erasure_out_of_scope_tables: Vec<String>,
+    /// A Redis instance that erasures also clean, besides the shard Redis
+    /// instances (e.g. the alert router's own Redis): the alert-key
+    /// patterns and verdict keys of the erased pair are removed there too,
+    /// and verification counts them (repeatable; `redis://` or
+    /// `rediss://`). Also read from every ARCHIVER_ERASURE_REDIS_URL_<N>
+    /// variable (one Secret each, as the chart sets them).
+    #[arg(
+        long = "erasure-redis-url",
+        env = "ARCHIVER_ERASURE_REDIS_URLS",
+        value_delimiter = ',',
+        hide_env_values = true,
+        value_parser = erasure_redis_url
+    )]
+    pub erasure_redis_urls: Vec<SecretString>,
     /// Address of /health, /ready and /metrics.
     #[arg(long, env = "ARCHIVER_HTTP_ADDR", default_value = "0.0.0.0:8080")]
     pub http_addr: SocketAddr,
@@ -88,6 +102,8 @@ pub struct OperatorConfig {
     pub alert_key_patterns: Vec<String>,
     /// Tables naming a tenant that erasures knowingly leave alone.
     pub erasure_out_of_scope_tables: Vec<String>,
+    /// Redis instances erasures clean besides the shards'.
+    pub erasure_redis_urls: Vec<SecretString>,
 }
 
 impl From<&OperatorArgs> for OperatorConfig {
@@ -97,7 +113,38 @@ impl From<&OperatorArgs> for OperatorConfig {
             cache_invalidate_urls: args.cache_invalidate_urls.clone(),
             alert_key_patterns: args.alert_key_patterns.clone(),
             erasure_out_of_scope_tables: args.erasure_out_of_scope_tables.clone(),
+            erasure_redis_urls: args
+                .erasure_redis_urls
+                .iter()
+                .cloned()
+                .chain(numbered_erasure_redis_urls())
+                .collect(),
         }
+    }
+}
+
+/// The URLs of every `ARCHIVER_ERASURE_REDIS_URL_<N>` variable, by `N`:
+/// one Secret per variable, which a Deployment cannot join into one list.
+fn numbered_erasure_redis_urls() -> Vec<SecretString> {
+    let mut numbered: Vec<(u32, SecretString)> = std::env::vars()
+        .filter_map(|(name, value)| {
+            let n = name
+                .strip_prefix("ARCHIVER_ERASURE_REDIS_URL_")?
+                .parse()
+                .ok()?;
+            Some((n, SecretString::new(value)))
+        })
+        .collect();
+    numbered.sort_by_key(|(n, _)| *n);
+    numbered.into_iter().map(|(_, url)| url).collect()
+}
+
+/// An erasure-only Redis URL is checked at startup, without ever printing it.
+fn erasure_redis_url(text: &str) -> Result<SecretString, String> {
+    if text.starts_with("redis://") || text.starts_with("rediss://") {
+        Ok(SecretString::new(text))
+    } else {
+        Err("an erasure Redis URL must start with redis:// or rediss://".into())
     }
 }
 
@@ -115,10 +162,18 @@ fn cache_invalidate_url(text: &str) -> Result<String, String> {
 impl OperatorConfig {
     /// What an erasure takes from this process's configuration, with the
     /// shard Redis targets it must also reach.
+    /// The erasure-only Redis instances are added to `redis`, labelled
+    /// `erasure-redis/<N>` (the URLs never reach a status or receipt).
     pub fn erasure_settings(
         &self,
-        redis: Vec<crate::erasure::redis_targets::RedisTarget>,
+        mut redis: Vec<crate::erasure::redis_targets::RedisTarget>,
     ) -> crate::erasure::ErasureSettings {
+        redis.extend(self.erasure_redis_urls.iter().enumerate().map(|(n, url)| {
+            crate::erasure::redis_targets::RedisTarget {
+                label: format!("erasure-redis/{n}"),
+                url: url.clone(),
+            }
+        }));
         crate::erasure::ErasureSettings::new(
             self.suppression_salt.clone(),
             self.cache_invalidate_urls.clone(),
