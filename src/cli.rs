@@ -135,6 +135,12 @@ pub enum Command {
     /// erase it through a real DeletionRequest, check every surface is empty
     /// and the tombstone exists, print the receipt (exit 0 = passed).
     Drill(crate::commands::erasure::DrillArgs),
+    /// Drill a restore: check a backup's SHA-256, restore it into a scratch
+    /// database, replay every tombstone of the live database, check no
+    /// erased data survived and every catalogue table is there, compare row
+    /// counts per table and month, drop the scratch database (exit 0 =
+    /// passed, 1 = a surprise or an error).
+    RestoreDrill(crate::commands::restore_drill::RestoreDrillArgs),
 }
 
 /// Runs the parsed command.
@@ -148,6 +154,7 @@ pub async fn run(cli: Cli) -> ExitCode {
         Command::Receipt(args) => crate::commands::erasure::receipt(args).await,
         Command::ReplayTombstones(args) => crate::commands::erasure::replay_tombstones(args).await,
         Command::Drill(args) => crate::commands::erasure::drill(args).await,
+        Command::RestoreDrill(args) => crate::commands::restore_drill::restore_drill(args).await,
         Command::Run {
             manifests,
             once,

@@ -4,4 +4,5 @@
 
 pub mod drill;
 pub mod erasure;
+pub mod restore_drill;
 pub mod retention;

@@ -75,6 +75,19 @@ impl Table {
         }
     }
 
+    /// The time a row stands for, as an SQL expression over the table's
+    /// columns (a reject without a readable minute: when it was rejected).
+    pub fn time_expression(self) -> &'static str {
+        match self {
+            Self::ProbeMinute | Self::SuppressionClusters | Self::SuppressionClustersHistory => {
+                "minute_bucket"
+            }
+            Self::ProbeMinuteRejects => "coalesce(minute_bucket, rejected_at)",
+            Self::ProbeDay => "day",
+            Self::ProbeMonth => "month",
+        }
+    }
+
     fn is_hash_table(self) -> bool {
         HASH_TABLES.contains(&self)
     }

@@ -1,0 +1,424 @@
+//! `archiver-operator restore-drill`: the quarterly restore drill of seed
+//! 000 as one command. It checks the backup's SHA-256, restores it into a
+//! scratch database on the live server, brings the schema up to date,
+//! replays every tombstone of the live database into it, checks that a
+//! second replay finds nothing (no erased data survived the restore), that
+//! every table of the catalogue is there, and compares row counts per table
+//! and month with the live database; then it drops the scratch database.
+//!
+//! Differences in row counts are expected (retention pruned the live
+//! database since the dump, new data arrived after it) and are reported,
+//! not judged. A surprise — a hash mismatch, a restore that fails, a table
+//! missing, erased data that a second replay still finds — exits 1.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use chrono::Utc;
+use clap::Args;
+use serde::Serialize;
+use sha2::Digest;
+use sqlx::PgPool;
+
+use crate::erasure::replay;
+use crate::erasure::surfaces::{HASH_TABLES, ROW_TABLES};
+use crate::secret::SecretString;
+
+#[derive(Debug, Clone, Args)]
+pub struct RestoreDrillArgs {
+    /// The backup: a `pg_dump` archive (custom, tar or directory format,
+    /// restored with `pg_restore`) or a plain SQL dump (restored with `psql`).
+    #[arg(long, value_name = "FILE")]
+    pub dump: PathBuf,
+    /// The SHA-256 the backup must have (hex, as recorded when it was
+    /// taken); a mismatch stops the drill before anything is restored.
+    #[arg(long, value_name = "HEX")]
+    pub sha256: Option<String>,
+    /// The live database: the scratch database is created on its server,
+    /// its tombstones are replayed into the restore and its counts compared.
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    pub database_url: SecretString,
+    /// Salt of the suppression tables' tenant hashes; without it those
+    /// tables are not replayed.
+    #[arg(long, env = "ARCHIVER_SUPPRESSION_SALT", hide_env_values = true)]
+    pub suppression_salt: Option<SecretString>,
+    /// Print the report as JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
+    /// Longest time the restore may take, in minutes.
+    #[arg(long, default_value_t = 60)]
+    pub restore_timeout_minutes: u64,
+}
+
+/// What the drill found.
+#[derive(Debug, Clone, Serialize)]
+pub struct RestoreReport {
+    pub dump: String,
+    pub dump_sha256: String,
+    pub scratch_database: String,
+    pub tombstones_replayed: usize,
+    /// Tombstones whose data had come back with the restore (removed again).
+    pub tombstones_effective: Vec<i64>,
+    pub removed_by_replay: std::collections::BTreeMap<String, i64>,
+    /// Row counts per table and month, restored and live.
+    pub counts: Vec<MonthCount>,
+    /// Everything that makes the drill fail; empty when it passed.
+    pub surprises: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct MonthCount {
+    pub table: String,
+    pub month: String,
+    pub restored: i64,
+    pub live: i64,
+}
+
+#[derive(Debug, thiserror::Error)]
+enum DrillError {
+    #[error("reading {path}: {source}")]
+    Dump {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{context}: {source}")]
+    Database {
+        context: &'static str,
+        #[source]
+        source: sqlx::Error,
+    },
+    #[error("the database URL cannot be read as a URL: {0}")]
+    Url(String),
+    #[error(transparent)]
+    Connect(#[from] crate::db::DbError),
+}
+
+fn db(context: &'static str) -> impl FnOnce(sqlx::Error) -> DrillError {
+    move |source| DrillError::Database { context, source }
+}
+
+/// Runs the drill; exit 0 when it passed, 1 on a surprise or an error.
+pub async fn restore_drill(args: RestoreDrillArgs) -> ExitCode {
+    match drill(&args).await {
+        Ok(report) => {
+            if args.json {
+                match serde_json::to_string_pretty(&report) {
+                    Ok(text) => println!("{text}"),
+                    Err(error) => eprintln!("error: {error}"),
+                }
+            } else {
+                print_report(&report);
+            }
+            if report.surprises.is_empty() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+        Err(error) => {
+            eprintln!("error: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn drill(args: &RestoreDrillArgs) -> Result<RestoreReport, DrillError> {
+    let dump_sha256 = file_sha256(&args.dump)?;
+    let mut report = RestoreReport {
+        dump: args.dump.display().to_string(),
+        dump_sha256: dump_sha256.clone(),
+        scratch_database: String::new(),
+        tombstones_replayed: 0,
+        tombstones_effective: Vec::new(),
+        removed_by_replay: Default::default(),
+        counts: Vec::new(),
+        surprises: Vec::new(),
+    };
+    if let Some(expected) = &args.sha256
+        && !expected.trim().eq_ignore_ascii_case(&dump_sha256)
+    {
+        report.surprises.push(format!(
+            "the dump's SHA-256 is {dump_sha256}, not the recorded {}: nothing was restored",
+            expected.trim()
+        ));
+        return Ok(report);
+    }
+    let live = crate::db::connect(args.database_url.expose(), 4).await?;
+    let scratch_name = format!(
+        "archiver_restore_drill_{}_{}",
+        Utc::now().format("%Y%m%d%H%M%S"),
+        std::process::id()
+    );
+    report.scratch_database = scratch_name.clone();
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "CREATE DATABASE \"{scratch_name}\""
+    )))
+    .execute(&live)
+    .await
+    .map_err(db(
+        "creating the scratch database (the role needs CREATEDB)",
+    ))?;
+    let outcome = restore_and_check(args, &live, &scratch_name, &mut report).await;
+    // The scratch database goes whatever happened; its connections first.
+    let dropped = sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "DROP DATABASE IF EXISTS \"{scratch_name}\" WITH (FORCE)"
+    )))
+    .execute(&live)
+    .await;
+    if let Err(error) = dropped {
+        report.surprises.push(format!(
+            "the scratch database {scratch_name} could not be dropped: {error}"
+        ));
+    }
+    outcome.map(|()| report)
+}
+
+async fn restore_and_check(
+    args: &RestoreDrillArgs,
+    live: &PgPool,
+    scratch_name: &str,
+    report: &mut RestoreReport,
+) -> Result<(), DrillError> {
+    let scratch_url = with_database(args.database_url.expose(), scratch_name)?;
+    let timeout = Duration::from_secs(args.restore_timeout_minutes.saturating_mul(60));
+    if let Err(problem) = restore(&args.dump, &scratch_url, timeout).await {
+        report.surprises.push(problem);
+        return Ok(());
+    }
+    let scratch = crate::db::connect(scratch_url.expose(), 4).await?;
+    // A backup older than the running version gets its missing migrations,
+    // as an operator would apply them on start.
+    if let Err(error) = crate::db::migrate(&scratch).await {
+        report
+            .surprises
+            .push(format!("the restored schema cannot be migrated: {error}"));
+        scratch.close().await;
+        return Ok(());
+    }
+    let salt = args.suppression_salt.as_ref();
+    let now = Utc::now();
+    match replay::import_and_replay(live, &scratch, salt, now).await {
+        Ok(replayed) => {
+            report.tombstones_replayed = replayed.tombstones;
+            report.tombstones_effective = replayed.effective;
+            report.removed_by_replay = replayed.removed;
+        }
+        Err(error) => report
+            .surprises
+            .push(format!("replaying the tombstones failed: {error}")),
+    }
+    // A second replay must find nothing: whatever an erasure removed is
+    // gone from the restore.
+    match replay::replay_tombstones(&scratch, salt, now).await {
+        Ok(again) if again.effective.is_empty() => {}
+        Ok(again) => report.surprises.push(format!(
+            "a second replay still removed data of tombstone(s) {:?}",
+            again.effective
+        )),
+        Err(error) => report
+            .surprises
+            .push(format!("the second replay failed: {error}")),
+    }
+    for table in missing_tables(&scratch).await? {
+        report
+            .surprises
+            .push(format!("{table} is missing from the restored database"));
+    }
+    report.counts = month_counts(&scratch, live).await?;
+    scratch.close().await;
+    Ok(())
+}
+
+/// The SHA-256 of a file (a directory-format dump: of its `toc.dat`).
+fn file_sha256(path: &Path) -> Result<String, DrillError> {
+    let file = if path.is_dir() {
+        path.join("toc.dat")
+    } else {
+        path.to_path_buf()
+    };
+    let error = |source| DrillError::Dump {
+        path: file.display().to_string(),
+        source,
+    };
+    let mut reader = std::fs::File::open(&file).map_err(error)?;
+    let mut hasher = sha2::Sha256::new();
+    let mut buffer = vec![0u8; 1 << 20];
+    loop {
+        let read = reader
+            .read(&mut buffer)
+            .map_err(|source| DrillError::Dump {
+                path: file.display().to_string(),
+                source,
+            })?;
+        if read == 0 {
+            break;
+        }
+        hasher.update(&buffer[..read]);
+    }
+    Ok(hex::encode(hasher.finalize()))
+}
+
+/// `url` naming database `name` instead of its own.
+fn with_database(url: &str, name: &str) -> Result<SecretString, DrillError> {
+    let mut parsed = url::Url::parse(url).map_err(|e| DrillError::Url(e.to_string()))?;
+    parsed.set_path(&format!("/{name}"));
+    Ok(SecretString::new(parsed.to_string()))
+}
+
+/// Restores `dump` into the database at `url` with `pg_restore` (an archive)
+/// or `psql` (plain SQL), stopping at the first error, within `timeout`.
+/// The connection goes through the environment (`PGPASSWORD` and the other
+/// libpq variables), so no password is on a command line.
+async fn restore(dump: &Path, url: &SecretString, timeout: Duration) -> Result<(), String> {
+    let parsed = url::Url::parse(url.expose()).map_err(|e| e.to_string())?;
+    let archive = dump.is_dir() || {
+        let mut magic = [0u8; 5];
+        std::fs::File::open(dump)
+            .and_then(|mut file| file.read_exact(&mut magic))
+            .is_ok()
+            && &magic == b"PGDMP"
+    };
+    let mut command = if archive {
+        let mut command = tokio::process::Command::new("pg_restore");
+        command.args(["--no-owner", "--no-privileges", "--exit-on-error"]);
+        command.arg(dump);
+        command
+    } else {
+        let mut command = tokio::process::Command::new("psql");
+        command.args(["--quiet", "--no-psqlrc", "-v", "ON_ERROR_STOP=1", "-f"]);
+        command.arg(dump);
+        command
+    };
+    if archive {
+        command
+            .arg("--dbname")
+            .arg(parsed.path().trim_start_matches('/'));
+    }
+    command
+        .env("PGDATABASE", parsed.path().trim_start_matches('/'))
+        .env("PGHOST", parsed.host_str().unwrap_or("localhost"))
+        .env("PGPORT", parsed.port().unwrap_or(5432).to_string())
+        .env("PGUSER", parsed.username())
+        .env("PGPASSWORD", parsed.password().unwrap_or_default())
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true);
+    for (key, value) in parsed.query_pairs() {
+        if key == "sslmode" {
+            command.env("PGSSLMODE", value.as_ref());
+        }
+    }
+    let program = if archive { "pg_restore" } else { "psql" };
+    let child = command
+        .spawn()
+        .map_err(|e| format!("{program} cannot be started: {e}"))?;
+    match tokio::time::timeout(timeout, child.wait_with_output()).await {
+        Err(_) => Err(format!("the restore did not finish within {timeout:?}")),
+        Ok(Err(error)) => Err(format!("{program}: {error}")),
+        Ok(Ok(output)) if output.status.success() => Ok(()),
+        Ok(Ok(output)) => Err(format!(
+            "the restore failed ({program} {}): {}",
+            output.status,
+            String::from_utf8_lossy(&output.stderr)
+                .lines()
+                .take(5)
+                .collect::<Vec<_>>()
+                .join(" / ")
+        )),
+    }
+}
+
+/// Tables of the catalogue the restored database lacks.
+async fn missing_tables(scratch: &PgPool) -> Result<Vec<String>, DrillError> {
+    let mut missing = Vec::new();
+    for table in crate::schema::catalogued_tables() {
+        let found: Option<String> = sqlx::query_scalar("SELECT to_regclass($1)::text")
+            .bind(table)
+            .fetch_one(scratch)
+            .await
+            .map_err(db("looking for the catalogue's tables"))?;
+        if found.is_none() {
+            missing.push(table.to_string());
+        }
+    }
+    Ok(missing)
+}
+
+/// Rows per erasure surface and month in both databases.
+async fn month_counts(scratch: &PgPool, live: &PgPool) -> Result<Vec<MonthCount>, DrillError> {
+    let mut counts = Vec::new();
+    for table in ROW_TABLES.iter().chain(HASH_TABLES.iter()) {
+        let statement = format!(
+            "SELECT to_char(date_trunc('month', {time}), 'YYYY-MM') AS month, count(*) \
+             FROM {name} GROUP BY 1 ORDER BY 1",
+            time = table.time_expression(),
+            name = table.name()
+        );
+        let read = |pool: &PgPool| {
+            let statement = statement.clone();
+            let pool = pool.clone();
+            async move {
+                sqlx::query_as::<_, (Option<String>, i64)>(sqlx::AssertSqlSafe(statement))
+                    .fetch_all(&pool)
+                    .await
+                    .map_err(db("counting rows per month"))
+            }
+        };
+        let mut months: std::collections::BTreeMap<String, (i64, i64)> = Default::default();
+        for (month, count) in read(scratch).await? {
+            months.entry(month.unwrap_or_default()).or_default().0 = count;
+        }
+        for (month, count) in read(live).await? {
+            months.entry(month.unwrap_or_default()).or_default().1 = count;
+        }
+        counts.extend(
+            months
+                .into_iter()
+                .map(|(month, (restored, live))| MonthCount {
+                    table: table.name().to_string(),
+                    month,
+                    restored,
+                    live,
+                }),
+        );
+    }
+    Ok(counts)
+}
+
+fn print_report(report: &RestoreReport) {
+    println!(
+        "restore drill of {} (sha256 {})",
+        report.dump, report.dump_sha256
+    );
+    if !report.scratch_database.is_empty() {
+        println!("scratch database {} (dropped)", report.scratch_database);
+    }
+    println!(
+        "{} tombstone(s) replayed; data had come back for {:?}",
+        report.tombstones_replayed, report.tombstones_effective
+    );
+    for (surface, removed) in &report.removed_by_replay {
+        println!("  removed again from {surface:<28} {removed}");
+    }
+    println!(
+        "{:<30} {:<8} {:>12} {:>12}",
+        "table", "month", "restored", "live"
+    );
+    for count in &report.counts {
+        println!(
+            "{:<30} {:<8} {:>12} {:>12}",
+            count.table, count.month, count.restored, count.live
+        );
+    }
+    if report.surprises.is_empty() {
+        println!("PASSED: no surprise");
+    } else {
+        for surprise in &report.surprises {
+            println!("SURPRISE: {surprise}");
+        }
+    }
+}
