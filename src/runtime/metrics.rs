@@ -361,6 +361,90 @@ impl Metrics {
         }
     }
 
+    /// The exposition of a fresh registry with one sample in every labelled
+    /// family. prometheus-client leaves a family without samples out of
+    /// the exposition altogether (no `# TYPE` line), so a scrape of a
+    /// process lists only what it has touched; this lists every family, for
+    /// checking the names the chart's dashboard and alerts query
+    /// (tests/metrics_exposition.rs). The destructuring names every field,
+    /// so a new metric field does not compile until it is sampled here.
+    pub fn every_family_exposition() -> String {
+        let metrics = Self::new();
+        let Self {
+            registry: _,
+            reconciles,
+            reconcile_failures,
+            reconcile_duration,
+            lag_seconds,
+            rows_archived,
+            rejected_rows,
+            tick_duration,
+            unsealed_wait_seconds,
+            key_drop_warnings,
+            unsealed_timeout_verdicts,
+            stray_keys,
+            deletion_deadline_seconds,
+            deletion_duration: _,
+            deletion_failures,
+            views_lag_seconds: _,
+            views_duration: _,
+            suppression_plan_uses_index: _,
+            partition_coverage_months: _,
+            retention_deleted_rows,
+            retention_drift_rows,
+            retention_run_duration: _,
+            shard_lag_seconds,
+            shard_lag_slo_seconds,
+            watermark_read_failures: _,
+            shard_labels: _,
+        } = &metrics;
+        let text = || "example".to_string();
+        let kind = KindLabels { kind: text() };
+        let shard = ShardLabels { shard: text() };
+        let _ = reconciles.get_or_create(&kind);
+        let _ = reconcile_failures.get_or_create(&FailureLabels {
+            kind: text(),
+            error: text(),
+        });
+        let _ = reconcile_duration.get_or_create(&kind);
+        let _ = lag_seconds.get_or_create(&shard);
+        let _ = rows_archived.get_or_create(&shard);
+        let _ = rejected_rows.get_or_create(&RejectLabels { reason: text() });
+        let _ = tick_duration.get_or_create(&shard);
+        let _ = unsealed_wait_seconds.get_or_create(&shard);
+        let _ = key_drop_warnings.get_or_create(&shard);
+        let _ = unsealed_timeout_verdicts.get_or_create(&shard);
+        let _ = stray_keys.get_or_create(&StrayKeyLabels {
+            shard: text(),
+            kind: text(),
+        });
+        let _ = deletion_deadline_seconds.get_or_create(&DeletionLabels {
+            namespace: text(),
+            name: text(),
+        });
+        let _ = deletion_failures.get_or_create(&ErasureStepLabels { step: text() });
+        let _ = retention_deleted_rows.get_or_create(&RetentionRowLabels {
+            table: text(),
+            tier: text(),
+        });
+        let _ = retention_drift_rows.get_or_create(&RetentionTableLabels { table: text() });
+        let _ = shard_lag_seconds.get_or_create(&shard);
+        let _ = shard_lag_slo_seconds.get_or_create(&shard);
+        metrics.encode()
+    }
+
+    /// How many metrics the registry holds (sampled or not).
+    #[cfg(test)]
+    fn registered_count(&self) -> usize {
+        let registry = self
+            .registry
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        // The registry does not list its metrics; its Debug form shows one
+        // descriptor per registered metric.
+        format!("{registry:?}").matches("Descriptor {").count()
+    }
+
     /// The Prometheus text exposition of every metric.
     pub fn encode(&self) -> String {
         let mut text = String::new();
@@ -377,6 +461,25 @@ impl Metrics {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_family_exposition_lists_every_registered_metric() {
+        let registered = Metrics::new().registered_count();
+        assert!(registered >= 20, "{registered}");
+        let text = Metrics::every_family_exposition();
+        let families = text.lines().filter(|l| l.starts_with("# TYPE ")).count();
+        assert_eq!(families, registered, "{text}");
+        // A fresh registry shows only its unlabelled metrics.
+        let fresh = Metrics::new().encode();
+        assert!(
+            !fresh.contains("# TYPE archiver_deletion_failures counter"),
+            "{fresh}"
+        );
+        assert!(
+            text.contains("# TYPE archiver_deletion_failures counter"),
+            "{text}"
+        );
+    }
 
     #[test]
     fn reconciles_and_failures_are_encoded_with_the_prefix() {
