@@ -106,6 +106,11 @@ pub struct Metrics {
     pub retention_drift_rows: Family<RetentionTableLabels, Gauge>,
     /// Seconds spent deleting in one enforcement run (all its batches).
     pub retention_run_duration: Histogram,
+    /// Tenants with rows and no `tenant_tier_history` row (at the last
+    /// drift count): retention never prunes them and they block drops.
+    pub retention_tenants_without_tier: Gauge,
+    /// 1 while the PartitionSchedule's `DropBlocked` condition is True.
+    pub partition_drop_blocked: Gauge,
     /// Seconds between now and the end of each shard's last archived minute,
     /// computed by the leader from `archive_watermark` whether or not the
     /// shard's worker runs (the worker's own `lag_seconds` stops with it).
@@ -258,6 +263,18 @@ impl Metrics {
             "Seconds spent deleting in one retention enforcement run",
             retention_run_duration.clone(),
         );
+        let retention_tenants_without_tier = Gauge::default();
+        let partition_drop_blocked = Gauge::default();
+        registry.register(
+            "retention_tenants_without_tier",
+            "Tenants with rows and no tenant_tier_history row, never pruned (at the last drift count)",
+            retention_tenants_without_tier.clone(),
+        );
+        registry.register(
+            "partition_drop_blocked",
+            "1 while a partition drop is refused (the PartitionSchedule's DropBlocked condition)",
+            partition_drop_blocked.clone(),
+        );
         let shard_lag_seconds = Family::<ShardLabels, Gauge>::default();
         let shard_lag_slo_seconds = Family::<ShardLabels, Gauge>::default();
         let watermark_read_failures = Counter::default();
@@ -299,6 +316,8 @@ impl Metrics {
             retention_deleted_rows,
             retention_drift_rows,
             retention_run_duration,
+            retention_tenants_without_tier,
+            partition_drop_blocked,
             shard_lag_seconds,
             shard_lag_slo_seconds,
             watermark_read_failures,
@@ -393,6 +412,8 @@ impl Metrics {
             retention_deleted_rows,
             retention_drift_rows,
             retention_run_duration: _,
+            retention_tenants_without_tier: _,
+            partition_drop_blocked: _,
             shard_lag_seconds,
             shard_lag_slo_seconds,
             watermark_read_failures: _,

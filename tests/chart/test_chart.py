@@ -685,8 +685,9 @@ def alert_rules_without_annotations(values: dict[str, Any], keep: tuple[str, ...
 def test_new_alerts_fire_on_the_series_they_watch(tmp_path: Path) -> None:
     """The alerts' behaviour on synthetic series (promtool test rules), not
     only their syntax: views lag against its SLO, a retention drift that
-    never falls, and the deadline of a DeletionRequest named by its own
-    namespace whatever the scrape did to the label."""
+    never falls, a blocked partition drop, tenants without a tier, and the
+    deadline of a DeletionRequest named by its own namespace whatever the
+    scrape did to the label."""
     values = VARIANTS["monitoring"]
     rendered = alerts(values)
     imminent = rendered["ArchiverDeletionDeadlineImminent"]["annotations"]
@@ -729,6 +730,23 @@ def test_new_alerts_fire_on_the_series_they_watch(tmp_path: Path) -> None:
                         "alertname": "ArchiverRetentionDrift",
                         "exp_alerts": [{"exp_labels": {**warning, "table": "probe_day"}}],
                     },
+                ],
+            },
+            {
+                # A drop blocked for 7 hours (dropBlockedFor 6h); a tenant
+                # without a tier from minute 30 (for 1h). The standby
+                # reports 0.
+                "interval": "5m",
+                "input_series": [
+                    {"series": 'archiver_partition_drop_blocked{pod="leader"}', "values": "1x96"},
+                    {"series": 'archiver_partition_drop_blocked{pod="standby"}', "values": "0x96"},
+                    {"series": 'archiver_retention_tenants_without_tier{pod="leader"}', "values": "0x5 2x90"},
+                ],
+                "alert_rule_test": [
+                    {"eval_time": "5h50m", "alertname": "ArchiverPartitionDropBlocked", "exp_alerts": []},
+                    {"eval_time": "6h10m", "alertname": "ArchiverPartitionDropBlocked", "exp_alerts": [{"exp_labels": warning}]},
+                    {"eval_time": "1h20m", "alertname": "ArchiverTenantsWithoutTier", "exp_alerts": []},
+                    {"eval_time": "1h40m", "alertname": "ArchiverTenantsWithoutTier", "exp_alerts": [{"exp_labels": warning}]},
                 ],
             },
             {
@@ -927,6 +945,8 @@ def test_dashboard_shows_what_operators_watch() -> None:
     panel_with("archiver_retention_deleted_rows_total", "archiver_retention_run_duration_seconds_count")  # per run
     panel_with("archiver_retention_drift_rows")
     panel_with("archiver_partition_coverage_months")
+    panel_with("archiver_partition_drop_blocked")
+    panel_with("archiver_retention_tenants_without_tier")
     panel_with("archiver_deletion_deadline_seconds")
     panel_with("archiver_deletion_duration_seconds_count", "archiver_deletion_failures_total")  # outcomes
     panel_with("archiver_reconcile_failures_total", "by (kind")  # errors by kind
