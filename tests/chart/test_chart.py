@@ -788,6 +788,26 @@ def test_new_alerts_fire_on_the_series_they_watch(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stdout + result.stderr
 
 
+def test_every_alert_is_documented_with_what_to_do() -> None:
+    """Each alert has a row in the chart README's table and one in the
+    runbook (docs/OPERATIONS.md, section Alerts) with its severity."""
+    readme = (CHART_DIR / "README.md").read_text()
+    runbook = (REPO / "docs" / "OPERATIONS.md").read_text().split("## Alerts", 1)
+    assert len(runbook) == 2, "docs/OPERATIONS.md has no Alerts section"
+    rows = {}
+    for line in runbook[1].splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) == 4 and cells[0].startswith("`Archiver"):
+            rows[cells[0].strip("`")] = cells
+    rendered = alerts(VARIANTS["monitoring"])
+    assert set(rows) == set(rendered), "runbook rows and alerts differ"
+    for name, rule in rendered.items():
+        assert f"| {name} |" in readme, f"{name} is not in the chart README's alert table"
+        _, severity, means, do = rows[name]
+        assert severity == rule["labels"]["severity"], name
+        assert means and do, name
+
+
 # ---------------------------------------------------------------------------
 # Grafana dashboard
 
