@@ -715,14 +715,23 @@ def test_new_alerts_fire_on_the_series_they_watch(tmp_path: Path) -> None:
             {
                 # probe_minute: drift rises by 100 rows every 5 minutes and
                 # a daily run brings it back to 5 (healthy). probe_day: it
-                # only rises (no run deletes anything).
+                # only rises (no run deletes anything). probe_month: nothing
+                # has expired for 30 hours, then rows expire and the daily
+                # run at 48h removes them (healthy: a window without drift
+                # says nothing).
                 "interval": "5m",
                 "input_series": [
                     {"series": 'archiver_retention_drift_rows{pod="leader",table="probe_minute"}', "values": " ".join([f"5+100x{day - 1}"] * 4)},
                     {"series": 'archiver_retention_drift_rows{pod="leader",table="probe_day"}', "values": f"0+100x{4 * day - 1}"},
+                    {"series": 'archiver_retention_drift_rows{pod="leader",table="probe_month"}', "values": f"0x{30 * 12 - 1} 100+100x{18 * 12 - 1} 0+100x{48 * 12 - 1}"},
                 ],
                 "alert_rule_test": [
                     {"eval_time": "20h", "alertname": "ArchiverRetentionDrift", "exp_alerts": []},
+                    {
+                        "eval_time": "45h",
+                        "alertname": "ArchiverRetentionDrift",
+                        "exp_alerts": [{"exp_labels": {**warning, "table": "probe_day"}}],
+                    },
                     {
                         "eval_time": "80h",
                         "alertname": "ArchiverRetentionDrift",
