@@ -742,7 +742,8 @@ pub async fn run_forever(
         }
     }
     // A replica that stops leading must not keep exporting a frozen lag:
-    // alerts take max() over the replicas.
+    // alerts take max() over the replicas (a standby's views lag is 0).
     metrics.shard_lag_seconds.clear();
     metrics.shard_lag_slo_seconds.clear();
+    metrics.views_lag_seconds.set(0);
 }
