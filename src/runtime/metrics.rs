@@ -325,6 +325,24 @@ impl Metrics {
         }
     }
 
+    /// Forgets what only the leader exports, when this replica stops
+    /// leading and stays up as a standby: the rules take `max()` (`min()`
+    /// for deadlines) over the replicas, so a frozen value (a drift, a
+    /// blocked drop, the deadline of a request the new leader completed)
+    /// would keep an alert firing, or hide one, until the process restarts.
+    /// A standby reports what a replica that never led does.
+    pub fn forget_leader_state(&self) {
+        self.shard_lag_seconds.clear();
+        self.shard_lag_slo_seconds.clear();
+        self.deletion_deadline_seconds.clear();
+        self.retention_drift_rows.clear();
+        self.views_lag_seconds.set(0);
+        self.suppression_plan_uses_index.set(0);
+        self.partition_coverage_months.set(0);
+        self.partition_drop_blocked.set(0);
+        self.retention_tenants_without_tier.set(0);
+    }
+
     /// Records a reconciled shard: its label for the lag computed from its
     /// watermark row, and its lag SLO.
     pub fn observe_shard(&self, shard_id: i32, label: &str, lag_slo_seconds: u32) {
@@ -482,6 +500,65 @@ impl Metrics {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_replica_that_stops_leading_forgets_the_leader_gauges() {
+        let metrics = Metrics::new();
+        metrics.observe_shard(0, "archiver/shard-0", 180);
+        let shard = ShardLabels {
+            shard: "archiver/shard-0".into(),
+        };
+        metrics.shard_lag_seconds.get_or_create(&shard).set(900);
+        metrics
+            .deletion_deadline_seconds
+            .get_or_create(&DeletionLabels {
+                namespace: "tenants".into(),
+                name: "erase-1".into(),
+            })
+            .set(3600);
+        metrics
+            .retention_drift_rows
+            .get_or_create(&RetentionTableLabels {
+                table: "probe_minute".into(),
+            })
+            .set(5000);
+        for gauge in [
+            &metrics.views_lag_seconds,
+            &metrics.suppression_plan_uses_index,
+            &metrics.partition_coverage_months,
+            &metrics.partition_drop_blocked,
+            &metrics.retention_tenants_without_tier,
+        ] {
+            gauge.set(7);
+        }
+        metrics.forget_leader_state();
+        let text = metrics.encode();
+        for family in [
+            "archiver_shard_lag_seconds{",
+            "archiver_shard_lag_slo_seconds{",
+            "archiver_deletion_deadline_seconds{",
+            "archiver_retention_drift_rows{",
+        ] {
+            assert!(!text.contains(family), "{family} left: {text}");
+        }
+        for gauge in [
+            "archiver_views_lag_seconds",
+            "archiver_suppression_plan_uses_index",
+            "archiver_partition_coverage_months",
+            "archiver_partition_drop_blocked",
+            "archiver_retention_tenants_without_tier",
+        ] {
+            assert!(text.contains(&format!("\n{gauge} 0\n")), "{gauge}: {text}");
+        }
+        // The counters stay: rate() and increase() handle them per replica.
+        metrics.observe_reconcile("ArchiverShard", 0.1, Some("Boom"));
+        metrics.forget_leader_state();
+        assert!(
+            metrics
+                .encode()
+                .contains("archiver_reconcile_failures_total{")
+        );
+    }
 
     #[test]
     fn every_family_exposition_lists_every_registered_metric() {
