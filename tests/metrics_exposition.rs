@@ -27,7 +27,13 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use std::sync::Arc;
+
+use archiver_operator::clock::SystemClock;
 use archiver_operator::local_servers::free_port;
+use archiver_operator::runtime::context::{Context, SecretSource};
+use archiver_operator::runtime::leader::Leadership;
+use archiver_operator::runtime::manifests::ManifestsEngine;
 use archiver_operator::runtime::metrics::Metrics;
 use archiver_operator::testing::TestDatabase;
 
@@ -269,4 +275,69 @@ fn type_lines_give_the_sample_names_promql_selects() {
         assert!(names.contains(name), "{name}: {names:?}");
     }
     assert!(!names.contains("archiver_a"));
+}
+
+/// The value of an unlabelled gauge, and whether a labelled family has series.
+fn gauge(metrics: &Metrics, name: &str) -> Option<i64> {
+    metrics
+        .encode()
+        .lines()
+        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+}
+
+fn has_series(metrics: &Metrics, family: &str) -> bool {
+    metrics.encode().contains(&format!("{family}{{"))
+}
+
+/// A standalone engine that loses the lock but keeps running exports no
+/// leader gauge frozen at its last value: the alerts take max() over the
+/// replicas.
+#[tokio::test]
+async fn a_standalone_engine_that_stops_leading_forgets_its_leader_gauges() {
+    let db = TestDatabase::new().await;
+    let dir = copy_examples();
+    let metrics = Arc::new(Metrics::new());
+    let ctx = Context {
+        clock: Arc::new(SystemClock),
+        db: Some(db.pool.clone()),
+        config: Arc::new(Default::default()),
+        secrets: SecretSource::Manifests(Default::default()),
+        metrics: metrics.clone(),
+        workers: archiver_operator::runtime::workers::WorkerHost::Disabled,
+        policies: Default::default(),
+        enforced_policies: Default::default(),
+        redis_targets: Default::default(),
+        publisher: archiver_operator::runtime::publish::Publisher::Disabled,
+    };
+    let engine = ManifestsEngine::new(dir.path().to_path_buf(), ctx);
+    let (lead, leading) = tokio::sync::watch::channel(true);
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let running = tokio::spawn(async move {
+        engine
+            .run(Leadership::from_receiver(leading), async {
+                let _ = stopped.await;
+            })
+            .await
+    });
+    let wait = async |what: &str, condition: &dyn Fn() -> bool| {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !condition() {
+            assert!(Instant::now() < deadline, "timed out waiting for {what}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    wait("the leader's gauges", &|| {
+        gauge(&metrics, "archiver_partition_coverage_months").is_some_and(|months| months >= 1)
+            && has_series(&metrics, "archiver_retention_drift_rows")
+    })
+    .await;
+
+    lead.send(false).expect("the engine listens");
+    wait("a standby's gauges", &|| {
+        gauge(&metrics, "archiver_partition_coverage_months") == Some(0)
+            && !has_series(&metrics, "archiver_retention_drift_rows")
+    })
+    .await;
+    let _ = stop.send(());
+    running.await.expect("the engine stops");
 }
