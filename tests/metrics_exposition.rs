@@ -14,13 +14,13 @@
 //! pattern over the code that registers them.
 //!
 //! The list is also committed as `tests/chart/exported-metrics.txt`, one
-//! sample name a line, for the chart tests (`scripts/chart-tests.sh`), which
+//! sample name and its label names a line, for the chart tests (`scripts/chart-tests.sh`), which
 //! check the rendered rules and dashboard against it without building the
 //! binary or starting PostgreSQL. This test fails while that copy is stale;
 //! `ARCHIVER_WRITE_EXPORTED_METRICS=1 cargo test --test metrics_exposition`
 //! rewrites it.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
@@ -166,16 +166,41 @@ fn committed_list_path() -> PathBuf {
         .join("exported-metrics.txt")
 }
 
-fn list_text(names: &BTreeSet<String>) -> String {
+/// Each sample name of an exposition with the names of its labels.
+fn label_names(exposition: &str) -> BTreeMap<String, BTreeSet<String>> {
+    let mut found: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    for line in exposition.lines() {
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let name_end = line.find(['{', ' ']).unwrap_or(line.len());
+        let labels = found.entry(line[..name_end].to_string()).or_default();
+        if let Some(rest) = line[name_end..].strip_prefix('{') {
+            let (inside, _) = rest.split_once('}').expect("a closed label set");
+            // The values here are plain words ("example", bucket bounds).
+            for pair in inside.split(',') {
+                let (label, _) = pair.split_once('=').expect("label=value");
+                labels.insert(label.to_string());
+            }
+        }
+    }
+    found
+}
+
+fn list_text(names: &BTreeMap<String, BTreeSet<String>>) -> String {
     let mut text = String::from(
-        "# Sample names the archiver-operator binary exports on /metrics (every\n\
-         # family of its registry; tests/metrics_exposition.rs checks this copy\n\
-         # and a scrape of the running process against it;\n\
+        "# Sample names the archiver-operator binary exports on /metrics, with their\n\
+         # labels (every family of its registry; tests/metrics_exposition.rs checks\n\
+         # this copy and a scrape of the running process against it;\n\
          # ARCHIVER_WRITE_EXPORTED_METRICS=1 cargo test --test metrics_exposition\n\
          # rewrites it). The chart tests check the dashboard and the alerts against it.\n",
     );
-    for name in names {
+    for (name, labels) in names {
         text.push_str(name);
+        if !labels.is_empty() {
+            let labels: Vec<&str> = labels.iter().map(String::as_str).collect();
+            text.push_str(&format!("{{{}}}", labels.join(",")));
+        }
         text.push('\n');
     }
     text
@@ -199,7 +224,16 @@ fn sample_line_names(exposition: &str) -> BTreeSet<String> {
 async fn the_dashboard_and_the_alerts_query_only_metrics_the_binary_exports() {
     let scrape = scrape_running_operator().await;
     let served = sample_names(&scrape);
-    let known = sample_names(&Metrics::every_family_exposition());
+    let every_family = Metrics::every_family_exposition();
+    let known = sample_names(&every_family);
+    // One sample in every family: each name has its sample lines, hence its
+    // labels.
+    let labelled = label_names(&every_family);
+    assert_eq!(
+        labelled.keys().cloned().collect::<BTreeSet<_>>(),
+        known,
+        "every family has samples"
+    );
     assert!(
         served.contains("archiver_reconciles_total"),
         "the scrape has no reconciles: {scrape}"
@@ -236,7 +270,7 @@ async fn the_dashboard_and_the_alerts_query_only_metrics_the_binary_exports() {
         );
     }
 
-    let expected = list_text(&known);
+    let expected = list_text(&labelled);
     let path = committed_list_path();
     if std::env::var_os("ARCHIVER_WRITE_EXPORTED_METRICS").is_some() {
         std::fs::write(&path, &expected).expect("write the exported metrics list");

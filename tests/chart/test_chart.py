@@ -606,9 +606,19 @@ EXPORTED_METRICS_FILE = Path(__file__).parent / "exported-metrics.txt"
 METRIC_NAME = re.compile(r"(?<![A-Za-z0-9_:])archiver_[a-z0-9_]+")
 
 
+def exported_labels() -> dict[str, set[str]]:
+    """Each exported sample name with the names of its labels."""
+    found = {}
+    for line in EXPORTED_METRICS_FILE.read_text().splitlines():
+        if not line or line.startswith("#"):
+            continue
+        name, _, labels = line.partition("{")
+        found[name] = set(labels.rstrip("}").split(",")) if labels else set()
+    return found
+
+
 def exported_metrics() -> set[str]:
-    lines = EXPORTED_METRICS_FILE.read_text().splitlines()
-    return {line for line in lines if line and not line.startswith("#")}
+    return set(exported_labels())
 
 
 def assert_only_exported_metrics(text: str, where: str) -> set[str]:
@@ -823,7 +833,8 @@ DASHBOARD_KEY = "archiver-operator.json"
 # Values for Grafana's variables, so that promtool can parse the queries.
 GRAFANA_VARIABLES = {
     "$__rate_interval": "5m",
-    "$__interval": "1m",
+    # The panels that use it set a minimum interval of an hour.
+    "$__interval": "1h",
     "$__range": "6h",
     "$views_lag_slo": "90",
     "$shard": ".*",
@@ -955,6 +966,9 @@ def test_dashboard_is_well_formed() -> None:
         for target in panel["targets"]:
             assert target["datasource"] == panel["datasource"]
             assert target["expr"].strip(), panel["title"]
+            # increase() over $__interval is empty below two scrapes.
+            if "$__interval" in target["expr"]:
+                assert panel.get("interval") == "1h", panel["title"]
 
 
 def test_dashboard_shows_what_operators_watch() -> None:
@@ -990,6 +1004,54 @@ def test_dashboard_names_only_exported_metrics() -> None:
     # The whole file: queries, variables and the descriptions' prose.
     used = assert_only_exported_metrics(DASHBOARD_FILE.read_text(), str(DASHBOARD_FILE.relative_to(REPO)))
     assert len(used) >= 15, used
+
+
+def synthetic_series(minutes: int) -> list[dict[str, str]]:
+    """One series of every exported sample name, with its labels and the
+    target labels a scrape adds (a metric's own `namespace` becomes
+    `exported_namespace`, as the ServiceMonitor's scrape renames it):
+    counters rising, gauges at 1."""
+    values_of = {"shard": "archiver/shard-0", "kind": "ArchiverShard", "table": "probe_minute"}
+    series = []
+    for name, labels in sorted(exported_labels().items()):
+        base = {"pod": "archiver-operator-0", "namespace": "archiver-system"}
+        for label in sorted(labels - {"le", "namespace"}):
+            base[label] = values_of.get(label, "x")
+        if "namespace" in labels:
+            base["exported_namespace"] = "tenants"
+        counting = name.endswith(("_total", "_bucket", "_count", "_sum"))
+        for le in ("0.1", "1", "+Inf") if "le" in labels else (None,):
+            label_set = dict(base, **({"le": le} if le else {}))
+            text = ",".join(f'{k}="{v}"' for k, v in label_set.items())
+            series.append({"series": f"{name}{{{text}}}", "values": f"0+10x{minutes}" if counting else f"1x{minutes}"})
+    return series
+
+
+def test_dashboard_queries_return_data_on_the_exported_series(tmp_path: Path) -> None:
+    """Every query of the dashboard, fed one series of every metric the
+    binary exports with the labels it exports, returns something: no
+    grouping or matching on a label the metric lacks, no empty division.
+    promtool evaluates absent(query), which is empty exactly when the
+    query is not."""
+    queries = queries_of(dashboard_file())
+    (tmp_path / "none.yaml").write_text(yaml.safe_dump({"groups": []}))
+    tests = {
+        "rule_files": ["none.yaml"],
+        "evaluation_interval": "1m",
+        "tests": [
+            {
+                "interval": "1m",
+                "input_series": synthetic_series(90),
+                "promql_expr_test": [
+                    {"expr": f"absent({substitute_variables(expr)})", "eval_time": "80m", "exp_samples": []}
+                    for _, expr in queries
+                ],
+            }
+        ],
+    }
+    (tmp_path / "tests.yaml").write_text(yaml.safe_dump(tests))
+    result = run_promtool("test", "rules", str(tmp_path / "tests.yaml"))
+    assert result.returncode == 0, result.stdout + result.stderr
 
 
 def test_dashboard_queries_parse(tmp_path: Path) -> None:
