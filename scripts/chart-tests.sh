@@ -11,6 +11,14 @@
 # Debian's python3 lacks the venv module, python3-venv is installed with
 # apt-get (sudo when not root); failing that, the packages go into a private
 # directory with pip --target. Extra arguments are passed to pytest.
+#
+# promtool (Debian's prometheus package) parses the PrometheusRule and the
+# Grafana dashboard's queries and runs the alerts' unit tests. When it is not
+# on PATH, promtool alone is unpacked from the package into target/promtool
+# (apt-get download + dpkg-deb; apt-get update with sudo when not root and
+# the package lists lack it). Installing the package instead would also
+# start a Prometheus server on port 9090 wherever systemd runs. Without
+# promtool those tests are skipped, except in CI (CI=true), where they fail.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -35,6 +43,35 @@ fi
 if ! "$python" -c 'import sys; sys.exit(sys.version_info < (3, 10))'; then
   echo "the chart tests need Python 3.10 or newer ($("$python" --version 2>&1))" >&2
   exit 1
+fi
+
+promtool_dir="${CHART_TESTS_PROMTOOL_DIR:-target/promtool}"
+fetch_promtool() {
+  if ! command -v apt-get >/dev/null 2>&1 || ! command -v dpkg-deb >/dev/null 2>&1; then return 1; fi
+  local download
+  download=$(mktemp -d)
+  if ! (cd "$download" && apt-get download prometheus >/dev/null 2>&1); then
+    if [ -n "$sudo" ] && ! command -v sudo >/dev/null 2>&1; then rm -rf "$download"; return 1; fi
+    echo "fetching promtool (Debian package prometheus)" >&2
+    $sudo apt-get update -qq >/dev/null \
+      && (cd "$download" && apt-get download prometheus >/dev/null 2>&1) \
+      || { rm -rf "$download"; return 1; }
+  fi
+  rm -rf "$promtool_dir"
+  mkdir -p "$promtool_dir"
+  # Only the promtool binary (linked against libc alone), no service.
+  dpkg-deb --fsys-tarfile "$download"/prometheus_*.deb | tar -x -C "$promtool_dir" ./usr/bin/promtool
+  rm -rf "$download"
+  "$promtool_dir/usr/bin/promtool" --version >/dev/null
+}
+if ! command -v promtool >/dev/null 2>&1; then
+  if [ ! -x "$promtool_dir/usr/bin/promtool" ] && ! fetch_promtool; then
+    echo "promtool could not be fetched (Debian package prometheus): its tests are skipped (they fail with CI=true)" >&2
+  fi
+  if [ -x "$promtool_dir/usr/bin/promtool" ]; then
+    PATH="$(cd "$promtool_dir/usr/bin" && pwd):$PATH"
+    export PATH
+  fi
 fi
 
 stamp() { sha256sum "$requirements" | cut -d' ' -f1; }

@@ -2,7 +2,7 @@
 # Installs what the demo and the tests need on a bare Debian machine:
 # PostgreSQL and Redis server binaries, Lua 5.4 and openssl (Debian
 # packages). Does nothing when they are already present. (The chart tests install their
-# Python packages themselves: scripts/chart-tests.sh.)
+# Python packages and fetch promtool themselves: scripts/chart-tests.sh.)
 set -euo pipefail
 
 have_postgres() {

@@ -106,6 +106,11 @@ pub struct Metrics {
     pub retention_drift_rows: Family<RetentionTableLabels, Gauge>,
     /// Seconds spent deleting in one enforcement run (all its batches).
     pub retention_run_duration: Histogram,
+    /// Tenants with rows and no `tenant_tier_history` row (at the last
+    /// drift count): retention never prunes them and they block drops.
+    pub retention_tenants_without_tier: Gauge,
+    /// 1 while the PartitionSchedule's `DropBlocked` condition is True.
+    pub partition_drop_blocked: Gauge,
     /// Seconds between now and the end of each shard's last archived minute,
     /// computed by the leader from `archive_watermark` whether or not the
     /// shard's worker runs (the worker's own `lag_seconds` stops with it).
@@ -258,6 +263,18 @@ impl Metrics {
             "Seconds spent deleting in one retention enforcement run",
             retention_run_duration.clone(),
         );
+        let retention_tenants_without_tier = Gauge::default();
+        let partition_drop_blocked = Gauge::default();
+        registry.register(
+            "retention_tenants_without_tier",
+            "Tenants with rows and no tenant_tier_history row, never pruned (at the last drift count)",
+            retention_tenants_without_tier.clone(),
+        );
+        registry.register(
+            "partition_drop_blocked",
+            "1 while a partition drop is refused (the PartitionSchedule's DropBlocked condition)",
+            partition_drop_blocked.clone(),
+        );
         let shard_lag_seconds = Family::<ShardLabels, Gauge>::default();
         let shard_lag_slo_seconds = Family::<ShardLabels, Gauge>::default();
         let watermark_read_failures = Counter::default();
@@ -299,11 +316,31 @@ impl Metrics {
             retention_deleted_rows,
             retention_drift_rows,
             retention_run_duration,
+            retention_tenants_without_tier,
+            partition_drop_blocked,
             shard_lag_seconds,
             shard_lag_slo_seconds,
             watermark_read_failures,
             shard_labels: Mutex::default(),
         }
+    }
+
+    /// Forgets what only the leader exports, when this replica stops
+    /// leading and stays up as a standby: the rules take `max()` (`min()`
+    /// for deadlines) over the replicas, so a frozen value (a drift, a
+    /// blocked drop, the deadline of a request the new leader completed)
+    /// would keep an alert firing, or hide one, until the process restarts.
+    /// A standby reports what a replica that never led does.
+    pub fn forget_leader_state(&self) {
+        self.shard_lag_seconds.clear();
+        self.shard_lag_slo_seconds.clear();
+        self.deletion_deadline_seconds.clear();
+        self.retention_drift_rows.clear();
+        self.views_lag_seconds.set(0);
+        self.suppression_plan_uses_index.set(0);
+        self.partition_coverage_months.set(0);
+        self.partition_drop_blocked.set(0);
+        self.retention_tenants_without_tier.set(0);
     }
 
     /// Records a reconciled shard: its label for the lag computed from its
@@ -361,6 +398,92 @@ impl Metrics {
         }
     }
 
+    /// The exposition of a fresh registry with one sample in every labelled
+    /// family. prometheus-client leaves a family without samples out of
+    /// the exposition altogether (no `# TYPE` line), so a scrape of a
+    /// process lists only what it has touched; this lists every family, for
+    /// checking the names the chart's dashboard and alerts query
+    /// (tests/metrics_exposition.rs). The destructuring names every field,
+    /// so a new metric field does not compile until it is sampled here.
+    pub fn every_family_exposition() -> String {
+        let metrics = Self::new();
+        let Self {
+            registry: _,
+            reconciles,
+            reconcile_failures,
+            reconcile_duration,
+            lag_seconds,
+            rows_archived,
+            rejected_rows,
+            tick_duration,
+            unsealed_wait_seconds,
+            key_drop_warnings,
+            unsealed_timeout_verdicts,
+            stray_keys,
+            deletion_deadline_seconds,
+            deletion_duration: _,
+            deletion_failures,
+            views_lag_seconds: _,
+            views_duration: _,
+            suppression_plan_uses_index: _,
+            partition_coverage_months: _,
+            retention_deleted_rows,
+            retention_drift_rows,
+            retention_run_duration: _,
+            retention_tenants_without_tier: _,
+            partition_drop_blocked: _,
+            shard_lag_seconds,
+            shard_lag_slo_seconds,
+            watermark_read_failures: _,
+            shard_labels: _,
+        } = &metrics;
+        let text = || "example".to_string();
+        let kind = KindLabels { kind: text() };
+        let shard = ShardLabels { shard: text() };
+        let _ = reconciles.get_or_create(&kind);
+        let _ = reconcile_failures.get_or_create(&FailureLabels {
+            kind: text(),
+            error: text(),
+        });
+        let _ = reconcile_duration.get_or_create(&kind);
+        let _ = lag_seconds.get_or_create(&shard);
+        let _ = rows_archived.get_or_create(&shard);
+        let _ = rejected_rows.get_or_create(&RejectLabels { reason: text() });
+        let _ = tick_duration.get_or_create(&shard);
+        let _ = unsealed_wait_seconds.get_or_create(&shard);
+        let _ = key_drop_warnings.get_or_create(&shard);
+        let _ = unsealed_timeout_verdicts.get_or_create(&shard);
+        let _ = stray_keys.get_or_create(&StrayKeyLabels {
+            shard: text(),
+            kind: text(),
+        });
+        let _ = deletion_deadline_seconds.get_or_create(&DeletionLabels {
+            namespace: text(),
+            name: text(),
+        });
+        let _ = deletion_failures.get_or_create(&ErasureStepLabels { step: text() });
+        let _ = retention_deleted_rows.get_or_create(&RetentionRowLabels {
+            table: text(),
+            tier: text(),
+        });
+        let _ = retention_drift_rows.get_or_create(&RetentionTableLabels { table: text() });
+        let _ = shard_lag_seconds.get_or_create(&shard);
+        let _ = shard_lag_slo_seconds.get_or_create(&shard);
+        metrics.encode()
+    }
+
+    /// How many metrics the registry holds (sampled or not).
+    #[cfg(test)]
+    fn registered_count(&self) -> usize {
+        let registry = self
+            .registry
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        // The registry does not list its metrics; its Debug form shows one
+        // descriptor per registered metric.
+        format!("{registry:?}").matches("Descriptor {").count()
+    }
+
     /// The Prometheus text exposition of every metric.
     pub fn encode(&self) -> String {
         let mut text = String::new();
@@ -377,6 +500,84 @@ impl Metrics {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_replica_that_stops_leading_forgets_the_leader_gauges() {
+        let metrics = Metrics::new();
+        metrics.observe_shard(0, "archiver/shard-0", 180);
+        let shard = ShardLabels {
+            shard: "archiver/shard-0".into(),
+        };
+        metrics.shard_lag_seconds.get_or_create(&shard).set(900);
+        metrics
+            .deletion_deadline_seconds
+            .get_or_create(&DeletionLabels {
+                namespace: "tenants".into(),
+                name: "erase-1".into(),
+            })
+            .set(3600);
+        metrics
+            .retention_drift_rows
+            .get_or_create(&RetentionTableLabels {
+                table: "probe_minute".into(),
+            })
+            .set(5000);
+        for gauge in [
+            &metrics.views_lag_seconds,
+            &metrics.suppression_plan_uses_index,
+            &metrics.partition_coverage_months,
+            &metrics.partition_drop_blocked,
+            &metrics.retention_tenants_without_tier,
+        ] {
+            gauge.set(7);
+        }
+        metrics.forget_leader_state();
+        let text = metrics.encode();
+        for family in [
+            "archiver_shard_lag_seconds{",
+            "archiver_shard_lag_slo_seconds{",
+            "archiver_deletion_deadline_seconds{",
+            "archiver_retention_drift_rows{",
+        ] {
+            assert!(!text.contains(family), "{family} left: {text}");
+        }
+        for gauge in [
+            "archiver_views_lag_seconds",
+            "archiver_suppression_plan_uses_index",
+            "archiver_partition_coverage_months",
+            "archiver_partition_drop_blocked",
+            "archiver_retention_tenants_without_tier",
+        ] {
+            assert!(text.contains(&format!("\n{gauge} 0\n")), "{gauge}: {text}");
+        }
+        // The counters stay: rate() and increase() handle them per replica.
+        metrics.observe_reconcile("ArchiverShard", 0.1, Some("Boom"));
+        metrics.forget_leader_state();
+        assert!(
+            metrics
+                .encode()
+                .contains("archiver_reconcile_failures_total{")
+        );
+    }
+
+    #[test]
+    fn every_family_exposition_lists_every_registered_metric() {
+        let registered = Metrics::new().registered_count();
+        assert!(registered >= 20, "{registered}");
+        let text = Metrics::every_family_exposition();
+        let families = text.lines().filter(|l| l.starts_with("# TYPE ")).count();
+        assert_eq!(families, registered, "{text}");
+        // A fresh registry shows only its unlabelled metrics.
+        let fresh = Metrics::new().encode();
+        assert!(
+            !fresh.contains("# TYPE archiver_deletion_failures counter"),
+            "{fresh}"
+        );
+        assert!(
+            text.contains("# TYPE archiver_deletion_failures counter"),
+            "{text}"
+        );
+    }
 
     #[test]
     fn reconciles_and_failures_are_encoded_with_the_prefix() {

@@ -241,6 +241,16 @@ impl Harness {
         partition_names(self.pool()).await
     }
 
+    /// The value of archiver_partition_drop_blocked (ArchiverPartitionDropBlocked).
+    fn drop_blocked_metric(&self) -> String {
+        self.metrics
+            .encode()
+            .lines()
+            .find_map(|l| l.strip_prefix("archiver_partition_drop_blocked "))
+            .expect("the drop-blocked gauge is exported")
+            .to_string()
+    }
+
     fn coverage_metric(&self) -> String {
         self.metrics
             .encode()
@@ -925,10 +935,12 @@ async fn a_row_inside_an_enterprise_contract_keeps_its_partition_until_it_expire
         );
         day = day.succ_opt().unwrap();
     }
+    assert_eq!(h.drop_blocked_metric(), "1");
     let outcome = h.reconcile_at(instant(expiry, 3, 30, 0)).await;
     let names = h.names().await;
     assert!(!names.contains("probe_minute_2027_01"), "{names:?}");
     assert_eq!(condition(&outcome.status, "DropBlocked").status, "False");
+    assert_eq!(h.drop_blocked_metric(), "0");
     assert!(has_event(
         &outcome,
         "PartitionDropped",
@@ -1061,6 +1073,7 @@ async fn without_a_policy_or_with_a_conflicting_one_nothing_is_dropped() {
         (blocked.status.as_str(), blocked.reason.as_str()),
         ("True", "NoRetentionPolicy")
     );
+    assert_eq!(h.drop_blocked_metric(), "1");
     assert_eq!(condition(&outcome.status, "Ready").status, "True");
 
     // Its reconciler found another policy in force and marked it.

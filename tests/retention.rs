@@ -857,6 +857,16 @@ async fn oracle_run(policy: RetentionPolicy) {
         Some(1),
         "tenant 6 has no tier"
     );
+    // The gauge ArchiverTenantsWithoutTier pages on.
+    assert!(
+        h.ctx
+            .metrics
+            .encode()
+            .lines()
+            .any(|l| l == "archiver_retention_tenants_without_tier 1"),
+        "{}",
+        h.ctx.metrics.encode()
+    );
     assert_eq!(
         outcome.status.next_enforcement_at,
         Some(t0() - Duration::minutes(30))

@@ -73,8 +73,9 @@ async fn an_unreadable_watermark_is_counted_and_the_lag_keeps_rising() {
     );
 }
 
-/// A replica that stops leading clears its shard lag series: a frozen value
-/// would keep `max()` over the replicas (and the alert) wrong after failover.
+/// A replica that stops leading clears its shard lag series and its views
+/// lag: a frozen value would keep `max()` over the replicas (and the alerts)
+/// wrong after failover.
 #[tokio::test]
 async fn the_lag_series_are_cleared_when_the_loop_stops() {
     let db = TestDatabase::empty().await;
@@ -126,4 +127,7 @@ async fn the_lag_series_are_cleared_when_the_loop_stops() {
     let text = metrics.encode();
     assert!(!text.contains("archiver_shard_lag_seconds{"), "{text}");
     assert!(!text.contains("archiver_shard_lag_slo_seconds{"), "{text}");
+    // The views waited on the hour-old watermark while it led (its pass ends
+    // before the loop stops); a standby reports 0.
+    assert_eq!(series(&metrics, "archiver_views_lag_seconds "), Some(0.0));
 }

@@ -11,6 +11,7 @@ use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
 use archiver_operator::archive::views::{self, ViewSettings};
+use archiver_operator::metrics::Metrics;
 use archiver_operator::testing::TestDatabase;
 
 const REGIONS: [&str; 5] = ["us-east", "us-west", "eu-west", "ap-southeast", "sa-east"];
@@ -824,5 +825,39 @@ async fn migration_0012_turns_autosummarize_off_on_existing_partitions() {
     assert!(
         after.values().all(|on| !on),
         "autosummarize still on: {after:?}"
+    );
+}
+
+/// The gauge ArchiverViewsLagAboveSLO watches keeps rising while the
+/// maintenance fails: it is read from derived_views_watermark after every
+/// pass, not only after a successful one.
+#[tokio::test]
+async fn the_views_lag_gauge_rises_while_maintenance_fails() {
+    let db = TestDatabase::new().await;
+    partitions(&db).await;
+    let mut random = Lcg(11);
+    let start = Utc.with_ymd_and_hms(2026, 11, 20, 10, 0, 0).unwrap();
+    archive_minutes(&db, &mut random, start, 5, 2).await;
+    let metrics = Metrics::new();
+    let now = start + chrono::Duration::minutes(6);
+    views::maintain_and_report(&db.pool, Some(SALT), now, &metrics)
+        .await
+        .expect("a pass");
+    // Minutes up to start + 4 applied: 60 s behind at start + 6.
+    assert_eq!(metrics.views_lag_seconds.get(), 60);
+
+    // The rollups cannot be written any more; the shard keeps archiving.
+    sqlx::query("ALTER TABLE probe_day RENAME TO probe_day_unavailable")
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    archive_minutes(&db, &mut random, start + chrono::Duration::minutes(5), 5, 2).await;
+    let later = start + chrono::Duration::minutes(30);
+    let failed = views::maintain_and_report(&db.pool, Some(SALT), later, &metrics).await;
+    assert!(failed.is_err(), "the pass cannot write probe_day");
+    assert_eq!(
+        metrics.views_lag_seconds.get(),
+        25 * 60,
+        "the lag counts from the last minute applied"
     );
 }

@@ -689,18 +689,6 @@ pub async fn maintain_and_report(
             if let Some(why) = report.suppression_disabled {
                 tracing::warn!("suppression clusters not maintained: {why}");
             }
-            if let Ok(Some(last)) = sqlx::query_scalar::<_, DateTime<Utc>>(
-                "SELECT last_minute FROM derived_views_watermark",
-            )
-            .fetch_optional(pool)
-            .await
-            {
-                metrics.views_lag_seconds.set(
-                    (now - (last + chrono::Duration::minutes(1)))
-                        .num_seconds()
-                        .max(0),
-                );
-            }
             if !report.minutes.is_empty() {
                 tracing::info!(minutes = report.minutes.len(), closed_days = ?report.closed_days, "derived views updated");
             }
@@ -712,6 +700,19 @@ pub async fn maintain_and_report(
                 .execute(pool)
                 .await;
         }
+    }
+    // After a failed pass too: a lag frozen at its last success would keep
+    // ArchiverViewsLagAboveSLO silent while the views stop.
+    if let Ok(Some(last)) =
+        sqlx::query_scalar::<_, DateTime<Utc>>("SELECT last_minute FROM derived_views_watermark")
+            .fetch_optional(pool)
+            .await
+    {
+        metrics.views_lag_seconds.set(
+            (now - (last + chrono::Duration::minutes(1)))
+                .num_seconds()
+                .max(0),
+        );
     }
     result
 }
@@ -741,7 +742,8 @@ pub async fn run_forever(
         }
     }
     // A replica that stops leading must not keep exporting a frozen lag:
-    // alerts take max() over the replicas.
+    // alerts take max() over the replicas (a standby's views lag is 0).
     metrics.shard_lag_seconds.clear();
     metrics.shard_lag_slo_seconds.clear();
+    metrics.views_lag_seconds.set(0);
 }

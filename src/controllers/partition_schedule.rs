@@ -454,6 +454,10 @@ impl Pass<'_> {
         if let Some(failure) = &drops.failure {
             events.push(warning("DropDelayed", "Drop", failure.clone()));
         }
+        self.ctx
+            .metrics
+            .partition_drop_blocked
+            .set(i64::from(blocked));
         self.set(status, conditions::DROP_BLOCKED, blocked, reason, message);
     }
 

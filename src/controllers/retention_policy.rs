@@ -604,6 +604,10 @@ async fn report_drift(
             })
             .set(rows);
     }
+    pass.ctx
+        .metrics
+        .retention_tenants_without_tier
+        .set(drift.tenants_without_tier);
     pass.status.drift = drift.rows_by_table;
     pass.status.tenants_without_tier = Some(drift.tenants_without_tier);
     Ok(())

@@ -637,6 +637,11 @@ impl ManifestsEngine {
         let mut last_scan: Option<Instant> = None;
         loop {
             let leading = leadership.is_leader();
+            if was_leader && !leading {
+                // No pass runs (they are awaited below): the reconcilers'
+                // gauges must not stay frozen on a standby.
+                self.ctx.metrics.forget_leader_state();
+            }
             if leading {
                 // Events are drained before the scan: a change made during
                 // the scan leaves an event for the next round.

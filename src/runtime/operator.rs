@@ -345,6 +345,9 @@ pub async fn run_in_cluster(args: &OperatorArgs) -> Result<(), RunError> {
         if let Some(replay) = replay {
             replay.abort();
         }
+        // Nothing leader-side runs any more: a standby exports no frozen
+        // leader gauges (the rules aggregate over the replicas).
+        kctx.ctx.metrics.forget_leader_state();
         if terminating {
             break;
         }

@@ -24,7 +24,8 @@ VARIANTS: dict[str, dict[str, Any]] = {
             "serviceMonitor": {"enabled": True, "labels": {"release": "kube-prometheus"}},
             "podMonitor": {"enabled": True},
             "prometheusRule": {"enabled": True, "alertLabels": {"team": "platform"}},
-        }
+        },
+        "grafana": {"dashboard": {"enabled": True}},
     },
     "network-policy": {
         "networkPolicy": {
@@ -83,6 +84,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
             },
         },
         "networkPolicy": {"enabled": True},
+        "grafana": {"dashboard": {"enabled": True, "namespace": "monitoring", "annotations": {"grafana_folder": "Archiver"}}},
     },
 }
 

@@ -7,6 +7,9 @@ Argo CD health checks."""
 
 from __future__ import annotations
 
+import copy
+import json
+import os
 import re
 import shutil
 import subprocess
@@ -595,26 +598,475 @@ def test_alerts_page_on_the_signals_that_matter() -> None:
     assert "ArchiverViewsBehind" in alerts(VARIANTS["everything"])
 
 
-def test_every_alert_metric_is_one_the_code_exports() -> None:
-    metrics_rs = (REPO / "src" / "runtime" / "metrics.rs").read_text()
-    exported = set(re.findall(r'^\s*"([a-z_]+)",\s*$', metrics_rs, re.M))
-    assert "lag_seconds" in exported, exported
-    for rule in alerts(VARIANTS["monitoring"]).values():
-        for metric in re.findall(r"\barchiver_[a-z_]+", rule["expr"]):
-            base = metric.removeprefix("archiver_")
-            base = base.removesuffix("_total")
-            assert base in exported, f"{metric} is not registered in src/runtime/metrics.rs"
+# The sample names the binary exports: every family of its metrics registry,
+# committed by tests/metrics_exposition.rs, which checks it against the
+# registry and a scrape of the running operator (a labelled family without
+# samples is not in a scrape at all, so a bare scrape would be incomplete).
+EXPORTED_METRICS_FILE = Path(__file__).parent / "exported-metrics.txt"
+METRIC_NAME = re.compile(r"(?<![A-Za-z0-9_:])archiver_[a-z0-9_]+")
+
+
+def exported_labels() -> dict[str, set[str]]:
+    """Each exported sample name with the names of its labels."""
+    found = {}
+    for line in EXPORTED_METRICS_FILE.read_text().splitlines():
+        if not line or line.startswith("#"):
+            continue
+        name, _, labels = line.partition("{")
+        found[name] = set(labels.rstrip("}").split(",")) if labels else set()
+    return found
+
+
+def exported_metrics() -> set[str]:
+    return set(exported_labels())
+
+
+def assert_only_exported_metrics(text: str, where: str) -> set[str]:
+    used = set(METRIC_NAME.findall(text))
+    unknown = sorted(used - exported_metrics())
+    assert not unknown, f"{where} uses metrics the binary does not export: {unknown}"
+    return used
+
+
+def test_every_alert_metric_is_one_the_binary_exports() -> None:
+    exported = exported_metrics()
+    assert {"archiver_shard_lag_seconds", "archiver_reconciles_total", "archiver_deletion_failures_total"} <= exported
+    for variant in ("monitoring", "everything"):
+        for name, rule in alerts(VARIANTS[variant]).items():
+            used = assert_only_exported_metrics(rule["expr"], f"alert {name}")
+            assert used, f"alert {name} uses no archiver metric"
+
+
+def test_the_metric_check_catches_a_misspelt_name() -> None:
+    with pytest.raises(AssertionError, match="archiver_shard_lag_secs"):
+        assert_only_exported_metrics("max(archiver_shard_lag_secs) > 1", "a misspelt rule")
+    assert assert_only_exported_metrics("job:archiver_x:rate5m + archiver_views_lag_seconds", "ok") == {
+        "archiver_views_lag_seconds"
+    }
+
+
+def in_ci() -> bool:
+    return os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+def promtool() -> str:
+    """promtool from Debian's prometheus package. scripts/chart-tests.sh
+    installs it; someone running pytest by hand without it gets a skip, CI
+    (CI=true) a failure."""
+    path = shutil.which("promtool")
+    if path is None:
+        if in_ci():
+            pytest.fail("promtool is missing in CI: scripts/chart-tests.sh fetches it from Debian's prometheus package")
+        pytest.skip("promtool not installed (Debian package prometheus): PromQL not parsed")
+    return path
+
+
+def run_promtool(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([promtool(), *args], capture_output=True, text=True, timeout=120)
 
 
 def test_prometheus_rules_pass_promtool(tmp_path: Path) -> None:
-    promtool = shutil.which("promtool")
-    if promtool is None:
-        pytest.skip("promtool not installed (Debian package prometheus): PromQL not parsed")
     rule = one(render(VARIANTS["everything"]), "PrometheusRule")
     path = tmp_path / "rules.yaml"
     path.write_text(yaml.safe_dump({"groups": rule["spec"]["groups"]}))
-    result = subprocess.run([promtool, "check", "rules", str(path)], capture_output=True, text=True)
+    result = run_promtool("check", "rules", str(path))
     assert result.returncode == 0, result.stdout + result.stderr
+    # And promtool does refuse a broken expression (the check is not a no-op).
+    broken = {"groups": [{"name": "x", "rules": [{"alert": "Broken", "expr": "max(archiver_views_lag_seconds > 1"}]}]}
+    path.write_text(yaml.safe_dump(broken))
+    assert run_promtool("check", "rules", str(path)).returncode != 0
+
+
+def alert_rules_without_annotations(values: dict[str, Any], keep: tuple[str, ...] = ()) -> dict[str, Any]:
+    """The rendered groups, as a rule file for `promtool test rules`; the
+    annotations are dropped except on the alerts in `keep` (promtool compares
+    them whole)."""
+    rule = one(render(values), "PrometheusRule")
+    groups = copy.deepcopy(rule["spec"]["groups"])
+    for group in groups:
+        for r in group["rules"]:
+            if r.get("alert") not in keep:
+                r.pop("annotations", None)
+    return {"groups": groups}
+
+
+def test_new_alerts_fire_on_the_series_they_watch(tmp_path: Path) -> None:
+    """The alerts' behaviour on synthetic series (promtool test rules), not
+    only their syntax: views lag against its SLO, a retention drift that
+    never falls, a blocked partition drop, tenants without a tier, and the
+    deadline of a DeletionRequest named by its own namespace whatever the
+    scrape did to the label."""
+    values = VARIANTS["monitoring"]
+    rendered = alerts(values)
+    imminent = rendered["ArchiverDeletionDeadlineImminent"]["annotations"]
+    (tmp_path / "rules.yaml").write_text(
+        yaml.safe_dump(alert_rules_without_annotations(values, keep=("ArchiverDeletionDeadlineImminent",)))
+    )
+    warning = {"severity": "warning", "team": "platform"}
+    day = 24 * 12  # 5-minute samples (within Prometheus' 5-minute lookback)
+    tests = {
+        "rule_files": ["rules.yaml"],
+        "evaluation_interval": "1m",
+        "tests": [
+            {
+                # The leader's views fall behind at minute 10; the standby
+                # reports 0 (max over the replicas).
+                "interval": "1m",
+                "input_series": [
+                    {"series": 'archiver_views_lag_seconds{pod="leader"}', "values": "30x9 120x30"},
+                    {"series": 'archiver_views_lag_seconds{pod="standby"}', "values": "0x40"},
+                ],
+                "alert_rule_test": [
+                    {"eval_time": "9m", "alertname": "ArchiverViewsLagAboveSLO", "exp_alerts": []},
+                    {"eval_time": "14m", "alertname": "ArchiverViewsLagAboveSLO", "exp_alerts": []},
+                    {"eval_time": "16m", "alertname": "ArchiverViewsLagAboveSLO", "exp_alerts": [{"exp_labels": warning}]},
+                ],
+            },
+            {
+                # probe_minute: drift rises by 100 rows every 5 minutes and
+                # a daily run brings it back to 5 (healthy). probe_day: it
+                # only rises (no run deletes anything). probe_month: nothing
+                # has expired for 30 hours, then rows expire and the daily
+                # run at 48h removes them (healthy: a window without drift
+                # says nothing).
+                "interval": "5m",
+                "input_series": [
+                    {"series": 'archiver_retention_drift_rows{pod="leader",table="probe_minute"}', "values": " ".join([f"5+100x{day - 1}"] * 4)},
+                    {"series": 'archiver_retention_drift_rows{pod="leader",table="probe_day"}', "values": f"0+100x{4 * day - 1}"},
+                    {"series": 'archiver_retention_drift_rows{pod="leader",table="probe_month"}', "values": f"0x{30 * 12 - 1} 100+100x{18 * 12 - 1} 0+100x{48 * 12 - 1}"},
+                ],
+                "alert_rule_test": [
+                    {"eval_time": "20h", "alertname": "ArchiverRetentionDrift", "exp_alerts": []},
+                    {
+                        "eval_time": "45h",
+                        "alertname": "ArchiverRetentionDrift",
+                        "exp_alerts": [{"exp_labels": {**warning, "table": "probe_day"}}],
+                    },
+                    {
+                        "eval_time": "80h",
+                        "alertname": "ArchiverRetentionDrift",
+                        "exp_alerts": [{"exp_labels": {**warning, "table": "probe_day"}}],
+                    },
+                ],
+            },
+            {
+                # A drop blocked for 7 hours (dropBlockedFor 6h); a tenant
+                # without a tier from minute 30 (for 1h). The standby
+                # reports 0.
+                "interval": "5m",
+                "input_series": [
+                    {"series": 'archiver_partition_drop_blocked{pod="leader"}', "values": "1x96"},
+                    {"series": 'archiver_partition_drop_blocked{pod="standby"}', "values": "0x96"},
+                    {"series": 'archiver_retention_tenants_without_tier{pod="leader"}', "values": "0x5 2x90"},
+                ],
+                "alert_rule_test": [
+                    {"eval_time": "5h50m", "alertname": "ArchiverPartitionDropBlocked", "exp_alerts": []},
+                    {"eval_time": "6h10m", "alertname": "ArchiverPartitionDropBlocked", "exp_alerts": [{"exp_labels": warning}]},
+                    {"eval_time": "1h20m", "alertname": "ArchiverTenantsWithoutTier", "exp_alerts": []},
+                    {"eval_time": "1h40m", "alertname": "ArchiverTenantsWithoutTier", "exp_alerts": [{"exp_labels": warning}]},
+                ],
+            },
+            {
+                # The ServiceMonitor keeps the target's namespace; the
+                # request's own namespace becomes exported_namespace.
+                "interval": "1m",
+                "input_series": [
+                    {
+                        "series": 'archiver_deletion_deadline_seconds{namespace="archiver-system",exported_namespace="tenants",name="erase-1",pod="leader"}',
+                        "values": "3600x10",
+                    },
+                ],
+                "alert_rule_test": [
+                    {
+                        "eval_time": "5m",
+                        "alertname": "ArchiverDeletionDeadlineImminent",
+                        "exp_alerts": [
+                            {
+                                "exp_labels": {
+                                    "severity": "critical",
+                                    "team": "platform",
+                                    "namespace": "archiver-system",
+                                    "exported_namespace": "tenants",
+                                    "name": "erase-1",
+                                },
+                                "exp_annotations": {
+                                    "summary": "DeletionRequest tenants/erase-1 is due in under a day",
+                                    "description": imminent["description"],
+                                },
+                            }
+                        ],
+                    },
+                ],
+            },
+        ],
+    }
+    (tmp_path / "tests.yaml").write_text(yaml.safe_dump(tests))
+    result = run_promtool("test", "rules", str(tmp_path / "tests.yaml"))
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_every_alert_is_documented_with_what_to_do() -> None:
+    """Each alert has a row in the chart README's table and one in the
+    runbook (docs/OPERATIONS.md, section Alerts) with its severity."""
+    readme = (CHART_DIR / "README.md").read_text()
+    runbook = (REPO / "docs" / "OPERATIONS.md").read_text().split("## Alerts", 1)
+    assert len(runbook) == 2, "docs/OPERATIONS.md has no Alerts section"
+    rows = {}
+    for line in runbook[1].splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) == 4 and cells[0].startswith("`Archiver"):
+            rows[cells[0].strip("`")] = cells
+    rendered = alerts(VARIANTS["monitoring"])
+    assert set(rows) == set(rendered), "runbook rows and alerts differ"
+    for name, rule in rendered.items():
+        assert f"| {name} |" in readme, f"{name} is not in the chart README's alert table"
+        _, severity, means, do = rows[name]
+        assert severity == rule["labels"]["severity"], name
+        assert means and do, name
+
+
+# ---------------------------------------------------------------------------
+# Grafana dashboard
+
+DASHBOARD_FILE = CHART_DIR / "dashboards" / "archiver.json"
+DASHBOARD_KEY = "archiver-operator.json"
+# Values for Grafana's variables, so that promtool can parse the queries.
+GRAFANA_VARIABLES = {
+    "$__rate_interval": "5m",
+    # The panels that use it set a minimum interval of an hour.
+    "$__interval": "1h",
+    "$__range": "6h",
+    "$views_lag_slo": "90",
+    "$shard": ".*",
+}
+
+
+def dashboard_file() -> dict[str, Any]:
+    return json.loads(DASHBOARD_FILE.read_text())
+
+
+def rendered_dashboard(values: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    objects = [o for o in of_kind(render(values), "ConfigMap") if o["metadata"]["name"].endswith("-dashboard")]
+    assert len(objects) == 1, objects
+    return objects[0], json.loads(objects[0]["data"][DASHBOARD_KEY])
+
+
+def panels_of(dashboard: dict[str, Any]) -> list[dict[str, Any]]:
+    return [p for p in dashboard["panels"] if p["type"] != "row"]
+
+
+def queries_of(dashboard: dict[str, Any]) -> list[tuple[str, str]]:
+    """(where, PromQL) of every panel target and query variable."""
+    found = []
+    for panel in panels_of(dashboard):
+        for target in panel["targets"]:
+            found.append((f"panel {panel['id']} {panel['title']!r} {target['refId']}", target["expr"]))
+    for variable in dashboard["templating"]["list"]:
+        if variable["type"] != "query":
+            continue
+        query = variable["query"]["query"] if isinstance(variable["query"], dict) else variable["query"]
+        # label_values(METRIC, LABEL) is Grafana's, not PromQL: check it as
+        # the PromQL it stands for.
+        match = re.fullmatch(r"label_values\((.+),\s*([a-zA-Z_][a-zA-Z0-9_]*)\)", query)
+        assert match, f"variable {variable['name']}: unexpected query {query!r}"
+        found.append((f"variable {variable['name']}", f"group by ({match.group(2)}) ({match.group(1)})"))
+    return found
+
+
+def substitute_variables(expr: str) -> str:
+    for name in sorted(GRAFANA_VARIABLES, key=len, reverse=True):
+        expr = expr.replace(name, GRAFANA_VARIABLES[name])
+    assert "$" not in expr, f"a Grafana variable without a test value in {expr!r}"
+    return expr
+
+
+def test_dashboard_is_off_by_default_and_a_sidecar_configmap_when_enabled() -> None:
+    assert [o for o in of_kind(render(), "ConfigMap")] == []
+    cm, shipped = rendered_dashboard({"grafana": {"dashboard": {"enabled": True}}})
+    assert cm["metadata"]["labels"]["grafana_dashboard"] == "1"
+    assert cm["metadata"]["namespace"] == NAMESPACE
+    assert list(cm["data"]) == [DASHBOARD_KEY]
+    # The file as shipped, with the views SLO of the values.
+    expected = dashboard_file()
+    for variable in expected["templating"]["list"]:
+        if variable["name"] == "views_lag_slo":
+            assert variable["query"] == "90"
+    assert shipped == expected
+    # Small enough for a client-side `kubectl apply` (Argo CD's default),
+    # which copies the object into an annotation limited to 256 KiB.
+    assert len(json.dumps(cm)) < 200 * 1024
+    cm, shipped = rendered_dashboard(
+        {
+            "grafana": {
+                "dashboard": {
+                    "enabled": True,
+                    "labelKey": "example.com/dashboard",
+                    "labelValue": "archiver",
+                    "namespace": "monitoring",
+                    "labels": {"team": "platform"},
+                    "annotations": {"grafana_folder": "Archiver"},
+                }
+            },
+            "metrics": {"prometheusRule": {"viewsLagSloSeconds": 120}},
+        }
+    )
+    assert cm["metadata"]["namespace"] == "monitoring"
+    assert cm["metadata"]["labels"]["example.com/dashboard"] == "archiver"
+    assert cm["metadata"]["labels"]["team"] == "platform"
+    assert "grafana_dashboard" not in cm["metadata"]["labels"]
+    assert cm["metadata"]["annotations"] == {"grafana_folder": "Archiver"}
+    slo = [v for v in shipped["templating"]["list"] if v["name"] == "views_lag_slo"]
+    assert slo[0]["query"] == "120"
+    # The alert uses the same SLO.
+    rule = alerts({"metrics": {"prometheusRule": {"enabled": True, "viewsLagSloSeconds": 120}}})
+    assert rule["ArchiverViewsLagAboveSLO"]["expr"] == "max(archiver_views_lag_seconds) > 120"
+
+
+@pytest.mark.parametrize(
+    "values, where",
+    [
+        ({"grafana": {"dashboard": {"enabled": "yes"}}}, "/grafana/dashboard/enabled"),
+        ({"grafana": {"dashboard": {"enabled": True, "labelKey": "bad key"}}}, "/grafana/dashboard/labelKey"),
+        ({"grafana": {"dashboard": {"enabled": True, "labelValue": "a b"}}}, "/grafana/dashboard/labelValue"),
+        ({"grafana": {"dashbaord": {"enabled": True}}}, "dashbaord"),
+        ({"metrics": {"prometheusRule": {"viewsLagSloSeconds": 0}}}, "/metrics/prometheusRule/viewsLagSloSeconds"),
+        ({"metrics": {"prometheusRule": {"retentionDriftWindow": "a day"}}}, "/metrics/prometheusRule/retentionDriftWindow"),
+    ],
+)
+def test_dashboard_values_are_checked(values: dict[str, Any], where: str) -> None:
+    with helm.Chart.load(CHART_DIR) as chart:
+        with pytest.raises(helm.HelmValuesError) as raised:
+            chart.validate_schema(values)
+        assert where in str(raised.value), str(raised.value)
+
+
+def test_dashboard_is_well_formed() -> None:
+    dashboard = dashboard_file()
+    assert dashboard["uid"] == "archiver-operator"
+    assert {v["name"] for v in dashboard["templating"]["list"]} == {"datasource", "shard", "views_lag_slo"}
+    ids = [p["id"] for p in dashboard["panels"]]
+    assert len(ids) == len(set(ids)), "panel ids are unique"
+    titles = [p["title"] for p in panels_of(dashboard)]
+    assert len(titles) == len(set(titles)), "panel titles are unique"
+    # No two panels overlap on the 24-column grid.
+    cells: dict[tuple[int, int], str] = {}
+    for panel in dashboard["panels"]:
+        pos = panel["gridPos"]
+        assert pos["x"] >= 0 and pos["w"] >= 1 and pos["x"] + pos["w"] <= 24, panel["title"]
+        for x in range(pos["x"], pos["x"] + pos["w"]):
+            for y in range(pos["y"], pos["y"] + pos["h"]):
+                assert (x, y) not in cells, f"{panel['title']!r} overlaps {cells[(x, y)]!r}"
+                cells[(x, y)] = panel["title"]
+    for panel in panels_of(dashboard):
+        assert panel["description"], panel["title"]
+        assert panel["datasource"] == {"type": "prometheus", "uid": "${datasource}"}, panel["title"]
+        assert panel["targets"], panel["title"]
+        refs = [t["refId"] for t in panel["targets"]]
+        assert len(refs) == len(set(refs)), panel["title"]
+        for target in panel["targets"]:
+            assert target["datasource"] == panel["datasource"]
+            assert target["expr"].strip(), panel["title"]
+            # increase() over $__interval is empty below two scrapes.
+            if "$__interval" in target["expr"]:
+                assert panel.get("interval") == "1h", panel["title"]
+
+
+def test_dashboard_shows_what_operators_watch() -> None:
+    """Issue 16 item 5: each topic is on the dashboard, as one panel holding
+    all of its series."""
+    exprs_by_panel = {p["title"]: " ".join(t["expr"] for t in p["targets"]) for p in panels_of(dashboard_file())}
+
+    def panel_with(*needles: str) -> str:
+        for title, exprs in exprs_by_panel.items():
+            if all(n in exprs for n in needles):
+                return title
+        pytest.fail(f"no panel shows {needles}")
+
+    panel_with("archiver_shard_lag_seconds", "archiver_shard_lag_slo_seconds")  # per-shard lag against its SLO
+    panel_with("archiver_rows_archived_total", "* 60")  # rows per minute
+    panel_with("archiver_rejected_rows_total", "* 60")  # rejects per minute
+    panel_with("archiver_views_lag_seconds", "$views_lag_slo")  # views lag against the freshness SLO
+    panel_with("archiver_retention_deleted_rows_total", "archiver_retention_run_duration_seconds_count")  # per run
+    panel_with("archiver_retention_drift_rows")
+    panel_with("archiver_partition_coverage_months")
+    panel_with("archiver_partition_drop_blocked")
+    panel_with("archiver_retention_tenants_without_tier")
+    panel_with("archiver_deletion_deadline_seconds")
+    panel_with("archiver_deletion_duration_seconds_count", "archiver_deletion_failures_total")  # outcomes
+    panel_with("archiver_reconcile_failures_total", "by (kind")  # errors by kind
+    # Only the shard variable filters: worker series live in the shard
+    # namespaces, so a namespace filter would hide them.
+    for title, exprs in exprs_by_panel.items():
+        assert "$namespace" not in exprs, title
+
+
+def test_dashboard_names_only_exported_metrics() -> None:
+    # The whole file: queries, variables and the descriptions' prose.
+    used = assert_only_exported_metrics(DASHBOARD_FILE.read_text(), str(DASHBOARD_FILE.relative_to(REPO)))
+    assert len(used) >= 15, used
+
+
+def synthetic_series(minutes: int) -> list[dict[str, str]]:
+    """One series of every exported sample name, with its labels and the
+    target labels a scrape adds (a metric's own `namespace` becomes
+    `exported_namespace`, as the ServiceMonitor's scrape renames it):
+    counters rising, gauges at 1."""
+    values_of = {"shard": "archiver/shard-0", "kind": "ArchiverShard", "table": "probe_minute"}
+    series = []
+    for name, labels in sorted(exported_labels().items()):
+        base = {"pod": "archiver-operator-0", "namespace": "archiver-system"}
+        for label in sorted(labels - {"le", "namespace"}):
+            base[label] = values_of.get(label, "x")
+        if "namespace" in labels:
+            base["exported_namespace"] = "tenants"
+        counting = name.endswith(("_total", "_bucket", "_count", "_sum"))
+        for le in ("0.1", "1", "+Inf") if "le" in labels else (None,):
+            label_set = dict(base, **({"le": le} if le else {}))
+            text = ",".join(f'{k}="{v}"' for k, v in label_set.items())
+            series.append({"series": f"{name}{{{text}}}", "values": f"0+10x{minutes}" if counting else f"1x{minutes}"})
+    return series
+
+
+def test_dashboard_queries_return_data_on_the_exported_series(tmp_path: Path) -> None:
+    """Every query of the dashboard, fed one series of every metric the
+    binary exports with the labels it exports, returns something: no
+    grouping or matching on a label the metric lacks, no empty division.
+    promtool evaluates absent(query), which is empty exactly when the
+    query is not."""
+    queries = queries_of(dashboard_file())
+    (tmp_path / "none.yaml").write_text(yaml.safe_dump({"groups": []}))
+    tests = {
+        "rule_files": ["none.yaml"],
+        "evaluation_interval": "1m",
+        "tests": [
+            {
+                "interval": "1m",
+                "input_series": synthetic_series(90),
+                "promql_expr_test": [
+                    {"expr": f"absent({substitute_variables(expr)})", "eval_time": "80m", "exp_samples": []}
+                    for _, expr in queries
+                ],
+            }
+        ],
+    }
+    (tmp_path / "tests.yaml").write_text(yaml.safe_dump(tests))
+    result = run_promtool("test", "rules", str(tmp_path / "tests.yaml"))
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_dashboard_queries_parse(tmp_path: Path) -> None:
+    # Every query as a recording rule: promtool parses each expression.
+    queries = queries_of(dashboard_file())
+    assert len(queries) >= 20, queries
+    rules = [
+        {"record": f"dashboard:query_{i}:test", "expr": substitute_variables(expr)}
+        for i, (_, expr) in enumerate(queries)
+    ]
+    path = tmp_path / "dashboard-rules.yaml"
+    path.write_text(yaml.safe_dump({"groups": [{"name": "dashboard", "rules": rules}]}))
+    result = run_promtool("check", "rules", str(path))
+    where = "\n".join(f"dashboard:query_{i}:test = {w}" for i, (w, _) in enumerate(queries))
+    assert result.returncode == 0, result.stdout + result.stderr + "\n" + where
 
 
 # ---------------------------------------------------------------------------
@@ -731,7 +1183,7 @@ def test_chart_packages_with_its_crds_and_readme(tmp_path: Path) -> None:
 
     archive = helm.package(CHART_DIR, destination=tmp_path)
     names = set(tarfile.open(archive).getnames())
-    for member in ("Chart.yaml", "values.yaml", "values.schema.json", "README.md", "templates/NOTES.txt"):
+    for member in ("Chart.yaml", "values.yaml", "values.schema.json", "README.md", "templates/NOTES.txt", "dashboards/archiver.json"):
         assert f"archiver-operator/{member}" in names, member
     assert {n for n in names if n.startswith("archiver-operator/crds/")} == {
         f"archiver-operator/crds/{p.name}" for p in (REPO / "crds").glob("*.yaml")
