@@ -61,6 +61,13 @@ VARIANTS: dict[str, dict[str, Any]] = {
             "http://status.web.svc.cluster.local/invalidate",
         ],
         "alertKeyPatterns": ["alert:{tenant}:{server}:*", "mute:{tenant}:{server}"],
+        "erasure": {
+            "outOfScopeTables": ["support_tickets", "billing.invoices"],
+            "extraRedis": [
+                {"secretName": "alert-router-redis", "key": "url"},
+                {"secretName": "status-page-redis", "key": "dsn"},
+            ],
+        },
         "workers": {
             "image": "registry.example.com/archiver-operator:worker",
             "databaseSecret": {"name": "archiver-db-workers", "key": "dsn"},

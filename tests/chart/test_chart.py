@@ -489,7 +489,14 @@ def test_deployment_runs_the_operator_with_leader_election_and_probes() -> None:
     assert env["ARCHIVER_WORKER_IMAGE"]["value"] == "archiver-operator:0.1.0"
     assert env["ARCHIVER_WORKER_DATABASE_SECRET"]["value"] == "archiver-database:url"
     assert env["ARCHIVER_HTTP_ADDR"]["value"] == "0.0.0.0:8080"
-    for absent in ("ARCHIVER_NAMESPACE", "ARCHIVER_SUPPRESSION_SALT", "ARCHIVER_CACHE_INVALIDATE_URLS", "ARCHIVER_ALERT_KEY_PATTERNS"):
+    for absent in (
+        "ARCHIVER_NAMESPACE",
+        "ARCHIVER_SUPPRESSION_SALT",
+        "ARCHIVER_CACHE_INVALIDATE_URLS",
+        "ARCHIVER_ALERT_KEY_PATTERNS",
+        "ARCHIVER_ERASURE_OUT_OF_SCOPE_TABLES",
+        "ARCHIVER_ERASURE_REDIS_URL_0",
+    ):
         assert absent not in env, absent
     # Every value is written once, and never as a literal secret.
     assert all("value" not in e or "://" not in e["value"] for e in env.values() if e["name"] == "DATABASE_URL")
@@ -515,6 +522,13 @@ def test_configuration_reaches_the_environment() -> None:
     assert env["ARCHIVER_SUPPRESSION_SALT"]["valueFrom"] == {"secretKeyRef": {"name": "archiver-salt", "key": "salt"}}
     assert env["ARCHIVER_CACHE_INVALIDATE_URLS"]["value"] == ",".join(values["cacheInvalidateUrls"])
     assert env["ARCHIVER_ALERT_KEY_PATTERNS"]["value"] == ",".join(values["alertKeyPatterns"])
+    assert env["ARCHIVER_ERASURE_OUT_OF_SCOPE_TABLES"]["value"] == "support_tickets,billing.invoices"
+    assert env["ARCHIVER_ERASURE_REDIS_URL_0"]["valueFrom"] == {
+        "secretKeyRef": {"name": "alert-router-redis", "key": "url"}
+    }
+    assert env["ARCHIVER_ERASURE_REDIS_URL_1"]["valueFrom"] == {
+        "secretKeyRef": {"name": "status-page-redis", "key": "dsn"}
+    }
     assert env["ARCHIVER_WORKER_IMAGE"]["value"] == "registry.example.com/archiver-operator:worker"
     assert env["ARCHIVER_WORKER_DATABASE_SECRET"]["value"] == "archiver-db-workers:dsn"
     assert env["ARCHIVER_LOG_FORMAT"]["value"] == "text"
@@ -528,7 +542,9 @@ def test_every_environment_variable_is_one_the_binary_reads() -> None:
         for name in env_of(one(render(values), "Deployment")):
             if name == "RUST_LOG":
                 continue
-            assert f'"{name}"' in source, f"{name} is not read anywhere in src/"
+            # One variable per Secret, read by prefix (src/runtime/config.rs).
+            name = re.sub(r"^(ARCHIVER_ERASURE_REDIS_URL_)\d+$", r"\1", name)
+            assert f'"{name}' in source, f"{name} is not read anywhere in src/"
 
 
 def test_single_replica_has_no_disruption_budget() -> None:
