@@ -569,12 +569,12 @@ async fn sigkill_mid_pass_leaves_whole_statuses() {
     assert!(leftovers.is_empty(), "{leftovers:?}");
 }
 
-/// A Secret whose `data` value decodes to bytes that are not UTF-8 is
-/// dropped key by key in the manifests source, so the shard reports
+/// A Secret whose `data` value decodes to bytes that are not UTF-8 was
+/// dropped key by key in the manifests source, so the shard reported
 /// `Secret archiver/redis-shard-0 has no key "url"` although the key is
-/// there; the Kubernetes source says `key "url" is not UTF-8`.
+/// there; it is now named as the Kubernetes source names it: `key "url"
+/// is not UTF-8`.
 #[test]
-#[ignore = "defect: manifests source drops non-UTF-8 Secret data keys silently (runtime::manifests::secret_data); the shard then reports a missing key instead of 'is not UTF-8' as the Kubernetes source does; the fix changes SecretMap's value type (shared with tests/drain.rs)"]
 fn a_secret_value_that_is_not_utf8_is_named_as_such() {
     let dir = tempfile::tempdir().unwrap();
     for name in ["archiver-shard.yaml", "secret-redis-shard-0.yaml"] {

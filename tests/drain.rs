@@ -783,7 +783,7 @@ mod status_path {
         let mut secrets = BTreeMap::new();
         secrets.insert(
             ("archiver".to_string(), "redis-shard-0".to_string()),
-            BTreeMap::from([("url".to_string(), SecretString::new(redis_url))]),
+            BTreeMap::from([("url".to_string(), SecretString::new(redis_url).into())]),
         );
         Context {
             clock: Arc::new(clock.clone()),

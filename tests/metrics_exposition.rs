@@ -31,10 +31,10 @@ use std::sync::Arc;
 
 use archiver_operator::clock::SystemClock;
 use archiver_operator::local_servers::free_port;
+use archiver_operator::metrics::Metrics;
 use archiver_operator::runtime::context::{Context, SecretSource};
 use archiver_operator::runtime::leader::Leadership;
 use archiver_operator::runtime::manifests::ManifestsEngine;
-use archiver_operator::metrics::Metrics;
 use archiver_operator::testing::TestDatabase;
 
 fn repo() -> PathBuf {

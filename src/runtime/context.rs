@@ -39,7 +39,22 @@ pub enum SecretError {
 }
 
 /// Secrets of the manifests source, by (namespace, name), then key.
-pub type SecretMap = BTreeMap<(String, String), BTreeMap<String, SecretString>>;
+pub type SecretMap = BTreeMap<(String, String), BTreeMap<String, SecretValue>>;
+
+/// One value of a Secret manifest: text, or `data` that decodes to bytes
+/// that are not UTF-8 (kept so a reference to it is answered "is not
+/// UTF-8", as the Kubernetes source answers, not "has no key").
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SecretValue {
+    Text(SecretString),
+    NotUtf8,
+}
+
+impl From<SecretString> for SecretValue {
+    fn from(text: SecretString) -> Self {
+        Self::Text(text)
+    }
+}
 
 /// Where `secretRef`s are resolved.
 #[derive(Clone)]
@@ -81,7 +96,14 @@ impl SecretSource {
                 let data = map
                     .get(&(namespace.to_string(), reference.name.clone()))
                     .ok_or_else(not_found)?;
-                data.get(&reference.key).cloned().ok_or_else(missing_key)
+                match data.get(&reference.key).ok_or_else(missing_key)? {
+                    SecretValue::Text(text) => Ok(text.clone()),
+                    SecretValue::NotUtf8 => Err(SecretError::NotUtf8 {
+                        namespace: namespace.to_string(),
+                        name: reference.name.clone(),
+                        key: reference.key.clone(),
+                    }),
+                }
             }
             Self::Kubernetes(client) => {
                 let api: kube::Api<Secret> = kube::Api::namespaced(client.clone(), namespace);

@@ -15,7 +15,7 @@ use sha2::{Digest, Sha256};
 use tracing::Instrument;
 
 use super::config::SecretString;
-use super::context::{Context, SecretMap, SecretSource};
+use super::context::{Context, SecretMap, SecretSource, SecretValue};
 use super::kubernetes::backoff;
 use super::leader::Leadership;
 use super::reconcile::{Event, Managed, failed_status, failure_event, is_paused, object_label};
@@ -258,23 +258,28 @@ fn add_document(set: &mut ManifestSet, doc: &Document) -> Result<(), Problem> {
 }
 
 /// `data` (base64) and `stringData` of a Secret; `stringData` wins, as in the API server.
-fn secret_data(secret: &Value) -> BTreeMap<String, SecretString> {
+fn secret_data(secret: &Value) -> BTreeMap<String, SecretValue> {
     let mut data = BTreeMap::new();
     if let Some(encoded) = secret.get("data").and_then(Value::as_object) {
         for (key, value) in encoded {
             let decoded = value
                 .as_str()
-                .and_then(|v| base64::engine::general_purpose::STANDARD.decode(v).ok())
-                .and_then(|bytes| String::from_utf8(bytes).ok());
-            if let Some(decoded) = decoded {
-                data.insert(key.clone(), SecretString::new(decoded));
+                .and_then(|v| base64::engine::general_purpose::STANDARD.decode(v).ok());
+            // Not base64 at all: validation reports the manifest; the key
+            // stays absent.
+            if let Some(bytes) = decoded {
+                let value = match String::from_utf8(bytes) {
+                    Ok(text) => SecretValue::Text(SecretString::new(text)),
+                    Err(_) => SecretValue::NotUtf8,
+                };
+                data.insert(key.clone(), value);
             }
         }
     }
     if let Some(plain) = secret.get("stringData").and_then(Value::as_object) {
         for (key, value) in plain {
             if let Some(text) = value.as_str() {
-                data.insert(key.clone(), SecretString::new(text));
+                data.insert(key.clone(), SecretValue::Text(SecretString::new(text)));
             }
         }
     }
