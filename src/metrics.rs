@@ -64,6 +64,14 @@ pub struct RetentionTableLabels {
     pub table: String,
 }
 
+/// The shard the derived views wait on: its label (`namespace/name`, or
+/// `unreconciled` when no ArchiverShard of this process names it) and id.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ViewsWaitLabels {
+    pub shard: String,
+    pub shard_id: String,
+}
+
 /// The process's metrics and the registry that encodes them.
 #[derive(Debug)]
 pub struct Metrics {
@@ -95,6 +103,12 @@ pub struct Metrics {
     /// Seconds the derived views (rollups, clusters) are behind now.
     pub views_lag_seconds: Gauge,
     pub views_duration: Histogram,
+    /// 1 for the shard the derived views wait on (the slowest active one);
+    /// one series at most, gone when no shard is active.
+    pub views_waiting_on: Family<ViewsWaitLabels, Gauge>,
+    /// Tenants with rows and no tenant_tier_history row (never pruned), at
+    /// the last drift count.
+    pub untiered_tenants: Gauge,
     /// 1 when the alert router's query uses its index, 0 when the plan flipped.
     pub suppression_plan_uses_index: Gauge,
     /// Consecutive monthly partitions of probe_minute from the current month
@@ -224,6 +238,18 @@ impl Metrics {
             "Seconds the rollups and suppression clusters are behind now",
             views_lag_seconds.clone(),
         );
+        let views_waiting_on = Family::<ViewsWaitLabels, Gauge>::default();
+        registry.register(
+            "views_waiting_on",
+            "1 for the shard the rollups and suppression clusters wait on (the slowest active shard)",
+            views_waiting_on.clone(),
+        );
+        let untiered_tenants = Gauge::default();
+        registry.register(
+            "untiered_tenants",
+            "Tenants with data and no tenant_tier_history row: never pruned, at the last drift count",
+            untiered_tenants.clone(),
+        );
         registry.register(
             "views_duration_seconds",
             "Duration of one derived-view maintenance pass",
@@ -294,6 +320,8 @@ impl Metrics {
             deletion_failures,
             views_lag_seconds,
             views_duration,
+            views_waiting_on,
+            untiered_tenants,
             suppression_plan_uses_index,
             partition_coverage_months,
             retention_deleted_rows,

@@ -1,0 +1,103 @@
+//! The lifecycle of a shard in `archive_watermark`: `active` (its minutes
+//! are awaited by the derived views), `suspended` (`spec.suspend`: no worker
+//! runs, the views go on without it) and `retired` (its ArchiverShard is
+//! gone). Rows are never deleted: a shard that becomes active again resumes
+//! from its watermark and holds the views again.
+//!
+//! Who sets what: the ArchiverShard controller sets active or suspended on
+//! every reconcile; the source that sees objects disappear (a removed
+//! manifest, the watch cache) retires the rows no present shard names.
+
+use chrono::{DateTime, Utc};
+use sqlx::PgPool;
+
+/// Where a shard is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ShardLifecycle {
+    Active,
+    Suspended,
+    Retired,
+}
+
+impl ShardLifecycle {
+    /// The value of the `lifecycle` column.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Active => "active",
+            Self::Suspended => "suspended",
+            Self::Retired => "retired",
+        }
+    }
+
+    /// The state a present shard should be in.
+    pub fn of_present_shard(suspended: bool) -> Self {
+        if suspended {
+            Self::Suspended
+        } else {
+            Self::Active
+        }
+    }
+}
+
+/// Sets the lifecycle of `shard_id` when it differs, stamping when it
+/// changed. Returns whether it changed; a shard with no watermark row yet
+/// (it never ticked) has nothing to hold the views with and is left alone.
+pub async fn set(
+    pool: &PgPool,
+    shard_id: i32,
+    lifecycle: ShardLifecycle,
+    now: DateTime<Utc>,
+) -> Result<bool, sqlx::Error> {
+    let changed = sqlx::query(
+        "UPDATE archive_watermark SET lifecycle = $2, lifecycle_since = $3 \
+         WHERE shard_id = $1 AND lifecycle <> $2",
+    )
+    .bind(shard_id)
+    .bind(lifecycle.as_str())
+    .bind(now)
+    .execute(pool)
+    .await?;
+    Ok(changed.rows_affected() > 0)
+}
+
+/// Retires every shard that is not retired yet and that no present shard
+/// names (`present`: the shard ids of every ArchiverShard that exists).
+/// Returns the ids retired now, in order.
+pub async fn retire_absent(
+    pool: &PgPool,
+    present: &[i32],
+    now: DateTime<Utc>,
+) -> Result<Vec<i32>, sqlx::Error> {
+    let mut retired: Vec<i32> = sqlx::query_scalar(
+        "UPDATE archive_watermark SET lifecycle = 'retired', lifecycle_since = $2 \
+         WHERE lifecycle <> 'retired' AND NOT (shard_id = ANY($1)) RETURNING shard_id",
+    )
+    .bind(present)
+    .bind(now)
+    .fetch_all(pool)
+    .await?;
+    retired.sort_unstable();
+    Ok(retired)
+}
+
+/// The lifecycle of `shard_id` and since when, if it has a watermark row.
+pub async fn read(
+    pool: &PgPool,
+    shard_id: i32,
+) -> Result<Option<(ShardLifecycle, DateTime<Utc>)>, sqlx::Error> {
+    let row: Option<(String, DateTime<Utc>)> = sqlx::query_as(
+        "SELECT lifecycle, lifecycle_since FROM archive_watermark WHERE shard_id = $1",
+    )
+    .bind(shard_id)
+    .fetch_optional(pool)
+    .await?;
+    Ok(row.map(|(lifecycle, since)| {
+        let lifecycle = match lifecycle.as_str() {
+            "suspended" => ShardLifecycle::Suspended,
+            "retired" => ShardLifecycle::Retired,
+            // The column's CHECK allows nothing else.
+            _ => ShardLifecycle::Active,
+        };
+        (lifecycle, since)
+    }))
+}
