@@ -64,6 +64,13 @@ pub struct RetentionTableLabels {
     pub table: String,
 }
 
+/// A shard and one lifecycle state (`active`, `suspended`, `retired`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ShardLifecycleLabels {
+    pub shard: String,
+    pub state: String,
+}
+
 /// The shard the derived views wait on: its label (`namespace/name`, or
 /// `unreconciled` when no ArchiverShard of this process names it) and id.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -128,6 +135,9 @@ pub struct Metrics {
     pub shard_lag_slo_seconds: Family<ShardLabels, Gauge>,
     /// Reads of `archive_watermark` by the leader that failed.
     pub watermark_read_failures: Counter,
+    /// Each shard's lifecycle in `archive_watermark`: 1 for its state, 0
+    /// for the two others.
+    pub shard_lifecycle: Family<ShardLifecycleLabels, Gauge>,
     /// Shard id to shard label (`namespace/name`) of the shards this
     /// process reconciles: the watermark rows only know the id.
     shard_labels: Mutex<std::collections::BTreeMap<i32, String>>,
@@ -297,6 +307,12 @@ impl Metrics {
             "Each shard's spec.lagSloSeconds",
             shard_lag_slo_seconds.clone(),
         );
+        let shard_lifecycle = Family::<ShardLifecycleLabels, Gauge>::default();
+        registry.register(
+            "shard_lifecycle",
+            "Each shard's lifecycle in archive_watermark: 1 for its state (active, suspended, retired)",
+            shard_lifecycle.clone(),
+        );
         registry.register(
             "watermark_read_failures",
             "Reads of archive_watermark by the leader that failed",
@@ -330,6 +346,7 @@ impl Metrics {
             shard_lag_seconds,
             shard_lag_slo_seconds,
             watermark_read_failures,
+            shard_lifecycle,
             shard_labels: Mutex::default(),
         }
     }

@@ -289,6 +289,37 @@ async fn the_controller_suspends_and_a_removed_manifest_retires_the_shard() {
         "{printed}"
     );
 
+    // Active again while the views are ahead of it (another shard moved
+    // them): it says what that means for the rollups.
+    sqlx::query("UPDATE derived_views_watermark SET last_minute = '2026-11-10T10:20:00Z'")
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    let active = std::fs::read_to_string(&shard_file)
+        .unwrap()
+        .replace("  suspend: true\n", "");
+    std::fs::write(&shard_file, active).unwrap();
+    let output = run_once(dir.path(), "2026-11-10T10:08:30Z", &db.url);
+    let printed = String::from_utf8_lossy(&output.stdout).to_string()
+        + &String::from_utf8_lossy(&output.stderr);
+    assert_eq!(
+        lifecycle_of(&db, 0).await.map(|(l, _)| l).as_deref(),
+        Some("active"),
+        "{printed}"
+    );
+    let stored = std::fs::read_to_string(
+        dir.path()
+            .join(".archiver/status/ArchiverShard_archiver_shard-0.yaml"),
+    )
+    .unwrap();
+    assert!(stored.contains("ShardSuspended"), "{stored}");
+    assert!(stored.contains("ShardActive"), "{stored}");
+    assert!(
+        stored.contains("RejoinedBehindViews")
+            && stored.contains("behind the derived views (2026-11-10 10:20:00 UTC)"),
+        "{stored}"
+    );
+
     std::fs::remove_file(&shard_file).unwrap();
     let third = "2026-11-10T10:10:30Z";
     let output = run_once(dir.path(), third, &db.url);
@@ -300,4 +331,61 @@ async fn the_controller_suspends_and_a_removed_manifest_retires_the_shard() {
         "{printed}"
     );
     assert!(printed.contains("retired shard(s) [0]"), "{printed}");
+}
+
+/// The leader's per-shard export says each shard's lifecycle, and a retired
+/// shard (deleted) has no lag series left to page on; a suspended one keeps
+/// its rising lag, which alerts can leave out with the lifecycle series.
+#[tokio::test]
+async fn the_lag_export_carries_the_lifecycle_and_drops_retired_shards() {
+    let db = TestDatabase::new().await;
+    for shard_id in [0, 1, 2] {
+        watermark(&db, shard_id, 0, None).await;
+    }
+    let metrics = Metrics::new();
+    for (shard_id, name) in [(0, "archiver/a"), (1, "archiver/b"), (2, "archiver/c")] {
+        metrics.observe_shard(shard_id, name, 180);
+    }
+    let mut export = archiver_operator::archive::health::ShardLagExport::default();
+    let now = start() + Duration::minutes(11);
+    export.export(&db.pool, now, &metrics).await;
+    assert!(
+        metrics
+            .encode()
+            .contains("archiver_shard_lag_seconds{shard=\"archiver/c\"} 600")
+    );
+
+    lifecycle::set(&db.pool, 1, ShardLifecycle::Suspended, now)
+        .await
+        .unwrap();
+    lifecycle::retire_absent(&db.pool, &[0, 1], now)
+        .await
+        .unwrap();
+    export.export(&db.pool, now, &metrics).await;
+    let text = metrics.encode();
+    for (shard, state, value) in [
+        ("a", "active", 1),
+        ("a", "suspended", 0),
+        ("b", "suspended", 1),
+        ("b", "active", 0),
+        ("c", "retired", 1),
+        ("c", "active", 0),
+    ] {
+        let line = format!(
+            "archiver_shard_lifecycle{{shard=\"archiver/{shard}\",state=\"{state}\"}} {value}\n"
+        );
+        assert!(text.contains(&line), "{line} missing from\n{text}");
+    }
+    assert!(
+        text.contains("archiver_shard_lag_seconds{shard=\"archiver/b\"} 600"),
+        "{text}"
+    );
+    assert!(
+        !text.contains("archiver_shard_lag_seconds{shard=\"archiver/c\"}"),
+        "{text}"
+    );
+    assert!(
+        !text.contains("archiver_shard_lag_slo_seconds{shard=\"archiver/c\"}"),
+        "{text}"
+    );
 }

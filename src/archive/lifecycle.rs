@@ -8,7 +8,7 @@
 //! every reconcile; the source that sees objects disappear (a removed
 //! manifest, the watch cache) retires the rows no present shard names.
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, NaiveDate, Utc};
 use sqlx::PgPool;
 
 /// Where a shard is in its life.
@@ -100,4 +100,60 @@ pub async fn read(
         };
         (lifecycle, since)
     }))
+}
+
+/// What a shard that becomes active again behind the derived views means
+/// for the rollups, or None when it is not behind them. The views never go
+/// back: they wait on it again until it passes `views_through`; the minutes
+/// it archives up to then are not added minute by minute, but reach
+/// probe_day when their day closes (an exact recompute from probe_minute).
+/// Days closed while it was away (through `last_closed_day`) keep counts
+/// without its rows.
+pub fn rejoin_note(
+    shard_through: DateTime<Utc>,
+    views_through: DateTime<Utc>,
+    last_closed_day: Option<NaiveDate>,
+) -> Option<String> {
+    if shard_through >= views_through {
+        return None;
+    }
+    let first_missing_day = (shard_through + chrono::Duration::minutes(1)).date_naive();
+    let closed = match last_closed_day {
+        Some(last) if last >= first_missing_day => format!(
+            "; days {first_missing_day} to {last} were closed without its rows and keep those counts"
+        ),
+        _ => String::new(),
+    };
+    Some(format!(
+        "archived through {shard_through}, behind the derived views ({views_through}): they wait on \
+         this shard again until it passes them; its minutes up to then reach probe_day when their \
+         day closes{closed}"
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(text: &str) -> DateTime<Utc> {
+        text.parse().expect("a time")
+    }
+
+    #[test]
+    fn a_shard_rejoining_behind_the_views_says_which_closed_days_miss_it() {
+        let views = at("2026-11-12T08:00:00Z");
+        assert_eq!(rejoin_note(views, views, None), None, "not behind");
+        let day = |text: &str| text.parse::<NaiveDate>().expect("a day");
+        let note = rejoin_note(at("2026-11-10T23:59:00Z"), views, Some(day("2026-11-11")))
+            .expect("behind");
+        assert!(
+            note.ends_with(
+                "days 2026-11-11 to 2026-11-11 were closed without its rows and keep those counts"
+            ),
+            "{note}"
+        );
+        let note = rejoin_note(at("2026-11-12T07:00:00Z"), views, Some(day("2026-11-11")))
+            .expect("behind");
+        assert!(note.ends_with("when their day closes"), "{note}");
+    }
 }

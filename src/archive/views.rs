@@ -159,6 +159,17 @@ async fn watermark(pool: &PgPool) -> Result<Option<DateTime<Utc>>, ViewsError> {
     Ok(Some(start))
 }
 
+/// Where the views are: the last minute applied and the last day closed
+/// (None before their first pass).
+pub async fn progress(
+    pool: &PgPool,
+) -> Result<Option<(DateTime<Utc>, Option<NaiveDate>)>, ViewsError> {
+    sqlx::query_as("SELECT last_minute, last_closed_day FROM derived_views_watermark")
+        .fetch_optional(pool)
+        .await
+        .map_err(db("reading the views watermark"))
+}
+
 /// The active shard with the oldest watermark: every active shard has
 /// archived through its `last_minute`. Suspended and retired shards do not
 /// hold the views (one stopped shard must not freeze every tenant's rollups).
@@ -825,4 +836,5 @@ pub async fn run_forever(
     metrics.shard_lag_seconds.clear();
     metrics.shard_lag_slo_seconds.clear();
     metrics.views_waiting_on.clear();
+    metrics.shard_lifecycle.clear();
 }

@@ -13,6 +13,7 @@ use crate::api::common::{ConditionUpdate, condition_types, set_condition};
 use crate::api::{ArchiverShard, ArchiverShardStatus};
 use crate::archive::health::{self, ShardHealth};
 use crate::archive::lifecycle::{self, ShardLifecycle};
+use crate::archive::views;
 use crate::archive::worker::ShardSettings;
 use crate::runtime::context::Context;
 use crate::runtime::reconcile::{
@@ -116,6 +117,23 @@ impl Managed for ArchiverShard {
         let mut outcome = finish(self, ctx, status, &problems, &message, STATUS_REFRESH);
         if lifecycle_changed {
             outcome.events.push(lifecycle_event(lifecycle));
+            if let (ShardLifecycle::Active, Some(health)) = (lifecycle, &health) {
+                // Only an event: a failed read must not fail the reconcile.
+                let views = views::progress(pool).await.unwrap_or_else(|error| {
+                    tracing::warn!(%error, "reading the views watermark for a rejoining shard");
+                    None
+                });
+                if let Some(note) = views.and_then(|(through, closed)| {
+                    lifecycle::rejoin_note(health.last_minute, through, closed)
+                }) {
+                    outcome.events.push(Event {
+                        type_: EventType::Warning,
+                        reason: "RejoinedBehindViews".into(),
+                        action: "Lifecycle".into(),
+                        note,
+                    });
+                }
+            }
         }
         if let Some(health) = &health {
             self.report_drain_state(&mut outcome, health, ticking, now);
