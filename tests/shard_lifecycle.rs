@@ -264,9 +264,9 @@ async fn the_controller_suspends_and_a_removed_manifest_retires_the_shard() {
         + &String::from_utf8_lossy(&output.stderr);
     let first: DateTime<Utc> = first.parse().unwrap();
     assert_eq!(
-        lifecycle_of(&db, 0).await.map(|(l, _)| l).as_deref(),
-        Some("active"),
-        "{printed}"
+        lifecycle_of(&db, 0).await,
+        Some(("active".to_string(), first)),
+        "the worker's first tick creates the row, active since the operator's clock: {printed}"
     );
     assert_eq!(
         lifecycle_of(&db, 9).await,
