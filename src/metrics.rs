@@ -64,6 +64,21 @@ pub struct RetentionTableLabels {
     pub table: String,
 }
 
+/// A shard and one lifecycle state (`active`, `suspended`, `retired`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ShardLifecycleLabels {
+    pub shard: String,
+    pub state: String,
+}
+
+/// The shard the derived views wait on: its label (`namespace/name`, or
+/// `unreconciled` when no ArchiverShard of this process names it) and id.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ViewsWaitLabels {
+    pub shard: String,
+    pub shard_id: String,
+}
+
 /// The process's metrics and the registry that encodes them.
 #[derive(Debug)]
 pub struct Metrics {
@@ -95,6 +110,9 @@ pub struct Metrics {
     /// Seconds the derived views (rollups, clusters) are behind now.
     pub views_lag_seconds: Gauge,
     pub views_duration: Histogram,
+    /// 1 for the shard the derived views wait on (the slowest active one);
+    /// one series at most, gone when no shard is active.
+    pub views_waiting_on: Family<ViewsWaitLabels, Gauge>,
     /// 1 when the alert router's query uses its index, 0 when the plan flipped.
     pub suppression_plan_uses_index: Gauge,
     /// Consecutive monthly partitions of probe_minute from the current month
@@ -119,6 +137,9 @@ pub struct Metrics {
     pub shard_lag_slo_seconds: Family<ShardLabels, Gauge>,
     /// Reads of `archive_watermark` by the leader that failed.
     pub watermark_read_failures: Counter,
+    /// Each shard's lifecycle in `archive_watermark`: 1 for its state, 0
+    /// for the two others.
+    pub shard_lifecycle: Family<ShardLifecycleLabels, Gauge>,
     /// Shard id to shard label (`namespace/name`) of the shards this
     /// process reconciles: the watermark rows only know the id.
     shard_labels: Mutex<std::collections::BTreeMap<i32, String>>,
@@ -229,6 +250,12 @@ impl Metrics {
             "Seconds the rollups and suppression clusters are behind now",
             views_lag_seconds.clone(),
         );
+        let views_waiting_on = Family::<ViewsWaitLabels, Gauge>::default();
+        registry.register(
+            "views_waiting_on",
+            "1 for the shard the rollups and suppression clusters wait on (the slowest active shard)",
+            views_waiting_on.clone(),
+        );
         registry.register(
             "views_duration_seconds",
             "Duration of one derived-view maintenance pass",
@@ -288,6 +315,12 @@ impl Metrics {
             "Each shard's spec.lagSloSeconds",
             shard_lag_slo_seconds.clone(),
         );
+        let shard_lifecycle = Family::<ShardLifecycleLabels, Gauge>::default();
+        registry.register(
+            "shard_lifecycle",
+            "Each shard's lifecycle in archive_watermark: 1 for its state (active, suspended, retired)",
+            shard_lifecycle.clone(),
+        );
         registry.register(
             "watermark_read_failures",
             "Reads of archive_watermark by the leader that failed",
@@ -311,6 +344,7 @@ impl Metrics {
             deletion_failures,
             views_lag_seconds,
             views_duration,
+            views_waiting_on,
             suppression_plan_uses_index,
             partition_coverage_months,
             retention_deleted_rows,
@@ -321,6 +355,7 @@ impl Metrics {
             shard_lag_seconds,
             shard_lag_slo_seconds,
             watermark_read_failures,
+            shard_lifecycle,
             shard_labels: Mutex::default(),
         }
     }
@@ -425,6 +460,8 @@ impl Metrics {
             deletion_failures,
             views_lag_seconds: _,
             views_duration: _,
+            views_waiting_on,
+            shard_lifecycle,
             suppression_plan_uses_index: _,
             partition_coverage_months: _,
             retention_deleted_rows,
@@ -467,6 +504,14 @@ impl Metrics {
             tier: text(),
         });
         let _ = retention_drift_rows.get_or_create(&RetentionTableLabels { table: text() });
+        let _ = views_waiting_on.get_or_create(&ViewsWaitLabels {
+            shard: text(),
+            shard_id: text(),
+        });
+        let _ = shard_lifecycle.get_or_create(&ShardLifecycleLabels {
+            shard: text(),
+            state: text(),
+        });
         let _ = shard_lag_seconds.get_or_create(&shard);
         let _ = shard_lag_slo_seconds.get_or_create(&shard);
         metrics.encode()

@@ -1978,3 +1978,94 @@ async fn plan_exit_codes_tell_ci_whether_a_confirmation_is_needed() {
         .unwrap();
     assert_eq!(unreachable.status.code(), Some(1));
 }
+
+/// Tenants with data and no tenant_tier_history row are never pruned
+/// (issue 16 item 3): the RetentionPolicy says so in `UntieredTenants` with
+/// the count and at most 5 tenant ids, and `archiver_retention_tenants_without_tier`
+/// carries the count, both from the drift count's refresh; once every
+/// tenant has a tier, the next count clears them.
+#[tokio::test]
+async fn tenants_without_a_tier_are_a_condition_and_a_metric() {
+    let db = TestDatabase::new().await;
+    let now = t0() - Duration::hours(2);
+    create_partitions(&db, now - Duration::days(2), now).await;
+    let tenants: Vec<Uuid> = (20..28).map(tenant_id).collect();
+    for tenant in &tenants {
+        sqlx::query(
+            "INSERT INTO probe_minute (tenant_id, server_slug, region, minute_bucket, state) \
+             VALUES ($1, 'srv', 'us-east', $2, 'up')",
+        )
+        .bind(tenant)
+        .bind(minute_floor(now - Duration::days(1)))
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    }
+    // The first tenant has a tier; the other 7 have none.
+    let add_tier = |tenant: Uuid| {
+        let pool = db.pool.clone();
+        async move {
+            sqlx::query(
+                "INSERT INTO tenant_tier_history (tenant_id, tier, valid_from) \
+                 VALUES ($1, 'team', '2020-01-01T00:00:00Z')",
+            )
+            .bind(tenant)
+            .execute(&pool)
+            .await
+            .unwrap();
+        }
+    };
+    add_tier(tenants[0]).await;
+    let mut policy = example();
+    let h = harness(&db, now, &[&policy]);
+    let outcome = reconcile(&mut policy, &h.ctx).await;
+    assert_eq!(
+        condition(&outcome.status, "UntieredTenants"),
+        ("True", "TenantsWithoutTier")
+    );
+    let message = outcome
+        .status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "UntieredTenants")
+        .map(|c| c.message.clone())
+        .unwrap();
+    assert!(message.starts_with("7 tenant(s) "), "{message}");
+    let named: Vec<&Uuid> = tenants
+        .iter()
+        .filter(|t| message.contains(&t.to_string()))
+        .collect();
+    assert_eq!(
+        named,
+        tenants[1..6].iter().collect::<Vec<_>>(),
+        "the first 5 untiered tenants by id, never the tiered one: {message}"
+    );
+    assert!(message.contains(", ..."), "{message}");
+    assert_eq!(outcome.status.tenants_without_tier, Some(7));
+    assert_eq!(
+        metric(&h.metrics, "archiver_retention_tenants_without_tier "),
+        7.0
+    );
+
+    // Billing catches up; the next drift count (hourly) clears the condition.
+    for tenant in &tenants[1..] {
+        add_tier(*tenant).await;
+    }
+    h.clock.set(now + Duration::minutes(61));
+    let outcome = reconcile(&mut policy, &h.ctx).await;
+    assert_eq!(
+        condition(&outcome.status, "UntieredTenants"),
+        ("False", "AllTenantsTiered")
+    );
+    assert_eq!(outcome.status.tenants_without_tier, Some(0));
+    assert_eq!(
+        metric(&h.metrics, "archiver_retention_tenants_without_tier "),
+        0.0
+    );
+    assert!(
+        h.metrics
+            .encode()
+            .contains("\narchiver_retention_tenants_without_tier 0\n"),
+        "the series exists at 0"
+    );
+}

@@ -5,6 +5,8 @@
 use chrono::{DateTime, Utc};
 use sqlx::PgPool;
 
+use super::lifecycle::ShardLifecycle;
+
 /// Condition types of an ArchiverShard besides Ready.
 pub mod conditions {
     pub const LAG_WITHIN_SLO: &str = "LagWithinSLO";
@@ -156,9 +158,14 @@ pub fn stray_keys_note(known: Option<i64>, health: &ShardHealth) -> Option<Strin
 /// or scaled-down worker shows a lag that rises instead of a series that
 /// stops. When the table cannot be read, the lag keeps rising from the last
 /// minute read (a lower bound of the truth) and the failure is counted.
+///
+/// Each shard's lifecycle is exported beside it
+/// (`archiver_shard_lifecycle{shard,state}`, 1 for the current state, 0 for
+/// the others), so a lag alert can leave suspended shards out; a retired
+/// shard (its ArchiverShard deleted) has no lag series at all.
 #[derive(Debug, Default)]
 pub struct ShardLagExport {
-    last_minutes: std::collections::BTreeMap<i32, DateTime<Utc>>,
+    last_minutes: std::collections::BTreeMap<i32, (DateTime<Utc>, String)>,
 }
 
 impl ShardLagExport {
@@ -168,12 +175,17 @@ impl ShardLagExport {
         now: DateTime<Utc>,
         metrics: &crate::metrics::Metrics,
     ) {
-        let read = sqlx::query_as::<_, (i32, DateTime<Utc>)>(
-            "SELECT shard_id, last_minute FROM archive_watermark",
+        let read = sqlx::query_as::<_, (i32, DateTime<Utc>, String)>(
+            "SELECT shard_id, last_minute, lifecycle FROM archive_watermark",
         )
         .fetch_all(pool);
         match tokio::time::timeout(std::time::Duration::from_secs(10), read).await {
-            Ok(Ok(rows)) => self.last_minutes = rows.into_iter().collect(),
+            Ok(Ok(rows)) => {
+                self.last_minutes = rows
+                    .into_iter()
+                    .map(|(shard_id, last_minute, lifecycle)| (shard_id, (last_minute, lifecycle)))
+                    .collect()
+            }
             Ok(Err(error)) => {
                 tracing::warn!(%error, "reading archive_watermark for the shard lag failed");
                 metrics.watermark_read_failures.inc();
@@ -183,18 +195,35 @@ impl ShardLagExport {
                 metrics.watermark_read_failures.inc();
             }
         }
-        for (shard_id, last_minute) in &self.last_minutes {
+        for (shard_id, (last_minute, lifecycle)) in &self.last_minutes {
             // A row no reconciled ArchiverShard names has no label nor SLO.
             let Some(shard) = metrics.shard_label(*shard_id) else {
                 continue;
             };
+            for state in [
+                ShardLifecycle::Active,
+                ShardLifecycle::Suspended,
+                ShardLifecycle::Retired,
+            ] {
+                metrics
+                    .shard_lifecycle
+                    .get_or_create(&crate::metrics::ShardLifecycleLabels {
+                        shard: shard.clone(),
+                        state: state.as_str().to_string(),
+                    })
+                    .set(i64::from(state.as_str() == lifecycle));
+            }
+            let labels = crate::metrics::ShardLabels { shard };
+            if lifecycle == ShardLifecycle::Retired.as_str() {
+                // Deleted: nothing will ever archive it again, so no lag to page on.
+                metrics.shard_lag_seconds.remove(&labels);
+                metrics.shard_lag_slo_seconds.remove(&labels);
+                continue;
+            }
             let lag = (now - (*last_minute + chrono::Duration::minutes(1)))
                 .num_seconds()
                 .max(0);
-            metrics
-                .shard_lag_seconds
-                .get_or_create(&crate::metrics::ShardLabels { shard })
-                .set(lag);
+            metrics.shard_lag_seconds.get_or_create(&labels).set(lag);
         }
     }
 }

@@ -8,6 +8,7 @@
 pub mod brin;
 pub mod health;
 pub mod key;
+pub mod lifecycle;
 pub mod redis_source;
 pub mod stray;
 pub mod verdict;

@@ -41,6 +41,21 @@ pub struct MaintenanceReport {
     pub plan_uses_index: Option<bool>,
     /// Why suppression clusters were not maintained, if they were not.
     pub suppression_disabled: Option<&'static str>,
+    /// The slowest active shard: the views never pass its watermark.
+    /// None when no shard is active.
+    pub waiting_on: Option<WaitingShard>,
+}
+
+/// The shard the views wait on: the active shard with the oldest watermark
+/// (the lowest id among equals). A gap-held active shard is one: minutes it
+/// has not archived may still arrive. Suspended and retired shards are not
+/// (`super::lifecycle`).
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct WaitingShard {
+    pub shard_id: i32,
+    pub last_minute: DateTime<Utc>,
+    /// Why its last tick did not advance (`gap`, `unsealed`, ...), if it did not.
+    pub waiting_reason: Option<String>,
 }
 
 /// Inputs of a maintenance pass.
@@ -71,7 +86,8 @@ pub async fn maintain(
     let Some(mut last) = watermark(pool).await? else {
         return Ok(report);
     };
-    let Some(ready_through) = slowest_shard(pool).await? else {
+    report.waiting_on = slowest_shard(pool).await?;
+    let Some(ready_through) = report.waiting_on.as_ref().map(|shard| shard.last_minute) else {
         return Ok(report);
     };
     if last < ready_through {
@@ -98,9 +114,12 @@ pub async fn maintain(
     }
     analyze_current_partition(pool, settings.now).await?;
     report.plan_uses_index = check_plan_if_due(pool, settings.now).await?;
-    sqlx::query("UPDATE derived_views_watermark SET last_run_at = $1, last_error = NULL")
-        .bind(settings.now)
-        .execute(pool)
+    sqlx::query(
+        "UPDATE derived_views_watermark SET last_run_at = $1, last_error = NULL, waiting_on_shard = $2",
+    )
+    .bind(settings.now)
+    .bind(report.waiting_on.as_ref().map(|shard| shard.shard_id))
+    .execute(pool)
         .await
         .map_err(db("recording the run"))?;
     Ok(report)
@@ -125,7 +144,7 @@ async fn watermark(pool: &PgPool) -> Result<Option<DateTime<Utc>>, ViewsError> {
             .map_err(db("finding the oldest archived minute"))?;
     let start = match oldest {
         Some(oldest) => Some(oldest - chrono::Duration::minutes(1)),
-        None => slowest_shard(pool).await?,
+        None => slowest_shard(pool).await?.map(|shard| shard.last_minute),
     };
     let Some(start) = start else {
         return Ok(None);
@@ -140,12 +159,28 @@ async fn watermark(pool: &PgPool) -> Result<Option<DateTime<Utc>>, ViewsError> {
     Ok(Some(start))
 }
 
-/// The last minute every shard has archived.
-async fn slowest_shard(pool: &PgPool) -> Result<Option<DateTime<Utc>>, ViewsError> {
-    sqlx::query_scalar("SELECT min(last_minute) FROM archive_watermark")
-        .fetch_one(pool)
+/// Where the views are: the last minute applied and the last day closed
+/// (None before their first pass).
+pub async fn progress(
+    pool: &PgPool,
+) -> Result<Option<(DateTime<Utc>, Option<NaiveDate>)>, ViewsError> {
+    sqlx::query_as("SELECT last_minute, last_closed_day FROM derived_views_watermark")
+        .fetch_optional(pool)
         .await
-        .map_err(db("reading the shard watermarks"))
+        .map_err(db("reading the views watermark"))
+}
+
+/// The active shard with the oldest watermark: every active shard has
+/// archived through its `last_minute`. Suspended and retired shards do not
+/// hold the views (one stopped shard must not freeze every tenant's rollups).
+pub async fn slowest_shard(pool: &PgPool) -> Result<Option<WaitingShard>, ViewsError> {
+    sqlx::query_as(
+        "SELECT shard_id, last_minute, waiting_reason FROM archive_watermark \
+         WHERE lifecycle = 'active' ORDER BY last_minute, shard_id LIMIT 1",
+    )
+    .fetch_optional(pool)
+    .await
+    .map_err(db("reading the shard watermarks"))
 }
 
 /// One minute into probe_day (and the live suppression clusters), with the
@@ -689,8 +724,14 @@ pub async fn maintain_and_report(
             if let Some(why) = report.suppression_disabled {
                 tracing::warn!("suppression clusters not maintained: {why}");
             }
+            export_waiting_on(metrics, report.waiting_on.as_ref());
             if !report.minutes.is_empty() {
-                tracing::info!(minutes = report.minutes.len(), closed_days = ?report.closed_days, "derived views updated");
+                tracing::info!(
+                    minutes = report.minutes.len(),
+                    closed_days = ?report.closed_days,
+                    waiting_on_shard = report.waiting_on.as_ref().map(|shard| shard.shard_id),
+                    "derived views updated"
+                );
             }
         }
         Err(error) => {
@@ -717,6 +758,52 @@ pub async fn maintain_and_report(
     result
 }
 
+/// `archiver_views_waiting_on`: one series, for the shard the views wait on.
+fn export_waiting_on(metrics: &crate::metrics::Metrics, waiting_on: Option<&WaitingShard>) {
+    let labels = waiting_on.map(|shard| crate::metrics::ViewsWaitLabels {
+        shard: metrics
+            .shard_label(shard.shard_id)
+            .unwrap_or_else(|| "unreconciled".to_string()),
+        shard_id: shard.shard_id.to_string(),
+    });
+    let current = labels
+        .as_ref()
+        .is_some_and(|labels| metrics.views_waiting_on.get(labels).is_some());
+    if !current {
+        metrics.views_waiting_on.clear();
+    }
+    if let Some(labels) = labels {
+        metrics.views_waiting_on.get_or_create(&labels).set(1);
+    }
+}
+
+/// Says in the log when the shard the views wait on changes (not every
+/// pass): which shard now bounds every tenant's rollups, and why it waits.
+#[derive(Debug, Default)]
+pub struct WaitingOnLog {
+    last: Option<i32>,
+}
+
+impl WaitingOnLog {
+    pub fn note(&mut self, report: &MaintenanceReport) {
+        let now = report.waiting_on.as_ref().map(|shard| shard.shard_id);
+        if now == self.last {
+            return;
+        }
+        self.last = now;
+        match &report.waiting_on {
+            Some(shard) => tracing::info!(
+                shard_id = shard.shard_id,
+                archived_through = %shard.last_minute,
+                waiting_reason = shard.waiting_reason.as_deref().unwrap_or("none"),
+                "derived views now wait on shard {}",
+                shard.shard_id
+            ),
+            None => tracing::info!("derived views wait on no shard: none is active"),
+        }
+    }
+}
+
 /// The leader's maintenance loop.
 pub async fn run_forever(
     pool: PgPool,
@@ -727,15 +814,19 @@ pub async fn run_forever(
 ) {
     tokio::pin!(shutdown);
     let mut shard_lag = crate::archive::health::ShardLagExport::default();
+    let mut waiting_on_log = WaitingOnLog::default();
     loop {
         shard_lag.export(&pool, clock.now(), &metrics).await;
-        let _ = maintain_and_report(
+        if let Ok(report) = maintain_and_report(
             &pool,
             salt.as_ref().map(|s| s.expose()),
             clock.now(),
             &metrics,
         )
-        .await;
+        .await
+        {
+            waiting_on_log.note(&report);
+        }
         tokio::select! {
             _ = &mut shutdown => break,
             _ = tokio::time::sleep(MAINTENANCE_INTERVAL) => {}
@@ -746,4 +837,6 @@ pub async fn run_forever(
     metrics.shard_lag_seconds.clear();
     metrics.shard_lag_slo_seconds.clear();
     metrics.views_lag_seconds.set(0);
+    metrics.views_waiting_on.clear();
+    metrics.shard_lifecycle.clear();
 }

@@ -393,8 +393,8 @@ impl Worker {
         let start =
             minute_floor(self.clock.now() - self.settings.backfill) - chrono::Duration::minutes(1);
         sqlx::query(
-            "INSERT INTO archive_watermark (shard_id, last_minute, owner, taken_at, expires_at) \
-             VALUES ($1, $2, $3, $4, $4) ON CONFLICT (shard_id) DO NOTHING",
+            "INSERT INTO archive_watermark (shard_id, last_minute, owner, taken_at, expires_at, lifecycle_since) \
+             VALUES ($1, $2, $3, $4, $4, $4) ON CONFLICT (shard_id) DO NOTHING",
         )
         .bind(self.settings.shard_id)
         .bind(start)

@@ -12,6 +12,8 @@ use kube::ResourceExt;
 use crate::api::common::{ConditionUpdate, condition_types, set_condition};
 use crate::api::{ArchiverShard, ArchiverShardStatus};
 use crate::archive::health::{self, ShardHealth};
+use crate::archive::lifecycle::{self, ShardLifecycle};
+use crate::archive::views;
 use crate::archive::worker::ShardSettings;
 use crate::runtime::context::Context;
 use crate::runtime::reconcile::{
@@ -71,10 +73,16 @@ impl Managed for ArchiverShard {
         if let WorkerState::Deployment(name) = &state {
             status.worker_deployment = Some(name.clone());
         }
+        let now = ctx.clock.now();
+        // A suspended shard no longer holds the derived views back; an
+        // active one (gap-held included: its minutes may still arrive) does.
+        let lifecycle = ShardLifecycle::of_present_shard(self.spec.suspend);
+        let lifecycle_changed = lifecycle::set(pool, self.spec.shard_id, lifecycle, now)
+            .await
+            .map_err(ReconcileError::database("setting the shard's lifecycle"))?;
         let health = health::read(pool, self.spec.shard_id)
             .await
             .map_err(ReconcileError::database("reading the shard's watermark"))?;
-        let now = ctx.clock.now();
         let message = match &health {
             Some(health) => {
                 apply_health(
@@ -97,7 +105,9 @@ impl Managed for ArchiverShard {
         };
         let ticking = !matches!(state, WorkerState::Suspended);
         let message = match state {
-            WorkerState::Suspended => "suspended: no worker runs".to_string(),
+            WorkerState::Suspended => {
+                "suspended: no worker runs; the derived views do not wait on it".to_string()
+            }
             WorkerState::Deployment(_) => format!(
                 "worker Deployment {}; {message}",
                 worker_deployment_name(self)
@@ -105,6 +115,26 @@ impl Managed for ArchiverShard {
             _ => message,
         };
         let mut outcome = finish(self, ctx, status, &problems, &message, STATUS_REFRESH);
+        if lifecycle_changed {
+            outcome.events.push(lifecycle_event(lifecycle));
+            if let (ShardLifecycle::Active, Some(health)) = (lifecycle, &health) {
+                // Only an event: a failed read must not fail the reconcile.
+                let views = views::progress(pool).await.unwrap_or_else(|error| {
+                    tracing::warn!(%error, "reading the views watermark for a rejoining shard");
+                    None
+                });
+                if let Some(note) = views.and_then(|(through, closed)| {
+                    lifecycle::rejoin_note(health.last_minute, through, closed)
+                }) {
+                    outcome.events.push(Event {
+                        type_: EventType::Warning,
+                        reason: "RejoinedBehindViews".into(),
+                        action: "Lifecycle".into(),
+                        note,
+                    });
+                }
+            }
+        }
         if let Some(health) = &health {
             self.report_drain_state(&mut outcome, health, ticking, now);
         }
@@ -181,6 +211,27 @@ impl ArchiverShard {
                 .events
                 .push(warning("StrayKeysFound", "AuditStrayKeys", note));
         }
+    }
+}
+
+/// The event of a shard whose lifecycle row changed in this reconcile.
+fn lifecycle_event(lifecycle: ShardLifecycle) -> Event {
+    let (reason, note) = match lifecycle {
+        ShardLifecycle::Suspended => (
+            "ShardSuspended",
+            "spec.suspend: the derived views (probe_day, probe_month, suppression clusters) \
+             no longer wait on this shard",
+        ),
+        _ => (
+            "ShardActive",
+            "the derived views wait on this shard's watermark again",
+        ),
+    };
+    Event {
+        type_: EventType::Normal,
+        reason: reason.into(),
+        action: "Lifecycle".into(),
+        note: note.into(),
     }
 }
 

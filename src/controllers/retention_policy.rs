@@ -41,6 +41,8 @@ pub const DRIFT_REFRESH: Duration = Duration::from_secs(3600);
 /// Condition types of this kind besides `Ready`.
 pub const CONFLICT: &str = "Conflict";
 pub const SHRINK_HELD: &str = "ShrinkHeld";
+/// True while tenants with data have no tenant_tier_history row.
+pub const UNTIERED_TENANTS: &str = "UntieredTenants";
 
 const REQUEUE: Duration = Duration::from_secs(300);
 const REQUEUE_RUNNING: Duration = Duration::from_secs(1);
@@ -589,6 +591,7 @@ async fn report_drift(
                 counted_at: now,
                 rows_by_table: counts.by_table(),
                 tenants_without_tier: counts.tenants_without_tier,
+                untiered_tenant_examples: counts.untiered_examples,
             };
             store::save_drift(pool, &drift).await?;
             drift
@@ -608,9 +611,49 @@ async fn report_drift(
         .metrics
         .retention_tenants_without_tier
         .set(drift.tenants_without_tier);
+    let (untiered, reason, message) = untiered_condition(&drift);
+    pass.condition(UNTIERED_TENANTS, untiered, reason, message);
     pass.status.drift = drift.rows_by_table;
     pass.status.tenants_without_tier = Some(drift.tenants_without_tier);
     Ok(())
+}
+
+/// `UntieredTenants` from the last drift count: status, reason, message
+/// (the count and a few tenant ids).
+pub fn untiered_condition(drift: &DriftRow) -> (bool, &'static str, String) {
+    let count = drift.tenants_without_tier;
+    if count == 0 {
+        return (
+            false,
+            "AllTenantsTiered",
+            "every tenant with data has a tenant_tier_history row".into(),
+        );
+    }
+    let examples: Vec<String> = drift
+        .untiered_tenant_examples
+        .iter()
+        .map(|tenant| tenant.to_string())
+        .collect();
+    let more = usize::try_from(count).unwrap_or(usize::MAX) > examples.len();
+    (
+        true,
+        "TenantsWithoutTier",
+        format!(
+            "{count} tenant(s) with data have no tenant_tier_history row: their rows are never pruned \
+             and keep every partition holding them from being dropped (DropBlocked); \
+             {} (counted at {})",
+            if examples.is_empty() {
+                "their ids are named at the next count".to_string()
+            } else {
+                format!(
+                    "e.g. {}{}",
+                    examples.join(", "),
+                    if more { ", ..." } else { "" }
+                )
+            },
+            drift.counted_at.format("%Y-%m-%d %H:%M UTC"),
+        ),
+    )
 }
 
 /// The status view of a run.

@@ -23,7 +23,12 @@ pub struct ExpiredCounts {
     /// Tenants with rows in probe_minute, probe_day or probe_month and no
     /// tier row at all: never pruned.
     pub tenants_without_tier: i64,
+    /// The first of them, by id, at most [`UNTIERED_EXAMPLES`].
+    pub untiered_examples: Vec<Uuid>,
 }
+
+/// How many tenants without a tier are named (status, condition).
+pub const UNTIERED_EXAMPLES: usize = 5;
 
 impl ExpiredCounts {
     /// Rows per table, every table present (zero when nothing is expired).
@@ -88,9 +93,11 @@ pub async fn count_expired(
         let per_tier = count_per_tier(pool, table, &[item]).await?;
         counts.rows.insert(table.name().to_string(), per_tier);
     }
-    counts.tenants_without_tier = tenants_with_data
-        .iter()
+    let untiered: Vec<Uuid> = tenants_with_data
+        .into_iter()
         .filter(|tenant| !spans.contains_key(tenant))
-        .count() as i64;
+        .collect();
+    counts.tenants_without_tier = untiered.len() as i64;
+    counts.untiered_examples = untiered.into_iter().take(UNTIERED_EXAMPLES).collect();
     Ok(counts)
 }

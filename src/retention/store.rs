@@ -44,7 +44,13 @@ type TenantSpanRow = (
     Option<DateTime<Utc>>,
     Option<i32>,
 );
-type DriftTuple = (String, DateTime<Utc>, Json<BTreeMap<String, i64>>, i64);
+type DriftTuple = (
+    String,
+    DateTime<Utc>,
+    Json<BTreeMap<String, i64>>,
+    i64,
+    Vec<uuid::Uuid>,
+);
 
 /// Rows deleted per table, then per tier.
 pub type RowsDeleted = BTreeMap<String, BTreeMap<String, i64>>;
@@ -536,21 +542,27 @@ pub struct DriftRow {
     pub counted_at: DateTime<Utc>,
     pub rows_by_table: BTreeMap<String, i64>,
     pub tenants_without_tier: i64,
+    /// A few of those tenants (at most `count::UNTIERED_EXAMPLES`).
+    pub untiered_tenant_examples: Vec<uuid::Uuid>,
 }
 
 pub async fn drift(executor: impl PgExecutor<'_>) -> Result<Option<DriftRow>, RetentionError> {
     let row: Option<DriftTuple> = sqlx::query_as(
-        "SELECT policy_hash, counted_at, rows_by_table, tenants_without_tier FROM retention_drift",
+        "SELECT policy_hash, counted_at, rows_by_table, tenants_without_tier, untiered_tenant_examples \
+         FROM retention_drift",
     )
     .fetch_optional(executor)
     .await
     .map_err(db("reading the last drift count"))?;
     Ok(row.map(
-        |(policy_hash, counted_at, rows, tenants_without_tier)| DriftRow {
-            policy_hash,
-            counted_at,
-            rows_by_table: rows.0,
-            tenants_without_tier,
+        |(policy_hash, counted_at, rows, tenants_without_tier, untiered_tenant_examples)| {
+            DriftRow {
+                policy_hash,
+                counted_at,
+                rows_by_table: rows.0,
+                tenants_without_tier,
+                untiered_tenant_examples,
+            }
         },
     ))
 }
@@ -560,15 +572,18 @@ pub async fn save_drift(
     drift: &DriftRow,
 ) -> Result<(), RetentionError> {
     sqlx::query(
-        "INSERT INTO retention_drift (id, policy_hash, counted_at, rows_by_table, tenants_without_tier) \
-         VALUES (true, $1, $2, $3, $4) \
+        "INSERT INTO retention_drift (id, policy_hash, counted_at, rows_by_table, tenants_without_tier, \
+             untiered_tenant_examples) \
+         VALUES (true, $1, $2, $3, $4, $5) \
          ON CONFLICT (id) DO UPDATE SET policy_hash = EXCLUDED.policy_hash, counted_at = EXCLUDED.counted_at, \
-             rows_by_table = EXCLUDED.rows_by_table, tenants_without_tier = EXCLUDED.tenants_without_tier",
+             rows_by_table = EXCLUDED.rows_by_table, tenants_without_tier = EXCLUDED.tenants_without_tier, \
+             untiered_tenant_examples = EXCLUDED.untiered_tenant_examples",
     )
     .bind(&drift.policy_hash)
     .bind(drift.counted_at)
     .bind(Json(&drift.rows_by_table))
     .bind(drift.tenants_without_tier)
+    .bind(&drift.untiered_tenant_examples)
     .execute(executor)
     .await
     .map_err(db("saving the drift count"))?;

@@ -339,6 +339,53 @@ async fn sync_shard_targets(
     }
 }
 
+/// How often the leader retires the watermark rows no ArchiverShard names
+/// (besides whenever the set of shards changes).
+const RETIRE_INTERVAL: Duration = Duration::from_secs(30);
+
+/// Retires the watermark rows of shards gone from the watch cache (deleted,
+/// also while no operator ran), so the derived views stop waiting on them.
+/// Only once the cache has listed every object: a cache still listing would
+/// retire shards that exist. The operator owns every row of its database's
+/// `archive_watermark` (a shard outside the watched namespace is absent).
+async fn sync_shard_lifecycle(
+    store: reflector::Store<ArchiverShard>,
+    pool: sqlx::PgPool,
+    clock: crate::clock::SharedClock,
+) {
+    if !cache_listed(&store).await {
+        return;
+    }
+    let mut last: Option<(Vec<i32>, Instant)> = None;
+    loop {
+        let mut present: Vec<i32> = store
+            .state()
+            .iter()
+            .map(|shard| shard.spec.shard_id)
+            .collect();
+        present.sort_unstable();
+        present.dedup();
+        let due = match &last {
+            Some((previous, at)) => *previous != present || at.elapsed() >= RETIRE_INTERVAL,
+            None => true,
+        };
+        if due {
+            match crate::archive::lifecycle::retire_absent(&pool, &present, clock.now()).await {
+                Ok(retired) => {
+                    if !retired.is_empty() {
+                        tracing::info!(shards = ?retired, "no ArchiverShard names these shards any more: retired, the derived views no longer wait on them");
+                    }
+                    last = Some((present, Instant::now()));
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "retiring the watermark rows of deleted shards failed");
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
 async fn drive<K>(
     controller: Controller<K>,
     kctx: Arc<KubeContext>,
@@ -391,6 +438,13 @@ pub async fn run_controllers(
         workers.watch_cache(deployment_cache);
     }
     let shards = shards.owns_stream(owned);
+    let lifecycle_sync = kctx.ctx.db.clone().map(|pool| {
+        tokio::spawn(sync_shard_lifecycle(
+            shard_store.clone(),
+            pool,
+            kctx.ctx.clock.clone(),
+        ))
+    });
     let targets_sync = tokio::spawn(sync_shard_targets(
         shard_store,
         kctx.ctx.redis_targets.clone(),
@@ -411,6 +465,9 @@ pub async fn run_controllers(
     );
     directory_sync.abort();
     targets_sync.abort();
+    if let Some(lifecycle_sync) = lifecycle_sync {
+        lifecycle_sync.abort();
+    }
 }
 
 #[cfg(test)]
@@ -469,6 +526,74 @@ mod tests {
             "{:?}",
             directory.in_force()
         );
+    }
+
+    /// A shard deleted (gone from the watch cache) is retired in
+    /// archive_watermark, so the derived views stop waiting on it; a row no
+    /// ArchiverShard names at startup too. Nothing is retired before the
+    /// cache has listed every object.
+    #[tokio::test]
+    async fn a_shard_gone_from_the_watch_cache_is_retired() {
+        let db = crate::testing::TestDatabase::new().await;
+        for shard_id in [0, 5, 9] {
+            sqlx::query(
+                "INSERT INTO archive_watermark (shard_id, last_minute, owner, expires_at) \
+                 VALUES ($1, now(), 't', now())",
+            )
+            .bind(shard_id)
+            .execute(&db.pool)
+            .await
+            .expect("a watermark row");
+        }
+        let lifecycles = || async {
+            sqlx::query_as::<_, (i32, String)>(
+                "SELECT shard_id, lifecycle FROM archive_watermark ORDER BY shard_id",
+            )
+            .fetch_all(&db.pool)
+            .await
+            .expect("lifecycles")
+        };
+        let with_id = |name: &str, id: i32| {
+            let mut shard = shard(name);
+            shard.spec.shard_id = id;
+            shard
+        };
+        let (store, mut writer) = reflector::store::<ArchiverShard>();
+        let clock: crate::clock::SharedClock = Arc::new(crate::clock::SystemClock);
+        let sync = tokio::spawn(sync_shard_lifecycle(store, db.pool.clone(), clock));
+        writer.apply_watcher_event(&watcher::Event::Init);
+        writer.apply_watcher_event(&watcher::Event::InitApply(with_id("zero", 0)));
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(
+            lifecycles().await.iter().all(|(_, l)| l == "active"),
+            "nothing is retired while the cache is still listing"
+        );
+        writer.apply_watcher_event(&watcher::Event::InitApply(with_id("five", 5)));
+        writer.apply_watcher_event(&watcher::Event::InitDone);
+        let wait_for = |expected: Vec<(i32, String)>| {
+            let lifecycles = &lifecycles;
+            async move {
+                let deadline = Instant::now() + Duration::from_secs(10);
+                loop {
+                    let now = lifecycles().await;
+                    if now == expected || Instant::now() > deadline {
+                        return now;
+                    }
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        };
+        let row = |id: i32, lifecycle: &str| (id, lifecycle.to_string());
+        assert_eq!(
+            wait_for(vec![row(0, "active"), row(5, "active"), row(9, "retired")]).await,
+            vec![row(0, "active"), row(5, "active"), row(9, "retired")]
+        );
+        writer.apply_watcher_event(&watcher::Event::Delete(with_id("five", 5)));
+        assert_eq!(
+            wait_for(vec![row(0, "active"), row(5, "retired"), row(9, "retired")]).await,
+            vec![row(0, "active"), row(5, "retired"), row(9, "retired")]
+        );
+        sync.abort();
     }
 
     #[tokio::test]

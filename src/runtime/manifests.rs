@@ -462,6 +462,8 @@ impl ManifestsEngine {
             }
             return;
         }
+        self.retire_absent_shards(set, &invalid_objects, report)
+            .await;
         for object in stored {
             let label = format!("{}/{}/{}", object.kind, object.namespace, object.name);
             // An object that is only broken keeps its status until fixed.
@@ -480,6 +482,41 @@ impl ManifestsEngine {
             {
                 report.failed.push((label, error.to_string()));
             }
+        }
+    }
+
+    /// Retires the watermark rows no ArchiverShard manifest names any more
+    /// (removed, also while the operator was not running), so the derived
+    /// views stop waiting on them. Not while a shard manifest is invalid:
+    /// its shard id is unknown, and it may be the one a row belongs to.
+    async fn retire_absent_shards(
+        &self,
+        set: &ManifestSet,
+        invalid_objects: &BTreeSet<String>,
+        report: &mut PassReport,
+    ) {
+        let Some(pool) = self.ctx.db.as_ref() else {
+            return;
+        };
+        if invalid_objects
+            .iter()
+            .any(|label| label.starts_with("ArchiverShard/"))
+        {
+            return;
+        }
+        let present: Vec<i32> = set.shards.iter().map(|shard| shard.spec.shard_id).collect();
+        match crate::archive::lifecycle::retire_absent(pool, &present, self.ctx.clock.now()).await {
+            Ok(retired) if retired.is_empty() => {}
+            Ok(retired) => {
+                tracing::info!(shards = ?retired, "no ArchiverShard names these shards any more: retired, the derived views no longer wait on them");
+                report.notes.push(format!(
+                    "retired shard(s) {retired:?}: no ArchiverShard names them; the derived views no longer wait on them"
+                ));
+            }
+            Err(error) => report.failed.push((
+                "shard lifecycle".into(),
+                format!("retiring removed shards: {error}"),
+            )),
         }
     }
 

@@ -180,9 +180,17 @@ pub async fn run_once(
             .await
         {
             Ok(views) => report.notes.push(format!(
-                "derived views: {} minute(s) applied, {} day(s) closed{}",
+                "derived views: {} minute(s) applied, {} day(s) closed{}{}",
                 views.minutes.len(),
                 views.closed_days.len(),
+                views
+                    .waiting_on
+                    .as_ref()
+                    .map(|shard| format!(
+                        "; waiting on shard {} (archived through {})",
+                        shard.shard_id, shard.last_minute
+                    ))
+                    .unwrap_or_else(|| "; no active shard".into()),
                 views
                     .suppression_disabled
                     .map(|why| format!("; suppression clusters skipped: {why}"))

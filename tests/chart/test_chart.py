@@ -584,13 +584,19 @@ def test_alerts_page_on_the_signals_that_matter() -> None:
     rules = alerts(VARIANTS["monitoring"])
     # Each shard's lag, computed by the leader from archive_watermark, against
     # that shard's own spec.lagSloSeconds (issue 16 item 1).
+    # A suspended shard is expected to fall behind (issue 16 item 2).
+    not_suspended = (
+        ' unless on (namespace, shard) (max by (namespace, shard) (archiver_shard_lifecycle{state="suspended"}) == 1)'
+    )
     assert rules["ArchiverLagAboveSLO"]["expr"] == (
-        "max by (namespace, shard) (archiver_shard_lag_seconds) > on (namespace, shard) "
-        "max by (namespace, shard) (archiver_shard_lag_slo_seconds)"
+        "(max by (namespace, shard) (archiver_shard_lag_seconds) > on (namespace, shard) "
+        "max by (namespace, shard) (archiver_shard_lag_slo_seconds))" + not_suspended
     )
     assert rules["ArchiverLagAboveSLO"]["for"] == "5m"
     assert rules["ArchiverLagAboveSLO"]["labels"] == {"severity": "warning", "team": "platform"}
-    assert rules["ArchiverLagCritical"]["expr"] == "max by (namespace, shard) (archiver_shard_lag_seconds) > 1800"
+    assert rules["ArchiverLagCritical"]["expr"] == (
+        "(max by (namespace, shard) (archiver_shard_lag_seconds) > 1800)" + not_suspended
+    )
     assert rules["ArchiverLagCritical"]["labels"]["severity"] == "critical"
     assert "absent(archiver_shard_lag_seconds)" in rules["ArchiverShardLagAbsent"]["expr"]
     assert "unless on (namespace, shard)" in rules["ArchiverShardLagAbsent"]["expr"]
@@ -608,7 +614,7 @@ def test_alerts_page_on_the_signals_that_matter() -> None:
         assert rule["annotations"]["summary"] and rule["annotations"]["description"]
     # Thresholds follow the values.
     tuned = alerts({"metrics": {"prometheusRule": {"enabled": True, "criticalLagSeconds": 3600, "lagFor": "10m", "deletionDeadlineWarningDays": 7}}})
-    assert tuned["ArchiverLagCritical"]["expr"].endswith("> 3600")
+    assert tuned["ArchiverLagCritical"]["expr"].startswith("(max by (namespace, shard) (archiver_shard_lag_seconds) > 3600)")
     assert tuned["ArchiverLagAboveSLO"]["for"] == "10m"
     assert tuned["ArchiverDeletionDeadlineNear"]["expr"].endswith(f"< {7 * 86400}")
     assert "ArchiverViewsBehind" in alerts(VARIANTS["everything"])

@@ -1,0 +1,391 @@
+//! Shard lifecycle (issue 16 item 2) against a real PostgreSQL: the derived
+//! views follow active shards only, so a suspended or retired shard with an
+//! old watermark no longer freezes every tenant's rollups, an active one
+//! (gap-held included) still holds them, and the shard they wait on is
+//! reported. The lifecycle is set by the ArchiverShard controller and
+//! retired when the manifest goes (through the binary, `run --once`).
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use chrono::{DateTime, Duration, Utc};
+use uuid::Uuid;
+
+use archiver_operator::archive::lifecycle::{self, ShardLifecycle};
+use archiver_operator::archive::views;
+use archiver_operator::metrics::Metrics;
+use archiver_operator::testing::{TestDatabase, redis_server};
+
+fn start() -> DateTime<Utc> {
+    "2026-11-10T10:00:00Z".parse().unwrap()
+}
+
+async fn partition(db: &TestDatabase) {
+    sqlx::query(
+        "CREATE TABLE probe_minute_2026_11 PARTITION OF probe_minute \
+         FOR VALUES FROM ('2026-11-01 00:00+00') TO ('2026-12-01 00:00+00')",
+    )
+    .execute(&db.pool)
+    .await
+    .expect("partition");
+}
+
+/// One `up` row per minute of [start, start + minutes) for one server.
+async fn archive(db: &TestDatabase, minutes: i64) {
+    let tenant = Uuid::from_u128(0x7000_0000_0000_4000_8000_0000_0000_0001);
+    for m in 0..minutes {
+        sqlx::query(
+            "INSERT INTO probe_minute (tenant_id, server_slug, region, minute_bucket, state, p95_ms) \
+             VALUES ($1, 'srv', 'us-east', $2, 'up', 10) ON CONFLICT DO NOTHING",
+        )
+        .bind(tenant)
+        .bind(start() + Duration::minutes(m))
+        .execute(&db.pool)
+        .await
+        .expect("a row");
+    }
+}
+
+/// Puts shard `shard_id`'s watermark at `start + minute`.
+async fn watermark(db: &TestDatabase, shard_id: i32, minute: i64, waiting_reason: Option<&str>) {
+    sqlx::query(
+        "INSERT INTO archive_watermark (shard_id, last_minute, owner, expires_at, waiting_reason) \
+         VALUES ($1, $2, 't', now(), $3) \
+         ON CONFLICT (shard_id) DO UPDATE SET last_minute = EXCLUDED.last_minute, \
+             waiting_reason = EXCLUDED.waiting_reason",
+    )
+    .bind(shard_id)
+    .bind(start() + Duration::minutes(minute))
+    .bind(waiting_reason)
+    .execute(&db.pool)
+    .await
+    .expect("a watermark row");
+}
+
+async fn maintain(db: &TestDatabase, metrics: &Metrics) -> views::MaintenanceReport {
+    views::maintain_and_report(&db.pool, None, start() + Duration::hours(2), metrics)
+        .await
+        .expect("maintenance")
+}
+
+async fn views_through(db: &TestDatabase) -> DateTime<Utc> {
+    sqlx::query_scalar("SELECT last_minute FROM derived_views_watermark")
+        .fetch_one(&db.pool)
+        .await
+        .expect("the views watermark")
+}
+
+async fn minutes_in_probe_day(db: &TestDatabase) -> i64 {
+    sqlx::query_scalar("SELECT coalesce(sum(minutes_total), 0)::bigint FROM probe_day")
+        .fetch_one(&db.pool)
+        .await
+        .expect("probe_day")
+}
+
+fn waiting_series(metrics: &Metrics) -> Vec<String> {
+    metrics
+        .encode()
+        .lines()
+        .filter(|line| line.starts_with("archiver_views_waiting_on{"))
+        .map(str::to_string)
+        .collect()
+}
+
+/// Shard 1 is stuck 2 minutes into the data (a gap), shard 0 is 30 minutes
+/// in. Active, the gap-held shard holds the views (its minutes may still
+/// arrive) and is named; suspended or retired, it does not.
+#[tokio::test]
+async fn views_follow_active_shards_only_and_name_the_shard_they_wait_on() {
+    let db = TestDatabase::new().await;
+    partition(&db).await;
+    archive(&db, 60).await;
+    let metrics = Metrics::new();
+    metrics.observe_shard(0, "archiver/fast", 180);
+    metrics.observe_shard(1, "archiver/stuck", 180);
+    watermark(&db, 0, 30, None).await;
+    watermark(&db, 1, 2, Some("gap")).await;
+
+    let report = maintain(&db, &metrics).await;
+    assert_eq!(views_through(&db).await, start() + Duration::minutes(2));
+    let waiting = report.waiting_on.expect("a shard is waited on");
+    assert_eq!(
+        (waiting.shard_id, waiting.waiting_reason.as_deref()),
+        (1, Some("gap")),
+        "the gap-held active shard holds the views and is named with its reason"
+    );
+    assert_eq!(
+        waiting_series(&metrics),
+        vec!["archiver_views_waiting_on{shard=\"archiver/stuck\",shard_id=\"1\"} 1"]
+    );
+    let recorded: Option<i32> =
+        sqlx::query_scalar("SELECT waiting_on_shard FROM derived_views_watermark")
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
+    assert_eq!(recorded, Some(1));
+
+    // Suspended: the views go on to the next active shard.
+    let suspended_at = start() + Duration::hours(1);
+    assert!(
+        lifecycle::set(&db.pool, 1, ShardLifecycle::Suspended, suspended_at)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !lifecycle::set(&db.pool, 1, ShardLifecycle::Suspended, suspended_at)
+            .await
+            .unwrap(),
+        "setting the same state again changes nothing"
+    );
+    assert_eq!(
+        lifecycle::read(&db.pool, 1).await.unwrap(),
+        Some((ShardLifecycle::Suspended, suspended_at))
+    );
+    let report = maintain(&db, &metrics).await;
+    assert_eq!(views_through(&db).await, start() + Duration::minutes(30));
+    assert_eq!(report.waiting_on.map(|shard| shard.shard_id), Some(0));
+    assert_eq!(
+        waiting_series(&metrics),
+        vec!["archiver_views_waiting_on{shard=\"archiver/fast\",shard_id=\"0\"} 1"],
+        "one series: the shard waited on now"
+    );
+    assert_eq!(minutes_in_probe_day(&db).await, 31);
+
+    // Active again (its watermark still old): it holds the views again.
+    lifecycle::set(&db.pool, 1, ShardLifecycle::Active, suspended_at)
+        .await
+        .unwrap();
+    watermark(&db, 0, 50, None).await;
+    let report = maintain(&db, &metrics).await;
+    assert_eq!(
+        views_through(&db).await,
+        start() + Duration::minutes(30),
+        "the re-activated shard holds the views"
+    );
+    assert_eq!(report.waiting_on.map(|shard| shard.shard_id), Some(1));
+
+    // Retired (its ArchiverShard deleted): the views go on.
+    let retired = lifecycle::retire_absent(&db.pool, &[0], suspended_at)
+        .await
+        .unwrap();
+    assert_eq!(retired, vec![1]);
+    let report = maintain(&db, &metrics).await;
+    assert_eq!(views_through(&db).await, start() + Duration::minutes(50));
+    assert_eq!(report.waiting_on.map(|shard| shard.shard_id), Some(0));
+    assert_eq!(minutes_in_probe_day(&db).await, 51);
+
+    // No active shard at all: nothing is waited on, no series.
+    lifecycle::retire_absent(&db.pool, &[], suspended_at)
+        .await
+        .unwrap();
+    let report = maintain(&db, &metrics).await;
+    assert_eq!(report.waiting_on, None);
+    assert!(
+        waiting_series(&metrics).is_empty(),
+        "{:?}",
+        waiting_series(&metrics)
+    );
+}
+
+/// A row no reconciled ArchiverShard names is still reported, by its id.
+#[tokio::test]
+async fn an_unreconciled_shard_is_reported_by_its_id() {
+    let db = TestDatabase::new().await;
+    partition(&db).await;
+    archive(&db, 5).await;
+    watermark(&db, 4, 3, None).await;
+    let metrics = Metrics::new();
+    maintain(&db, &metrics).await;
+    assert_eq!(
+        waiting_series(&metrics),
+        vec!["archiver_views_waiting_on{shard=\"unreconciled\",shard_id=\"4\"} 1"]
+    );
+}
+
+fn binary(args: &[&str], database_url: &str) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_archiver-operator"))
+        .args(args)
+        .env("DATABASE_URL", database_url)
+        .env("ARCHIVER_LOG_FORMAT", "text")
+        .output()
+        .expect("run the binary")
+}
+
+fn run_once(dir: &Path, now: &str, database_url: &str) -> Output {
+    binary(
+        &[
+            "run",
+            "--manifests",
+            dir.to_str().unwrap(),
+            "--once",
+            "--now",
+            now,
+        ],
+        database_url,
+    )
+}
+
+async fn lifecycle_of(db: &TestDatabase, shard_id: i32) -> Option<(String, DateTime<Utc>)> {
+    sqlx::query_as("SELECT lifecycle, lifecycle_since FROM archive_watermark WHERE shard_id = $1")
+        .bind(shard_id)
+        .fetch_optional(&db.pool)
+        .await
+        .unwrap()
+}
+
+/// Through the binary and a manifests directory: the controller sets the
+/// shard active, then suspended with `spec.suspend`; a removed manifest
+/// retires it, and a row no manifest names (a shard deleted while the
+/// operator was not running) is retired on the first pass.
+#[tokio::test]
+async fn the_controller_suspends_and_a_removed_manifest_retires_the_shard() {
+    let db = TestDatabase::new().await;
+    let redis = redis_server();
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples");
+    let shard_file = dir.path().join("archiver-shard.yaml");
+    std::fs::copy(examples.join("archiver-shard.yaml"), &shard_file).unwrap();
+    let secret = std::fs::read_to_string(examples.join("secret-redis-shard-0.yaml"))
+        .unwrap()
+        .replace("redis://127.0.0.1:6379/0", &redis.url());
+    std::fs::write(dir.path().join("secret-redis-shard-0.yaml"), secret).unwrap();
+    // Shard 9 has a row but no manifest.
+    sqlx::query(
+        "INSERT INTO archive_watermark (shard_id, last_minute, owner, expires_at) \
+         VALUES (9, '2026-11-01T00:00:00Z', 'gone', now())",
+    )
+    .execute(&db.pool)
+    .await
+    .unwrap();
+
+    let first = "2026-11-10T10:00:30Z";
+    let output = run_once(dir.path(), first, &db.url);
+    let printed = String::from_utf8_lossy(&output.stdout).to_string()
+        + &String::from_utf8_lossy(&output.stderr);
+    let first: DateTime<Utc> = first.parse().unwrap();
+    assert_eq!(
+        lifecycle_of(&db, 0).await,
+        Some(("active".to_string(), first)),
+        "the worker's first tick creates the row, active since the operator's clock: {printed}"
+    );
+    assert_eq!(
+        lifecycle_of(&db, 9).await,
+        Some(("retired".to_string(), first)),
+        "{printed}"
+    );
+    assert!(printed.contains("retired shard(s) [9]"), "{printed}");
+
+    let suspended = std::fs::read_to_string(&shard_file)
+        .unwrap()
+        .replace("  shardId: 0\n", "  shardId: 0\n  suspend: true\n");
+    std::fs::write(&shard_file, suspended).unwrap();
+    let second = "2026-11-10T10:05:30Z";
+    let output = run_once(dir.path(), second, &db.url);
+    let printed = String::from_utf8_lossy(&output.stdout).to_string()
+        + &String::from_utf8_lossy(&output.stderr);
+    assert_eq!(
+        lifecycle_of(&db, 0).await,
+        Some(("suspended".to_string(), second.parse().unwrap())),
+        "{printed}"
+    );
+
+    // Active again while the views are ahead of it (another shard moved
+    // them): it says what that means for the rollups.
+    sqlx::query("UPDATE derived_views_watermark SET last_minute = '2026-11-10T10:20:00Z'")
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    let active = std::fs::read_to_string(&shard_file)
+        .unwrap()
+        .replace("  suspend: true\n", "");
+    std::fs::write(&shard_file, active).unwrap();
+    let output = run_once(dir.path(), "2026-11-10T10:08:30Z", &db.url);
+    let printed = String::from_utf8_lossy(&output.stdout).to_string()
+        + &String::from_utf8_lossy(&output.stderr);
+    assert_eq!(
+        lifecycle_of(&db, 0).await.map(|(l, _)| l).as_deref(),
+        Some("active"),
+        "{printed}"
+    );
+    let stored = std::fs::read_to_string(
+        dir.path()
+            .join(".archiver/status/ArchiverShard_archiver_shard-0.yaml"),
+    )
+    .unwrap();
+    assert!(stored.contains("ShardSuspended"), "{stored}");
+    assert!(stored.contains("ShardActive"), "{stored}");
+    assert!(
+        stored.contains("RejoinedBehindViews")
+            && stored.contains("behind the derived views (2026-11-10 10:20:00 UTC)"),
+        "{stored}"
+    );
+
+    std::fs::remove_file(&shard_file).unwrap();
+    let third = "2026-11-10T10:10:30Z";
+    let output = run_once(dir.path(), third, &db.url);
+    let printed = String::from_utf8_lossy(&output.stdout).to_string()
+        + &String::from_utf8_lossy(&output.stderr);
+    assert_eq!(
+        lifecycle_of(&db, 0).await,
+        Some(("retired".to_string(), third.parse().unwrap())),
+        "{printed}"
+    );
+    assert!(printed.contains("retired shard(s) [0]"), "{printed}");
+}
+
+/// The leader's per-shard export says each shard's lifecycle, and a retired
+/// shard (deleted) has no lag series left to page on; a suspended one keeps
+/// its rising lag, which alerts can leave out with the lifecycle series.
+#[tokio::test]
+async fn the_lag_export_carries_the_lifecycle_and_drops_retired_shards() {
+    let db = TestDatabase::new().await;
+    for shard_id in [0, 1, 2] {
+        watermark(&db, shard_id, 0, None).await;
+    }
+    let metrics = Metrics::new();
+    for (shard_id, name) in [(0, "archiver/a"), (1, "archiver/b"), (2, "archiver/c")] {
+        metrics.observe_shard(shard_id, name, 180);
+    }
+    let mut export = archiver_operator::archive::health::ShardLagExport::default();
+    let now = start() + Duration::minutes(11);
+    export.export(&db.pool, now, &metrics).await;
+    assert!(
+        metrics
+            .encode()
+            .contains("archiver_shard_lag_seconds{shard=\"archiver/c\"} 600")
+    );
+
+    lifecycle::set(&db.pool, 1, ShardLifecycle::Suspended, now)
+        .await
+        .unwrap();
+    lifecycle::retire_absent(&db.pool, &[0, 1], now)
+        .await
+        .unwrap();
+    export.export(&db.pool, now, &metrics).await;
+    let text = metrics.encode();
+    for (shard, state, value) in [
+        ("a", "active", 1),
+        ("a", "suspended", 0),
+        ("b", "suspended", 1),
+        ("b", "active", 0),
+        ("c", "retired", 1),
+        ("c", "active", 0),
+    ] {
+        let line = format!(
+            "archiver_shard_lifecycle{{shard=\"archiver/{shard}\",state=\"{state}\"}} {value}\n"
+        );
+        assert!(text.contains(&line), "{line} missing from\n{text}");
+    }
+    assert!(
+        text.contains("archiver_shard_lag_seconds{shard=\"archiver/b\"} 600"),
+        "{text}"
+    );
+    assert!(
+        !text.contains("archiver_shard_lag_seconds{shard=\"archiver/c\"}"),
+        "{text}"
+    );
+    assert!(
+        !text.contains("archiver_shard_lag_slo_seconds{shard=\"archiver/c\"}"),
+        "{text}"
+    );
+}
