@@ -43,6 +43,7 @@ fn erase(extra: &[&str]) -> Output {
 #[test]
 fn names_that_are_not_kubernetes_names_are_refused_offline() {
     let long_namespace = "a".repeat(64);
+    let long_slug = "s".repeat(513);
     let cases: Vec<(Vec<&str>, &str)> = vec![
         (vec!["-n", "../kube-system"], "metadata.namespace"),
         (vec!["-n", "Archiver"], "metadata.namespace"),
@@ -51,9 +52,12 @@ fn names_that_are_not_kubernetes_names_are_refused_offline() {
         (vec!["-n", "archiver/x"], "metadata.namespace"),
         (vec!["-n", ""], "metadata.namespace"),
         (vec!["-n", &long_namespace], "metadata.namespace"),
-        (vec!["--server", "%2e%2e"], "spec.serverSlug"),
-        (vec!["--server", "my-sérver"], "spec.serverSlug"),
-        (vec!["--server", "a/../b"], "spec.serverSlug"),
+        // The slug grammar of the drain (key::is_server_slug): no key
+        // separator, no control character, at most 512 characters.
+        (vec!["--server", "api:eu-west"], "spec.serverSlug"),
+        (vec!["--server", "line\nbreak"], "spec.serverSlug"),
+        (vec!["--server", "escape\u{1b}[31m"], "spec.serverSlug"),
+        (vec!["--server", &long_slug], "spec.serverSlug"),
         (vec!["--server", ""], "spec.serverSlug"),
     ];
     for (extra, field) in cases {

@@ -87,7 +87,7 @@ fn erase_refuses_bad_input_before_any_call_with_exit_two() {
         "--tenant",
         TENANT,
         "--server",
-        "../etc",
+        "api:eu-west",
         "--reason",
         "gdpr-art17",
         "--requester",
