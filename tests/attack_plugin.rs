@@ -1,6 +1,8 @@
-//! Attacks on `kubectl archiver erase`: namespaces and server slugs that
-//! name paths, escape them, or use look-alike characters are refused
-//! offline (exit 2) before any call to a cluster.
+//! Attacks on `kubectl archiver erase`: namespaces that name paths, escape
+//! them or use look-alike characters, and server slugs outside the drain's
+//! grammar (a key separator, a control character, too long), are refused
+//! offline (exit 2) before any call to a cluster. A slug is only ever bound
+//! as a value (SQL parameter, escaped Redis glob, JSON), never a path.
 
 use std::path::PathBuf;
 use std::process::{Command, Output};
