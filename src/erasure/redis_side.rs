@@ -29,6 +29,8 @@ const RESPONSE_TIMEOUT: Duration = Duration::from_secs(30);
 const INDEX_SET_GLOB: &str = "verdict-index:*";
 /// Members per SSCAN round trip.
 const SSCAN_COUNT: usize = 10_000;
+/// Index sets whose first SSCAN shares one pipeline.
+const INDEX_SETS_PER_PIPELINE: usize = 256;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RedisSideError {
@@ -123,43 +125,96 @@ impl<'a> Connection<'a> {
         &mut self,
         scope: &Scope,
     ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, RedisSideError> {
-        let sets = self.scan_all(INDEX_SET_GLOB).await?;
+        let sets: Vec<Vec<u8>> = self.scan_all(INDEX_SET_GLOB).await?.into_iter().collect();
         let member_glob = scope.verdict_key_glob();
         let mut entries = Vec::new();
-        for set in sets {
-            let mut cursor: u64 = 0;
-            loop {
-                let reply: redis::RedisResult<(u64, Vec<Vec<u8>>)> = redis::cmd("SSCAN")
-                    .arg(&set)
-                    .arg(cursor)
+        // A minute's set is small and there is one per minute resident: the
+        // first SSCAN of many sets goes in one pipeline (one round trip per
+        // chunk, not per set); a set with more members than one SSCAN
+        // returns is followed on its own.
+        for chunk in sets.chunks(INDEX_SETS_PER_PIPELINE) {
+            let mut pipe = redis::pipe();
+            for set in chunk {
+                pipe.cmd("SSCAN")
+                    .arg(set)
+                    .arg(0)
                     .arg("MATCH")
                     .arg(&member_glob)
                     .arg("COUNT")
-                    .arg(SSCAN_COUNT)
-                    .query_async(&mut self.conn)
-                    .await;
-                let (next, members) = match reply {
-                    Ok(reply) => reply,
-                    // Not a set: not an index set the drain can read, and
-                    // no member of it can be the scope's.
-                    Err(error) if error.code() == Some("WRONGTYPE") => break,
-                    Err(error) => return Err(self.fail("scanning index sets")(error)),
-                };
+                    .arg(SSCAN_COUNT);
+            }
+            let replies: redis::RedisResult<Vec<(u64, Vec<Vec<u8>>)>> =
+                pipe.query_async(&mut self.conn).await;
+            let replies = match replies {
+                Ok(replies) => replies,
+                // A reply that is an error (a key of the glob that is not a
+                // set answers WRONGTYPE): set by set, so that such a key is
+                // skipped and any other error is reported as itself.
+                Err(error) if !error.is_io_error() && !error.is_connection_dropped() => {
+                    for set in chunk {
+                        self.sscan_from(set, 0, &member_glob, scope, &mut entries)
+                            .await?;
+                    }
+                    continue;
+                }
+                Err(error) => return Err(self.fail("scanning index sets")(error)),
+            };
+            for (set, (next, members)) in chunk.iter().zip(replies) {
                 entries.extend(
                     members
                         .into_iter()
                         .filter(|member| scope.owns_verdict_key(member).is_some())
                         .map(|member| (set.clone(), member)),
                 );
-                if next == 0 {
-                    break;
+                if next != 0 {
+                    self.sscan_from(set, next, &member_glob, scope, &mut entries)
+                        .await?;
                 }
-                cursor = next;
             }
         }
         entries.sort_unstable();
         entries.dedup();
         Ok(entries)
+    }
+
+    /// The scope's members of index set `set`, from SSCAN cursor `cursor`
+    /// to the end. A key that is not a set has none.
+    async fn sscan_from(
+        &mut self,
+        set: &[u8],
+        mut cursor: u64,
+        member_glob: &str,
+        scope: &Scope,
+        entries: &mut Vec<(Vec<u8>, Vec<u8>)>,
+    ) -> Result<(), RedisSideError> {
+        loop {
+            let reply: redis::RedisResult<(u64, Vec<Vec<u8>>)> = redis::cmd("SSCAN")
+                .arg(set)
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(member_glob)
+                .arg("COUNT")
+                .arg(SSCAN_COUNT)
+                .query_async(&mut self.conn)
+                .await;
+            let (next, members) = match reply {
+                Ok(reply) => reply,
+                // Not a set: not an index set the drain can read, and no
+                // member of it can be the scope's.
+                Err(error) if error.code() == Some("WRONGTYPE") => return Ok(()),
+                Err(error) => return Err(self.fail("scanning index sets")(error)),
+            };
+            entries.extend(
+                members
+                    .into_iter()
+                    .filter(|member| scope.owns_verdict_key(member).is_some())
+                    .map(|member| (set.to_vec(), member)),
+            );
+            if next == 0 {
+                return Ok(());
+            }
+            cursor = next;
+        }
     }
 
     /// The alert-router keys of every search: one walk per pattern for
