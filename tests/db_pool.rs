@@ -146,39 +146,56 @@ async fn a_normal_release_keeps_its_connection() {
     );
 }
 
-/// Sessions PostgreSQL has counted for the test's database, once the count
-/// has settled. A backend reports a new session with its other pending
-/// statistics when it goes idle, but when it cannot flush then (less than
-/// a second since its last flush, or the statistics lock is busy, which a
-/// test running beside this one makes likely) it retries only after
-/// PostgreSQL's idle statistics interval, 10 s (`PGSTAT_IDLE_INTERVAL`,
-/// PostgreSQL 15+). So a session opened during the warm-up may be counted
-/// after the baseline was read; the count is read until it has not moved
-/// for longer than that interval.
-async fn sessions(db: &TestDatabase) -> i64 {
-    let read = async || -> i64 {
-        sqlx::query_scalar(
-            "SELECT sessions FROM pg_stat_database WHERE datname = current_database()",
+/// The sessions of the test's database: how many PostgreSQL has counted as
+/// opened, and how many are open now.
+///
+/// The opened count is read once it has settled. A backend reports a new
+/// session with its other pending statistics when it goes idle, but when it
+/// cannot flush then (less than a second since its last flush, or the
+/// statistics lock is busy, which a test running beside this one makes
+/// likely) it retries only after PostgreSQL's idle statistics interval, 10 s
+/// (`PGSTAT_IDLE_INTERVAL`, PostgreSQL 15+). So a session opened during the
+/// warm-up may be counted after the baseline was read; the count is read
+/// until it has not moved for longer than that interval.
+#[derive(Debug, Clone, Copy)]
+struct Sessions {
+    opened: i64,
+    open: i64,
+}
+
+async fn sessions(db: &TestDatabase) -> Sessions {
+    let read = async || -> Sessions {
+        let (opened, open): (i64, i64) = sqlx::query_as(
+            "SELECT (SELECT sessions FROM pg_stat_database WHERE datname = current_database()), \
+                    (SELECT count(*) FROM pg_stat_activity \
+                      WHERE datname = current_database() AND backend_type = 'client backend')",
         )
         .fetch_one(&db.pool)
         .await
-        .unwrap()
+        .unwrap();
+        Sessions { opened, open }
     };
     let mut last = read().await;
     for _ in 0..6 {
         tokio::time::sleep(std::time::Duration::from_secs(11)).await;
         let now = read().await;
-        if now == last {
+        if now.opened == last.opened {
             return now;
         }
         last = now;
     }
-    panic!("the session count kept moving for a minute: {last}");
+    panic!("the session count kept moving for a minute: {last:?}");
 }
 
-/// A steady operator opens no database sessions: an hour of idle drain ticks
-/// and derived-view passes (a clock moved by hand, one minute per tick, so
-/// the test takes seconds) leaves `pg_stat_database.sessions` where it was.
+/// A steady operator does not churn database sessions: over an hour of idle
+/// drain ticks and derived-view passes (a clock moved by hand, one minute per
+/// tick, so the test takes seconds) every session opened is still open.
+///
+/// The pool may still grow up to its bound in that hour: sqlx hands a
+/// released connection back from a spawned task, after the release check's
+/// query, so an acquire that comes first on a slow machine opens one more
+/// (seen in CI: one new session, still open). That is bounded and harmless;
+/// a session closed and opened again per tick is what this test exists for.
 #[tokio::test]
 async fn idle_ticks_open_no_new_database_sessions() {
     use std::sync::Arc;
@@ -242,10 +259,16 @@ async fn idle_ticks_open_no_new_database_sessions() {
         idle_minute().await;
     }
     let after = sessions(&db).await;
+    let opened = after.opened - before.opened;
+    let grown = after.open - before.open;
     assert_eq!(
-        after - before,
+        opened - grown,
         0,
-        "an hour of idle ticks opened {} new database sessions",
-        after - before
+        "an hour of idle ticks closed and reopened database sessions: \
+         {opened} opened, the open ones grew by {grown} ({before:?} -> {after:?})"
+    );
+    assert!(
+        after.open <= before.open + 5,
+        "the pool grew past its bound of 5: {before:?} -> {after:?}"
     );
 }
