@@ -19,6 +19,7 @@ use chrono::{DateTime, Duration, Timelike, Utc};
 use sqlx::PgPool;
 use uuid::Uuid;
 
+use crate::api::retention_policy::Tier;
 use crate::api::validation::{manifest_files, validate_files};
 use crate::archive::verdict::{REGIONS, index_key, verdict_key};
 use crate::clock::{Clock, ManualClock, minute_floor};
@@ -76,13 +77,13 @@ impl Default for DemoOptions {
 }
 
 /// A demo tenant: its id and tier.
-fn tenants() -> Vec<(Uuid, &'static str)> {
+fn tenants() -> Vec<(Uuid, Tier)> {
     let erased = Uuid::parse_str(ERASED_TENANT).expect("a valid constant UUID");
-    let mut tenants = vec![(erased, "team")];
-    for n in 1..60u128 {
-        let tier = ["public", "author", "team", "enterprise"][(n % 4) as usize];
+    let mut tenants = vec![(erased, Tier::Team)];
+    for n in 1..60usize {
+        let tier = Tier::ALL[n % Tier::ALL.len()];
         tenants.push((
-            Uuid::from_u128(0xde00_0000_0000_4000_8000_0000_0000_0000 + n),
+            Uuid::from_u128(0xde00_0000_0000_4000_8000_0000_0000_0000 + n as u128),
             tier,
         ));
     }
@@ -258,7 +259,7 @@ async fn seed_history(pool: &PgPool, start: DateTime<Utc>) -> Result<(), DemoErr
             "INSERT INTO tenant_tier_history (tenant_id, tier, valid_from) VALUES ($1, $2, $3)",
         )
         .bind(tenant)
-        .bind(tier)
+        .bind(tier.as_str())
         .bind(start - Duration::days(400))
         .execute(pool)
         .await?;
@@ -274,7 +275,7 @@ async fn seed_history(pool: &PgPool, start: DateTime<Utc>) -> Result<(), DemoErr
     let old = start - Duration::days(12);
     let public: Vec<Uuid> = tenants()
         .into_iter()
-        .filter(|(_, t)| *t == "public")
+        .filter(|(_, t)| *t == Tier::Public)
         .map(|(id, _)| id)
         .collect();
     sqlx::query(

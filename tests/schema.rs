@@ -249,3 +249,63 @@ async fn every_table_naming_a_tenant_is_in_the_catalogue_or_reported() {
         vec!["other_team_notes", "tenant_days"]
     );
 }
+
+/// The one list of tiers (`Tier::ALL`) against the two lists it cannot
+/// generate: the CRD's `spec.tiers` fields (a struct, so a field added
+/// without a tier, or a tier added to the enum but left out of `ALL`, shows
+/// here) and the `CHECK` on `tenant_tier_history.tier` (a migration).
+#[tokio::test]
+async fn every_tier_list_agrees_with_tier_all() {
+    use std::collections::BTreeSet;
+
+    use archiver_operator::api::retention_policy::Tier;
+    use archiver_operator::api::{RetentionPolicy, crd_json};
+    use kube::CustomResourceExt;
+
+    let all: BTreeSet<String> = Tier::ALL.iter().map(|t| t.as_str().to_string()).collect();
+    assert_eq!(all.len(), Tier::ALL.len(), "a tier is listed twice");
+
+    let crd = crd_json(&RetentionPolicy::crd());
+    let tiers = &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
+        ["properties"]["tiers"];
+    let fields: BTreeSet<String> = tiers["properties"]
+        .as_object()
+        .expect("spec.tiers has properties")
+        .keys()
+        .cloned()
+        .collect();
+    assert_eq!(fields, all, "spec.tiers fields vs Tier::ALL");
+    let required: BTreeSet<String> = tiers["required"]
+        .as_array()
+        .expect("spec.tiers lists its required fields")
+        .iter()
+        .filter_map(|name| name.as_str().map(str::to_string))
+        .collect();
+    assert_eq!(required, all, "every tier is required in spec.tiers");
+
+    let db = TestDatabase::new().await;
+    let definitions: Vec<String> = sqlx::query_scalar(
+        "SELECT pg_get_constraintdef(oid) FROM pg_constraint \
+         WHERE conrelid = 'tenant_tier_history'::regclass AND contype = 'c'",
+    )
+    .fetch_all(&db.pool)
+    .await
+    .unwrap();
+    // `CHECK ((tier = ANY (ARRAY['public'::text, ...])))`
+    let tier_check: Vec<&String> = definitions
+        .iter()
+        .filter(|d| d.contains("tier = ANY"))
+        .collect();
+    assert_eq!(tier_check.len(), 1, "one CHECK lists the tiers: {definitions:?}");
+    let in_check: BTreeSet<String> = tier_check[0]
+        .split('\'')
+        .skip(1)
+        .step_by(2)
+        .map(str::to_string)
+        .collect();
+    assert_eq!(
+        in_check, all,
+        "tenant_tier_history.tier CHECK vs Tier::ALL: {}",
+        tier_check[0]
+    );
+}

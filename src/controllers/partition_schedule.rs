@@ -237,15 +237,12 @@ impl Pass<'_> {
         let Some(policy) = policy else {
             return Ok(run);
         };
-        run.longest_contract_days = sqlx::query_scalar(
-            "SELECT max(contract_minute_retention_days) FROM tenant_tier_history \
-             WHERE tier = 'enterprise'",
-        )
-        .fetch_one(self.pool)
-        .await
-        .map_err(ReconcileError::database(
-            "reading the longest contract extension",
-        ))?;
+        run.longest_contract_days =
+            removal::longest_contract_days(self.pool)
+                .await
+                .map_err(ReconcileError::database(
+                    "reading the longest contract extension",
+                ))?;
         if !self.window.contains(self.now) {
             return Ok(run);
         }

@@ -14,6 +14,7 @@ use super::calendar::{Bounds, Month};
 use super::catalog::CatalogPartition;
 use crate::api::RetentionPolicySpec;
 use crate::api::common::UtcWindow;
+use crate::api::retention_policy::Tier;
 
 /// Absolute ceiling of a contract extension (design: enterprise per-minute
 /// <= contractualCapDays <= 730), used when a policy lacks its cap.
@@ -54,7 +55,7 @@ pub fn retention_horizon(
     }
     let cap = policy
         .tiers
-        .enterprise
+        .of(Tier::CONTRACT)
         .contractual_cap_days
         .unwrap_or(CONTRACT_CEILING_DAYS);
     // A negative or zero contract (impossible under the table's CHECK) can
@@ -67,7 +68,7 @@ pub fn retention_horizon(
     {
         horizon = RetentionHorizon {
             days,
-            source: format!("enterprise contract extension (cap {cap} days)"),
+            source: format!("{} contract extension (cap {cap} days)", Tier::CONTRACT),
         };
     }
     horizon

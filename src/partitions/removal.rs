@@ -29,7 +29,8 @@ use super::calendar::{Bounds, TABLE};
 use super::catalog;
 use super::plan::is_protected;
 use super::{PartitionError, db_error};
-use crate::api::retention_policy::Tiers;
+use crate::api::retention_policy::{Tier, Tiers};
+use crate::retention::tiers::Table;
 
 /// Everything a drop needs besides the partition.
 #[derive(Debug, Clone, Copy)]
@@ -51,23 +52,33 @@ pub struct Dropped {
 }
 
 /// Rows of the relation `qualified` still inside their own retention at
-/// `now`: the tier in force at the row's minute decides, and an enterprise
-/// contract extension applies; a row with no tier in force at its minute
-/// counts as inside (tenants without a tier are never pruned).
+/// `now`: the tier in force at the row's minute decides, with the same
+/// per-minute window per tier that enforcement uses
+/// ([`Table::window_days`] of [`Tier::ALL`], passed as parameters), and a
+/// contract extension applies; a row with no tier in force at its minute, or
+/// a tier this policy does not know, counts as inside (tenants without a
+/// tier are never pruned).
 ///
 /// This is the independent second computation behind the planner's horizon
 /// (seed 000 failure mode 7: the two disagree when one is wrong), so it errs
 /// towards keeping: a contract is honoured as billing recorded it, even above
-/// the policy's `contractualCapDays` (the horizon uses the capped value). A
-/// contract above the cap is an inconsistency a person must resolve; it shows
-/// up as `DropBlocked`, never as deleted rows.
+/// the policy's `contractualCapDays` (the horizon and enforcement use the
+/// capped value). A contract above the cap is an inconsistency a person must
+/// resolve; it shows up as `DropBlocked`, never as deleted rows. Only the
+/// contract tier can carry a contract (`tenant_tier_history`'s `CHECK`).
 pub async fn rows_inside_retention(
     conn: &mut PgConnection,
     qualified: &str,
     now: DateTime<Utc>,
     tiers: &Tiers,
 ) -> Result<i64, sqlx::Error> {
-    let days = |d: u32| i32::try_from(d).unwrap_or(i32::MAX);
+    let (names, days): (Vec<&str>, Vec<i32>) = Tier::ALL
+        .into_iter()
+        .map(|tier| {
+            let window = Table::ProbeMinute.window_days(tiers.of(tier));
+            (tier.as_str(), i32::try_from(window).unwrap_or(i32::MAX))
+        })
+        .unzip();
     // `qualified` comes from `oid::regclass::text`, already quoted.
     let statement = format!(
         "SELECT count(*) FROM {qualified} r \
@@ -78,20 +89,28 @@ pub async fn rows_inside_retention(
                AND (h.valid_to IS NULL OR r.minute_bucket < h.valid_to) \
              ORDER BY h.valid_from DESC LIMIT 1 \
          ) t ON true \
-         WHERE t.tier IS NULL \
-            OR t.tier NOT IN ('public', 'author', 'team', 'enterprise') \
-            OR r.minute_bucket + interval '1 minute' > $1 - make_interval(days => CASE t.tier \
-                 WHEN 'public' THEN $2 WHEN 'author' THEN $3 WHEN 'team' THEN $4 \
-                 ELSE GREATEST($5, COALESCE(t.contract, 0)) END)"
+         LEFT JOIN unnest($2::text[], $3::int[]) AS w(tier, days) ON w.tier = t.tier \
+         WHERE w.days IS NULL \
+            OR r.minute_bucket + interval '1 minute' > $1 - make_interval(days => \
+                 GREATEST(w.days, COALESCE(t.contract, 0)))"
     );
     sqlx::query_scalar(sqlx::AssertSqlSafe(statement))
         .bind(now)
-        .bind(days(tiers.public.per_minute_days))
-        .bind(days(tiers.author.per_minute_days))
-        .bind(days(tiers.team.per_minute_days))
-        .bind(days(tiers.enterprise.per_minute_days))
+        .bind(names)
+        .bind(days)
         .fetch_one(&mut *conn)
         .await
+}
+
+/// The longest per-minute contract extension billing has recorded for any
+/// tenant (uncapped; [`super::plan::retention_horizon`] caps it).
+pub async fn longest_contract_days(pool: &PgPool) -> Result<Option<i32>, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT max(contract_minute_retention_days) FROM tenant_tier_history WHERE tier = $1",
+    )
+    .bind(Tier::CONTRACT.as_str())
+    .fetch_one(pool)
+    .await
 }
 
 /// Verifies, detaches and drops the partition named `name` of probe_minute.

@@ -19,7 +19,7 @@
 
 use chrono::{DateTime, Datelike, Duration, NaiveDate, NaiveTime, TimeZone, Utc};
 
-use super::tiers::{Granularity, Table, Tier, enterprise_minute_days};
+use super::tiers::{Granularity, Table, Tier, contract_minute_days};
 use crate::api::retention_policy::Tiers;
 
 /// One row of `tenant_tier_history`.
@@ -156,8 +156,8 @@ pub struct ExpiredRange {
 
 /// The days `span`'s rows of `table` are kept (contract extension included).
 fn span_window_days(tiers: &Tiers, tier: Tier, span: &TierSpan, table: Table) -> u32 {
-    if table == Table::ProbeMinute && tier == Tier::Enterprise {
-        return enterprise_minute_days(&tiers.enterprise, span.contract_minute_days);
+    if table == Table::ProbeMinute && tier == Tier::CONTRACT {
+        return contract_minute_days(tiers.of(tier), span.contract_minute_days);
     }
     table.window_days(tier.retention(tiers))
 }

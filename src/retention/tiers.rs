@@ -1,4 +1,4 @@
-//! Tier semantics: the four tiers, the tables they govern, the policy hash,
+//! Tier semantics: the tables the tiers govern, the policy hash,
 //! and which changes of the tier table the shrink guard holds.
 
 use std::fmt;
@@ -6,51 +6,8 @@ use std::fmt;
 use sha2::{Digest, Sha256};
 
 use crate::api::RetentionPolicySpec;
+pub use crate::api::retention_policy::Tier;
 use crate::api::retention_policy::{Guarantee, TierRetention, Tiers};
-
-/// One of the four tiers of `tenant_tier_history.tier`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum Tier {
-    Public,
-    Author,
-    Team,
-    Enterprise,
-}
-
-impl Tier {
-    pub const ALL: [Tier; 4] = [Tier::Public, Tier::Author, Tier::Team, Tier::Enterprise];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Public => "public",
-            Self::Author => "author",
-            Self::Team => "team",
-            Self::Enterprise => "enterprise",
-        }
-    }
-
-    /// The tier named in the database; `None` for anything else (such a row
-    /// then protects its data: an unknown tier never causes a delete).
-    pub fn parse(text: &str) -> Option<Self> {
-        Self::ALL.into_iter().find(|tier| tier.as_str() == text)
-    }
-
-    /// The windows of this tier in `tiers`.
-    pub fn retention(self, tiers: &Tiers) -> &TierRetention {
-        match self {
-            Self::Public => &tiers.public,
-            Self::Author => &tiers.author,
-            Self::Team => &tiers.team,
-            Self::Enterprise => &tiers.enterprise,
-        }
-    }
-}
-
-impl fmt::Display for Tier {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
 
 /// How finely a table's rows are keyed in time.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -151,12 +108,12 @@ impl fmt::Display for Table {
 /// Label of the cross-tenant history table in per-tier counts.
 pub const ALL_TIERS: &str = "all";
 
-/// Per-minute days of an enterprise tenant with a contract of `contract`
-/// days: the contract may only extend the tier's window, and never beyond
+/// Per-minute days of a tenant of the contract tier with a contract of
+/// `contract` days: the contract may only extend the tier's window, and never beyond
 /// the cap. Without a cap in the policy no extension applies.
-pub fn enterprise_minute_days(enterprise: &TierRetention, contract: Option<i32>) -> u32 {
-    let base = enterprise.per_minute_days;
-    match (contract, enterprise.contractual_cap_days) {
+pub fn contract_minute_days(retention: &TierRetention, contract: Option<i32>) -> u32 {
+    let base = retention.per_minute_days;
+    match (contract, retention.contractual_cap_days) {
         (Some(days), Some(cap)) if days > 0 => base.max((days as u32).min(cap)),
         _ => base,
     }
@@ -226,19 +183,22 @@ pub fn spec_problems(spec: &RetentionPolicySpec) -> Vec<String> {
                 "tiers.{name}.dailyDays must be at least 30 (uptime_30d is served from the daily rollup)"
             ));
         }
-        if tier != Tier::Enterprise && retention.contractual_cap_days.is_some() {
+        if tier != Tier::CONTRACT && retention.contractual_cap_days.is_some() {
             problems.push(format!(
-                "tiers.{name}.contractualCapDays: only the enterprise tier has one"
+                "tiers.{name}.contractualCapDays: only the {} tier has one",
+                Tier::CONTRACT
             ));
         }
     }
-    let enterprise = &spec.tiers.enterprise;
-    match enterprise.contractual_cap_days {
-        None => {
-            problems.push("tiers.enterprise.contractualCapDays is required (at most 730)".into())
-        }
-        Some(cap) if cap < enterprise.per_minute_days || cap > 730 => problems
-            .push("tiers.enterprise.contractualCapDays must be >= perMinuteDays and <= 730".into()),
+    let contract = Tier::CONTRACT;
+    let contract_tier = spec.tiers.of(contract);
+    match contract_tier.contractual_cap_days {
+        None => problems.push(format!(
+            "tiers.{contract}.contractualCapDays is required (at most 730)"
+        )),
+        Some(cap) if cap < contract_tier.per_minute_days || cap > 730 => problems.push(format!(
+            "tiers.{contract}.contractualCapDays must be >= perMinuteDays and <= 730"
+        )),
         Some(_) => {}
     }
     if let Err(error) = crate::api::common::UtcWindow::parse(&spec.enforcement.window) {
@@ -323,10 +283,11 @@ pub fn window_changes(old: &Tiers, new: &Tiers) -> Vec<WindowChange> {
         }
     }
     let cap = |t: &TierRetention| t.contractual_cap_days.unwrap_or(t.per_minute_days);
-    let (from_days, to_days) = (cap(&old.enterprise), cap(&new.enterprise));
+    let contract = Tier::CONTRACT;
+    let (from_days, to_days) = (cap(old.of(contract)), cap(new.of(contract)));
     if from_days != to_days {
         changes.push(WindowChange {
-            window: "enterprise.contractualCapDays".into(),
+            window: format!("{contract}.contractualCapDays"),
             from_days,
             to_days,
         });
@@ -407,11 +368,11 @@ mod tests {
     #[test]
     fn contracts_only_extend_and_never_past_the_cap() {
         let enterprise = example().tiers.enterprise;
-        assert_eq!(enterprise_minute_days(&enterprise, None), 365);
-        assert_eq!(enterprise_minute_days(&enterprise, Some(100)), 365);
-        assert_eq!(enterprise_minute_days(&enterprise, Some(500)), 500);
-        assert_eq!(enterprise_minute_days(&enterprise, Some(2000)), 730);
-        assert_eq!(enterprise_minute_days(&enterprise, Some(-3)), 365);
+        assert_eq!(contract_minute_days(&enterprise, None), 365);
+        assert_eq!(contract_minute_days(&enterprise, Some(100)), 365);
+        assert_eq!(contract_minute_days(&enterprise, Some(500)), 500);
+        assert_eq!(contract_minute_days(&enterprise, Some(2000)), 730);
+        assert_eq!(contract_minute_days(&enterprise, Some(-3)), 365);
     }
 
     #[test]
