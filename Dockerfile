@@ -2,7 +2,8 @@
 # archiver-operator: one static-ish binary (glibc) on a distroless base, run
 # as the numeric non-root user 65532 (Kubernetes can only verify
 # runAsNonRoot for a numeric user). The same image runs the operator
-# (`run`) and the shard workers (`worker --shard NS/NAME`).
+# (`run`) and the shard workers (`worker --shard NS/NAME`). Built without
+# default features: no `demo` command, no throw-away servers, no test support.
 #
 #   docker build -t archiver-operator:0.1.0 .
 
@@ -17,7 +18,7 @@ COPY benches ./benches
 COPY examples ./examples
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
-    cargo build --release --locked --bin archiver-operator \
+    cargo build --release --locked --no-default-features --bin archiver-operator \
     && install -D -m 0755 target/release/archiver-operator /out/archiver-operator
 
 # glibc, libgcc and CA certificates; no shell, no package manager.

@@ -47,6 +47,7 @@ pub enum Command {
     },
     /// Run the product on throw-away local PostgreSQL and Redis servers
     /// (started from the binaries on this machine, removed afterwards).
+    #[cfg(feature = "demo")]
     Demo {
         /// Directory of manifests to use.
         #[arg(long, value_name = "DIR", default_value = "examples")]
@@ -181,6 +182,7 @@ pub async fn run(cli: Cli) -> ExitCode {
             }
         }
         Command::Status { manifests, output } => print_status(&manifests, output),
+        #[cfg(feature = "demo")]
         Command::Demo {
             examples,
             minutes,

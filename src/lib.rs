@@ -24,8 +24,10 @@ pub mod clock;
 pub mod commands;
 pub mod controllers;
 pub mod db;
+#[cfg(feature = "demo")]
 pub mod demo;
 pub mod erasure;
+#[cfg(feature = "demo")]
 pub mod local_servers;
 pub mod metrics;
 pub mod partitions;
@@ -35,5 +37,8 @@ pub mod retention;
 pub mod runtime;
 pub mod schema;
 pub mod secret;
+/// Throw-away servers and databases for the integration tests and benches;
+/// never in a release build (see the `test-support` feature).
+#[cfg(any(test, feature = "test-support"))]
 #[doc(hidden)]
 pub mod testing;
