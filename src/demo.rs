@@ -24,9 +24,8 @@ use crate::api::validation::{manifest_files, validate_files};
 use crate::archive::verdict::{REGIONS, index_key, verdict_key};
 use crate::clock::{Clock, ManualClock, minute_floor};
 use crate::local_servers::{PostgresServer, RedisServer};
-use crate::metrics::Metrics;
 use crate::runtime::config::{OperatorConfig, SecretString};
-use crate::runtime::context::{Context, SecretSource};
+use crate::runtime::context::Context;
 use crate::runtime::manifests::ManifestsEngine;
 use crate::runtime::operator::published_dir;
 use crate::runtime::publish::Publisher;
@@ -137,21 +136,14 @@ pub async fn run(examples: &Path, options: DemoOptions) -> Result<(), DemoError>
         - Duration::days(1);
     let clock = ManualClock::new(start);
     seed_history(&pool, start).await?;
-    let ctx = Context {
-        clock: Arc::new(clock.clone()),
-        db: Some(pool.clone()),
-        config: Arc::new(OperatorConfig {
+    let ctx = Context::new(Arc::new(clock.clone()))
+        .with_database(pool.clone())
+        .with_config(OperatorConfig {
             suppression_salt: Some(SecretString::new("demo-salt")),
             ..Default::default()
-        }),
-        secrets: SecretSource::Manifests(Default::default()),
-        metrics: Arc::new(Metrics::new()),
-        workers: WorkerHost::Inline,
-        policies: Default::default(),
-        enforced_policies: Default::default(),
-        redis_targets: Default::default(),
-        publisher: Publisher::Directory(published_dir(&dir)),
-    };
+        })
+        .with_workers(WorkerHost::Inline)
+        .with_publisher(Publisher::Directory(published_dir(&dir)));
     let engine = ManifestsEngine::new(dir.clone(), ctx.clone());
     let store = StatusStore::for_manifests(&dir);
     let redis_client = redis::Client::open(redis.url())?;

@@ -25,9 +25,8 @@ use archiver_operator::erasure::verify::count_surfaces;
 use archiver_operator::local_servers::RedisServer;
 use archiver_operator::metrics::Metrics;
 use archiver_operator::runtime::config::{OperatorConfig, SecretString};
-use archiver_operator::runtime::context::{Context, SecretSource};
+use archiver_operator::runtime::context::Context;
 use archiver_operator::runtime::reconcile::{Managed, Outcome};
-use archiver_operator::runtime::workers::WorkerHost;
 use archiver_operator::testing::{TestDatabase, redis_server};
 
 const SALT: &str = "attack-salt";
@@ -68,24 +67,13 @@ async fn env() -> Env {
 }
 
 fn context(pool: &PgPool) -> Context {
-    Context {
-        clock: Arc::new(ManualClock::new(erasure_time())),
-        db: Some(pool.clone()),
-        config: Arc::new(OperatorConfig {
+    Context::new(Arc::new(ManualClock::new(erasure_time())))
+        .with_database(pool.clone())
+        .with_config(OperatorConfig {
             suppression_salt: Some(SecretString::new(SALT)),
-            cache_invalidate_urls: Vec::new(),
             alert_key_patterns: ALERT_PATTERNS.iter().map(|p| p.to_string()).collect(),
-            erasure_out_of_scope_tables: Vec::new(),
-            erasure_redis_urls: Vec::new(),
-        }),
-        secrets: SecretSource::Manifests(Default::default()),
-        metrics: Arc::new(Metrics::new()),
-        workers: WorkerHost::Disabled,
-        policies: Arc::new(archiver_operator::retention::directory::PolicyDirectory::new()),
-        enforced_policies: Default::default(),
-        redis_targets: Default::default(),
-        publisher: archiver_operator::runtime::publish::Publisher::Disabled,
-    }
+            ..Default::default()
+        })
 }
 
 fn request(name: &str, tenant: Uuid, server: Option<&str>) -> DeletionRequest {

@@ -760,11 +760,11 @@ mod status_path {
 
     use archiver_operator::api::{ArchiverShard, ArchiverShardStatus};
     use archiver_operator::clock::ManualClock;
-    use archiver_operator::metrics::Metrics;
-    use archiver_operator::runtime::config::{OperatorConfig, SecretString};
+
+    use archiver_operator::runtime::config::SecretString;
     use archiver_operator::runtime::context::{Context, SecretSource};
     use archiver_operator::runtime::reconcile::{EventType, Managed, Outcome};
-    use archiver_operator::runtime::workers::WorkerHost;
+
     use archiver_operator::testing::TestDatabase;
 
     /// The example shard (shard 0, namespace archiver), generation 1.
@@ -785,24 +785,9 @@ mod status_path {
             ("archiver".to_string(), "redis-shard-0".to_string()),
             BTreeMap::from([("url".to_string(), SecretString::new(redis_url).into())]),
         );
-        Context {
-            clock: Arc::new(clock.clone()),
-            db: Some(db.pool.clone()),
-            config: Arc::new(OperatorConfig {
-                suppression_salt: None,
-                cache_invalidate_urls: Vec::new(),
-                alert_key_patterns: Vec::new(),
-                erasure_out_of_scope_tables: Vec::new(),
-                erasure_redis_urls: Vec::new(),
-            }),
-            secrets: SecretSource::Manifests(Arc::new(RwLock::new(secrets))),
-            metrics: Arc::new(Metrics::new()),
-            workers: WorkerHost::Disabled,
-            policies: Arc::new(archiver_operator::retention::directory::PolicyDirectory::new()),
-            enforced_policies: Default::default(),
-            redis_targets: Default::default(),
-            publisher: archiver_operator::runtime::publish::Publisher::Disabled,
-        }
+        Context::new(Arc::new(clock.clone()))
+            .with_database(db.pool.clone())
+            .with_secrets(SecretSource::Manifests(Arc::new(RwLock::new(secrets))))
     }
 
     pub async fn reconcile(shard: &ArchiverShard, ctx: &Context) -> Outcome<ArchiverShardStatus> {

@@ -30,9 +30,8 @@ use archiver_operator::erasure::{ErasureRequest, Scope, replay};
 use archiver_operator::local_servers::RedisServer;
 use archiver_operator::metrics::{DeletionLabels, Metrics};
 use archiver_operator::runtime::config::{OperatorConfig, SecretString};
-use archiver_operator::runtime::context::{Context, SecretSource};
+use archiver_operator::runtime::context::Context;
 use archiver_operator::runtime::reconcile::{Managed, Outcome};
-use archiver_operator::runtime::workers::WorkerHost;
 use archiver_operator::testing::{TestDatabase, redis_server};
 
 const SALT: &str = "test-salt";
@@ -141,24 +140,14 @@ async fn env() -> Env {
 }
 
 fn context(pool: &PgPool, clock: &ManualClock, cache_urls: Vec<String>) -> Context {
-    Context {
-        clock: Arc::new(clock.clone()),
-        db: Some(pool.clone()),
-        config: Arc::new(OperatorConfig {
+    Context::new(Arc::new(clock.clone()))
+        .with_database(pool.clone())
+        .with_config(OperatorConfig {
             suppression_salt: Some(SecretString::new(SALT)),
             cache_invalidate_urls: cache_urls,
             alert_key_patterns: ALERT_PATTERNS.iter().map(|p| p.to_string()).collect(),
-            erasure_out_of_scope_tables: Vec::new(),
-            erasure_redis_urls: Vec::new(),
-        }),
-        secrets: SecretSource::Manifests(Default::default()),
-        metrics: Arc::new(Metrics::new()),
-        workers: WorkerHost::Disabled,
-        policies: Arc::new(archiver_operator::retention::directory::PolicyDirectory::new()),
-        enforced_policies: Default::default(),
-        redis_targets: Default::default(),
-        publisher: archiver_operator::runtime::publish::Publisher::Disabled,
-    }
+            ..Default::default()
+        })
 }
 
 async fn november_partition(pool: &PgPool) {
@@ -1643,6 +1632,36 @@ async fn the_drill_fails_loudly_when_a_surface_cannot_be_erased() {
     assert!(stdout.contains("drill FAILED"), "{stdout}");
     assert!(stdout.contains("HTTP 503"), "{stdout}");
     assert!(tombstones(&env.db.pool).await.is_empty());
+}
+
+/// The drill reads the operator's erasure flags through the same parser: a
+/// cache-invalidation URL the operator would refuse at startup is refused
+/// by the drill before anything is seeded (it used to be taken as given and
+/// fail the drill's erasure half-way).
+#[tokio::test]
+async fn the_drill_refuses_an_erasure_flag_the_operator_refuses() {
+    let env = env().await;
+    let output = binary()
+        .args(["drill", "--database-url", &env.db.url])
+        .args(["--redis-url", &env.redis.url()])
+        .args([
+            "--cache-invalidate-url",
+            "ftp://cache.example.com/invalidate",
+        ])
+        .output()
+        .await
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("only http:// and https:// URLs are supported"),
+        "{stderr}"
+    );
+    let seeded: i64 = sqlx::query_scalar("SELECT count(*) FROM probe_minute")
+        .fetch_one(&env.db.pool)
+        .await
+        .unwrap();
+    assert_eq!(seeded, 0, "the drill seeded before checking its flags");
 }
 
 // ------------------------------------------ identity: spellings and key bytes

@@ -16,7 +16,6 @@ use tower_test::mock::{Handle, SendResponse};
 
 use archiver_operator::api::{ArchiverShard, DeletionRequest, RetentionPolicy};
 use archiver_operator::clock::ManualClock;
-use archiver_operator::metrics::Metrics;
 use archiver_operator::runtime::context::{Context, SecretSource};
 use archiver_operator::runtime::kubernetes::{KubeContext, backoff, error_policy, reconcile};
 use archiver_operator::runtime::workers::{KubeWorkers, WorkerHost};
@@ -48,18 +47,7 @@ fn mock_context(secrets_from_cluster: bool) -> (Arc<KubeContext>, MockHandle) {
     } else {
         SecretSource::Manifests(Default::default())
     };
-    let ctx = Context {
-        clock: Arc::new(clock),
-        db: None,
-        config: Arc::new(Default::default()),
-        secrets,
-        metrics: Arc::new(Metrics::new()),
-        workers: WorkerHost::Disabled,
-        policies: Default::default(),
-        enforced_policies: Default::default(),
-        redis_targets: Default::default(),
-        publisher: archiver_operator::runtime::publish::Publisher::Disabled,
-    };
+    let ctx = Context::new(Arc::new(clock)).with_secrets(secrets);
     (
         Arc::new(KubeContext::new(ctx, client, Some("operator-0".into()))),
         handle,

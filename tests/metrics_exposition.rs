@@ -32,7 +32,7 @@ use std::sync::Arc;
 use archiver_operator::clock::SystemClock;
 use archiver_operator::local_servers::free_port;
 use archiver_operator::metrics::Metrics;
-use archiver_operator::runtime::context::{Context, SecretSource};
+use archiver_operator::runtime::context::Context;
 use archiver_operator::runtime::leader::Leadership;
 use archiver_operator::runtime::manifests::ManifestsEngine;
 use archiver_operator::testing::TestDatabase;
@@ -331,18 +331,9 @@ async fn a_standalone_engine_that_stops_leading_forgets_its_leader_gauges() {
     let db = TestDatabase::new().await;
     let dir = copy_examples();
     let metrics = Arc::new(Metrics::new());
-    let ctx = Context {
-        clock: Arc::new(SystemClock),
-        db: Some(db.pool.clone()),
-        config: Arc::new(Default::default()),
-        secrets: SecretSource::Manifests(Default::default()),
-        metrics: metrics.clone(),
-        workers: archiver_operator::runtime::workers::WorkerHost::Disabled,
-        policies: Default::default(),
-        enforced_policies: Default::default(),
-        redis_targets: Default::default(),
-        publisher: archiver_operator::runtime::publish::Publisher::Disabled,
-    };
+    let ctx = Context::new(Arc::new(SystemClock))
+        .with_database(db.pool.clone())
+        .with_metrics(metrics.clone());
     let engine = ManifestsEngine::new(dir.path().to_path_buf(), ctx);
     let (lead, leading) = tokio::sync::watch::channel(true);
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();

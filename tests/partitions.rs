@@ -27,9 +27,8 @@ use archiver_operator::partitions::plan::{
 };
 use archiver_operator::partitions::removal::{self, DropSettings};
 use archiver_operator::partitions::{PartitionError, ensure_partitions};
-use archiver_operator::runtime::context::{Context, SecretSource};
+use archiver_operator::runtime::context::Context;
 use archiver_operator::runtime::reconcile::{EventType, Managed, Outcome};
-use archiver_operator::runtime::workers::WorkerHost;
 use archiver_operator::testing::TestDatabase;
 
 // ---------------------------------------------------------------- helpers
@@ -174,18 +173,9 @@ impl Harness {
         let db = TestDatabase::new().await;
         let clock = ManualClock::new(start);
         let metrics = Arc::new(Metrics::new());
-        let ctx = Context {
-            clock: Arc::new(clock.clone()),
-            db: Some(db.pool.clone()),
-            config: Arc::new(Default::default()),
-            secrets: SecretSource::Manifests(Default::default()),
-            metrics: metrics.clone(),
-            workers: WorkerHost::Disabled,
-            policies: Default::default(),
-            enforced_policies: Default::default(),
-            redis_targets: Default::default(),
-            publisher: archiver_operator::runtime::publish::Publisher::Disabled,
-        };
+        let ctx = Context::new(Arc::new(clock.clone()))
+            .with_database(db.pool.clone())
+            .with_metrics(metrics.clone());
         let mut schedule = PartitionSchedule::new(
             "probe-minute",
             PartitionScheduleSpec {

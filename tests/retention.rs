@@ -26,10 +26,9 @@ use archiver_operator::retention::directory::PolicyDirectory;
 use archiver_operator::retention::enforce::{Enforcer, Settings};
 use archiver_operator::retention::privacy::{self, Format};
 use archiver_operator::retention::tiers::policy_hash;
-use archiver_operator::runtime::context::{Context, SecretSource};
+use archiver_operator::runtime::context::Context;
 use archiver_operator::runtime::publish::Publisher;
 use archiver_operator::runtime::reconcile::{Managed, Outcome};
-use archiver_operator::runtime::workers::WorkerHost;
 use archiver_operator::testing::TestDatabase;
 
 // ------------------------------------------------------------------ world
@@ -742,16 +741,11 @@ fn harness_with_clock(
         )
     }));
     let ctx = Context {
-        clock: shared,
-        db: Some(db.pool.clone()),
-        config: Arc::new(Default::default()),
-        secrets: SecretSource::Manifests(Default::default()),
-        metrics: metrics.clone(),
-        workers: WorkerHost::Disabled,
         policies: Arc::new(directory),
-        enforced_policies: Default::default(),
-        redis_targets: Default::default(),
-        publisher: Publisher::Directory(published.path().to_path_buf()),
+        ..Context::new(shared)
+            .with_database(db.pool.clone())
+            .with_metrics(metrics.clone())
+            .with_publisher(Publisher::Directory(published.path().to_path_buf()))
     };
     Harness {
         ctx,

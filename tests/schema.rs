@@ -266,8 +266,8 @@ async fn every_tier_list_agrees_with_tier_all() {
     assert_eq!(all.len(), Tier::ALL.len(), "a tier is listed twice");
 
     let crd = crd_json(&RetentionPolicy::crd());
-    let tiers = &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
-        ["properties"]["tiers"];
+    let tiers = &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"]
+        ["tiers"];
     let fields: BTreeSet<String> = tiers["properties"]
         .as_object()
         .expect("spec.tiers has properties")
@@ -296,7 +296,11 @@ async fn every_tier_list_agrees_with_tier_all() {
         .iter()
         .filter(|d| d.contains("tier = ANY"))
         .collect();
-    assert_eq!(tier_check.len(), 1, "one CHECK lists the tiers: {definitions:?}");
+    assert_eq!(
+        tier_check.len(),
+        1,
+        "one CHECK lists the tiers: {definitions:?}"
+    );
     let in_check: BTreeSet<String> = tier_check[0]
         .split('\'')
         .skip(1)

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use archiver_operator::clock::SystemClock;
 use archiver_operator::local_servers::free_port;
 use archiver_operator::metrics::Metrics;
-use archiver_operator::runtime::context::{Context, SecretSource};
+use archiver_operator::runtime::context::Context;
 use archiver_operator::runtime::leader::postgres_advisory_lock;
 use archiver_operator::runtime::manifests::ManifestsEngine;
 use archiver_operator::testing::TestDatabase;
@@ -115,18 +115,9 @@ async fn health_ready_and_metrics_answer_as_specified() {
 
 fn engine(dir: &Path, db: &TestDatabase) -> (ManifestsEngine, Arc<Metrics>) {
     let metrics = Arc::new(Metrics::new());
-    let ctx = Context {
-        clock: Arc::new(SystemClock),
-        db: Some(db.pool.clone()),
-        config: Arc::new(Default::default()),
-        secrets: SecretSource::Manifests(Default::default()),
-        metrics: metrics.clone(),
-        workers: archiver_operator::runtime::workers::WorkerHost::Disabled,
-        policies: Default::default(),
-        enforced_policies: Default::default(),
-        redis_targets: Default::default(),
-        publisher: archiver_operator::runtime::publish::Publisher::Disabled,
-    };
+    let ctx = Context::new(Arc::new(SystemClock))
+        .with_database(db.pool.clone())
+        .with_metrics(metrics.clone());
     (ManifestsEngine::new(dir.to_path_buf(), ctx), metrics)
 }
 

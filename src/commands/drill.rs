@@ -23,11 +23,9 @@ use crate::erasure::scope::{Scope, tenant_hash};
 use crate::erasure::surfaces::names;
 use crate::erasure::transaction::{ACTOR, ErasureError};
 use crate::erasure::verify::count_surfaces;
-use crate::metrics::Metrics;
 use crate::runtime::config::{OperatorConfig, SecretString};
-use crate::runtime::context::{Context, SecretSource};
+use crate::runtime::context::Context;
 use crate::runtime::reconcile::{Managed, ReconcileError};
-use crate::runtime::workers::WorkerHost;
 
 /// The synthetic tenant: `d2111` reads "drill".
 pub const DRILL_TENANT: Uuid = Uuid::from_u128(0x00000000_0000_4000_8000_0000000d2111);
@@ -137,20 +135,14 @@ pub async fn run(
         object.metadata.name.as_deref().unwrap_or("")
     );
     let ctx = Context {
-        clock: clock.clone(),
-        db: Some(pool.clone()),
-        config: Arc::new(config),
-        secrets: SecretSource::Manifests(Default::default()),
-        metrics: Arc::new(Metrics::new()),
-        workers: WorkerHost::Disabled,
-        policies: Arc::new(crate::retention::directory::PolicyDirectory::new()),
-        enforced_policies: Default::default(),
         // Only the drill's own Redis: the drill never touches real shards.
         redis_targets: Arc::new(RedisTargets::of([RedisTarget {
             label: DRILL_SHARD.into(),
             url: redis_url.clone(),
         }])),
-        publisher: crate::runtime::publish::Publisher::Disabled,
+        ..Context::new(clock.clone())
+            .with_database(pool.clone())
+            .with_config(config)
     };
     let outcome = object.reconcile(&ctx).await;
     let status = outcome.map_err(DrillError::Reconcile)?.status;

@@ -15,7 +15,7 @@ use crate::clock::SystemClock;
 use crate::commands::drill::{self, DRILL_REQUESTER};
 use crate::erasure::receipt::{self, SealedReceipt, sha256_hex};
 use crate::erasure::replay::{self, ReplayReport};
-use crate::runtime::config::{OperatorConfig, SecretString};
+use crate::runtime::config::{ErasureArgs, OperatorConfig, SecretString};
 use crate::runtime::status_store::StatusStore;
 
 #[derive(Debug, Clone, Args)]
@@ -58,34 +58,12 @@ pub struct DrillArgs {
     /// Redis URL of a shard, where the drill's verdict keys are seeded.
     #[arg(long, env = "REDIS_URL", hide_env_values = true)]
     pub redis_url: SecretString,
-    /// Salt of the suppression tables' tenant hashes.
-    #[arg(long, env = "ARCHIVER_SUPPRESSION_SALT", hide_env_values = true)]
-    pub suppression_salt: Option<SecretString>,
-    /// Read-side cache-invalidation URL (repeatable), as the operator has.
-    #[arg(
-        long = "cache-invalidate-url",
-        env = "ARCHIVER_CACHE_INVALIDATE_URLS",
-        value_delimiter = ','
-    )]
-    pub cache_invalidate_urls: Vec<String>,
-    /// Alert-router Redis key pattern (repeatable), as the operator has.
-    #[arg(
-        long = "alert-key-pattern",
-        env = "ARCHIVER_ALERT_KEY_PATTERNS",
-        value_delimiter = ','
-    )]
-    pub alert_key_patterns: Vec<String>,
-    /// A table that holds a `tenant_id` column (or tenant hashes) but is
-    /// knowingly not erased, e.g. another team's table with its own
-    /// deletion process (repeatable; `name`, or `schema.name` outside the
-    /// search path's first schema). Without it, an erasure refuses to run
-    /// while such a table exists outside the catalogue (`src/schema.rs`).
-    #[arg(
-        long = "erasure-out-of-scope-table",
-        env = "ARCHIVER_ERASURE_OUT_OF_SCOPE_TABLES",
-        value_delimiter = ','
-    )]
-    pub erasure_out_of_scope_tables: Vec<String>,
+    /// The operator's erasure settings (salt, cache invalidation, alert-key
+    /// patterns, out-of-scope tables), given as the operator has them. The
+    /// erasure-only Redis instances are not among them: the drill erases its
+    /// synthetic tenant from the Redis given above only.
+    #[command(flatten)]
+    pub erasure: ErasureArgs,
     /// The person accountable for the drill erasure.
     #[arg(long, default_value_t = DRILL_REQUESTER)]
     pub requester: Uuid,
@@ -309,13 +287,7 @@ pub async fn drill(args: DrillArgs) -> ExitCode {
     let result = async {
         let pool = connect(&args.database_url).await?;
         crate::db::migrate(&pool).await.map_err(|e| e.to_string())?;
-        let config = OperatorConfig {
-            suppression_salt: args.suppression_salt.clone(),
-            cache_invalidate_urls: args.cache_invalidate_urls.clone(),
-            alert_key_patterns: args.alert_key_patterns.clone(),
-            erasure_out_of_scope_tables: args.erasure_out_of_scope_tables.clone(),
-            erasure_redis_urls: Vec::new(),
-        };
+        let config = OperatorConfig::from(&args.erasure);
         drill::run(
             &pool,
             &args.redis_url,

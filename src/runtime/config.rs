@@ -14,37 +14,9 @@ pub struct OperatorArgs {
     /// Postgres URL (from a Secret in the cluster).
     #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
     pub database_url: Option<SecretString>,
-    /// Salt for the tenant hashes of the suppression-cluster tables (from a Secret).
-    #[arg(long, env = "ARCHIVER_SUPPRESSION_SALT", hide_env_values = true)]
-    pub suppression_salt: Option<SecretString>,
-    /// Read-side cache-invalidation URL (http:// or https://), POSTed on
-    /// every erasure (repeatable).
-    #[arg(
-        long = "cache-invalidate-url",
-        env = "ARCHIVER_CACHE_INVALIDATE_URLS",
-        value_delimiter = ',',
-        value_parser = cache_invalidate_url
-    )]
-    pub cache_invalidate_urls: Vec<String>,
-    /// Alert-router Redis key pattern erased with a server, e.g.
-    /// `alert:{tenant}:{server}:*` (repeatable).
-    #[arg(
-        long = "alert-key-pattern",
-        env = "ARCHIVER_ALERT_KEY_PATTERNS",
-        value_delimiter = ','
-    )]
-    pub alert_key_patterns: Vec<String>,
-    /// A table that holds a `tenant_id` column (or tenant hashes) but is
-    /// knowingly not erased, e.g. another team's table with its own
-    /// deletion process (repeatable; `name`, or `schema.name` outside the
-    /// search path's first schema). Without it, an erasure refuses to run
-    /// while such a table exists outside the catalogue (`src/schema.rs`).
-    #[arg(
-        long = "erasure-out-of-scope-table",
-        env = "ARCHIVER_ERASURE_OUT_OF_SCOPE_TABLES",
-        value_delimiter = ','
-    )]
-    pub erasure_out_of_scope_tables: Vec<String>,
+    /// What an erasure needs from the process, shared with `drill`.
+    #[command(flatten)]
+    pub erasure: ErasureArgs,
     /// A Redis instance that erasures also clean, besides the shard Redis
     /// instances (e.g. the alert router's own Redis): the alert-key
     /// patterns and verdict keys of the erased pair are removed there too,
@@ -94,6 +66,43 @@ pub enum LogFormat {
     Text,
 }
 
+/// The flags an erasure reads, the same for the operator (`run`, `worker`)
+/// and for `drill`.
+#[derive(Debug, Clone, Args)]
+pub struct ErasureArgs {
+    /// Salt for the tenant hashes of the suppression-cluster tables (from a Secret).
+    #[arg(long, env = "ARCHIVER_SUPPRESSION_SALT", hide_env_values = true)]
+    pub suppression_salt: Option<SecretString>,
+    /// Read-side cache-invalidation URL (http:// or https://), POSTed on
+    /// every erasure (repeatable).
+    #[arg(
+        long = "cache-invalidate-url",
+        env = "ARCHIVER_CACHE_INVALIDATE_URLS",
+        value_delimiter = ',',
+        value_parser = cache_invalidate_url
+    )]
+    pub cache_invalidate_urls: Vec<String>,
+    /// Alert-router Redis key pattern erased with a server, e.g.
+    /// `alert:{tenant}:{server}:*` (repeatable).
+    #[arg(
+        long = "alert-key-pattern",
+        env = "ARCHIVER_ALERT_KEY_PATTERNS",
+        value_delimiter = ','
+    )]
+    pub alert_key_patterns: Vec<String>,
+    /// A table that holds a `tenant_id` column (or tenant hashes) but is
+    /// knowingly not erased, e.g. another team's table with its own
+    /// deletion process (repeatable; `name`, or `schema.name` outside the
+    /// search path's first schema). Without it, an erasure refuses to run
+    /// while such a table exists outside the catalogue (`src/schema.rs`).
+    #[arg(
+        long = "erasure-out-of-scope-table",
+        env = "ARCHIVER_ERASURE_OUT_OF_SCOPE_TABLES",
+        value_delimiter = ','
+    )]
+    pub erasure_out_of_scope_tables: Vec<String>,
+}
+
 /// What reconcilers may read of the process configuration.
 #[derive(Debug, Clone, Default)]
 pub struct OperatorConfig {
@@ -109,16 +118,26 @@ pub struct OperatorConfig {
 impl From<&OperatorArgs> for OperatorConfig {
     fn from(args: &OperatorArgs) -> Self {
         Self {
-            suppression_salt: args.suppression_salt.clone(),
-            cache_invalidate_urls: args.cache_invalidate_urls.clone(),
-            alert_key_patterns: args.alert_key_patterns.clone(),
-            erasure_out_of_scope_tables: args.erasure_out_of_scope_tables.clone(),
             erasure_redis_urls: args
                 .erasure_redis_urls
                 .iter()
                 .cloned()
                 .chain(numbered_erasure_redis_urls())
                 .collect(),
+            ..Self::from(&args.erasure)
+        }
+    }
+}
+
+/// Without the erasure-only Redis instances, which only the operator has.
+impl From<&ErasureArgs> for OperatorConfig {
+    fn from(args: &ErasureArgs) -> Self {
+        Self {
+            suppression_salt: args.suppression_salt.clone(),
+            cache_invalidate_urls: args.cache_invalidate_urls.clone(),
+            alert_key_patterns: args.alert_key_patterns.clone(),
+            erasure_out_of_scope_tables: args.erasure_out_of_scope_tables.clone(),
+            erasure_redis_urls: Vec::new(),
         }
     }
 }

@@ -163,3 +163,55 @@ pub struct Context {
     /// Where rendered documents (the privacy-policy text) go.
     pub publisher: super::publish::Publisher,
 }
+
+impl Context {
+    /// A context on `clock` with nothing attached: no database, the default
+    /// configuration, no Secrets, fresh metrics, no workers, nothing
+    /// published, and empty registries (policies, enforced windows, Redis
+    /// targets), which the sources fill as they run. The `with_*` methods
+    /// attach the rest.
+    pub fn new(clock: SharedClock) -> Self {
+        Self {
+            clock,
+            db: None,
+            config: Arc::new(OperatorConfig::default()),
+            secrets: SecretSource::Manifests(Default::default()),
+            metrics: Arc::new(Metrics::new()),
+            workers: super::workers::WorkerHost::Disabled,
+            policies: Default::default(),
+            enforced_policies: Default::default(),
+            redis_targets: Default::default(),
+            publisher: super::publish::Publisher::Disabled,
+        }
+    }
+
+    pub fn with_database(self, pool: PgPool) -> Self {
+        Self {
+            db: Some(pool),
+            ..self
+        }
+    }
+
+    pub fn with_config(self, config: OperatorConfig) -> Self {
+        Self {
+            config: Arc::new(config),
+            ..self
+        }
+    }
+
+    pub fn with_secrets(self, secrets: SecretSource) -> Self {
+        Self { secrets, ..self }
+    }
+
+    pub fn with_metrics(self, metrics: Arc<Metrics>) -> Self {
+        Self { metrics, ..self }
+    }
+
+    pub fn with_workers(self, workers: super::workers::WorkerHost) -> Self {
+        Self { workers, ..self }
+    }
+
+    pub fn with_publisher(self, publisher: super::publish::Publisher) -> Self {
+        Self { publisher, ..self }
+    }
+}

@@ -67,17 +67,14 @@ fn context(
     workers: WorkerHost,
     publisher: Publisher,
 ) -> Context {
-    Context {
-        clock,
-        db,
-        config: Arc::new(OperatorConfig::from(args)),
-        secrets,
-        metrics: Arc::new(Metrics::new()),
-        workers,
-        policies: Arc::new(crate::retention::directory::PolicyDirectory::new()),
-        enforced_policies: Default::default(),
-        redis_targets: Default::default(),
-        publisher,
+    let ctx = Context::new(clock)
+        .with_config(OperatorConfig::from(args))
+        .with_secrets(secrets)
+        .with_workers(workers)
+        .with_publisher(publisher);
+    match db {
+        Some(pool) => ctx.with_database(pool),
+        None => ctx,
     }
 }
 
