@@ -11,7 +11,7 @@ use std::process::{Command, Output};
 use chrono::{DateTime, Duration, Utc};
 use uuid::Uuid;
 
-use archiver_operator::archive::lifecycle::{self, ShardLifecycle};
+use archiver_operator::archive::lifecycle::{self, RetireScope, ShardLifecycle};
 use archiver_operator::archive::views;
 use archiver_operator::metrics::Metrics;
 use archiver_operator::testing::{TestDatabase, redis_server};
@@ -127,14 +127,26 @@ async fn views_follow_active_shards_only_and_name_the_shard_they_wait_on() {
     // Suspended: the views go on to the next active shard.
     let suspended_at = start() + Duration::hours(1);
     assert!(
-        lifecycle::set(&db.pool, 1, ShardLifecycle::Suspended, suspended_at)
-            .await
-            .unwrap()
+        lifecycle::set(
+            &db.pool,
+            1,
+            "archiver/shard-1",
+            ShardLifecycle::Suspended,
+            suspended_at
+        )
+        .await
+        .unwrap()
     );
     assert!(
-        !lifecycle::set(&db.pool, 1, ShardLifecycle::Suspended, suspended_at)
-            .await
-            .unwrap(),
+        !lifecycle::set(
+            &db.pool,
+            1,
+            "archiver/shard-1",
+            ShardLifecycle::Suspended,
+            suspended_at
+        )
+        .await
+        .unwrap(),
         "setting the same state again changes nothing"
     );
     assert_eq!(
@@ -152,9 +164,15 @@ async fn views_follow_active_shards_only_and_name_the_shard_they_wait_on() {
     assert_eq!(minutes_in_probe_day(&db).await, 31);
 
     // Active again (its watermark still old): it holds the views again.
-    lifecycle::set(&db.pool, 1, ShardLifecycle::Active, suspended_at)
-        .await
-        .unwrap();
+    lifecycle::set(
+        &db.pool,
+        1,
+        "archiver/shard-1",
+        ShardLifecycle::Active,
+        suspended_at,
+    )
+    .await
+    .unwrap();
     watermark(&db, 0, 50, None).await;
     let report = maintain(&db, &metrics).await;
     assert_eq!(
@@ -165,7 +183,7 @@ async fn views_follow_active_shards_only_and_name_the_shard_they_wait_on() {
     assert_eq!(report.waiting_on.map(|shard| shard.shard_id), Some(1));
 
     // Retired (its ArchiverShard deleted): the views go on.
-    let retired = lifecycle::retire_absent(&db.pool, &[0], suspended_at)
+    let retired = lifecycle::retire_absent(&db.pool, &[0], RetireScope::Everything, suspended_at)
         .await
         .unwrap();
     assert_eq!(retired, vec![1]);
@@ -175,7 +193,7 @@ async fn views_follow_active_shards_only_and_name_the_shard_they_wait_on() {
     assert_eq!(minutes_in_probe_day(&db).await, 51);
 
     // No active shard at all: nothing is waited on, no series.
-    lifecycle::retire_absent(&db.pool, &[], suspended_at)
+    lifecycle::retire_absent(&db.pool, &[], RetireScope::Everything, suspended_at)
         .await
         .unwrap();
     let report = maintain(&db, &metrics).await;
@@ -355,10 +373,16 @@ async fn the_lag_export_carries_the_lifecycle_and_drops_retired_shards() {
             .contains("archiver_shard_lag_seconds{shard=\"archiver/c\"} 600")
     );
 
-    lifecycle::set(&db.pool, 1, ShardLifecycle::Suspended, now)
-        .await
-        .unwrap();
-    lifecycle::retire_absent(&db.pool, &[0, 1], now)
+    lifecycle::set(
+        &db.pool,
+        1,
+        "archiver/shard-1",
+        ShardLifecycle::Suspended,
+        now,
+    )
+    .await
+    .unwrap();
+    lifecycle::retire_absent(&db.pool, &[0, 1], RetireScope::Everything, now)
         .await
         .unwrap();
     export.export(&db.pool, now, &metrics).await;
@@ -388,4 +412,68 @@ async fn the_lag_export_carries_the_lifecycle_and_drops_retired_shards() {
         !text.contains("archiver_shard_lag_slo_seconds{shard=\"archiver/c\"}"),
         "{text}"
     );
+}
+
+/// Operators that each watch one namespace may share a database (shard ids
+/// are unique per database): one of them retires only the rows of shards of
+/// its own namespace that are gone, never another namespace's shard, nor a
+/// row whose shard it cannot place. A cluster-wide operator retires any row
+/// no present shard names. (Before rows knew their ArchiverShard, an
+/// operator with `--namespace a` retired namespace b's live shard, and the
+/// derived views stopped waiting on it.)
+#[tokio::test]
+async fn a_namespaced_operator_retires_only_its_own_namespace() {
+    let db = TestDatabase::new().await;
+    let now = start();
+    for id in [0, 1, 2] {
+        watermark(&db, id, 10, None).await;
+    }
+    lifecycle::set(&db.pool, 0, "a/shard-0", ShardLifecycle::Active, now)
+        .await
+        .unwrap();
+    lifecycle::set(&db.pool, 1, "b/shard-1", ShardLifecycle::Active, now)
+        .await
+        .unwrap();
+    // Shard 2 never reconciled since the migration: its namespace is unknown.
+
+    // The operator of namespace b sees none of its shards (shard 1 is in
+    // b and present; here it sees nothing at all, as after b's shard was
+    // deleted), so only shard 1 may go.
+    let retired = lifecycle::retire_absent(&db.pool, &[], RetireScope::Namespace("b"), now)
+        .await
+        .unwrap();
+    assert_eq!(retired, vec![1]);
+    // The operator of namespace a sees shard 0: nothing of a is gone.
+    let retired = lifecycle::retire_absent(&db.pool, &[0], RetireScope::Namespace("a"), now)
+        .await
+        .unwrap();
+    assert!(retired.is_empty(), "{retired:?}");
+    assert_eq!(lifecycle_of(&db, 0).await.unwrap().0, "active");
+    assert_eq!(lifecycle_of(&db, 2).await.unwrap().0, "active");
+    // A namespace that is a prefix of another is not that namespace.
+    lifecycle::set(&db.pool, 0, "ab/shard-0", ShardLifecycle::Active, now)
+        .await
+        .unwrap();
+    let retired = lifecycle::retire_absent(&db.pool, &[], RetireScope::Namespace("a"), now)
+        .await
+        .unwrap();
+    assert!(retired.is_empty(), "{retired:?}");
+
+    // Recording the owner is not a lifecycle change; suspending is.
+    assert!(
+        !lifecycle::set(&db.pool, 0, "a/shard-0", ShardLifecycle::Active, now)
+            .await
+            .unwrap()
+    );
+    assert!(
+        lifecycle::set(&db.pool, 0, "a/shard-0", ShardLifecycle::Suspended, now)
+            .await
+            .unwrap()
+    );
+
+    // Everything: what no present shard names goes, whatever its namespace.
+    let retired = lifecycle::retire_absent(&db.pool, &[], RetireScope::Everything, now)
+        .await
+        .unwrap();
+    assert_eq!(retired, vec![0, 2]);
 }

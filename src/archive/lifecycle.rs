@@ -39,41 +39,72 @@ impl ShardLifecycle {
     }
 }
 
-/// Sets the lifecycle of `shard_id` when it differs, stamping when it
-/// changed. Returns whether it changed; a shard with no watermark row yet
+/// Sets the lifecycle of `shard_id`, stamping when it changed, and records
+/// `object` (`namespace/name` of its ArchiverShard) as the row's owner.
+/// Returns whether the lifecycle changed; a shard with no watermark row yet
 /// (it never ticked) has nothing to hold the views with and is left alone.
 pub async fn set(
     pool: &PgPool,
     shard_id: i32,
+    object: &str,
     lifecycle: ShardLifecycle,
     now: DateTime<Utc>,
 ) -> Result<bool, sqlx::Error> {
-    let changed = sqlx::query(
-        "UPDATE archive_watermark SET lifecycle = $2, lifecycle_since = $3 \
-         WHERE shard_id = $1 AND lifecycle <> $2",
+    let changed: Option<bool> = sqlx::query_scalar(
+        "WITH before AS ( \
+             SELECT lifecycle FROM archive_watermark WHERE shard_id = $1 FOR UPDATE \
+         ) \
+         UPDATE archive_watermark w SET \
+             lifecycle = $2, \
+             lifecycle_since = CASE WHEN before.lifecycle <> $2 THEN $3 ELSE w.lifecycle_since END, \
+             shard_object = $4 \
+         FROM before \
+         WHERE w.shard_id = $1 \
+           AND (before.lifecycle <> $2 OR w.shard_object IS DISTINCT FROM $4) \
+         RETURNING before.lifecycle <> $2",
     )
     .bind(shard_id)
     .bind(lifecycle.as_str())
     .bind(now)
-    .execute(pool)
+    .bind(object)
+    .fetch_optional(pool)
     .await?;
-    Ok(changed.rows_affected() > 0)
+    Ok(changed.unwrap_or(false))
 }
 
-/// Retires every shard that is not retired yet and that no present shard
-/// names (`present`: the shard ids of every ArchiverShard that exists).
-/// Returns the ids retired now, in order.
+/// Which watermark rows a source may retire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RetireScope<'a> {
+    /// The source sees every ArchiverShard that uses this database (a
+    /// cluster-wide operator, or the manifests directory).
+    Everything,
+    /// The source watches this namespace only: rows of shards in other
+    /// namespaces, or of an unknown one, are not its to retire.
+    Namespace(&'a str),
+}
+
+/// Retires every shard that is not retired yet, that no present shard
+/// names (`present`: the shard ids of every ArchiverShard the source sees)
+/// and that lies in `scope`. Returns the ids retired now, in order.
 pub async fn retire_absent(
     pool: &PgPool,
     present: &[i32],
+    scope: RetireScope<'_>,
     now: DateTime<Utc>,
 ) -> Result<Vec<i32>, sqlx::Error> {
+    let namespace = match scope {
+        RetireScope::Everything => None,
+        RetireScope::Namespace(namespace) => Some(namespace),
+    };
     let mut retired: Vec<i32> = sqlx::query_scalar(
         "UPDATE archive_watermark SET lifecycle = 'retired', lifecycle_since = $2 \
-         WHERE lifecycle <> 'retired' AND NOT (shard_id = ANY($1)) RETURNING shard_id",
+         WHERE lifecycle <> 'retired' AND NOT (shard_id = ANY($1)) \
+           AND ($3::text IS NULL OR split_part(shard_object, '/', 1) = $3) \
+         RETURNING shard_id",
     )
     .bind(present)
     .bind(now)
+    .bind(namespace)
     .fetch_all(pool)
     .await?;
     retired.sort_unstable();

@@ -393,13 +393,15 @@ impl Worker {
         let start =
             minute_floor(self.clock.now() - self.settings.backfill) - chrono::Duration::minutes(1);
         sqlx::query(
-            "INSERT INTO archive_watermark (shard_id, last_minute, owner, taken_at, expires_at, lifecycle_since) \
-             VALUES ($1, $2, $3, $4, $4, $4) ON CONFLICT (shard_id) DO NOTHING",
+            "INSERT INTO archive_watermark \
+                 (shard_id, last_minute, owner, taken_at, expires_at, lifecycle_since, shard_object) \
+             VALUES ($1, $2, $3, $4, $4, $4, $5) ON CONFLICT (shard_id) DO NOTHING",
         )
         .bind(self.settings.shard_id)
         .bind(start)
         .bind(&self.owner)
         .bind(self.clock.now())
+        .bind(&self.settings.label)
         .execute(&self.pool)
         .await
         .map_err(db("creating the watermark"))?;

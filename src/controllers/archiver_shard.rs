@@ -77,7 +77,12 @@ impl Managed for ArchiverShard {
         // A suspended shard no longer holds the derived views back; an
         // active one (gap-held included: its minutes may still arrive) does.
         let lifecycle = ShardLifecycle::of_present_shard(self.spec.suspend);
-        let lifecycle_changed = lifecycle::set(pool, self.spec.shard_id, lifecycle, now)
+        let object = format!(
+            "{}/{}",
+            self.namespace().unwrap_or_default(),
+            self.name_any()
+        );
+        let lifecycle_changed = lifecycle::set(pool, self.spec.shard_id, &object, lifecycle, now)
             .await
             .map_err(ReconcileError::database("setting the shard's lifecycle"))?;
         let health = health::read(pool, self.spec.shard_id)

@@ -346,13 +346,20 @@ const RETIRE_INTERVAL: Duration = Duration::from_secs(30);
 /// Retires the watermark rows of shards gone from the watch cache (deleted,
 /// also while no operator ran), so the derived views stop waiting on them.
 /// Only once the cache has listed every object: a cache still listing would
-/// retire shards that exist. The operator owns every row of its database's
-/// `archive_watermark` (a shard outside the watched namespace is absent).
+/// retire shards that exist. An operator that watches one namespace
+/// (`--namespace`) retires only rows whose ArchiverShard was in that
+/// namespace: operators of other namespaces may share the database.
 async fn sync_shard_lifecycle(
     store: reflector::Store<ArchiverShard>,
     pool: sqlx::PgPool,
     clock: crate::clock::SharedClock,
+    namespace: Option<String>,
 ) {
+    use crate::archive::lifecycle::RetireScope;
+    let scope = match &namespace {
+        Some(namespace) => RetireScope::Namespace(namespace),
+        None => RetireScope::Everything,
+    };
     if !cache_listed(&store).await {
         return;
     }
@@ -370,7 +377,9 @@ async fn sync_shard_lifecycle(
             None => true,
         };
         if due {
-            match crate::archive::lifecycle::retire_absent(&pool, &present, clock.now()).await {
+            match crate::archive::lifecycle::retire_absent(&pool, &present, scope, clock.now())
+                .await
+            {
                 Ok(retired) => {
                     if !retired.is_empty() {
                         tracing::info!(shards = ?retired, "no ArchiverShard names these shards any more: retired, the derived views no longer wait on them");
@@ -443,6 +452,7 @@ pub async fn run_controllers(
             shard_store.clone(),
             pool,
             kctx.ctx.clock.clone(),
+            namespace.map(str::to_string),
         ))
     });
     let targets_sync = tokio::spawn(sync_shard_targets(
@@ -560,7 +570,7 @@ mod tests {
         };
         let (store, mut writer) = reflector::store::<ArchiverShard>();
         let clock: crate::clock::SharedClock = Arc::new(crate::clock::SystemClock);
-        let sync = tokio::spawn(sync_shard_lifecycle(store, db.pool.clone(), clock));
+        let sync = tokio::spawn(sync_shard_lifecycle(store, db.pool.clone(), clock, None));
         writer.apply_watcher_event(&watcher::Event::Init);
         writer.apply_watcher_event(&watcher::Event::InitApply(with_id("zero", 0)));
         tokio::time::sleep(Duration::from_millis(300)).await;

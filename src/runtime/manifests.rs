@@ -505,7 +505,15 @@ impl ManifestsEngine {
             return;
         }
         let present: Vec<i32> = set.shards.iter().map(|shard| shard.spec.shard_id).collect();
-        match crate::archive::lifecycle::retire_absent(pool, &present, self.ctx.clock.now()).await {
+        match crate::archive::lifecycle::retire_absent(
+            pool,
+            &present,
+            // The directory is the whole configuration of this database.
+            crate::archive::lifecycle::RetireScope::Everything,
+            self.ctx.clock.now(),
+        )
+        .await
+        {
             Ok(retired) if retired.is_empty() => {}
             Ok(retired) => {
                 tracing::info!(shards = ?retired, "no ArchiverShard names these shards any more: retired, the derived views no longer wait on them");
