@@ -173,7 +173,9 @@ fn short_tenant(tenant: Uuid) -> String {
 }
 
 async fn client() -> Result<Client, PluginError> {
-    Client::try_default().await.map_err(PluginError::Connect)
+    crate::runtime::kube_client("kubectl-archiver")
+        .await
+        .map_err(PluginError::Connect)
 }
 
 async fn erase(args: EraseArgs) -> Result<(), PluginError> {

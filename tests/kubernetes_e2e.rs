@@ -685,9 +685,9 @@ async fn examples_applied_with_kubectl_become_ready_and_the_deletion_completes()
         .filter(|event| event["stage"] == "ResponseComplete")
         // This test's operator only, by its identity: the operators of tests
         // running in parallel (other namespaces, other ServiceAccounts) and
-        // the API server (its own Lease) write meanwhile, and the operator
-        // sends no User-Agent (a filter on it let every operator write
-        // through unseen).
+        // the API server (its own Lease) write meanwhile, and every operator
+        // sends the same User-Agent (a filter on it would let the other
+        // operators' writes through).
         .filter(|event| {
             event["user"]["username"]
                 == format!("system:serviceaccount:archiver:{service_account}").as_str()
@@ -733,6 +733,23 @@ async fn examples_applied_with_kubectl_become_ready_and_the_deletion_completes()
         .filter(|event| event["stage"] == "ResponseComplete" && event["user"]["username"] == user)
         .collect();
     assert!(requests.len() > 20, "the operator's requests are audited");
+    // Every request names the operator and its version (kube sends no
+    // User-Agent of its own: the audit log showed none).
+    let expected_agent = format!("archiver-operator/{}", env!("CARGO_PKG_VERSION"));
+    let unnamed: Vec<String> = requests
+        .iter()
+        .filter(|event| event["userAgent"] != expected_agent.as_str())
+        .map(|event| {
+            format!(
+                "{} {} ({})",
+                event["verb"], event["requestURI"], event["userAgent"]
+            )
+        })
+        .collect();
+    assert!(
+        unnamed.is_empty(),
+        "requests without the operator's User-Agent {expected_agent}: {unnamed:#?}"
+    );
     let forbidden: Vec<String> = requests
         .iter()
         .filter(|event| event["responseStatus"]["code"] == 403)

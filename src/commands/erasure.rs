@@ -103,7 +103,7 @@ async fn object_status(args: &ReceiptArgs) -> Result<(String, Option<Value>), St
             Ok((namespace, stored.map(|s| s.status)))
         }
         None => {
-            let client = kube::Client::try_default()
+            let client = crate::runtime::kube_client("archiver-operator")
                 .await
                 .map_err(|e| format!("cannot reach the Kubernetes API: {e}"))?;
             let namespace = args

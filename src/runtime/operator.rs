@@ -270,7 +270,7 @@ pub async fn run_standalone(dir: PathBuf, args: &OperatorArgs) -> Result<(), Run
 /// `run` in a cluster: the four controllers, only while this replica holds
 /// the Lease.
 pub async fn run_in_cluster(args: &OperatorArgs) -> Result<(), RunError> {
-    let client = kube::Client::try_default().await?;
+    let client = super::kube_client("archiver-operator").await?;
     let db = database(args).await?;
     let workers = WorkerHost::Kubernetes(Arc::new(KubeWorkers::new(
         client.clone(),
@@ -396,7 +396,7 @@ pub async fn run_worker(
             )
         }
         ShardSource::Kubernetes => {
-            let client = kube::Client::try_default().await?;
+            let client = super::kube_client("archiver-operator").await?;
             let api: kube::Api<crate::api::ArchiverShard> =
                 kube::Api::namespaced(client.clone(), namespace);
             let shard = api
