@@ -153,8 +153,10 @@ async fn drill(args: &RestoreDrillArgs) -> Result<RestoreReport, DrillError> {
         std::process::id()
     );
     report.scratch_database = scratch_name.clone();
+    // From template0: template1 may hold objects (an extension's, a DBA's)
+    // that the restore would collide with or that the backup never had.
     sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
-        "CREATE DATABASE \"{scratch_name}\""
+        "CREATE DATABASE \"{scratch_name}\" TEMPLATE template0"
     )))
     .execute(&live)
     .await
