@@ -58,7 +58,7 @@ pub struct OperatorArgs {
         env = "ARCHIVER_ERASURE_REDIS_URLS",
         value_delimiter = ',',
         hide_env_values = true,
-        value_parser = erasure_redis_url
+        value_parser = ErasureRedisUrl
     )]
     pub erasure_redis_urls: Vec<SecretString>,
     /// Address of /health, /ready and /metrics.
@@ -141,12 +141,40 @@ fn numbered_erasure_redis_urls() -> Vec<SecretString> {
     numbered.into_iter().map(|(_, url)| url).collect()
 }
 
-/// An erasure-only Redis URL is checked at startup, without ever printing it.
-fn erasure_redis_url(text: &str) -> Result<SecretString, String> {
-    if text.starts_with("redis://") || text.starts_with("rediss://") {
-        Ok(SecretString::new(text))
-    } else {
-        Err("an erasure Redis URL must start with redis:// or rediss://".into())
+/// An erasure-only Redis URL is checked at startup, without ever printing
+/// it: a parser function's error would have clap print the rejected value
+/// (`invalid value 'redis//:password@…'`) into the operator's log.
+#[derive(Debug, Clone, Copy)]
+struct ErasureRedisUrl;
+
+impl clap::builder::TypedValueParser for ErasureRedisUrl {
+    type Value = SecretString;
+
+    fn parse_ref(
+        &self,
+        cmd: &clap::Command,
+        arg: Option<&clap::Arg>,
+        value: &std::ffi::OsStr,
+    ) -> Result<SecretString, clap::Error> {
+        match value.to_str() {
+            Some(text) if text.starts_with("redis://") || text.starts_with("rediss://") => {
+                Ok(SecretString::new(text))
+            }
+            _ => {
+                let name = arg.map_or("--erasure-redis-url".to_string(), |arg| {
+                    format!("--{}", arg.get_long().unwrap_or("erasure-redis-url"))
+                });
+                Err(clap::Error::raw(
+                    clap::error::ErrorKind::InvalidValue,
+                    format!(
+                        "a value of {name} (or ARCHIVER_ERASURE_REDIS_URLS) does not start with \
+                         redis:// or rediss:// (not shown: it may hold a password; a comma \
+                         separates URLs, so a comma in a password must be written %2C)\n"
+                    ),
+                )
+                .with_cmd(cmd))
+            }
+        }
     }
 }
 
