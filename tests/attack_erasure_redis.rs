@@ -304,3 +304,46 @@ fn a_malformed_erasure_redis_url_is_refused_without_printing_it() {
         }
     }
 }
+
+/// Attack: one Secret per erasure-only Redis, as the chart maps them, but
+/// a variable named by hand with a word instead of a number
+/// (`ARCHIVER_ERASURE_REDIS_URL_ALERTS`), and one whose value is no Redis
+/// URL. Before the fix the operator started (exit 0): the first was never
+/// read, so every erasure reported "verified" without touching that Redis;
+/// the second would fail only at the first erasure. Now startup refuses
+/// both (exit 2) naming the variable, never the value; a well-formed
+/// numbered variable starts as before.
+#[test]
+fn numbered_erasure_redis_variables_are_checked_at_startup() {
+    let manifests = tempfile::tempdir().unwrap();
+    let valid = format!("redis://:{PASSWORD}@127.0.0.1:6379/0");
+    let cases = [
+        ("ARCHIVER_ERASURE_REDIS_URL_ALERTS", valid.clone(), Some(2)),
+        (
+            "ARCHIVER_ERASURE_REDIS_URL_1",
+            format!("http://:{PASSWORD}@127.0.0.1:6379/0"),
+            Some(2),
+        ),
+        ("ARCHIVER_ERASURE_REDIS_URL_1", valid.clone(), Some(0)),
+    ];
+    for (variable, value, expected) in cases {
+        let output = std::process::Command::new(env!("CARGO_BIN_EXE_archiver-operator"))
+            .args(["run", "--once", "--manifests"])
+            .arg(manifests.path())
+            .env_remove("DATABASE_URL")
+            .env_remove("ARCHIVER_ERASURE_REDIS_URLS")
+            .env(variable, &value)
+            .output()
+            .expect("the operator runs");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        assert_eq!(output.status.code(), expected, "{variable}: {stderr}");
+        if expected == Some(2) {
+            assert!(stderr.contains(variable), "{variable}: {stderr}");
+        }
+        assert!(
+            !stderr.contains(PASSWORD) && !stdout.contains(PASSWORD),
+            "{variable}: the password is printed: {stderr}"
+        );
+    }
+}

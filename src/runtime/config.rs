@@ -141,6 +141,32 @@ fn numbered_erasure_redis_urls() -> Vec<SecretString> {
     numbered.into_iter().map(|(_, url)| url).collect()
 }
 
+/// Every `ARCHIVER_ERASURE_REDIS_URL_*` variable, checked at startup as the
+/// flag's values are: a suffix that is not a number (`..._ALERTS`) would
+/// otherwise be ignored, and the erasures would report "verified" without
+/// ever touching that Redis; a value that is not a Redis URL would fail
+/// only at the first erasure. Errors name the variable, never its value.
+pub fn check_numbered_erasure_redis_urls() -> Result<(), String> {
+    for (name, value) in std::env::vars_os() {
+        let Some(name) = name.to_str() else { continue };
+        let Some(suffix) = name.strip_prefix("ARCHIVER_ERASURE_REDIS_URL_") else {
+            continue;
+        };
+        if suffix.parse::<u32>().is_err() {
+            return Err(format!(
+                "{name}: the variables of erasure-only Redis URLs are ARCHIVER_ERASURE_REDIS_URL_<N>, N a number"
+            ));
+        }
+        let url = value.to_str().unwrap_or_default();
+        if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
+            return Err(format!(
+                "{name} does not start with redis:// or rediss:// (not shown: it may hold a password)"
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// An erasure-only Redis URL is checked at startup, without ever printing
 /// it: a parser function's error would have clap print the rejected value
 /// (`invalid value 'redis//:password@…'`) into the operator's log.
