@@ -256,8 +256,8 @@ async fn a_table_created_while_the_erasure_waits_for_its_locks_withholds_the_rec
     let receipts: i64 = sqlx::query_scalar(
         "SELECT count(*) FROM data_deletion_log WHERE receipt_sha256 IS NOT NULL",
     )
-        .fetch_one(&db.pool)
-        .await
-        .unwrap();
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
     assert_eq!(receipts, 0, "no receipt is recorded");
 }

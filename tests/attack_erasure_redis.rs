@@ -128,14 +128,22 @@ async fn seed(url: &str) {
 /// Every key name and every index member.
 async fn snapshot(url: &str) -> BTreeSet<Vec<u8>> {
     let mut conn = conn(url).await;
-    let keys: Vec<Vec<u8>> = redis::cmd("KEYS").arg("*").query_async(&mut conn).await.unwrap();
+    let keys: Vec<Vec<u8>> = redis::cmd("KEYS")
+        .arg("*")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
     let mut all: BTreeSet<Vec<u8>> = keys.into_iter().collect();
     let members: Vec<Vec<u8>> = redis::cmd("SMEMBERS")
         .arg(index_key(minute()))
         .query_async(&mut conn)
         .await
         .unwrap();
-    all.extend(members.into_iter().map(|m| [b"member ".to_vec(), m].concat()));
+    all.extend(
+        members
+            .into_iter()
+            .map(|m| [b"member ".to_vec(), m].concat()),
+    );
     all
 }
 
@@ -173,7 +181,9 @@ async fn the_shard_redis_listed_again_twice_and_with_another_database() {
         vec![shard.url(), shard.url(), db3.clone()],
     );
 
-    let status = reconcile(&ctx, &request("erase-listed-twice", None)).await.status;
+    let status = reconcile(&ctx, &request("erase-listed-twice", None))
+        .await
+        .status;
     assert_eq!(status.phase, Some(DeletionPhase::Completed), "{status:#?}");
     assert_eq!(snapshot(&shard.url()).await, expected_after(&before_0));
     assert_eq!(snapshot(&db3).await, expected_after(&before_3));
@@ -254,11 +264,10 @@ async fn a_password_in_an_erasure_redis_url_never_leaves_the_process() {
     let receipt = outcome.status.receipt.clone().unwrap_or_default();
     assert!(receipt.contains("erasure-redis/0"), "{receipt}");
     assert!(!receipt.contains(PASSWORD));
-    let stored: Vec<String> =
-        sqlx::query_scalar("SELECT payload::text FROM operator_audit_log")
-            .fetch_all(&db.pool)
-            .await
-            .unwrap();
+    let stored: Vec<String> = sqlx::query_scalar("SELECT payload::text FROM operator_audit_log")
+        .fetch_all(&db.pool)
+        .await
+        .unwrap();
     assert!(stored.iter().all(|p| !p.contains(PASSWORD)), "{stored:?}");
     let left: Vec<Vec<u8>> = redis::cmd("KEYS")
         .arg(format!("*{TENANT}:web*"))
@@ -278,7 +287,11 @@ fn a_malformed_erasure_redis_url_is_refused_without_printing_it() {
     let malformed = format!("redis//:{PASSWORD}@127.0.0.1:6379/0");
     let with_comma = "redis://:Sekr3t,Tail-e7a5@127.0.0.1:6379/0".to_string();
     let runs: [(&str, Vec<String>, Option<String>); 3] = [
-        ("flag", vec!["--erasure-redis-url".into(), malformed.clone()], None),
+        (
+            "flag",
+            vec!["--erasure-redis-url".into(), malformed.clone()],
+            None,
+        ),
         ("environment", Vec::new(), Some(malformed.clone())),
         ("comma", Vec::new(), Some(with_comma)),
     ];

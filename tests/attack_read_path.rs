@@ -135,7 +135,10 @@ async fn an_index_set_of_the_wrong_type_does_not_hold_the_shard() {
         assert_eq!(report.archived.len(), 2, "{discovery:?}: {report:?}");
         assert_eq!(
             rows(&db).await,
-            vec![("web".to_string(), minute(0)), ("web".to_string(), minute(1))],
+            vec![
+                ("web".to_string(), minute(0)),
+                ("web".to_string(), minute(1))
+            ],
             "{discovery:?}"
         );
         assert_eq!(rejects(&db).await, Vec::new(), "{discovery:?}");
@@ -165,7 +168,10 @@ async fn a_script_flush_between_ticks_is_absorbed() {
     assert_eq!(report.archived.len(), 1, "{report:?}");
     assert_eq!(
         rows(&db).await,
-        vec![("web".to_string(), minute(0)), ("web".to_string(), minute(1))]
+        vec![
+            ("web".to_string(), minute(0)),
+            ("web".to_string(), minute(1))
+        ]
     );
 }
 
@@ -198,5 +204,8 @@ async fn an_index_naming_missing_keys_gives_vanished_rejects_and_passes() {
     );
     let found = rejects(&db).await;
     assert_eq!(found.len(), missing.len());
-    assert!(found.iter().all(|(_, reason)| reason == "vanished"), "{found:?}");
+    assert!(
+        found.iter().all(|(_, reason)| reason == "vanished"),
+        "{found:?}"
+    );
 }

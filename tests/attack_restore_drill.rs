@@ -111,14 +111,20 @@ async fn a_plain_dump_can_neither_run_commands_nor_write_to_the_live_database() 
     .unwrap();
 
     let (output, _) = drill(&db, &backup);
-    let written: bool = sqlx::query_scalar(
-        "SELECT to_regclass('written_by_the_dump') IS NOT NULL",
-    )
-    .fetch_one(&db.pool)
-    .await
-    .unwrap();
-    assert!(!marker.exists(), "the dump ran a shell command: {}", text(&output));
-    assert!(!written, "the dump wrote to the live database: {}", text(&output));
+    let written: bool = sqlx::query_scalar("SELECT to_regclass('written_by_the_dump') IS NOT NULL")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert!(
+        !marker.exists(),
+        "the dump ran a shell command: {}",
+        text(&output)
+    );
+    assert!(
+        !written,
+        "the dump wrote to the live database: {}",
+        text(&output)
+    );
 }
 
 fn drill_with_url(url: &str, dump: &Path) -> (Output, Value) {
@@ -194,7 +200,11 @@ async fn a_libpq_style_database_url_restores_and_checks_the_scratch_database() {
             )
         })
         .collect();
-    assert_eq!(minute_counts, vec![("2026-11".to_string(), 30, 20)], "{report:#}");
+    assert_eq!(
+        minute_counts,
+        vec![("2026-11".to_string(), 30, 20)],
+        "{report:#}"
+    );
 }
 
 /// Attack: `--dump` naming a device that never ends (`/dev/zero`) and a
@@ -205,7 +215,10 @@ async fn a_libpq_style_database_url_restores_and_checks_the_scratch_database() {
 fn a_dump_that_is_not_a_regular_file_is_refused_at_once() {
     let dir = tempfile::tempdir().unwrap();
     let fifo = dir.path().join("backup.fifo");
-    let made = Command::new("mkfifo").arg(&fifo).status().expect("mkfifo runs");
+    let made = Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .expect("mkfifo runs");
     assert!(made.success());
     for dump in [Path::new("/dev/zero"), fifo.as_path()] {
         let mut child = Command::new(env!("CARGO_BIN_EXE_archiver-operator"))
@@ -230,8 +243,13 @@ fn a_dump_that_is_not_a_regular_file_is_refused_at_once() {
         };
         let output = child.wait_with_output().unwrap();
         let stderr = String::from_utf8_lossy(&output.stderr);
-        let status = status.unwrap_or_else(|| panic!("{}: still running after 20 s", dump.display()));
+        let status =
+            status.unwrap_or_else(|| panic!("{}: still running after 20 s", dump.display()));
         assert_eq!(status.code(), Some(1), "{}: {stderr}", dump.display());
-        assert!(stderr.contains("not a regular file"), "{}: {stderr}", dump.display());
+        assert!(
+            stderr.contains("not a regular file"),
+            "{}: {stderr}",
+            dump.display()
+        );
     }
 }

@@ -18,7 +18,8 @@ use archiver_operator::archive::key;
 use control_plane::with_crds;
 
 const NAMESPACE: &str = "slug-parity";
-const COLLECTION: &str = "/apis/archiver.uptime.dev/v1alpha1/namespaces/slug-parity/deletionrequests";
+const COLLECTION: &str =
+    "/apis/archiver.uptime.dev/v1alpha1/namespaces/slug-parity/deletionrequests";
 
 fn manifest(name: &str, slug: &str) -> Value {
     json!({
