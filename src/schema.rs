@@ -46,18 +46,20 @@ pub fn catalogued_tables() -> Vec<&'static str> {
 /// own schemas with a column of tenant ids or of tenant hashes: its name,
 /// case and underscores aside, is `tenantid` or holds `tenanthash` (an ORM's
 /// quoted `"TenantId"` or `"Tenant_Hash"` names a tenant as much as
-/// `tenant_id` does). Per relation: its schema, its name, whether the
-/// schema is the search path's first (where the catalogue's unqualified
-/// names live) and its name as SQL spells it (`quote_ident`: `name` in that
-/// schema, `schema.name` elsewhere, quoted where case or characters need
-/// it, so `"billing.invoices"` in `public` is never `billing.invoices`).
-/// Partitions are left out: their parent is the table (erasing the parent
-/// erases them).
+/// `tenant_id` does). Per relation: its schema, its name, whether its
+/// unqualified name finds it through the search path (then it is the
+/// relation an erasure statement naming it reaches, and the one the
+/// catalogue's unqualified names mean) and its name as SQL spells it
+/// (`quote_ident`: `name` when found so, `schema.name` otherwise, quoted
+/// where case or characters need it, so `"billing.invoices"` in `public` is
+/// never `billing.invoices`). Partitions are left out: their parent is the
+/// table (erasing the parent erases them).
 const TENANT_TABLES: &str = "\
-SELECT n.nspname::text AS schema, c.relname::text AS name, \
-       coalesce(n.nspname = current_schema(), false) AS current, \
-       CASE WHEN n.nspname = current_schema() THEN quote_ident(c.relname) \
-            ELSE quote_ident(n.nspname) || '.' || quote_ident(c.relname) END AS shown \
+SELECT schema, name, resolves, \
+       CASE WHEN resolves THEN quote_ident(name) \
+            ELSE quote_ident(schema) || '.' || quote_ident(name) END AS shown \
+FROM (SELECT n.nspname::text AS schema, c.relname::text AS name, \
+             coalesce(to_regclass(quote_ident(c.relname)) = c.oid, false) AS resolves \
 FROM pg_class c \
 JOIN pg_namespace n ON n.oid = c.relnamespace \
 WHERE c.relkind IN ('r', 'p', 'm', 'f') \
@@ -67,7 +69,7 @@ WHERE c.relkind IN ('r', 'p', 'm', 'f') \
   AND EXISTS (SELECT 1 FROM pg_attribute a \
               WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped \
                 AND (lower(replace(a.attname, '_', '')) = 'tenantid' \
-                     OR lower(replace(a.attname, '_', '')) LIKE '%tenanthash%')) \
+                     OR lower(replace(a.attname, '_', '')) LIKE '%tenanthash%'))) AS found \
 ORDER BY 4";
 
 /// A relation [`TENANT_TABLES`] found.
@@ -75,8 +77,8 @@ ORDER BY 4";
 struct TenantTable {
     schema: String,
     name: String,
-    /// In the search path's first schema.
-    current: bool,
+    /// Its unqualified name finds it through the search path.
+    resolves: bool,
     /// As SQL spells it.
     shown: String,
 }
@@ -124,11 +126,11 @@ pub fn parse_table_name(text: &str) -> Option<Vec<String>> {
 }
 
 /// The tables of the database that name a tenant and are neither in the
-/// catalogue nor in `out_of_scope`, as SQL spells them (`name` in the
-/// search path's first schema, `schema.name` elsewhere, quoted where
+/// catalogue nor in `out_of_scope`, as SQL spells them (`name` when the
+/// search path finds it by that name, `schema.name` otherwise, quoted where
 /// needed). A declared name is read as SQL reads it: `Billing.Invoices` is
 /// `billing.invoices`, `"Crm"` keeps its case, and `public.notes` names
-/// `notes` of `public` also when `public` is the search path's first schema.
+/// `notes` of `public` also when the search path finds it as `notes`.
 pub async fn uncatalogued_tables(
     pool: &PgPool,
     out_of_scope: &[String],
@@ -141,10 +143,10 @@ pub async fn uncatalogued_tables(
         .collect();
     Ok(found
         .into_iter()
-        .filter(|table| !(table.current && catalogued.contains(&table.name.as_str())))
+        .filter(|table| !(table.resolves && catalogued.contains(&table.name.as_str())))
         .filter(|table| {
             !declared.iter().any(|parts| match parts.as_slice() {
-                [name] => table.current && *name == table.name,
+                [name] => table.resolves && *name == table.name,
                 [schema, name] => *schema == table.schema && *name == table.name,
                 _ => false,
             })

@@ -261,3 +261,58 @@ async fn a_table_created_while_the_erasure_waits_for_its_locks_withholds_the_rec
     .unwrap();
     assert_eq!(receipts, 0, "no receipt is recorded");
 }
+
+/// Attack: the operator's search path starts with a schema that is not
+/// the one the migrations used (`"$user", public` with a schema named like
+/// the role, created later by a DBA; here `ops, public`). The erasure's
+/// unqualified statements still reach `public.probe_minute` and the rest,
+/// since `ops` has none of them. Before the fix the check compared schemas
+/// with `current_schema()` (`ops`): every catalogue table printed as
+/// `public.<name>`, was "uncatalogued", and every erasure refused. Now a
+/// table is the catalogue's when its unqualified name finds it through the
+/// search path, which is also what decides which table an erasure
+/// statement erases: a catalogue name shadowed in `ops` (`ops.probe_day`)
+/// is the one erased, so the real `public.probe_day` is reported.
+#[tokio::test]
+async fn the_catalogue_follows_the_search_path_as_the_erasure_statements_do() {
+    use sqlx::Executor;
+    let db = TestDatabase::new().await;
+    sqlx::raw_sql(
+        "CREATE SCHEMA ops; \
+         CREATE TABLE ops.support_notes (tenant_id uuid); \
+         CREATE TABLE public.billing_notes (tenant_id uuid)",
+    )
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    let ops_first = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(2)
+        .after_connect(|conn, _| {
+            Box::pin(async move {
+                conn.execute("SET search_path = ops, public").await?;
+                Ok(())
+            })
+        })
+        .connect(&db.url)
+        .await
+        .unwrap();
+
+    assert_eq!(
+        uncatalogued(&ops_first, &[]).await,
+        set(&["billing_notes", "support_notes"])
+    );
+    assert_eq!(
+        uncatalogued(&ops_first, &["ops.support_notes", "public.billing_notes"]).await,
+        set(&[])
+    );
+
+    sqlx::query("CREATE TABLE ops.probe_day (tenant_id uuid)")
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(
+        uncatalogued(&ops_first, &[]).await,
+        set(&["billing_notes", "public.probe_day", "support_notes"])
+    );
+    ops_first.close().await;
+}
