@@ -78,9 +78,9 @@ pub struct DrillArgs {
     /// A table that holds a `tenant_id` column (or tenant hashes) but is
     /// knowingly not erased, e.g. another team's table with its own
     /// deletion process (repeatable; `name`, or `schema.name` for a table
-    /// the search path does not find by its name, read as SQL reads names: unquoted parts
-    /// fold to lower case, `"Quoted"` ones keep theirs; the refusal spells
-    /// each table that way). Without it, an erasure refuses to run
+    /// the search path does not find by its name, read as SQL reads names:
+    /// unquoted parts fold to lower case, `"Quoted"` ones keep theirs; the
+    /// refusal spells each table that way). Without it, an erasure refuses to run
     /// while such a table exists outside the catalogue (`src/schema.rs`).
     #[arg(
         long = "erasure-out-of-scope-table",
