@@ -260,6 +260,25 @@ async fn a_table_created_while_the_erasure_waits_for_its_locks_withholds_the_rec
     .await
     .unwrap();
     assert_eq!(receipts, 0, "no receipt is recorded");
+
+    // Its owners erase it by their own process: declared out of scope, the
+    // retry completes, and its receipt covers both runs' tombstones.
+    let mut object = object;
+    object.status = Some(status);
+    let mut ctx = ctx;
+    let mut config = (*ctx.config).clone();
+    config.erasure_out_of_scope_tables = vec!["exported_probes".into()];
+    ctx.config = Arc::new(config);
+    let outcome: Outcome<DeletionRequestStatus> = object.reconcile(&ctx).await.expect("a status");
+    let status = outcome.status;
+    assert_eq!(status.phase, Some(DeletionPhase::Completed), "{status:#?}");
+    let receipt: serde_json::Value =
+        serde_json::from_str(status.receipt.as_deref().unwrap_or("null")).unwrap();
+    assert_eq!(
+        receipt["tombstones"].as_array().map(Vec::len),
+        Some(2),
+        "{receipt:#}"
+    );
 }
 
 /// Attack: the operator's search path starts with a schema that is not
