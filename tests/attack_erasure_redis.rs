@@ -360,3 +360,74 @@ fn numbered_erasure_redis_variables_are_checked_at_startup() {
         );
     }
 }
+
+/// Attack: the erasure-only Redis restarts between its keys' removal and
+/// the verification, and comes back with the keys (its persistence file
+/// predates the erasure). The erasure transaction is held on a lock of
+/// another session after the Redis side finished; meanwhile the Redis
+/// restarts with the tenant's keys again. The verification counts them:
+/// the attempt fails at step `verification`, without a receipt, and the
+/// retry removes them and completes.
+#[tokio::test]
+async fn an_erasure_redis_that_restarts_with_the_keys_is_not_verified() {
+    use std::time::{Duration, Instant};
+    let db = TestDatabase::new().await;
+    let shard = redis_server();
+    let mut extra = redis_server();
+    seed(&extra.url()).await;
+    let ctx = context(&db.pool, &shard, vec![extra.url()]);
+    let object = request("erase-restarting-redis", Some("web"));
+    let tenant_web_keys = |url: String| async move {
+        let found: Vec<Vec<u8>> = redis::cmd("KEYS")
+            .arg(format!("*{TENANT}:web*"))
+            .query_async(&mut conn(&url).await)
+            .await
+            .unwrap();
+        found.len()
+    };
+    assert_eq!(tenant_web_keys(extra.url()).await, 2);
+
+    let mut holder = db.pool.begin().await.unwrap();
+    sqlx::query("LOCK TABLE probe_month IN EXCLUSIVE MODE")
+        .execute(&mut *holder)
+        .await
+        .unwrap();
+    let erasure = async {
+        let outcome = reconcile(&ctx, &object).await;
+        outcome.status
+    };
+    let restart = async {
+        // The Redis side is done (the keys are gone) and the transaction
+        // waits for the lock.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let waiting: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM pg_stat_activity \
+                 WHERE datname = current_database() AND wait_event_type = 'Lock'",
+            )
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
+            if waiting > 0 && tenant_web_keys(extra.url()).await == 0 {
+                break;
+            }
+            assert!(Instant::now() < deadline, "the erasure never got there");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        extra.halt();
+        extra.start_again().unwrap();
+        seed(&extra.url()).await;
+        holder.commit().await.unwrap();
+    };
+    let (status, ()) = tokio::join!(erasure, restart);
+    assert_ne!(status.phase, Some(DeletionPhase::Completed), "{status:#?}");
+    assert_eq!(status.receipt, None);
+    let failure = status.last_failure.clone().unwrap_or_default();
+    assert!(failure.contains("verification"), "{failure}");
+
+    let mut object = object;
+    object.status = Some(status);
+    let status = reconcile(&ctx, &object).await.status;
+    assert_eq!(status.phase, Some(DeletionPhase::Completed), "{status:#?}");
+    assert_eq!(tenant_web_keys(extra.url()).await, 0);
+}
