@@ -253,3 +253,43 @@ fn a_dump_that_is_not_a_regular_file_is_refused_at_once() {
         );
     }
 }
+
+/// Attack: a backup whose file name starts with `-`, given relative to the
+/// working directory (`--dump -nightly.dump`). Before the fix `pg_restore`
+/// read the name as options (`-n ightly.dump`: only that schema, the
+/// archive from standard input) and the restore failed; now the tools get
+/// `./-nightly.dump`.
+#[tokio::test]
+async fn a_dump_named_like_an_option_is_restored_as_a_file() {
+    let db = TestDatabase::new().await;
+    sqlx::raw_sql(
+        "CREATE TABLE probe_minute_2026_11 PARTITION OF probe_minute \
+         FOR VALUES FROM ('2026-11-01 00:00+00') TO ('2026-12-01 00:00+00'); \
+         INSERT INTO probe_minute (tenant_id, server_slug, region, minute_bucket, state) \
+         SELECT 'a7ac0000-0000-4000-8000-000000000001', 'web', 'us-east', m, 'up' \
+         FROM generate_series('2026-11-02 00:00+00'::timestamptz, '2026-11-02 00:04+00', \
+                              interval '1 minute') AS m",
+    )
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    dump(&db, &dir.path().join("-nightly.dump"));
+    let output = Command::new(env!("CARGO_BIN_EXE_archiver-operator"))
+        .args(["restore-drill", "--json", "--dump=-nightly.dump"])
+        .current_dir(dir.path())
+        .env("DATABASE_URL", &db.url)
+        .output()
+        .expect("restore-drill runs");
+    let report: Value = serde_json::from_slice(&output.stdout).unwrap_or(Value::Null);
+    assert_eq!(output.status.code(), Some(0), "{}", text(&output));
+    assert_eq!(report["surprises"], Value::Array(Vec::new()), "{report:#}");
+    let restored: Vec<i64> = report["counts"]
+        .as_array()
+        .expect("counts")
+        .iter()
+        .filter(|c| c["table"] == "probe_minute")
+        .map(|c| c["restored"].as_i64().unwrap_or(-1))
+        .collect();
+    assert_eq!(restored, vec![5], "{report:#}");
+}

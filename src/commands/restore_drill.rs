@@ -377,15 +377,22 @@ async fn restore(dump: &Path, url: &SecretString, timeout: Duration) -> Result<(
             .is_ok()
             && &magic == b"PGDMP"
     };
+    // A relative name starting with `-` would be read as options (and `-`
+    // as standard input): the tools get it as `./-name`.
+    let dump = if dump.is_relative() && dump.as_os_str().as_encoded_bytes().starts_with(b"-") {
+        Path::new(".").join(dump)
+    } else {
+        dump.to_path_buf()
+    };
     let mut command = if archive {
         let mut command = tokio::process::Command::new("pg_restore");
         command.args(["--no-owner", "--no-privileges", "--exit-on-error"]);
-        command.arg(dump);
+        command.arg(&dump);
         command
     } else {
         let mut command = tokio::process::Command::new("psql");
         command.args(["--quiet", "--no-psqlrc", "-v", "ON_ERROR_STOP=1", "-f"]);
-        command.arg(dump);
+        command.arg(&dump);
         command
     };
     if archive {
