@@ -335,6 +335,10 @@ async fn run_operator(
 ) -> ExitCode {
     use crate::runtime::operator;
     crate::runtime::telemetry::init(operator.log_format);
+    if let Err(problem) = crate::runtime::config::check_numbered_erasure_redis_urls() {
+        eprintln!("error: {problem}");
+        return ExitCode::from(exit_code::USAGE_OR_CONFIGURATION);
+    }
     if let Some(dir) = &manifests
         && !dir.is_dir()
     {

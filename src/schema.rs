@@ -41,36 +41,138 @@ pub fn catalogued_tables() -> Vec<&'static str> {
         .collect()
 }
 
-/// Tables, partitioned tables and materialized views outside PostgreSQL's
-/// own schemas with a `tenant_id` column or a column of tenant hashes
-/// (named `*tenant_hash*`), as `name` in the search path's first schema and
-/// `schema.name` elsewhere. Partitions are left out: their parent is the
+/// Tables, partitioned tables, materialized views and foreign tables (the
+/// rows live elsewhere, where no erasure reaches) outside PostgreSQL's
+/// own schemas with a column of tenant ids or of tenant hashes: its name,
+/// case and underscores aside, is `tenantid` or holds `tenanthash` (an ORM's
+/// quoted `"TenantId"` or `"Tenant_Hash"` names a tenant as much as
+/// `tenant_id` does). Per relation: its schema, its name, whether its
+/// unqualified name finds it through the search path (then it is the
+/// relation an erasure statement naming it reaches, and the one the
+/// catalogue's unqualified names mean) and its name as SQL spells it
+/// (`quote_ident`: `name` when found so, `schema.name` otherwise, quoted
+/// where case or characters need it, so `"billing.invoices"` in `public` is
+/// never `billing.invoices`). Partitions are left out: their parent is the
 /// table (erasing the parent erases them).
 const TENANT_TABLES: &str = "\
-SELECT DISTINCT CASE WHEN n.nspname = current_schema() THEN c.relname::text \
-                     ELSE n.nspname || '.' || c.relname END AS name \
+SELECT schema, name, resolves, \
+       CASE WHEN resolves THEN quote_ident(name) \
+            ELSE quote_ident(schema) || '.' || quote_ident(name) END AS shown \
+FROM (SELECT n.nspname::text AS schema, c.relname::text AS name, \
+             coalesce(to_regclass(quote_ident(c.relname)) = c.oid, false) AS resolves \
 FROM pg_class c \
 JOIN pg_namespace n ON n.oid = c.relnamespace \
-JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped \
-WHERE c.relkind IN ('r', 'p', 'm') \
+WHERE c.relkind IN ('r', 'p', 'm', 'f') \
   AND NOT c.relispartition \
   AND n.nspname NOT IN ('pg_catalog', 'information_schema') \
   AND n.nspname NOT LIKE 'pg\\_%' \
-  AND (a.attname = 'tenant_id' OR a.attname LIKE '%tenant\\_hash%') \
-ORDER BY 1";
+  AND EXISTS (SELECT 1 FROM pg_attribute a \
+              WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped \
+                AND (lower(replace(a.attname, '_', '')) = 'tenantid' \
+                     OR lower(replace(a.attname, '_', '')) LIKE '%tenanthash%'))) AS found \
+ORDER BY 4";
+
+/// A relation [`TENANT_TABLES`] found.
+#[derive(Debug, sqlx::FromRow)]
+struct TenantTable {
+    schema: String,
+    name: String,
+    /// Its unqualified name finds it through the search path.
+    resolves: bool,
+    /// As SQL spells it.
+    shown: String,
+}
+
+/// The identifiers of a table name as SQL reads it (`name`, `schema.name`,
+/// `"Quoted"."Mixed.Case"`): unquoted parts fold to lower case, quoted
+/// ones keep their case and characters (`""` is a quote). `None` when it is
+/// not a name (empty part, unbalanced quote).
+pub fn parse_table_name(text: &str) -> Option<Vec<String>> {
+    let mut parts = Vec::new();
+    let mut chars = text.trim().chars().peekable();
+    loop {
+        let mut part = String::new();
+        if chars.peek() == Some(&'"') {
+            chars.next();
+            loop {
+                match chars.next()? {
+                    '"' if chars.peek() == Some(&'"') => {
+                        chars.next();
+                        part.push('"');
+                    }
+                    '"' => break,
+                    c => part.push(c),
+                }
+            }
+        } else {
+            while let Some(&c) = chars.peek() {
+                if c == '.' || c == '"' {
+                    break;
+                }
+                part.push(c.to_ascii_lowercase());
+                chars.next();
+            }
+        }
+        if part.is_empty() {
+            return None;
+        }
+        parts.push(part);
+        match chars.next() {
+            None => return Some(parts),
+            Some('.') => continue,
+            Some(_) => return None,
+        }
+    }
+}
 
 /// The tables of the database that name a tenant and are neither in the
-/// catalogue nor in `out_of_scope` (names as the operator's configuration
-/// gives them: `name` or `schema.name`).
+/// catalogue nor in `out_of_scope`, as SQL spells them (`name` when the
+/// search path finds it by that name, `schema.name` otherwise, quoted where
+/// needed). A declared name is read as SQL reads it: `Billing.Invoices` is
+/// `billing.invoices`, `"Crm"` keeps its case, and `public.notes` names
+/// `notes` of `public` also when the search path finds it as `notes`.
 pub async fn uncatalogued_tables(
     pool: &PgPool,
     out_of_scope: &[String],
 ) -> Result<Vec<String>, sqlx::Error> {
-    let found: Vec<String> = sqlx::query_scalar(TENANT_TABLES).fetch_all(pool).await?;
+    let found: Vec<TenantTable> = sqlx::query_as(TENANT_TABLES).fetch_all(pool).await?;
     let catalogued = catalogued_tables();
+    let declared: Vec<Vec<String>> = out_of_scope
+        .iter()
+        .filter_map(|name| parse_table_name(name))
+        .collect();
     Ok(found
         .into_iter()
-        .filter(|name| !catalogued.contains(&name.as_str()))
-        .filter(|name| !out_of_scope.iter().any(|declared| declared == name))
+        .filter(|table| !(table.resolves && catalogued.contains(&table.name.as_str())))
+        .filter(|table| {
+            !declared.iter().any(|parts| match parts.as_slice() {
+                [name] => table.resolves && *name == table.name,
+                [schema, name] => *schema == table.schema && *name == table.name,
+                _ => false,
+            })
+        })
+        .map(|table| table.shown)
         .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_table_name;
+
+    #[test]
+    fn declared_names_are_read_as_sql_reads_them() {
+        let parsed = |text| parse_table_name(text);
+        assert_eq!(parsed("notes"), Some(vec!["notes".to_string()]));
+        assert_eq!(
+            parsed(" Billing.Invoices "),
+            Some(vec!["billing".to_string(), "invoices".to_string()])
+        );
+        assert_eq!(
+            parsed(r#""Crm"."a.b""c""#),
+            Some(vec!["Crm".to_string(), r#"a.b"c"#.to_string()])
+        );
+        for bad in ["", ".", "a.", r#""open"#, r#""a"b"#, r#""""#] {
+            assert_eq!(parsed(bad), None, "{bad:?}");
+        }
+    }
 }

@@ -102,24 +102,34 @@ pub async fn stream_minute(
 
 type KeyBatches = tokio::sync::mpsc::Sender<redis::RedisResult<Vec<Vec<u8>>>>;
 
+/// What the minute's discovery is. `Auto` reads the index when the minute
+/// has an index set. A key of another type under the index set's name
+/// (a string or a list a producer wrote there) cannot be read as an index:
+/// SMEMBERS would answer WRONGTYPE on every tick and hold the shard for
+/// good, so that minute is scanned instead, also under `Index`.
 async fn resolve(
     redis: &mut ConnectionManager,
     minute: DateTime<Utc>,
     discovery: Discovery,
 ) -> redis::RedisResult<Discovery> {
-    Ok(match discovery {
-        Discovery::Auto => {
-            let exists: bool = redis::cmd("EXISTS")
-                .arg(index_key(minute))
-                .query_async(redis)
-                .await?;
-            if exists {
-                Discovery::Index
-            } else {
-                Discovery::Scan
-            }
+    if discovery == Discovery::Scan {
+        return Ok(Discovery::Scan);
+    }
+    let index = index_key(minute);
+    let kind: String = redis::cmd("TYPE").arg(&index).query_async(redis).await?;
+    Ok(match (discovery, kind.as_str()) {
+        (_, "set") => Discovery::Index,
+        (Discovery::Auto, _) => Discovery::Scan,
+        // Index discovery of a minute without an index set: no keys.
+        (_, "none") => Discovery::Index,
+        (_, other) => {
+            tracing::warn!(
+                index = %index,
+                kind = other,
+                "the minute's index set is not a set; scanning the minute instead"
+            );
+            Discovery::Scan
         }
-        other => other,
     })
 }
 

@@ -11,6 +11,7 @@
 //! not judged. A surprise — a hash mismatch, a restore that fails, a table
 //! missing, erased data that a second replay still finds — exits 1.
 
+use std::ffi::OsString;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -153,8 +154,10 @@ async fn drill(args: &RestoreDrillArgs) -> Result<RestoreReport, DrillError> {
         std::process::id()
     );
     report.scratch_database = scratch_name.clone();
+    // From template0: template1 may hold objects (an extension's, a DBA's)
+    // that the restore would collide with or that the backup never had.
     sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
-        "CREATE DATABASE \"{scratch_name}\""
+        "CREATE DATABASE \"{scratch_name}\" TEMPLATE template0"
     )))
     .execute(&live)
     .await
@@ -243,6 +246,15 @@ fn file_sha256(path: &Path) -> Result<String, DrillError> {
         path: file.display().to_string(),
         source,
     };
+    // A device (`/dev/zero`) would be hashed for ever and a FIFO would
+    // block the open: only a regular file (links followed) is a dump.
+    let metadata = std::fs::metadata(&file).map_err(error)?;
+    if !metadata.is_file() {
+        return Err(error(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "not a regular file (a pg_dump archive, a plain SQL dump or a directory dump)",
+        )));
+    }
     let mut reader = std::fs::File::open(&file).map_err(error)?;
     let mut hasher = sha2::Sha256::new();
     let mut buffer = vec![0u8; 1 << 20];
@@ -261,11 +273,95 @@ fn file_sha256(path: &Path) -> Result<String, DrillError> {
     Ok(hex::encode(hasher.finalize()))
 }
 
-/// `url` naming database `name` instead of its own.
+/// `url` naming database `name` instead of its own: in its path, and
+/// without a `dbname` parameter (which the client would read over the
+/// path, and so check the live database instead of the restore).
 fn with_database(url: &str, name: &str) -> Result<SecretString, DrillError> {
     let mut parsed = url::Url::parse(url).map_err(|e| DrillError::Url(e.to_string()))?;
     parsed.set_path(&format!("/{name}"));
+    let kept: Vec<(String, String)> = parsed
+        .query_pairs()
+        .filter(|(key, _)| key != "dbname")
+        .map(|(key, value)| (key.into_owned(), value.into_owned()))
+        .collect();
+    parsed.set_query(None);
+    if !kept.is_empty() {
+        parsed.query_pairs_mut().extend_pairs(kept);
+    }
     Ok(SecretString::new(parsed.to_string()))
+}
+
+/// The libpq environment that reaches the database at `url` as the
+/// drill's own connections (sqlx) reach it: user and password
+/// percent-decoded, and the query parameters sqlx reads (`host` for a
+/// socket directory, `port`, `user`, `password`, TLS files, `options`)
+/// over the URL's own parts. Variables of the operator's environment that
+/// would choose another server are cleared.
+fn libpq_environment(url: &url::Url) -> Vec<(&'static str, Option<OsString>)> {
+    let text = |value: &str| Some(OsString::from(value));
+    let host = url
+        .host_str()
+        .filter(|host| !host.is_empty())
+        .map(|host| host.trim_start_matches('[').trim_end_matches(']'))
+        .unwrap_or("localhost");
+    let mut env: Vec<(&'static str, Option<OsString>)> = vec![
+        ("PGHOST", text(host)),
+        ("PGHOSTADDR", None),
+        ("PGPORT", text(&url.port().unwrap_or(5432).to_string())),
+        ("PGUSER", Some(percent_decoded(url.username()))),
+        (
+            "PGPASSWORD",
+            Some(percent_decoded(url.password().unwrap_or_default())),
+        ),
+        ("PGSERVICE", None),
+        ("PGOPTIONS", None),
+        ("PGDATABASE", text(url.path().trim_start_matches('/'))),
+    ];
+    for (key, value) in url.query_pairs() {
+        let variable = match key.as_ref() {
+            "host" => "PGHOST",
+            "hostaddr" => "PGHOSTADDR",
+            "port" => "PGPORT",
+            "user" => "PGUSER",
+            "password" => "PGPASSWORD",
+            "sslmode" | "ssl-mode" => "PGSSLMODE",
+            "sslrootcert" | "ssl-root-cert" | "ssl-ca" => "PGSSLROOTCERT",
+            "sslcert" | "ssl-cert" => "PGSSLCERT",
+            "sslkey" | "ssl-key" => "PGSSLKEY",
+            "application_name" => "PGAPPNAME",
+            "options" => "PGOPTIONS",
+            _ => continue,
+        };
+        env.retain(|(name, _)| *name != variable);
+        env.push((variable, text(&value)));
+    }
+    env
+}
+
+/// `%XX` escapes of a URL part as the bytes they stand for.
+fn percent_decoded(part: &str) -> OsString {
+    use std::os::unix::ffi::OsStringExt;
+    let bytes = part.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let escaped = (bytes[i] == b'%')
+            .then(|| bytes.get(i + 1..i + 3))
+            .flatten()
+            .and_then(|hex| std::str::from_utf8(hex).ok())
+            .and_then(|hex| u8::from_str_radix(hex, 16).ok());
+        match escaped {
+            Some(byte) => {
+                out.push(byte);
+                i += 3;
+            }
+            None => {
+                out.push(bytes[i]);
+                i += 1;
+            }
+        }
+    }
+    OsString::from_vec(out)
 }
 
 /// Restores `dump` into the database at `url` with `pg_restore` (an archive)
@@ -281,15 +377,22 @@ async fn restore(dump: &Path, url: &SecretString, timeout: Duration) -> Result<(
             .is_ok()
             && &magic == b"PGDMP"
     };
+    // A relative name starting with `-` would be read as options (and `-`
+    // as standard input): the tools get it as `./-name`.
+    let dump = if dump.is_relative() && dump.as_os_str().as_encoded_bytes().starts_with(b"-") {
+        Path::new(".").join(dump)
+    } else {
+        dump.to_path_buf()
+    };
     let mut command = if archive {
         let mut command = tokio::process::Command::new("pg_restore");
         command.args(["--no-owner", "--no-privileges", "--exit-on-error"]);
-        command.arg(dump);
+        command.arg(&dump);
         command
     } else {
         let mut command = tokio::process::Command::new("psql");
         command.args(["--quiet", "--no-psqlrc", "-v", "ON_ERROR_STOP=1", "-f"]);
-        command.arg(dump);
+        command.arg(&dump);
         command
     };
     if archive {
@@ -297,21 +400,17 @@ async fn restore(dump: &Path, url: &SecretString, timeout: Duration) -> Result<(
             .arg("--dbname")
             .arg(parsed.path().trim_start_matches('/'));
     }
+    for (variable, value) in libpq_environment(&parsed) {
+        match value {
+            Some(value) => command.env(variable, value),
+            None => command.env_remove(variable),
+        };
+    }
     command
-        .env("PGDATABASE", parsed.path().trim_start_matches('/'))
-        .env("PGHOST", parsed.host_str().unwrap_or("localhost"))
-        .env("PGPORT", parsed.port().unwrap_or(5432).to_string())
-        .env("PGUSER", parsed.username())
-        .env("PGPASSWORD", parsed.password().unwrap_or_default())
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())
         .kill_on_drop(true);
-    for (key, value) in parsed.query_pairs() {
-        if key == "sslmode" {
-            command.env("PGSSLMODE", value.as_ref());
-        }
-    }
     let program = if archive { "pg_restore" } else { "psql" };
     let child = command
         .spawn()
@@ -420,5 +519,42 @@ fn print_report(report: &RestoreReport) {
         for surprise in &report.surprises {
             println!("SURPRISE: {surprise}");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_scratch_url_names_the_scratch_database_only() {
+        let url = with_database(
+            "postgres://u:p@db:5433/live?dbname=live&sslmode=require",
+            "scratch",
+        )
+        .unwrap();
+        assert_eq!(
+            url.expose(),
+            "postgres://u:p@db:5433/scratch?sslmode=require"
+        );
+    }
+
+    #[test]
+    fn libpq_gets_the_server_sqlx_reaches() {
+        let url = url::Url::parse(
+            "postgres://drill%20user:p%40ss%2Fw@localhost:1/scratch?host=/run/pg&port=5444&sslrootcert=/ca.pem",
+        )
+        .unwrap();
+        let env: std::collections::BTreeMap<&str, Option<OsString>> =
+            libpq_environment(&url).into_iter().collect();
+        let value = |name: &str| env[name].clone().map(|v| v.into_string().unwrap());
+        assert_eq!(value("PGHOST").as_deref(), Some("/run/pg"));
+        assert_eq!(value("PGPORT").as_deref(), Some("5444"));
+        assert_eq!(value("PGUSER").as_deref(), Some("drill user"));
+        assert_eq!(value("PGPASSWORD").as_deref(), Some("p@ss/w"));
+        assert_eq!(value("PGSSLROOTCERT").as_deref(), Some("/ca.pem"));
+        assert_eq!(value("PGDATABASE").as_deref(), Some("scratch"));
+        assert_eq!(value("PGSERVICE"), None);
+        assert_eq!(percent_decoded("%zz%4"), OsString::from("%zz%4"));
     }
 }

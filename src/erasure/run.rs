@@ -69,6 +69,15 @@ pub async fn execute(
         verify::verify(pool, request, settings, &committed, now(clock)).await?;
     phases.extend(verify_phases);
     phases.push(("verification", timer.elapsed().as_secs_f64()));
+    // A table naming a tenant created since the check above (while the
+    // transaction waited for its locks, say) may hold the scope's data
+    // where no erasure looks: "verified" would be untrue again.
+    let appeared = crate::schema::uncatalogued_tables(pool, &settings.out_of_scope_tables)
+        .await
+        .map_err(db(Step::Catalogue))?;
+    if !appeared.is_empty() {
+        return Err(ErasureError::UncataloguedTables(appeared));
+    }
     if !verification.verified {
         return Err(ErasureError::Unverified(format!(
             "still present after COMMIT: {}",

@@ -28,7 +28,7 @@ pub struct OperatorArgs {
         env = "ARCHIVER_ERASURE_REDIS_URLS",
         value_delimiter = ',',
         hide_env_values = true,
-        value_parser = erasure_redis_url
+        value_parser = ErasureRedisUrl
     )]
     pub erasure_redis_urls: Vec<SecretString>,
     /// Address of /health, /ready and /metrics.
@@ -92,9 +92,12 @@ pub struct ErasureArgs {
     pub alert_key_patterns: Vec<String>,
     /// A table that holds a `tenant_id` column (or tenant hashes) but is
     /// knowingly not erased, e.g. another team's table with its own
-    /// deletion process (repeatable; `name`, or `schema.name` outside the
-    /// search path's first schema). Without it, an erasure refuses to run
-    /// while such a table exists outside the catalogue (`src/schema.rs`).
+    /// deletion process (repeatable; `name`, or `schema.name` for a table
+    /// the search path does not find by its name, read as SQL reads names:
+    /// unquoted parts fold to lower case, `"Quoted"` ones keep theirs; the
+    /// refusal spells each table that way). Without it, an erasure refuses
+    /// to run while such a table exists outside the catalogue
+    /// (`src/schema.rs`).
     #[arg(
         long = "erasure-out-of-scope-table",
         env = "ARCHIVER_ERASURE_OUT_OF_SCOPE_TABLES",
@@ -158,12 +161,66 @@ fn numbered_erasure_redis_urls() -> Vec<SecretString> {
     numbered.into_iter().map(|(_, url)| url).collect()
 }
 
-/// An erasure-only Redis URL is checked at startup, without ever printing it.
-fn erasure_redis_url(text: &str) -> Result<SecretString, String> {
-    if text.starts_with("redis://") || text.starts_with("rediss://") {
-        Ok(SecretString::new(text))
-    } else {
-        Err("an erasure Redis URL must start with redis:// or rediss://".into())
+/// Every `ARCHIVER_ERASURE_REDIS_URL_*` variable, checked at startup as the
+/// flag's values are: a suffix that is not a number (`..._ALERTS`) would
+/// otherwise be ignored, and the erasures would report "verified" without
+/// ever touching that Redis; a value that is not a Redis URL would fail
+/// only at the first erasure. Errors name the variable, never its value.
+pub fn check_numbered_erasure_redis_urls() -> Result<(), String> {
+    for (name, value) in std::env::vars_os() {
+        let Some(name) = name.to_str() else { continue };
+        let Some(suffix) = name.strip_prefix("ARCHIVER_ERASURE_REDIS_URL_") else {
+            continue;
+        };
+        if suffix.parse::<u32>().is_err() {
+            return Err(format!(
+                "{name}: the variables of erasure-only Redis URLs are ARCHIVER_ERASURE_REDIS_URL_<N>, N a number"
+            ));
+        }
+        let url = value.to_str().unwrap_or_default();
+        if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
+            return Err(format!(
+                "{name} does not start with redis:// or rediss:// (not shown: it may hold a password)"
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// An erasure-only Redis URL is checked at startup, without ever printing
+/// it: a parser function's error would have clap print the rejected value
+/// (`invalid value 'redis//:password@…'`) into the operator's log.
+#[derive(Debug, Clone, Copy)]
+struct ErasureRedisUrl;
+
+impl clap::builder::TypedValueParser for ErasureRedisUrl {
+    type Value = SecretString;
+
+    fn parse_ref(
+        &self,
+        cmd: &clap::Command,
+        arg: Option<&clap::Arg>,
+        value: &std::ffi::OsStr,
+    ) -> Result<SecretString, clap::Error> {
+        match value.to_str() {
+            Some(text) if text.starts_with("redis://") || text.starts_with("rediss://") => {
+                Ok(SecretString::new(text))
+            }
+            _ => {
+                let name = arg.map_or("--erasure-redis-url".to_string(), |arg| {
+                    format!("--{}", arg.get_long().unwrap_or("erasure-redis-url"))
+                });
+                Err(clap::Error::raw(
+                    clap::error::ErrorKind::InvalidValue,
+                    format!(
+                        "a value of {name} (or ARCHIVER_ERASURE_REDIS_URLS) does not start with \
+                         redis:// or rediss:// (not shown: it may hold a password; a comma \
+                         separates URLs, so a comma in a password must be written %2C)\n"
+                    ),
+                )
+                .with_cmd(cmd))
+            }
+        }
     }
 }
 
