@@ -90,8 +90,9 @@ async fn objects_in_template1_do_not_reach_the_scratch_database() {
 /// the dump's statements then run. A backup file is outside input (a
 /// bucket, another team's job; without `--sha256` nothing vouches for it),
 /// and the drill is run with the live database's credentials.
+/// Decided: a plain dump is refused before anything runs (exit 1, the
+/// reason named); only `pg_dump` archives are restored, with `pg_restore`.
 #[tokio::test]
-#[ignore = "defect: psql runs a plain dump's meta-commands (\\! shell, \\connect to the live database); needs a decision (refuse plain dumps, or psql 17.6+ \\restrict)"]
 async fn a_plain_dump_can_neither_run_commands_nor_write_to_the_live_database() {
     let db = TestDatabase::new().await;
     let dir = tempfile::tempdir().unwrap();
@@ -123,6 +124,12 @@ async fn a_plain_dump_can_neither_run_commands_nor_write_to_the_live_database() 
     assert!(
         !written,
         "the dump wrote to the live database: {}",
+        text(&output)
+    );
+    assert_eq!(output.status.code(), Some(1), "{}", text(&output));
+    assert!(
+        text(&output).contains("a plain SQL dump is refused"),
+        "{}",
         text(&output)
     );
 }

@@ -30,7 +30,8 @@ use crate::secret::SecretString;
 #[derive(Debug, Clone, Args)]
 pub struct RestoreDrillArgs {
     /// The backup: a `pg_dump` archive (custom, tar or directory format,
-    /// restored with `pg_restore`) or a plain SQL dump (restored with `psql`).
+    /// restored with `pg_restore`). A plain SQL dump is refused: `psql`
+    /// would run its meta-commands (shell, `\connect`).
     #[arg(long, value_name = "FILE")]
     pub dump: PathBuf,
     /// The SHA-256 the backup must have (hex, as recorded when it was
@@ -364,8 +365,18 @@ fn percent_decoded(part: &str) -> OsString {
     OsString::from_vec(out)
 }
 
-/// Restores `dump` into the database at `url` with `pg_restore` (an archive)
-/// or `psql` (plain SQL), stopping at the first error, within `timeout`.
+/// Why a plain SQL dump is not restored: `psql` would run its meta-commands
+/// (`\!` runs a shell command, `\connect` moves the restore to another
+/// database, the live one included) with the live database's credentials,
+/// and a backup file is outside input. `psql`'s `\restrict` (17.6+) would
+/// stop that, but the PostgreSQL client of the supported platforms is older.
+const PLAIN_DUMP_REFUSED: &str = "a plain SQL dump is refused: psql would run its \
+    meta-commands (\\! shell, \\connect to another database) with the live database's \
+    credentials; take the backup with pg_dump --format=custom (or directory, or tar)";
+
+/// Restores the `pg_dump` archive `dump` into the database at `url` with
+/// `pg_restore`, stopping at the first error, within `timeout`. A plain SQL
+/// dump is refused ([`PLAIN_DUMP_REFUSED`]).
 /// The connection goes through the environment (`PGPASSWORD` and the other
 /// libpq variables), so no password is on a command line.
 async fn restore(dump: &Path, url: &SecretString, timeout: Duration) -> Result<(), String> {
@@ -384,22 +395,15 @@ async fn restore(dump: &Path, url: &SecretString, timeout: Duration) -> Result<(
     } else {
         dump.to_path_buf()
     };
-    let mut command = if archive {
-        let mut command = tokio::process::Command::new("pg_restore");
-        command.args(["--no-owner", "--no-privileges", "--exit-on-error"]);
-        command.arg(&dump);
-        command
-    } else {
-        let mut command = tokio::process::Command::new("psql");
-        command.args(["--quiet", "--no-psqlrc", "-v", "ON_ERROR_STOP=1", "-f"]);
-        command.arg(&dump);
-        command
-    };
-    if archive {
-        command
-            .arg("--dbname")
-            .arg(parsed.path().trim_start_matches('/'));
+    if !archive {
+        return Err(PLAIN_DUMP_REFUSED.into());
     }
+    let mut command = tokio::process::Command::new("pg_restore");
+    command.args(["--no-owner", "--no-privileges", "--exit-on-error"]);
+    command.arg(&dump);
+    command
+        .arg("--dbname")
+        .arg(parsed.path().trim_start_matches('/'));
     for (variable, value) in libpq_environment(&parsed) {
         match value {
             Some(value) => command.env(variable, value),
@@ -411,7 +415,7 @@ async fn restore(dump: &Path, url: &SecretString, timeout: Duration) -> Result<(
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())
         .kill_on_drop(true);
-    let program = if archive { "pg_restore" } else { "psql" };
+    let program = "pg_restore";
     let child = command
         .spawn()
         .map_err(|e| format!("{program} cannot be started: {e}"))?;
