@@ -189,7 +189,7 @@ mod normalisation {
     /// canonically equivalent spellings are one server (normalise in the
     /// drain, or erase every equivalent spelling) is a design decision.
     #[tokio::test]
-    #[ignore = "defect: a server erasure misses the data of a canonically equivalent (NFC/NFD) spelling of the same server name; needs a design decision"]
+    #[ignore = "decided: a server is its exact byte spelling (docs/OPERATIONS.md, DeletionRequest); kept for a future normalisation of server names"]
     async fn an_erasure_of_one_spelling_erases_every_canonically_equivalent_one() {
         let db = TestDatabase::new().await;
         sqlx::query(
