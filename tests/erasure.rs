@@ -31,7 +31,7 @@ use archiver_operator::local_servers::RedisServer;
 use archiver_operator::metrics::{DeletionLabels, Metrics};
 use archiver_operator::runtime::config::{OperatorConfig, SecretString};
 use archiver_operator::runtime::context::Context;
-use archiver_operator::runtime::reconcile::{Managed, Outcome};
+use archiver_operator::runtime::reconcile::{CleanupOutcome, Managed, Outcome};
 use archiver_operator::testing::{TestDatabase, redis_server};
 
 const SALT: &str = "test-salt";
@@ -1031,21 +1031,37 @@ async fn the_finalizer_stays_until_the_erasure_completed() {
     reconcile(&mut object, &env.ctx).await;
     assert_eq!(phase(&object), Some(DeletionPhase::Failed));
 
-    // Deleted while failing: cleanup retries the erasure and refuses.
-    let refused = object.cleanup(&env.ctx).await;
-    assert!(refused.is_err(), "the finalizer must stay");
-    assert!(
-        refused.unwrap_err().to_string().contains("redis:"),
-        "the refusal says why"
+    // Deleted while failing: cleanup retries the erasure and waits, with
+    // the attempt's status and an event saying why the object stays.
+    let attempts_before = object.status.as_ref().and_then(|s| s.attempts).unwrap_or(0);
+    let waiting = object.cleanup(&env.ctx).await.expect("cleanup ran");
+    let CleanupOutcome::Waiting { outcome, why } = waiting else {
+        panic!("the finalizer must stay: {waiting:?}");
+    };
+    assert!(why.contains("redis:"), "the wait says why: {why}");
+    assert_eq!(
+        outcome.status.attempts,
+        Some(attempts_before + 1),
+        "the retry is counted in the status written back"
     );
+    assert!(
+        outcome
+            .events
+            .iter()
+            .any(|e| e.reason == "DeletionWaitsForErasure" && e.note.contains("redis:")),
+        "{:?}",
+        outcome.events
+    );
+    object.status = Some(outcome.status);
     assert!(tombstones(&env.db.pool).await.is_empty());
 
     // Redis back: cleanup completes the erasure, then lets go.
     env.redis.start_again().unwrap();
-    object
-        .cleanup(&env.ctx)
-        .await
-        .expect("completed: the finalizer may go");
+    assert_eq!(
+        object.cleanup(&env.ctx).await.expect("cleanup ran"),
+        CleanupOutcome::Finished,
+        "completed: the finalizer may go"
+    );
     assert_eq!(tombstones(&env.db.pool).await.len(), 1);
     let receipts: i64 = sqlx::query_scalar(
         "SELECT count(*) FROM operator_audit_log WHERE action = 'erasure-receipt'",
@@ -1059,7 +1075,10 @@ async fn the_finalizer_stays_until_the_erasure_completed() {
     let mut done = request("erase-done", tenant(1), Some("server-0"));
     reconcile(&mut done, &env.ctx).await;
     assert_eq!(phase(&done), Some(DeletionPhase::Completed));
-    done.cleanup(&env.ctx).await.unwrap();
+    assert_eq!(
+        done.cleanup(&env.ctx).await.unwrap(),
+        CleanupOutcome::Finished
+    );
     assert!(
         pair_rows(&env.db.pool, tenant(1), Some("server-0"))
             .await

@@ -25,7 +25,8 @@ use crate::erasure::{
 use crate::metrics::{DeletionLabels, ErasureStepLabels};
 use crate::runtime::context::Context;
 use crate::runtime::reconcile::{
-    Event, EventType, Managed, Outcome, ReconcileError, begin_status, finish, spec_problems,
+    CleanupOutcome, Event, EventType, Managed, Outcome, ReconcileError, begin_status, finish,
+    spec_problems,
 };
 
 /// Condition: the recount after COMMIT found every surface empty.
@@ -162,23 +163,26 @@ impl Managed for DeletionRequest {
     /// one: until it has completed, the finalizer stays. Once deletion has
     /// started only this runs, so it makes the attempt itself; the receipt
     /// still reaches the audit log (`archiver-operator receipt` reads it there).
-    async fn cleanup(&self, ctx: &Context) -> Result<(), ReconcileError> {
+    async fn cleanup(
+        &self,
+        ctx: &Context,
+    ) -> Result<CleanupOutcome<DeletionRequestStatus>, ReconcileError> {
         if self.status.as_ref().and_then(|s| s.phase) == Some(DeletionPhase::Completed) {
-            return Ok(());
+            return Ok(CleanupOutcome::Finished);
         }
         if !spec_problems(self).is_empty() {
             // An invalid request never ran and never can: nothing to wait for.
             tracing::warn!(request = %self.name_any(), "invalid DeletionRequest deleted before it ran");
-            return Ok(());
+            return Ok(CleanupOutcome::Finished);
         }
-        let outcome = self.reconcile(ctx).await?;
+        let mut outcome = self.reconcile(ctx).await?;
         if outcome.status.phase == Some(DeletionPhase::Completed) {
             tracing::info!(
                 request = %self.name_any(),
                 receipt_sha256 = outcome.status.receipt_sha256.as_deref().unwrap_or(""),
                 "erasure completed during deletion; the receipt is in the audit log"
             );
-            return Ok(());
+            return Ok(CleanupOutcome::Finished);
         }
         let why = outcome
             .status
@@ -186,7 +190,13 @@ impl Managed for DeletionRequest {
             .clone()
             .or_else(|| ready_message(&outcome.status))
             .unwrap_or_else(|| "not started".into());
-        Err(ReconcileError::ErasureNotCompleted { why })
+        outcome.events.push(event(
+            EventType::Normal,
+            "DeletionWaitsForErasure",
+            "Cleanup",
+            format!("deleted, but the object stays until its erasure has completed: {why}"),
+        ));
+        Ok(CleanupOutcome::Waiting { outcome, why })
     }
 }
 

@@ -22,8 +22,8 @@ use tracing::Instrument;
 
 use super::context::Context;
 use super::reconcile::{
-    Event, EventType, FINALIZER, Managed, ReconcileError, failed_status, failure_event, is_paused,
-    object_label,
+    CleanupOutcome, Event, EventType, FINALIZER, Managed, ReconcileError, failed_status,
+    failure_event, is_paused, object_label,
 };
 use super::workers::WorkerHost;
 use crate::api::{ArchiverShard, DeletionRequest, PartitionSchedule, RetentionPolicy};
@@ -105,16 +105,7 @@ where
     finalizer(&api, FINALIZER, object, |event| async {
         match event {
             FinalizerEvent::Apply(object) => apply(object, &api, &kctx).await,
-            FinalizerEvent::Cleanup(object) => {
-                object
-                    .cleanup(&kctx.ctx)
-                    .await
-                    .map_err(|source| KubeSourceError::Reconcile {
-                        object: object_label(object.as_ref()),
-                        source,
-                    })?;
-                Ok(Action::await_change())
-            }
+            FinalizerEvent::Cleanup(object) => cleanup(object, &api, &kctx).await,
         }
     })
     .await
@@ -126,6 +117,37 @@ where
             message: other.to_string(),
         },
     })
+}
+
+/// The cleanup of a deleted object. Waiting keeps the finalizer (an error
+/// to kube's finalizer helper, retried with backoff) after writing the
+/// status and events, so `kubectl get` and `kubectl describe` say why the
+/// object is still there.
+async fn cleanup<K>(
+    object: Arc<K>,
+    api: &Api<K>,
+    kctx: &KubeContext,
+) -> Result<Action, KubeSourceError>
+where
+    K: Managed + Resource<Scope = NamespaceResourceScope>,
+{
+    let label = object_label(object.as_ref());
+    let result = object.cleanup(&kctx.ctx).await;
+    match result {
+        Ok(CleanupOutcome::Finished) => Ok(Action::await_change()),
+        Ok(CleanupOutcome::Waiting { outcome, why }) => {
+            write_status(object.as_ref(), api, &outcome.status).await?;
+            publish(kctx, object.as_ref(), &outcome.events).await;
+            Err(KubeSourceError::Reconcile {
+                object: label,
+                source: ReconcileError::ErasureNotCompleted { why },
+            })
+        }
+        Err(source) => Err(KubeSourceError::Reconcile {
+            object: label,
+            source,
+        }),
+    }
 }
 
 async fn apply<K>(

@@ -37,6 +37,17 @@ pub struct Event {
     pub note: String,
 }
 
+/// What the cleanup of a deleted object found.
+#[derive(Debug, Clone, PartialEq)]
+pub enum CleanupOutcome<S> {
+    /// Nothing holds the object any more: its finalizer may go.
+    Finished,
+    /// Work the deletion must wait for: the finalizer stays, `outcome`'s
+    /// status and events are written as a reconcile's are (so people see
+    /// why the object is still there), and cleanup runs again with backoff.
+    Waiting { outcome: Outcome<S>, why: String },
+}
+
 /// What one reconcile wants written back.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Outcome<S> {
@@ -154,8 +165,11 @@ pub trait Managed:
 
     /// Runs when a finalizer-carrying object is deleted. Deleting an object
     /// never undoes data work; this only lets in-flight work finish.
-    fn cleanup(&self, _ctx: &Context) -> impl Future<Output = Result<(), ReconcileError>> + Send {
-        async { Ok(()) }
+    fn cleanup(
+        &self,
+        _ctx: &Context,
+    ) -> impl Future<Output = Result<CleanupOutcome<Self::Status>, ReconcileError>> + Send {
+        async { Ok(CleanupOutcome::Finished) }
     }
 }
 

@@ -190,6 +190,32 @@ async fn kubectl_delete_of_an_uncompleted_deletion_request_waits_until_its_erasu
         "{}",
         operator.log()
     );
+    // `kubectl describe` says why the object stays.
+    let events = cluster.kubectl(&[
+        "get",
+        "events",
+        "-n",
+        namespace,
+        "--field-selector",
+        "involvedObject.name=erase-6f1c-my-server,reason=DeletionWaitsForErasure",
+        "-o",
+        "json",
+    ]);
+    assert!(events.success, "{}", events.stderr);
+    let events: Value = serde_json::from_str(&events.stdout).expect("JSON");
+    let notes: Vec<&str> = events["items"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|event| event["note"].as_str().or(event["message"].as_str()))
+        .collect();
+    assert!(
+        notes
+            .iter()
+            .any(|note| note.contains("stays until its erasure has completed")),
+        "no DeletionWaitsForErasure event: {events:#}\noperator log:\n{}",
+        operator.log()
+    );
 
     // The shard's Secret appears: the erasure can run, and the deletion ends.
     let secret = json!({
