@@ -18,11 +18,23 @@ pub struct KeptTable {
 }
 
 /// Tables that name a tenant and are deliberately not erasure surfaces.
-pub const KEPT_TABLES: [KeptTable; 2] = [
+pub const KEPT_TABLES: [KeptTable; 4] = [
     KeptTable {
         table: "data_deletion_log",
         reason: "the tombstones of erasures: the proof an erasure happened and what replay \
                  re-applies after a restore; they hold no monitoring data",
+    },
+    KeptTable {
+        table: "retention_drift",
+        reason: "retention's diagnostics: at most five example tenant ids without a tier, \
+                 rewritten by every retention run; an id, as in tenant_tier_history, and no \
+                 monitoring data",
+    },
+    KeptTable {
+        table: "retention_run",
+        reason: "retention's progress through the tenants (the tenant of the pass in \
+                 progress, where the cycle starts, the tenants whose pass was capped): ids, as \
+                 in tenant_tier_history, and no monitoring data",
     },
     KeptTable {
         table: "tenant_tier_history",
@@ -46,7 +58,8 @@ pub fn catalogued_tables() -> Vec<&'static str> {
 /// own schemas with a column of tenant ids or of tenant hashes: its name,
 /// case and underscores aside, is `tenantid` or holds `tenanthash` (an ORM's
 /// quoted `"TenantId"` or `"Tenant_Hash"` names a tenant as much as
-/// `tenant_id` does). Per relation: its schema, its name, whether its
+/// `tenant_id` does), or it is a `uuid` or `uuid[]` whose name mentions a
+/// tenant (`untiered_tenant_examples`, `owner_tenant`). Per relation: its schema, its name, whether its
 /// unqualified name finds it through the search path (then it is the
 /// relation an erasure statement naming it reaches, and the one the
 /// catalogue's unqualified names mean) and its name as SQL spells it
@@ -69,7 +82,9 @@ WHERE c.relkind IN ('r', 'p', 'm', 'f') \
   AND EXISTS (SELECT 1 FROM pg_attribute a \
               WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped \
                 AND (lower(replace(a.attname, '_', '')) = 'tenantid' \
-                     OR lower(replace(a.attname, '_', '')) LIKE '%tenanthash%'))) AS found \
+                     OR lower(replace(a.attname, '_', '')) LIKE '%tenanthash%' \
+                     OR (lower(a.attname) LIKE '%tenant%' \
+                         AND a.atttypid IN ('uuid'::regtype, 'uuid[]'::regtype))))) AS found \
 ORDER BY 4";
 
 /// A relation [`TENANT_TABLES`] found.
