@@ -19,6 +19,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 pub mod api;
 pub mod archive;
+pub mod canonical;
 pub mod cli;
 pub mod clock;
 pub mod commands;

@@ -45,6 +45,7 @@ const FORBIDDEN_MODULES: &[&str] = &[
 
 const DOMAIN_DIRECTORIES: &[&str] = &["archive", "erasure", "retention", "partitions"];
 const NEUTRAL_FILES: &[&str] = &[
+    "canonical.rs",
     "clock.rs",
     "db.rs",
     "metrics.rs",

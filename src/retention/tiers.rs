@@ -3,7 +3,7 @@
 
 use std::fmt;
 
-use sha2::{Digest, Sha256};
+use crate::canonical::{canonical_json, sha256_hex};
 
 use crate::api::RetentionPolicySpec;
 pub use crate::api::retention_policy::Tier;
@@ -123,42 +123,7 @@ pub fn contract_minute_days(retention: &TierRetention, contract: Option<i32>) ->
 /// sorted, no whitespace. The value the confirm-shrink annotation must carry.
 pub fn policy_hash(tiers: &Tiers) -> String {
     let value = serde_json::to_value(tiers).unwrap_or(serde_json::Value::Null);
-    let mut canonical = String::new();
-    write_canonical(&value, &mut canonical);
-    hex::encode(Sha256::digest(canonical.as_bytes()))
-}
-
-/// Writes `value` as JSON with sorted keys, whatever serde_json's map order
-/// is in this build (a dependency may turn on `preserve_order`).
-fn write_canonical(value: &serde_json::Value, out: &mut String) {
-    use serde_json::Value;
-    match value {
-        Value::Object(map) => {
-            let mut keys: Vec<&String> = map.keys().collect();
-            keys.sort();
-            out.push('{');
-            for (i, key) in keys.into_iter().enumerate() {
-                if i > 0 {
-                    out.push(',');
-                }
-                out.push_str(&Value::String(key.clone()).to_string());
-                out.push(':');
-                write_canonical(&map[key], out);
-            }
-            out.push('}');
-        }
-        Value::Array(items) => {
-            out.push('[');
-            for (i, item) in items.iter().enumerate() {
-                if i > 0 {
-                    out.push(',');
-                }
-                write_canonical(item, out);
-            }
-            out.push(']');
-        }
-        scalar => out.push_str(&scalar.to_string()),
-    }
+    sha256_hex(&canonical_json(&value))
 }
 
 /// Rules of the tier table checked here as well as by the CRD's CEL rules,
@@ -335,11 +300,7 @@ mod tests {
         other.tiers.public.per_minute_days = 8;
         assert_ne!(policy_hash(&spec.tiers), policy_hash(&other.tiers));
 
-        let mut canonical = String::new();
-        write_canonical(
-            &serde_json::json!({"b": 1, "a": {"d": [1, 2], "c": "x"}}),
-            &mut canonical,
-        );
+        let canonical = canonical_json(&serde_json::json!({"b": 1, "a": {"d": [1, 2], "c": "x"}}));
         assert_eq!(canonical, r#"{"a":{"c":"x","d":[1,2]},"b":1}"#);
     }
 
