@@ -385,3 +385,11 @@ pub struct ShrinkHold {
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub rows_would_delete: BTreeMap<String, i64>,
 }
+
+/// The spec of `examples/retention-policy.yaml`, for the unit tests.
+#[cfg(test)]
+pub(crate) fn example_spec() -> RetentionPolicySpec {
+    let text = include_str!("../../examples/retention-policy.yaml");
+    let policy: RetentionPolicy = serde_yaml_ng::from_str(text).expect("the example parses");
+    policy.spec
+}

@@ -91,10 +91,7 @@ mod tests {
     use crate::retention::tiers::policy_hash;
 
     fn example() -> RetentionPolicySpec {
-        let text = include_str!("../../examples/retention-policy.yaml");
-        let policy: crate::api::RetentionPolicy =
-            serde_yaml_ng::from_str(text).expect("example parses");
-        policy.spec
+        crate::api::retention_policy::example_spec()
     }
 
     fn enforced(spec: &RetentionPolicySpec) -> EnforcedPolicy {

@@ -551,10 +551,7 @@ mod tests {
     use super::*;
 
     fn example() -> RetentionPolicySpec {
-        let text = include_str!("../../examples/retention-policy.yaml");
-        let policy: crate::api::RetentionPolicy =
-            serde_yaml_ng::from_str(text).expect("example parses");
-        policy.spec
+        crate::api::retention_policy::example_spec()
     }
 
     #[test]

@@ -331,10 +331,7 @@ mod tests {
     }
 
     fn tiers() -> Tiers {
-        let text = include_str!("../../examples/retention-policy.yaml");
-        let policy: crate::api::RetentionPolicy =
-            serde_yaml_ng::from_str(text).expect("example parses");
-        policy.spec.tiers
+        crate::api::retention_policy::example_spec().tiers
     }
 
     fn span(tier: Tier, from: DateTime<Utc>, to: Option<DateTime<Utc>>) -> TierSpan {
