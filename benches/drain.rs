@@ -496,15 +496,7 @@ async fn worker_tick(
     let db = admin.fresh().await?;
     let minute = archived_minute();
     let now = tick_time();
-    let settings = ShardSettings {
-        shard_id: 0,
-        label: "bench/drain".into(),
-        discovery,
-        backfill: now - minute,
-        acknowledged_gaps: Vec::new(),
-        tick_offset: chrono::Duration::seconds(5),
-        unsealed_timeout: chrono::Duration::seconds(300),
-    };
+    let settings = ShardSettings::new(0, "bench/drain", discovery, now - minute);
     let mut worker = Worker::connect(
         settings,
         "bench".into(),

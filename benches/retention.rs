@@ -451,15 +451,12 @@ async fn run(redis_url: String) -> anyhow::Result<Results> {
     seed_redis(&redis_url, servers, minutes).await?;
     let clock = ManualClock::new(drain_minute(0) + chrono::Duration::seconds(65));
     let worker = Worker::connect(
-        ShardSettings {
-            shard_id: 0,
-            label: "bench/retention".into(),
-            discovery: Discovery::Index,
-            backfill: chrono::Duration::seconds(65),
-            acknowledged_gaps: Vec::new(),
-            tick_offset: chrono::Duration::seconds(5),
-            unsealed_timeout: chrono::Duration::seconds(300),
-        },
+        ShardSettings::new(
+            0,
+            "bench/retention",
+            Discovery::Index,
+            chrono::Duration::seconds(65),
+        ),
         "bench".into(),
         pool.clone(),
         &redis_url,

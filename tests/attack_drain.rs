@@ -45,15 +45,7 @@ async fn setup() -> (TestDatabase, RedisServer, redis::aio::MultiplexedConnectio
 async fn drain_one_minute(db: &TestDatabase, redis: &RedisServer) {
     let at = minute() + chrono::Duration::seconds(65);
     let mut worker = Worker::connect(
-        ShardSettings {
-            shard_id: 0,
-            label: "test/shard-0".into(),
-            discovery: Discovery::Index,
-            backfill: at - minute(),
-            acknowledged_gaps: Vec::new(),
-            tick_offset: chrono::Duration::seconds(5),
-            unsealed_timeout: chrono::Duration::seconds(300),
-        },
+        ShardSettings::new(0, "test/shard-0", Discovery::Index, at - minute()),
         "worker-attack".into(),
         db.pool.clone(),
         &redis.url(),

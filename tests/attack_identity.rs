@@ -165,15 +165,7 @@ fn contains_tenant(name: &[u8], t: Uuid) -> bool {
 
 async fn drain_worker(env: &Env, first: DateTime<Utc>, at: DateTime<Utc>) -> Worker {
     Worker::connect(
-        ShardSettings {
-            shard_id: 0,
-            label: "test/shard-0".into(),
-            discovery: Discovery::Index,
-            backfill: at - first,
-            acknowledged_gaps: Vec::new(),
-            tick_offset: chrono::Duration::seconds(5),
-            unsealed_timeout: chrono::Duration::seconds(300),
-        },
+        ShardSettings::new(0, "test/shard-0", Discovery::Index, at - first),
         "worker-attack".into(),
         env.db.pool.clone(),
         &env.redis.url(),

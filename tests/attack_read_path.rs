@@ -50,15 +50,7 @@ async fn worker(
 ) -> Worker {
     let now = clock.now();
     Worker::connect(
-        ShardSettings {
-            shard_id: 0,
-            label: "test/shard-0".into(),
-            discovery,
-            backfill: now - minute(0),
-            acknowledged_gaps: Vec::new(),
-            tick_offset: chrono::Duration::seconds(5),
-            unsealed_timeout: chrono::Duration::seconds(300),
-        },
+        ShardSettings::new(0, "test/shard-0", discovery, now - minute(0)),
         "worker-read-path".into(),
         db.pool.clone(),
         &redis.url(),

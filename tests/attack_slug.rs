@@ -216,15 +216,7 @@ mod normalisation {
 
         let at = minute() + chrono::Duration::seconds(65);
         let mut worker = Worker::connect(
-            ShardSettings {
-                shard_id: 0,
-                label: "test/shard-0".into(),
-                discovery: Discovery::Index,
-                backfill: at - minute(),
-                acknowledged_gaps: Vec::new(),
-                tick_offset: chrono::Duration::seconds(5),
-                unsealed_timeout: chrono::Duration::seconds(300),
-            },
+            ShardSettings::new(0, "test/shard-0", Discovery::Index, at - minute()),
             "worker-slug".into(),
             db.pool.clone(),
             &redis.url(),

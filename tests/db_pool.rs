@@ -222,15 +222,12 @@ async fn idle_ticks_open_no_new_database_sessions() {
     // The operator's own pool, as `run` opens it.
     let pool = archiver_operator::db::connect(&db.url, 5).await.unwrap();
     let mut worker = Worker::connect(
-        ShardSettings {
-            shard_id: 0,
-            label: "test/idle".into(),
-            discovery: Discovery::Auto,
-            backfill: chrono::Duration::minutes(1),
-            acknowledged_gaps: Vec::new(),
-            tick_offset: chrono::Duration::seconds(5),
-            unsealed_timeout: chrono::Duration::seconds(300),
-        },
+        ShardSettings::new(
+            0,
+            "test/idle",
+            Discovery::Auto,
+            chrono::Duration::minutes(1),
+        ),
         "worker-idle".into(),
         pool.clone(),
         &redis.url(),

@@ -148,15 +148,12 @@ fn settings(
     first: DateTime<Utc>,
     now: DateTime<Utc>,
 ) -> ShardSettings {
-    ShardSettings {
+    ShardSettings::new(
         shard_id,
-        label: format!("test/shard-{shard_id}"),
+        format!("test/shard-{shard_id}"),
         discovery,
-        backfill: now - first,
-        acknowledged_gaps: Vec::new(),
-        tick_offset: chrono::Duration::seconds(5),
-        unsealed_timeout: chrono::Duration::seconds(300),
-    }
+        now - first,
+    )
 }
 
 async fn worker(

@@ -54,15 +54,12 @@ async fn a_postgres_restart_mid_tick_loses_nothing_and_duplicates_nothing() {
     }
 
     let clock = ManualClock::new(minute(minutes) + chrono::Duration::seconds(5));
-    let settings = ShardSettings {
-        shard_id: 7,
-        label: "test/restart".into(),
-        discovery: Discovery::Index,
-        backfill: chrono::Duration::minutes(minutes),
-        acknowledged_gaps: Vec::new(),
-        tick_offset: chrono::Duration::seconds(5),
-        unsealed_timeout: chrono::Duration::seconds(300),
-    };
+    let settings = ShardSettings::new(
+        7,
+        "test/restart",
+        Discovery::Index,
+        chrono::Duration::minutes(minutes),
+    );
     let mut worker = Worker::connect(
         settings,
         "w".into(),

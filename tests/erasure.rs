@@ -1160,15 +1160,12 @@ async fn drain_ticks_racing_an_erasure_never_bring_the_server_back() {
     env.clock
         .set(minute(MINUTES) + chrono::Duration::seconds(10));
     let drain_clock = ManualClock::new(minute(MINUTES - 20) + chrono::Duration::seconds(10));
-    let settings = ShardSettings {
-        shard_id: 0,
-        label: "test/shard-0".into(),
-        discovery: Discovery::Index,
-        backfill: drain_clock.now() - minute(0),
-        acknowledged_gaps: Vec::new(),
-        tick_offset: chrono::Duration::seconds(5),
-        unsealed_timeout: chrono::Duration::seconds(300),
-    };
+    let settings = ShardSettings::new(
+        0,
+        "test/shard-0",
+        Discovery::Index,
+        drain_clock.now() - minute(0),
+    );
     let mut worker = Worker::connect(
         settings,
         "worker-a".into(),
@@ -1690,15 +1687,7 @@ async fn the_drill_refuses_an_erasure_flag_the_operator_refuses() {
 async fn drain_worker(env: &Env, first: DateTime<Utc>, at: DateTime<Utc>) -> Worker {
     let clock = ManualClock::new(at);
     Worker::connect(
-        ShardSettings {
-            shard_id: 0,
-            label: "test/shard-0".into(),
-            discovery: Discovery::Index,
-            backfill: at - first,
-            acknowledged_gaps: Vec::new(),
-            tick_offset: chrono::Duration::seconds(5),
-            unsealed_timeout: chrono::Duration::seconds(300),
-        },
+        ShardSettings::new(0, "test/shard-0", Discovery::Index, at - first),
         "worker-a".into(),
         env.db.pool.clone(),
         &env.redis.url(),

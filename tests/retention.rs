@@ -1292,15 +1292,7 @@ async fn the_drain_keeps_archiving_while_enforcement_runs() {
         tokio::time::sleep(StdDuration::from_millis(5)).await;
     }
     let clock = ManualClock::new(minute + Duration::seconds(65));
-    let settings = ShardSettings {
-        shard_id: 0,
-        label: "test/shard-0".into(),
-        discovery: Discovery::Auto,
-        backfill: Duration::seconds(65),
-        acknowledged_gaps: Vec::new(),
-        tick_offset: Duration::seconds(5),
-        unsealed_timeout: Duration::seconds(300),
-    };
+    let settings = ShardSettings::new(0, "test/shard-0", Discovery::Auto, Duration::seconds(65));
     let mut worker = Worker::connect(
         settings,
         "worker-a".into(),

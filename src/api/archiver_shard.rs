@@ -103,7 +103,7 @@ pub struct ArchiverShardSpec {
     pub suspend: bool,
 }
 
-fn default_tick_offset_seconds() -> u32 {
+pub(crate) fn default_tick_offset_seconds() -> u32 {
     5
 }
 fn default_backfill() -> String {
@@ -112,7 +112,7 @@ fn default_backfill() -> String {
 fn default_lag_slo_seconds() -> u32 {
     180
 }
-fn default_unsealed_timeout_seconds() -> u32 {
+pub(crate) fn default_unsealed_timeout_seconds() -> u32 {
     300
 }
 fn default_replicas() -> i32 {

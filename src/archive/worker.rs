@@ -64,6 +64,31 @@ pub struct ShardSettings {
 }
 
 impl ShardSettings {
+    /// Settings with the spec's defaults for everything but the shard's
+    /// identity, discovery and backfill: no acknowledged gaps, the default
+    /// tick offset (5 s) and unsealed timeout (300 s).
+    pub fn new(
+        shard_id: i32,
+        label: impl Into<String>,
+        discovery: Discovery,
+        backfill: chrono::Duration,
+    ) -> Self {
+        use crate::api::archiver_shard::{
+            default_tick_offset_seconds, default_unsealed_timeout_seconds,
+        };
+        Self {
+            shard_id,
+            label: label.into(),
+            discovery,
+            backfill,
+            acknowledged_gaps: Vec::new(),
+            tick_offset: chrono::Duration::seconds(i64::from(default_tick_offset_seconds())),
+            unsealed_timeout: chrono::Duration::seconds(i64::from(
+                default_unsealed_timeout_seconds(),
+            )),
+        }
+    }
+
     /// The settings of the shard `label` (`namespace/name`) from its spec.
     pub fn from_spec(label: impl Into<String>, spec: &ArchiverShardSpec) -> Self {
         Self {
