@@ -10,6 +10,22 @@ use sqlx::PgPool;
 
 use crate::erasure::surfaces::{HASH_TABLES, ROW_TABLES};
 
+/// The names of the tables that hold tenant data, and of the Redis
+/// surfaces, as statuses and receipts show them: the erasure's surfaces
+/// (`crate::erasure::surfaces::Table`) and retention's tables
+/// (`crate::retention::tiers::Table`) both name their tables from here.
+pub mod names {
+    pub const PROBE_MINUTE: &str = "probe_minute";
+    pub const PROBE_MINUTE_REJECTS: &str = "probe_minute_rejects";
+    pub const PROBE_DAY: &str = "probe_day";
+    pub const PROBE_MONTH: &str = "probe_month";
+    pub const SUPPRESSION_CLUSTERS: &str = "suppression_clusters";
+    pub const SUPPRESSION_CLUSTERS_HISTORY: &str = "suppression_clusters_history";
+    pub const REDIS_VERDICT_KEYS: &str = "redis_verdict_keys";
+    pub const REDIS_INDEX_ENTRIES: &str = "redis_index_entries";
+    pub const REDIS_ALERT_KEYS: &str = "redis_alert_keys";
+}
+
 /// A table that names a tenant and is not erased, and why.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct KeptTable {
@@ -188,6 +204,26 @@ mod tests {
         );
         for bad in ["", ".", "a.", r#""open"#, r#""a"b"#, r#""""#] {
             assert_eq!(parsed(bad), None, "{bad:?}");
+        }
+    }
+
+    /// Every table retention prunes that names a tenant is an erasure
+    /// surface: what retention keeps for a tenant, an erasure can remove.
+    #[test]
+    fn every_table_retention_prunes_is_an_erasure_surface() {
+        use crate::erasure::surfaces::{HASH_TABLES, ROW_TABLES};
+        use crate::retention::tiers::Table;
+        let surfaces: Vec<&str> = ROW_TABLES
+            .iter()
+            .chain(HASH_TABLES.iter())
+            .map(|table| table.name())
+            .collect();
+        for table in Table::ALL {
+            assert!(
+                surfaces.contains(&table.name()),
+                "retention prunes {}, which no erasure reaches",
+                table.name()
+            );
         }
     }
 }

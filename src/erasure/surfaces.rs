@@ -10,18 +10,9 @@ use sqlx::{AssertSqlSafe, PgConnection, Postgres};
 
 use super::scope::{Scope, TOMBSTONE_HASH};
 
-/// Names of the surfaces, as they appear in statuses and receipts.
-pub mod names {
-    pub const PROBE_MINUTE: &str = "probe_minute";
-    pub const PROBE_MINUTE_REJECTS: &str = "probe_minute_rejects";
-    pub const PROBE_DAY: &str = "probe_day";
-    pub const PROBE_MONTH: &str = "probe_month";
-    pub const SUPPRESSION_CLUSTERS: &str = "suppression_clusters";
-    pub const SUPPRESSION_CLUSTERS_HISTORY: &str = "suppression_clusters_history";
-    pub const REDIS_VERDICT_KEYS: &str = "redis_verdict_keys";
-    pub const REDIS_INDEX_ENTRIES: &str = "redis_index_entries";
-    pub const REDIS_ALERT_KEYS: &str = "redis_alert_keys";
-}
+/// Names of the surfaces, as they appear in statuses and receipts (the
+/// catalogue's table names).
+pub use crate::schema::names;
 
 /// A Postgres table holding tenant data.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -51,12 +51,13 @@ impl Table {
     pub const PER_TENANT: [Table; 3] = [Table::ProbeMinute, Table::ProbeDay, Table::ProbeMonth];
 
     pub fn name(self) -> &'static str {
+        use crate::schema::names;
         match self {
-            Self::ProbeMinute => "probe_minute",
-            Self::ProbeDay => "probe_day",
-            Self::ProbeMonth => "probe_month",
-            Self::SuppressionHistory => "suppression_clusters_history",
-            Self::Rejects => "probe_minute_rejects",
+            Self::ProbeMinute => names::PROBE_MINUTE,
+            Self::ProbeDay => names::PROBE_DAY,
+            Self::ProbeMonth => names::PROBE_MONTH,
+            Self::SuppressionHistory => names::SUPPRESSION_CLUSTERS_HISTORY,
+            Self::Rejects => names::PROBE_MINUTE_REJECTS,
         }
     }
 
