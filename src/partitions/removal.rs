@@ -26,7 +26,7 @@ use sqlx::{Acquire, PgConnection, PgPool};
 
 use super::audit::{self, LockDiscipline, actions, is_lock_conflict};
 use super::calendar::{Bounds, TABLE};
-use super::catalog;
+use super::catalog::{self, CatalogPartition};
 use super::plan::is_protected;
 use super::{PartitionError, db_error};
 use crate::api::retention_policy::{Tier, Tiers};
@@ -244,12 +244,22 @@ async fn attached_bounds(pool: &PgPool, name: &str) -> Result<(String, Bounds), 
     let partitions = catalog::read_partitions(pool)
         .await
         .map_err(db_error("reading the partitions of probe_minute"))?;
+    qualified_and_bounds(partitions, name, || format!("not a partition of {TABLE}"))
+}
+
+/// `name` among `partitions`: its qualified name and its bounds, or why it
+/// cannot be dropped (`missing` says why when it is not among them).
+fn qualified_and_bounds(
+    partitions: Vec<CatalogPartition>,
+    name: &str,
+    missing: impl FnOnce() -> String,
+) -> Result<(String, Bounds), PartitionError> {
     let partition = partitions
         .into_iter()
         .find(|p| p.name == name)
         .ok_or_else(|| PartitionError::NotAPartition {
             partition: name.to_string(),
-            reason: format!("not a partition of {TABLE}"),
+            reason: missing(),
         })?;
     let bounds = partition
         .bounds
@@ -386,20 +396,9 @@ async fn attached_bounds_in(
     let partitions = catalog::read_partitions(&mut *conn)
         .await
         .map_err(db_error("re-reading the partitions under lock"))?;
-    let partition = partitions
-        .into_iter()
-        .find(|p| p.name == name)
-        .ok_or_else(|| PartitionError::NotAPartition {
-            partition: name.to_string(),
-            reason: "it was detached by someone else meanwhile".into(),
-        })?;
-    let bounds = partition
-        .bounds
-        .ok_or_else(|| PartitionError::NotAPartition {
-            partition: name.to_string(),
-            reason: format!("its bound is {}", partition.bound_expression),
-        })?;
-    Ok((partition.qualified, bounds))
+    qualified_and_bounds(partitions, name, || {
+        "it was detached by someone else meanwhile".into()
+    })
 }
 
 /// Commits the intent, then drops the detached table under `lock_timeout`.
