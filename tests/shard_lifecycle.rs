@@ -477,3 +477,61 @@ async fn a_namespaced_operator_retires_only_its_own_namespace() {
         .unwrap();
     assert_eq!(retired, vec![0, 2]);
 }
+
+/// A shard made active again while it cannot make progress (its Redis is
+/// down) keeps its lifecycle event beside the Warning that says why it is
+/// not ready: the not-ready report replaced every event of the reconcile,
+/// and `ShardActive` was lost.
+#[tokio::test]
+async fn a_shard_reactivated_while_not_ready_keeps_its_lifecycle_event() {
+    let db = TestDatabase::new().await;
+    let mut redis = redis_server();
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples");
+    let shard_file = dir.path().join("archiver-shard.yaml");
+    let shard = std::fs::read_to_string(examples.join("archiver-shard.yaml")).unwrap();
+    let secret = std::fs::read_to_string(examples.join("secret-redis-shard-0.yaml"))
+        .unwrap()
+        .replace("redis://127.0.0.1:6379/0", &redis.url());
+    std::fs::write(dir.path().join("secret-redis-shard-0.yaml"), secret).unwrap();
+    std::fs::write(&shard_file, &shard).unwrap();
+    run_once(dir.path(), "2026-11-10T10:00:30Z", &db.url);
+    std::fs::write(
+        &shard_file,
+        shard.replace("  shardId: 0\n", "  shardId: 0\n  suspend: true\n"),
+    )
+    .unwrap();
+    run_once(dir.path(), "2026-11-10T10:05:30Z", &db.url);
+    assert_eq!(
+        lifecycle_of(&db, 0).await.map(|(l, _)| l).as_deref(),
+        Some("suspended")
+    );
+
+    redis.halt();
+    std::fs::write(&shard_file, &shard).unwrap();
+    let output = run_once(dir.path(), "2026-11-10T10:08:30Z", &db.url);
+    let printed = String::from_utf8_lossy(&output.stdout).to_string()
+        + &String::from_utf8_lossy(&output.stderr);
+    assert_eq!(
+        lifecycle_of(&db, 0).await.map(|(l, _)| l).as_deref(),
+        Some("active"),
+        "{printed}"
+    );
+    let stored = std::fs::read_to_string(
+        dir.path()
+            .join(".archiver/status/ArchiverShard_archiver_shard-0.yaml"),
+    )
+    .unwrap();
+    assert!(
+        stored.contains("status: 'False'") || stored.contains("status: \"False\""),
+        "not ready: {stored}"
+    );
+    let after_suspend = stored
+        .split("ShardSuspended")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no ShardSuspended event: {stored}"));
+    assert!(
+        after_suspend.contains("ShardActive"),
+        "the reactivation's event was lost: {stored}\n{printed}"
+    );
+}

@@ -120,6 +120,12 @@ impl Managed for ArchiverShard {
             _ => message,
         };
         let mut outcome = finish(self, ctx, status, &problems, &message, STATUS_REFRESH);
+        // First: a shard that cannot make progress replaces `finish`'s
+        // events with its Warning; the lifecycle events come after, so they
+        // are never replaced.
+        if let Some(health) = &health {
+            self.report_drain_state(&mut outcome, health, ticking, now);
+        }
         if lifecycle_changed {
             outcome.events.push(lifecycle_event(lifecycle));
             if let (ShardLifecycle::Active, Some(health)) = (lifecycle, &health) {
@@ -139,9 +145,6 @@ impl Managed for ArchiverShard {
                     });
                 }
             }
-        }
-        if let Some(health) = &health {
-            self.report_drain_state(&mut outcome, health, ticking, now);
         }
         if health.is_none() {
             set_condition(
