@@ -176,9 +176,7 @@ pub async fn run_once(
     // The derived views follow the minutes the pass archived.
     if let Some((pool, ctx)) = views {
         let salt = ctx.config.suppression_salt.as_ref().map(|s| s.expose());
-        match crate::archive::views::maintain_and_report(&pool, salt, ctx.clock.now(), &ctx.metrics)
-            .await
-        {
+        match crate::views::maintain_and_report(&pool, salt, ctx.clock.now(), &ctx.metrics).await {
             Ok(views) => report.notes.push(format!(
                 "derived views: {} minute(s) applied, {} day(s) closed{}{}",
                 views.minutes.len(),
@@ -250,7 +248,7 @@ pub async fn run_standalone(dir: PathBuf, args: &OperatorArgs) -> Result<(), Run
         let mut leadership = leadership.clone();
         tokio::spawn(async move {
             leadership.acquired().await;
-            crate::archive::views::run_forever(
+            crate::views::run_forever(
                 pool,
                 ctx.config.suppression_salt.clone(),
                 ctx.clock.clone(),
@@ -330,7 +328,7 @@ pub async fn run_in_cluster(args: &OperatorArgs) -> Result<(), RunError> {
         let views = kctx.ctx.db.clone().map(|pool| {
             let ctx = kctx.ctx.clone();
             let mut stopped = stopped;
-            tokio::spawn(crate::archive::views::run_forever(
+            tokio::spawn(crate::views::run_forever(
                 pool,
                 ctx.config.suppression_salt.clone(),
                 ctx.clock.clone(),
