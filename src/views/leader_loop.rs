@@ -10,7 +10,7 @@ use super::ViewsError;
 use super::maintenance::{MaintenanceReport, ViewSettings, WaitingShard, maintain};
 
 /// How often the leader looks for newly archived minutes.
-pub const MAINTENANCE_INTERVAL: Duration = Duration::from_secs(10);
+const MAINTENANCE_INTERVAL: Duration = Duration::from_secs(10);
 
 /// Runs one pass and publishes it in metrics and logs.
 pub async fn maintain_and_report(
@@ -101,12 +101,12 @@ fn export_waiting_on(metrics: &crate::metrics::Metrics, waiting_on: Option<&Wait
 /// Says in the log when the shard the views wait on changes (not every
 /// pass): which shard now bounds every tenant's rollups, and why it waits.
 #[derive(Debug, Default)]
-pub struct WaitingOnLog {
+struct WaitingOnLog {
     last: Option<i32>,
 }
 
 impl WaitingOnLog {
-    pub fn note(&mut self, report: &MaintenanceReport) {
+    fn note(&mut self, report: &MaintenanceReport) {
         let now = report.waiting_on.as_ref().map(|shard| shard.shard_id);
         if now == self.last {
             return;

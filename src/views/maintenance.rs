@@ -154,7 +154,7 @@ pub async fn progress(
 /// The active shard with the oldest watermark: every active shard has
 /// archived through its `last_minute`. Suspended and retired shards do not
 /// hold the views (one stopped shard must not freeze every tenant's rollups).
-pub async fn slowest_shard(pool: &PgPool) -> Result<Option<WaitingShard>, ViewsError> {
+async fn slowest_shard(pool: &PgPool) -> Result<Option<WaitingShard>, ViewsError> {
     sqlx::query_as(
         "SELECT shard_id, last_minute, waiting_reason FROM archive_watermark \
          WHERE lifecycle = 'active' ORDER BY last_minute, shard_id LIMIT 1",

@@ -25,13 +25,13 @@ mod maintenance;
 mod plan_check;
 mod rollups;
 
-pub use leader_loop::{MAINTENANCE_INTERVAL, WaitingOnLog, maintain_and_report, run_forever};
+pub use leader_loop::{maintain_and_report, run_forever};
+pub(crate) use maintenance::progress;
 pub use maintenance::{
     MaintenanceReport, ViewSettings, WaitingShard, apply_minute, apply_minute_in, maintain,
-    progress, slowest_shard,
 };
-pub use plan_check::{ALERT_ROUTER_QUERY, PLAN_CHECK_MIN_ROWS, alert_query_uses_index};
-pub use rollups::{close_day, recompute_day, recompute_month, recompute_month_now};
+pub use plan_check::alert_query_uses_index;
+pub use rollups::{close_day, recompute_day};
 
 #[derive(Debug, thiserror::Error)]
 #[error("derived views: {context}: {source}")]

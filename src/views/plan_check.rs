@@ -7,11 +7,11 @@ use sqlx::PgPool;
 use super::{ViewsError, db};
 
 /// Rows above which the alert router's query must use its index.
-pub const PLAN_CHECK_MIN_ROWS: f64 = 10_000.0;
+const PLAN_CHECK_MIN_ROWS: f64 = 10_000.0;
 
 /// The alert router's question: clusters of the last minute above a share of
 /// all tenants. It must be served by `suppression_clusters_recent`.
-pub const ALERT_ROUTER_QUERY: &str = "SELECT error_kind, asn, registry_of_origin, contributing_tenant_count \
+const ALERT_ROUTER_QUERY: &str = "SELECT error_kind, asn, registry_of_origin, contributing_tenant_count \
      FROM suppression_clusters WHERE minute_bucket = $1 AND contributing_tenant_count > $2";
 
 /// Every 10 minutes: does the index exist, and (on a table big enough for
