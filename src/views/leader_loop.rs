@@ -8,6 +8,7 @@ use sqlx::PgPool;
 
 use super::ViewsError;
 use super::maintenance::{MaintenanceReport, ViewSettings, WaitingShard, maintain};
+use super::plan_check::PlanCheck;
 
 /// How often the leader looks for newly archived minutes.
 const MAINTENANCE_INTERVAL: Duration = Duration::from_secs(10);
@@ -34,13 +35,8 @@ pub async fn maintain_and_report(
         .observe(started.elapsed().as_secs_f64());
     match &result {
         Ok(report) => {
-            if let Some(uses) = report.plan_uses_index {
-                metrics.suppression_plan_uses_index.set(i64::from(uses));
-                if !uses {
-                    tracing::warn!(
-                        "the alert router's cluster query no longer uses suppression_clusters_recent"
-                    );
-                }
+            if let Some(check) = &report.plan_check {
+                export_plan_check(metrics, check);
             }
             if let Some(why) = report.suppression_disabled {
                 tracing::warn!("suppression clusters not maintained: {why}");
@@ -77,6 +73,32 @@ pub async fn maintain_and_report(
         );
     }
     result
+}
+
+/// `archiver_suppression_plan_uses_index` and
+/// `archiver_suppression_plan_problem{reason}` (one series while there is
+/// a problem), and a warning naming the plans the check saw.
+fn export_plan_check(metrics: &crate::metrics::Metrics, check: &PlanCheck) {
+    metrics
+        .suppression_plan_uses_index
+        .set(i64::from(check.problem.is_none()));
+    metrics.suppression_plan_problem.clear();
+    if let Some(problem) = check.problem {
+        metrics
+            .suppression_plan_problem
+            .get_or_create(&crate::metrics::PlanProblemLabels {
+                reason: problem.label().to_string(),
+            })
+            .set(1);
+        tracing::warn!(
+            reason = problem.label(),
+            plan = %check.plan,
+            plan_without_seqscan = %check.plan_without_seqscan,
+            estimated_table_rows = check.estimated_table_rows,
+            "the alert router's cluster query is not served by suppression_clusters_recent \
+             (docs/OPERATIONS.md: the alert router's query plan)"
+        );
+    }
 }
 
 /// `archiver_views_waiting_on`: one series, for the shard the views wait on.
@@ -160,4 +182,5 @@ pub async fn run_forever(
     metrics.views_lag_seconds.set(0);
     metrics.views_waiting_on.clear();
     metrics.shard_lifecycle.clear();
+    metrics.suppression_plan_problem.clear();
 }

@@ -7,7 +7,7 @@ use chrono::{DateTime, Datelike, NaiveDate, Timelike, Utc};
 use sqlx::{PgConnection, PgPool};
 
 use super::clusters::{add_minute_to_clusters, snapshot_clusters};
-use super::plan_check::check_plan_if_due;
+use super::plan_check::{PlanCheck, check_plan_if_due};
 use super::rollups::{add_minute_to_days, close_day};
 use super::{ViewsError, db};
 use crate::db::locks;
@@ -20,6 +20,8 @@ pub struct MaintenanceReport {
     pub snapshot_rows: u64,
     /// None when the plan was not checked in this pass.
     pub plan_uses_index: Option<bool>,
+    /// The plan check of this pass, if it ran (every minute).
+    pub plan_check: Option<PlanCheck>,
     /// Why suppression clusters were not maintained, if they were not.
     pub suppression_disabled: Option<&'static str>,
     /// The slowest active shard: the views never pass its watermark.
@@ -94,7 +96,11 @@ pub async fn maintain(
         report.snapshot_rows = snapshot_clusters(pool, settings.now).await?;
     }
     analyze_current_partition(pool, settings.now).await?;
-    report.plan_uses_index = check_plan_if_due(pool, settings.now).await?;
+    report.plan_check = check_plan_if_due(pool, settings.now).await?;
+    report.plan_uses_index = report
+        .plan_check
+        .as_ref()
+        .map(|check| check.problem.is_none());
     sqlx::query(
         "UPDATE derived_views_watermark SET last_run_at = $1, last_error = NULL, waiting_on_shard = $2",
     )

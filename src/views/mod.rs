@@ -30,7 +30,7 @@ pub(crate) use maintenance::progress;
 pub use maintenance::{
     MaintenanceReport, ViewSettings, WaitingShard, apply_minute, apply_minute_in, maintain,
 };
-pub use plan_check::alert_query_uses_index;
+pub use plan_check::{PlanCheck, PlanProblem, alert_query_uses_index, check_alert_query_plan};
 pub use rollups::{close_day, recompute_day};
 
 #[derive(Debug, thiserror::Error)]
