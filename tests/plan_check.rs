@@ -276,3 +276,60 @@ async fn a_problem_is_exported_with_its_reason_and_cleared_once_fixed() {
     );
     assert!(text.contains("\narchiver_suppression_plan_uses_index 1\n"));
 }
+
+/// A flip from stale statistics: ANALYZE ran while the table held only the
+/// last minute's clusters, so the planner believes the router's minute is
+/// the whole table and scans it sequentially once the table is big. The
+/// first pin of docs/OPERATIONS.md (ANALYZE) clears it, and the covering
+/// index of its step 4, swapped in with its commands, passes the check.
+#[tokio::test]
+async fn a_flip_from_stale_statistics_is_raised_and_the_documented_pins_clear_it() {
+    let db = TestDatabase::new().await;
+    let at = now();
+    execute(
+        &db.pool,
+        "ALTER TABLE suppression_clusters SET (autovacuum_enabled = false)",
+    )
+    .await;
+    sqlx::query(
+        "INSERT INTO suppression_clusters (error_kind, asn, registry_of_origin, minute_bucket, \
+             contributing_tenant_count, contributing_tenant_hashes, contributing_pair_count) \
+         SELECT 'kind', -g, 'mcp.so', date_trunc('minute', $1::timestamptz) - interval '1 minute', \
+                20, ARRAY['a', 'b'], 3 \
+         FROM generate_series(1, 100) g",
+    )
+    .bind(at)
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    execute(&db.pool, "ANALYZE suppression_clusters").await;
+    clusters(&db.pool, at, 1, 30_000).await;
+    assert!(!views::alert_query_uses_index(&db.pool, at).await.unwrap());
+    let flipped = check(&db.pool).await;
+    assert_eq!(
+        flipped.problem,
+        Some(PlanProblem::PlanFlipped),
+        "{flipped:?}"
+    );
+
+    execute(&db.pool, "ANALYZE suppression_clusters").await;
+    let pinned = check(&db.pool).await;
+    assert_eq!(pinned.problem, None, "{pinned:?}");
+
+    for step in [
+        "CREATE INDEX CONCURRENTLY suppression_clusters_recent_covering \
+         ON suppression_clusters (minute_bucket DESC, contributing_tenant_count) \
+         INCLUDE (error_kind, asn, registry_of_origin)",
+        "DROP INDEX CONCURRENTLY suppression_clusters_recent",
+        "ALTER INDEX suppression_clusters_recent_covering RENAME TO suppression_clusters_recent",
+        "VACUUM (ANALYZE) suppression_clusters",
+    ] {
+        execute(&db.pool, step).await;
+    }
+    let covering = check(&db.pool).await;
+    assert_eq!(covering.problem, None, "{covering:?}");
+    assert!(
+        covering.plan.contains("suppression_clusters_recent"),
+        "{covering:?}"
+    );
+}
