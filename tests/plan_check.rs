@@ -333,3 +333,76 @@ async fn a_flip_from_stale_statistics_is_raised_and_the_documented_pins_clear_it
         "{covering:?}"
     );
 }
+
+/// `run --manifests DIR --once` with no ArchiverShard: the only shard row
+/// is retired and nothing is archived, so there is no views watermark and
+/// no minute to apply, and the plan check still runs: the pass's notes and
+/// the log name the problem. Then, with a views watermark and still no
+/// active shard (every shard suspended or retired), it runs on its schedule
+/// and is recorded in the views watermark row.
+#[tokio::test]
+async fn the_check_runs_without_an_active_shard_and_run_once_reports_it() {
+    let db = TestDatabase::new().await;
+    let at = now();
+    sqlx::query(
+        "INSERT INTO archive_watermark (shard_id, last_minute, owner, expires_at) \
+         VALUES (0, $1, 't', now())",
+    )
+    .bind(at - Duration::minutes(2))
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    clusters(&db.pool, at, 1, 300).await;
+    execute(&db.pool, "DROP INDEX suppression_clusters_recent").await;
+    execute(
+        &db.pool,
+        "CREATE INDEX suppression_clusters_recent ON suppression_clusters \
+         ((minute_bucket AT TIME ZONE 'UTC'), contributing_tenant_count)",
+    )
+    .await;
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_archiver-operator"))
+        .args(["run", "--manifests", dir.path().to_str().unwrap(), "--once"])
+        .args(["--now", &at.to_rfc3339()])
+        .env("DATABASE_URL", &db.url)
+        .env("ARCHIVER_LOG_FORMAT", "text")
+        .output()
+        .expect("run the binary");
+    let printed = String::from_utf8_lossy(&output.stdout).to_string()
+        + &String::from_utf8_lossy(&output.stderr);
+    let retired: String =
+        sqlx::query_scalar("SELECT lifecycle FROM archive_watermark WHERE shard_id = 0")
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
+    assert_eq!(retired, "retired", "{printed}");
+    assert!(
+        printed.contains("the alert router's query is not served by its index (index_unusable"),
+        "{printed}"
+    );
+    assert!(
+        printed.contains("not served by suppression_clusters_recent"),
+        "{printed}"
+    );
+
+    sqlx::query("INSERT INTO derived_views_watermark (last_minute) VALUES ($1)")
+        .bind(at - Duration::minutes(5))
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    let metrics = Metrics::new();
+    let report = views::maintain_and_report(&db.pool, None, at + Duration::minutes(1), &metrics)
+        .await
+        .unwrap();
+    assert_eq!(report.waiting_on, None);
+    assert_eq!(
+        report.plan_check.map(|check| check.problem),
+        Some(Some(PlanProblem::IndexUnusable))
+    );
+    let recorded: Option<bool> =
+        sqlx::query_scalar("SELECT plan_uses_index FROM derived_views_watermark")
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
+    assert_eq!(recorded, Some(false), "{printed}");
+}

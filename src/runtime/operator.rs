@@ -178,7 +178,7 @@ pub async fn run_once(
         let salt = ctx.config.suppression_salt.as_ref().map(|s| s.expose());
         match crate::views::maintain_and_report(&pool, salt, ctx.clock.now(), &ctx.metrics).await {
             Ok(views) => report.notes.push(format!(
-                "derived views: {} minute(s) applied, {} day(s) closed{}{}",
+                "derived views: {} minute(s) applied, {} day(s) closed{}{}{}",
                 views.minutes.len(),
                 views.closed_days.len(),
                 views
@@ -192,6 +192,15 @@ pub async fn run_once(
                 views
                     .suppression_disabled
                     .map(|why| format!("; suppression clusters skipped: {why}"))
+                    .unwrap_or_default(),
+                views
+                    .plan_check
+                    .as_ref()
+                    .and_then(|check| check.problem.map(|problem| (problem, &check.plan)))
+                    .map(|(problem, plan)| format!(
+                        "; the alert router's query is not served by its index ({}: {plan})",
+                        problem.label()
+                    ))
                     .unwrap_or_default()
             )),
             Err(error) => report

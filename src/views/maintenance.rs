@@ -7,7 +7,7 @@ use chrono::{DateTime, Datelike, NaiveDate, Timelike, Utc};
 use sqlx::{PgConnection, PgPool};
 
 use super::clusters::{add_minute_to_clusters, snapshot_clusters};
-use super::plan_check::{PlanCheck, check_plan_if_due};
+use super::plan_check::{PlanCheck, check_alert_query_plan, check_plan_if_due};
 use super::rollups::{add_minute_to_days, close_day};
 use super::{ViewsError, db};
 use crate::db::locks;
@@ -67,10 +67,21 @@ pub async fn maintain(
         ..Default::default()
     };
     let Some(mut last) = watermark(pool).await? else {
+        // Nothing archived and no active shard: there is no views watermark
+        // row to schedule the plan check by, and the alert router may still
+        // query an empty table. The check is three EXPLAINs: every pass.
+        report.plan_check = Some(check_alert_query_plan(pool, settings.now).await?);
+        report.plan_uses_index = report
+            .plan_check
+            .as_ref()
+            .map(|check| check.problem.is_none());
         return Ok(report);
     };
     report.waiting_on = slowest_shard(pool).await?;
     let Some(ready_through) = report.waiting_on.as_ref().map(|shard| shard.last_minute) else {
+        // No active shard (all suspended or retired): no minute to apply,
+        // but the alert router still reads the clusters every minute.
+        check_plan(pool, settings.now, &mut report).await?;
         return Ok(report);
     };
     if last < ready_through {
@@ -96,11 +107,7 @@ pub async fn maintain(
         report.snapshot_rows = snapshot_clusters(pool, settings.now).await?;
     }
     analyze_current_partition(pool, settings.now).await?;
-    report.plan_check = check_plan_if_due(pool, settings.now).await?;
-    report.plan_uses_index = report
-        .plan_check
-        .as_ref()
-        .map(|check| check.problem.is_none());
+    check_plan(pool, settings.now, &mut report).await?;
     sqlx::query(
         "UPDATE derived_views_watermark SET last_run_at = $1, last_error = NULL, waiting_on_shard = $2",
     )
@@ -110,6 +117,20 @@ pub async fn maintain(
         .await
         .map_err(db("recording the run"))?;
     Ok(report)
+}
+
+/// The plan check into the report, when it is due.
+async fn check_plan(
+    pool: &PgPool,
+    now: DateTime<Utc>,
+    report: &mut MaintenanceReport,
+) -> Result<(), ViewsError> {
+    report.plan_check = check_plan_if_due(pool, now).await?;
+    report.plan_uses_index = report
+        .plan_check
+        .as_ref()
+        .map(|check| check.problem.is_none());
+    Ok(())
 }
 
 /// The views watermark, created on first use just before the oldest
