@@ -213,6 +213,8 @@ async fn explain(
             .replace("$1", &format!("'{}'::timestamptz", minute.to_rfc3339()))
             .replace("$2", "10")
     )))
+    // A new text every minute: not worth a cached prepared statement.
+    .persistent(false)
     .fetch_one(&mut *tx)
     .await;
     let outcome = match explained {
