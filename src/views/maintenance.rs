@@ -29,6 +29,14 @@ pub struct MaintenanceReport {
     pub waiting_on: Option<WaitingShard>,
 }
 
+impl MaintenanceReport {
+    /// The pass's plan check, if it ran.
+    fn note_plan_check(&mut self, check: Option<PlanCheck>) {
+        self.plan_uses_index = check.as_ref().map(|check| check.problem.is_none());
+        self.plan_check = check;
+    }
+}
+
 /// The shard the views wait on: the active shard with the oldest watermark
 /// (the lowest id among equals). A gap-held active shard is one: minutes it
 /// has not archived may still arrive. Suspended and retired shards are not
@@ -70,18 +78,15 @@ pub async fn maintain(
         // Nothing archived and no active shard: there is no views watermark
         // row to schedule the plan check by, and the alert router may still
         // query an empty table. The check is three EXPLAINs: every pass.
-        report.plan_check = Some(check_alert_query_plan(pool, settings.now).await?);
-        report.plan_uses_index = report
-            .plan_check
-            .as_ref()
-            .map(|check| check.problem.is_none());
+        let check = check_alert_query_plan(pool, settings.now).await?;
+        report.note_plan_check(Some(check));
         return Ok(report);
     };
     report.waiting_on = slowest_shard(pool).await?;
     let Some(ready_through) = report.waiting_on.as_ref().map(|shard| shard.last_minute) else {
         // No active shard (all suspended or retired): no minute to apply,
         // but the alert router still reads the clusters every minute.
-        check_plan(pool, settings.now, &mut report).await?;
+        report.note_plan_check(check_plan_if_due(pool, settings.now).await?);
         return Ok(report);
     };
     if last < ready_through {
@@ -107,7 +112,7 @@ pub async fn maintain(
         report.snapshot_rows = snapshot_clusters(pool, settings.now).await?;
     }
     analyze_current_partition(pool, settings.now).await?;
-    check_plan(pool, settings.now, &mut report).await?;
+    report.note_plan_check(check_plan_if_due(pool, settings.now).await?);
     sqlx::query(
         "UPDATE derived_views_watermark SET last_run_at = $1, last_error = NULL, waiting_on_shard = $2",
     )
@@ -117,20 +122,6 @@ pub async fn maintain(
         .await
         .map_err(db("recording the run"))?;
     Ok(report)
-}
-
-/// The plan check into the report, when it is due.
-async fn check_plan(
-    pool: &PgPool,
-    now: DateTime<Utc>,
-    report: &mut MaintenanceReport,
-) -> Result<(), ViewsError> {
-    report.plan_check = check_plan_if_due(pool, now).await?;
-    report.plan_uses_index = report
-        .plan_check
-        .as_ref()
-        .map(|check| check.problem.is_none());
-    Ok(())
 }
 
 /// The views watermark, created on first use just before the oldest
