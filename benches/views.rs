@@ -15,8 +15,8 @@ use anyhow::Context as _;
 use chrono::{DateTime, NaiveDate, TimeZone, Utc};
 use sqlx::{AssertSqlSafe, PgPool};
 
-use archiver_operator::archive::views;
 use archiver_operator::testing::TestDatabase;
+use archiver_operator::views;
 
 const RESIDENT_SERVERS: i64 = 2_000;
 const MINUTE_SERVERS: i64 = 50_000;

@@ -171,7 +171,7 @@ pub async fn run(examples: &Path, options: DemoOptions) -> Result<(), DemoError>
             )));
         }
         let salt = ctx.config.suppression_salt.as_ref().map(|s| s.expose());
-        crate::archive::views::maintain_and_report(&pool, salt, clock.now(), &ctx.metrics)
+        crate::views::maintain_and_report(&pool, salt, clock.now(), &ctx.metrics)
             .await
             .map_err(|e| DemoError::Failed(e.to_string()))?;
         print_minute(&pool, &store, minute, clock.now()).await?;

@@ -4,7 +4,7 @@
 //! platform: Redis verdicts drained into Postgres history, pruned to the tier
 //! table, partitioned ahead of need, and erased on request with a receipt.
 //!
-//! Domain modules (`archive`, `retention`, `partitions`, `erasure`, with
+//! Domain modules (`archive`, `views`, `retention`, `partitions`, `erasure`, with
 //! the neutral `clock`, `db`, `metrics`, `secret`, `redis_client`) know
 //! nothing about Kubernetes (`tests/architecture.rs` enforces it).
 //! `controllers` adapts them to the four custom resources, `commands` to
@@ -43,3 +43,4 @@ pub mod secret;
 #[cfg(any(test, feature = "test-support"))]
 #[doc(hidden)]
 pub mod testing;
+pub mod views;

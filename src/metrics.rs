@@ -79,6 +79,13 @@ pub struct ViewsWaitLabels {
     pub shard_id: String,
 }
 
+/// Why the alert router's cluster query is not served by its index
+/// (`crate::views::PlanProblem::label`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PlanProblemLabels {
+    pub reason: String,
+}
+
 /// The process's metrics and the registry that encodes them.
 #[derive(Debug)]
 pub struct Metrics {
@@ -115,6 +122,10 @@ pub struct Metrics {
     pub views_waiting_on: Family<ViewsWaitLabels, Gauge>,
     /// 1 when the alert router's query uses its index, 0 when the plan flipped.
     pub suppression_plan_uses_index: Gauge,
+    /// 1, labelled with the reason, while the last plan check found the
+    /// alert router's query not served by its index; no series otherwise
+    /// (and before the first check, and on a standby).
+    pub suppression_plan_problem: Family<PlanProblemLabels, Gauge>,
     /// Consecutive monthly partitions of probe_minute from the current month
     /// on (0: this month's rows have no partition).
     pub partition_coverage_months: Gauge,
@@ -266,6 +277,12 @@ impl Metrics {
             "1 when the alert router's cluster query uses its index",
             suppression_plan_uses_index.clone(),
         );
+        let suppression_plan_problem = Family::<PlanProblemLabels, Gauge>::default();
+        registry.register(
+            "suppression_plan_problem",
+            "1 while the alert router's cluster query is not served by its index, by reason",
+            suppression_plan_problem.clone(),
+        );
         let partition_coverage_months = Gauge::default();
         registry.register(
             "partition_coverage_months",
@@ -346,6 +363,7 @@ impl Metrics {
             views_duration,
             views_waiting_on,
             suppression_plan_uses_index,
+            suppression_plan_problem,
             partition_coverage_months,
             retention_deleted_rows,
             retention_drift_rows,
@@ -373,6 +391,7 @@ impl Metrics {
         self.retention_drift_rows.clear();
         self.views_lag_seconds.set(0);
         self.suppression_plan_uses_index.set(0);
+        self.suppression_plan_problem.clear();
         self.partition_coverage_months.set(0);
         self.partition_drop_blocked.set(0);
         self.retention_tenants_without_tier.set(0);
@@ -463,6 +482,7 @@ impl Metrics {
             views_waiting_on,
             shard_lifecycle,
             suppression_plan_uses_index: _,
+            suppression_plan_problem,
             partition_coverage_months: _,
             retention_deleted_rows,
             retention_drift_rows,
@@ -512,6 +532,7 @@ impl Metrics {
             shard: text(),
             state: text(),
         });
+        let _ = suppression_plan_problem.get_or_create(&PlanProblemLabels { reason: text() });
         let _ = shard_lag_seconds.get_or_create(&shard);
         let _ = shard_lag_slo_seconds.get_or_create(&shard);
         metrics.encode()
@@ -567,6 +588,12 @@ mod tests {
                 table: "probe_minute".into(),
             })
             .set(5000);
+        metrics
+            .suppression_plan_problem
+            .get_or_create(&PlanProblemLabels {
+                reason: "plan_flipped".into(),
+            })
+            .set(1);
         for gauge in [
             &metrics.views_lag_seconds,
             &metrics.suppression_plan_uses_index,
@@ -583,6 +610,7 @@ mod tests {
             "archiver_shard_lag_slo_seconds{",
             "archiver_deletion_deadline_seconds{",
             "archiver_retention_drift_rows{",
+            "archiver_suppression_plan_problem{",
         ] {
             assert!(!text.contains(family), "{family} left: {text}");
         }

@@ -201,10 +201,10 @@ async fn idle_ticks_open_no_new_database_sessions() {
     use std::sync::Arc;
 
     use archiver_operator::api::archiver_shard::Discovery;
-    use archiver_operator::archive::views;
     use archiver_operator::archive::worker::{ShardSettings, Worker};
     use archiver_operator::clock::{Clock, ManualClock};
     use archiver_operator::metrics::Metrics;
+    use archiver_operator::views;
     use chrono::TimeZone;
 
     let db = TestDatabase::new().await;

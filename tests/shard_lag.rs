@@ -113,7 +113,7 @@ async fn the_lag_series_are_cleared_when_the_loop_stops() {
             seen
         }
     };
-    let maintenance = archiver_operator::archive::views::run_forever(
+    let maintenance = archiver_operator::views::run_forever(
         db.pool.clone(),
         None,
         std::sync::Arc::new(archiver_operator::clock::SystemClock),

@@ -12,9 +12,9 @@ use chrono::{DateTime, Duration, Utc};
 use uuid::Uuid;
 
 use archiver_operator::archive::lifecycle::{self, RetireScope, ShardLifecycle};
-use archiver_operator::archive::views;
 use archiver_operator::metrics::Metrics;
 use archiver_operator::testing::{TestDatabase, redis_server};
+use archiver_operator::views;
 
 fn start() -> DateTime<Utc> {
     "2026-11-10T10:00:00Z".parse().unwrap()

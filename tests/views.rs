@@ -10,9 +10,9 @@ use chrono::{DateTime, Datelike, NaiveDate, TimeZone, Utc};
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
-use archiver_operator::archive::views::{self, ViewSettings};
 use archiver_operator::metrics::Metrics;
 use archiver_operator::testing::TestDatabase;
+use archiver_operator::views::{self, ViewSettings};
 
 const REGIONS: [&str; 5] = ["us-east", "us-west", "eu-west", "ap-southeast", "sa-east"];
 const STATES: [&str; 5] = ["up", "down", "degraded", "auth-walled", "unknown"];

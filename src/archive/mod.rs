@@ -1,5 +1,5 @@
 //! Draining a Redis shard into `probe_minute`: watermark, verdict parsing,
-//! bulk writes and the derived views.
+//! bulk writes (the derived views built on it are in `crate::views`).
 //!
 //! The controller (`crate::controllers::archiver_shard`) checks the shard's
 //! configuration, runs or deploys its drain worker ([`worker`]) and fills
@@ -12,6 +12,5 @@ pub mod lifecycle;
 pub mod redis_source;
 pub mod stray;
 pub mod verdict;
-pub mod views;
 pub mod worker;
 pub mod writer;

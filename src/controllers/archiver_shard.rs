@@ -13,13 +13,13 @@ use crate::api::common::{ConditionUpdate, condition_types, set_condition};
 use crate::api::{ArchiverShard, ArchiverShardStatus};
 use crate::archive::health::{self, ShardHealth};
 use crate::archive::lifecycle::{self, ShardLifecycle};
-use crate::archive::views;
 use crate::archive::worker::ShardSettings;
 use crate::runtime::context::Context;
 use crate::runtime::reconcile::{
     Event, EventType, Managed, Outcome, ReconcileError, begin_status, finish,
 };
 use crate::runtime::workers::{WorkerInputs, WorkerState, worker_deployment_name};
+use crate::views;
 
 /// How often the shard's status is refreshed from its watermark.
 const STATUS_REFRESH: Duration = Duration::from_secs(30);

@@ -173,11 +173,9 @@ pub async fn run_once(
     // The derived views follow the minutes the pass archived.
     if let Some((pool, ctx)) = views {
         let salt = ctx.config.suppression_salt.as_ref().map(|s| s.expose());
-        match crate::archive::views::maintain_and_report(&pool, salt, ctx.clock.now(), &ctx.metrics)
-            .await
-        {
+        match crate::views::maintain_and_report(&pool, salt, ctx.clock.now(), &ctx.metrics).await {
             Ok(views) => report.notes.push(format!(
-                "derived views: {} minute(s) applied, {} day(s) closed{}{}",
+                "derived views: {} minute(s) applied, {} day(s) closed{}{}{}",
                 views.minutes.len(),
                 views.closed_days.len(),
                 views
@@ -191,6 +189,15 @@ pub async fn run_once(
                 views
                     .suppression_disabled
                     .map(|why| format!("; suppression clusters skipped: {why}"))
+                    .unwrap_or_default(),
+                views
+                    .plan_check
+                    .as_ref()
+                    .and_then(|check| check.problem.map(|problem| (problem, &check.plan)))
+                    .map(|(problem, plan)| format!(
+                        "; the alert router's query is not served by its index ({}: {plan})",
+                        problem.label()
+                    ))
                     .unwrap_or_default()
             )),
             Err(error) => report
@@ -247,7 +254,7 @@ pub async fn run_standalone(dir: PathBuf, args: &OperatorArgs) -> Result<(), Run
         let mut leadership = leadership.clone();
         tokio::spawn(async move {
             leadership.acquired().await;
-            crate::archive::views::run_forever(
+            crate::views::run_forever(
                 pool,
                 ctx.config.suppression_salt.clone(),
                 ctx.clock.clone(),
@@ -327,7 +334,7 @@ pub async fn run_in_cluster(args: &OperatorArgs) -> Result<(), RunError> {
         let views = kctx.ctx.db.clone().map(|pool| {
             let ctx = kctx.ctx.clone();
             let mut stopped = stopped;
-            tokio::spawn(crate::archive::views::run_forever(
+            tokio::spawn(crate::views::run_forever(
                 pool,
                 ctx.config.suppression_salt.clone(),
                 ctx.clock.clone(),

@@ -606,7 +606,8 @@ def test_alerts_page_on_the_signals_that_matter() -> None:
     assert rules["ArchiverDeletionDeadlineNear"]["expr"].endswith("(archiver_deletion_deadline_seconds) < 432000")
     assert rules["ArchiverDeletionDeadlineImminent"]["expr"].endswith("< 86400")
     assert "increase(archiver_rejected_rows_total[15m]) > 0" in rules["ArchiverRejectedRows"]["expr"].replace(")) > 0", ") > 0")
-    assert "archiver_suppression_plan_uses_index" in rules["ArchiverSuppressionPlanFlip"]["expr"]
+    assert "archiver_suppression_plan_problem" in rules["ArchiverSuppressionPlanFlip"]["expr"]
+    assert "{{ $labels.reason }}" in rules["ArchiverSuppressionPlanFlip"]["annotations"]["summary"]
     # Prometheus templates survive Helm's templating.
     assert "{{ $labels.shard }}" in rules["ArchiverLagAboveSLO"]["annotations"]["summary"]
     for rule in rules.values():

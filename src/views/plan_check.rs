@@ -1,0 +1,313 @@
+//! The alert router's query plan (seed 004 failure mode 5): the
+//! suppression-cluster query must be served by `suppression_clusters_recent`;
+//! a plan that flips to a sequential scan under load makes the alert router's
+//! per-minute query take seconds instead of milliseconds.
+//!
+//! The check EXPLAINs the router's query for the last minute, every minute,
+//! and is right at every table size:
+//!
+//! - **Usable, at any size.** Inside a transaction that is rolled back,
+//!   with `SET LOCAL enable_seqscan = off`, the planner must choose the
+//!   index. On a small or empty table a sequential scan is the planner's
+//!   honest best choice, so the plan under normal settings proves nothing
+//!   there; making sequential scans unattractive asks "could the query use
+//!   its index at all?". It cannot when the index was dropped, rebuilt on
+//!   another expression, made partial with a predicate the query does not
+//!   imply, or when a column's type changed under it (then the query may
+//!   not even plan any more).
+//! - **Used, on a big table.** When the planner itself estimates the table
+//!   at [`PLAN_CHECK_MIN_ROWS`] rows or more (its estimate scales with the
+//!   table's current size in pages, so statistics taken when the table was
+//!   small do not hide a big one), the plan under the normal settings must
+//!   use the index: anything else is the flip of the seed.
+//!
+//! How to pin a plan that flipped is in docs/OPERATIONS.md ("The alert
+//! router's query plan").
+
+use chrono::{DateTime, Utc};
+use sqlx::{PgConnection, PgPool};
+
+use super::{ViewsError, db};
+
+/// The planner's estimate of the table's rows from which the alert router's
+/// query must use its index under normal planner settings. Below it, a
+/// sequential scan of a few pages may honestly be cheaper, and the check
+/// only requires that the index stays usable.
+pub(crate) const PLAN_CHECK_MIN_ROWS: f64 = 10_000.0;
+
+/// The index the alert router's query must be served by.
+const ALERT_ROUTER_INDEX: &str = "suppression_clusters_recent";
+
+/// The alert router's question: clusters of the last minute above a share of
+/// all tenants. It must be served by `suppression_clusters_recent`.
+const ALERT_ROUTER_QUERY: &str = "SELECT error_kind, asn, registry_of_origin, contributing_tenant_count \
+     FROM suppression_clusters WHERE minute_bucket = $1 AND contributing_tenant_count > $2";
+
+/// Why the alert router's query is not (or could not be) served by its index.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PlanProblem {
+    /// There is no valid index `suppression_clusters_recent` on
+    /// `suppression_clusters`.
+    IndexMissing,
+    /// The query no longer plans: a column it names changed type or name.
+    QueryFails,
+    /// Even with sequential scans made unattractive the planner does not
+    /// use the index: it no longer matches the query (another expression or
+    /// column, a partial index whose predicate the query does not imply).
+    IndexUnusable,
+    /// The table is big and the planner, with its normal settings, chose
+    /// another plan than the index (stale statistics, changed cost settings).
+    PlanFlipped,
+}
+
+impl PlanProblem {
+    /// The `reason` label of `archiver_suppression_plan_problem`.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::IndexMissing => "index_missing",
+            Self::QueryFails => "query_fails",
+            Self::IndexUnusable => "index_unusable",
+            Self::PlanFlipped => "plan_flipped",
+        }
+    }
+}
+
+/// What one plan check found.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PlanCheck {
+    /// None when the index serves (or, on a small table, can serve) the query.
+    pub problem: Option<PlanProblem>,
+    /// The planner's estimate of the table's rows.
+    pub estimated_table_rows: f64,
+    /// The scans of the plan under normal settings (`Seq Scan on
+    /// suppression_clusters`, `Index Scan using suppression_clusters_recent`),
+    /// or why there is none.
+    pub plan: String,
+    /// The scans of the plan with sequential scans made unattractive.
+    pub plan_without_seqscan: String,
+}
+
+/// Every minute: the plan check, recorded in the views watermark row.
+pub(super) async fn check_plan_if_due(
+    pool: &PgPool,
+    now: DateTime<Utc>,
+) -> Result<Option<PlanCheck>, ViewsError> {
+    let due = sqlx::query(
+        "UPDATE derived_views_watermark SET plan_checked_at = $1 \
+         WHERE plan_checked_at IS NULL OR plan_checked_at <= $1 - interval '1 minute'",
+    )
+    .bind(now)
+    .execute(pool)
+    .await
+    .map_err(db("claiming the plan check"))?;
+    if due.rows_affected() == 0 {
+        return Ok(None);
+    }
+    let check = check_alert_query_plan(pool, now).await?;
+    sqlx::query("UPDATE derived_views_watermark SET plan_uses_index = $1")
+        .bind(check.problem.is_none())
+        .execute(pool)
+        .await
+        .map_err(db("recording the plan check"))?;
+    Ok(Some(check))
+}
+
+/// True when the check finds no problem ([`check_alert_query_plan`]).
+pub async fn alert_query_uses_index(pool: &PgPool, now: DateTime<Utc>) -> Result<bool, ViewsError> {
+    Ok(check_alert_query_plan(pool, now).await?.problem.is_none())
+}
+
+/// The plan check itself: the alert router's query for the minute before
+/// `now`, explained twice in one transaction that is rolled back (also on
+/// the early returns: dropping the transaction rolls it back).
+pub async fn check_alert_query_plan(
+    pool: &PgPool,
+    now: DateTime<Utc>,
+) -> Result<PlanCheck, ViewsError> {
+    let mut tx = pool.begin().await.map_err(db("beginning the plan check"))?;
+    let estimated_table_rows = estimated_rows(&mut tx).await?;
+    let mut check = PlanCheck {
+        problem: None,
+        estimated_table_rows,
+        plan: String::new(),
+        plan_without_seqscan: String::new(),
+    };
+    let index_valid: bool = sqlx::query_scalar(
+        "SELECT EXISTS (SELECT FROM pg_index WHERE indexrelid = to_regclass($1) \
+         AND indrelid = 'suppression_clusters'::regclass AND indisvalid AND indisready)",
+    )
+    .bind(ALERT_ROUTER_INDEX)
+    .fetch_one(&mut *tx)
+    .await
+    .map_err(db("looking up the index"))?;
+    let minute = crate::clock::minute_floor(now) - chrono::Duration::minutes(1);
+    let normal = match explain(&mut tx, minute).await? {
+        Ok(plan) => plan,
+        Err(why) => {
+            check.plan = why;
+            check.problem = Some(PlanProblem::QueryFails);
+            return Ok(check);
+        }
+    };
+    check.plan = normal.describe();
+    sqlx::query("SET LOCAL enable_seqscan = off")
+        .execute(&mut *tx)
+        .await
+        .map_err(db("making sequential scans unattractive"))?;
+    let forced = match explain(&mut tx, minute).await? {
+        Ok(plan) => plan,
+        Err(why) => {
+            check.plan_without_seqscan = why;
+            check.problem = Some(PlanProblem::QueryFails);
+            return Ok(check);
+        }
+    };
+    check.plan_without_seqscan = forced.describe();
+    // Nothing was written; the setting must not outlive the check.
+    tx.rollback()
+        .await
+        .map_err(db("rolling the plan check back"))?;
+    check.problem = if !index_valid {
+        Some(PlanProblem::IndexMissing)
+    } else if !forced.uses(ALERT_ROUTER_INDEX) {
+        Some(PlanProblem::IndexUnusable)
+    } else if estimated_table_rows >= PLAN_CHECK_MIN_ROWS && !normal.uses(ALERT_ROUTER_INDEX) {
+        Some(PlanProblem::PlanFlipped)
+    } else {
+        None
+    };
+    Ok(check)
+}
+
+/// The planner's own estimate of the table's rows (what it costs plans
+/// with): `reltuples` scaled to the table's current number of pages.
+async fn estimated_rows(tx: &mut PgConnection) -> Result<f64, ViewsError> {
+    let plan: serde_json::Value =
+        sqlx::query_scalar("EXPLAIN (FORMAT JSON) SELECT * FROM suppression_clusters")
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(db("estimating the table size"))?;
+    Ok(plan
+        .pointer("/0/Plan/Plan Rows")
+        .and_then(serde_json::Value::as_f64)
+        .unwrap_or(0.0))
+}
+
+/// The router's query explained: its plan, or why it does not plan
+/// (an error of SQLSTATE class 42, e.g. an operator that no longer exists
+/// for a column's new type). Other errors (the connection) are errors.
+async fn explain(
+    tx: &mut PgConnection,
+    minute: DateTime<Utc>,
+) -> Result<Result<Plan, String>, ViewsError> {
+    // A savepoint: a query that no longer plans must not abort the check's
+    // transaction (the second EXPLAIN and the rollback still run).
+    sqlx::query("SAVEPOINT explain_alert_query")
+        .execute(&mut *tx)
+        .await
+        .map_err(db("taking a savepoint"))?;
+    // The literals are a timestamp this code formats and a constant.
+    let explained = sqlx::query_scalar::<_, serde_json::Value>(sqlx::AssertSqlSafe(format!(
+        "EXPLAIN (FORMAT JSON) {}",
+        ALERT_ROUTER_QUERY
+            .replace("$1", &format!("'{}'::timestamptz", minute.to_rfc3339()))
+            .replace("$2", "10")
+    )))
+    // A new text every minute: not worth a cached prepared statement.
+    .persistent(false)
+    .fetch_one(&mut *tx)
+    .await;
+    let outcome = match explained {
+        Ok(plan) => Ok(Plan(plan)),
+        Err(sqlx::Error::Database(error))
+            if error.code().is_some_and(|code| code.starts_with("42")) =>
+        {
+            sqlx::query("ROLLBACK TO SAVEPOINT explain_alert_query")
+                .execute(&mut *tx)
+                .await
+                .map_err(db("rolling back to the savepoint"))?;
+            Err(format!("the query does not plan: {}", error.message()))
+        }
+        Err(source) => return Err(db("explaining the alert router query")(source)),
+    };
+    Ok(outcome)
+}
+
+/// An `EXPLAIN (FORMAT JSON)` result.
+struct Plan(serde_json::Value);
+
+/// One scan node of a plan.
+struct Scan {
+    kind: String,
+    relation: Option<String>,
+    index: Option<String>,
+    index_condition: Option<String>,
+}
+
+impl Plan {
+    /// The scan nodes, in plan order.
+    fn scans(&self) -> Vec<Scan> {
+        fn walk(node: &serde_json::Value, out: &mut Vec<Scan>) {
+            let text = |key: &str| node.get(key).and_then(|v| v.as_str()).map(str::to_string);
+            if let Some(kind) = text("Node Type")
+                && (kind.contains("Scan") || text("Index Name").is_some())
+            {
+                out.push(Scan {
+                    kind,
+                    relation: text("Relation Name"),
+                    index: text("Index Name"),
+                    index_condition: text("Index Cond"),
+                });
+            }
+            for child in node
+                .get("Plans")
+                .and_then(|plans| plans.as_array())
+                .into_iter()
+                .flatten()
+            {
+                walk(child, out);
+            }
+        }
+        let mut out = Vec::new();
+        if let Some(root) = self.0.pointer("/0/Plan") {
+            walk(root, &mut out);
+        }
+        out
+    }
+
+    /// Whether `index` finds the minute's rows: a scan of it whose index
+    /// condition constrains `minute_bucket`. A scan of the whole index that
+    /// only checks `contributing_tenant_count` (possible when the index
+    /// was rebuilt on another leading expression) reads as much as a
+    /// sequential scan and does not count.
+    fn uses(&self, index: &str) -> bool {
+        self.scans().iter().any(|scan| {
+            scan.index.as_deref() == Some(index)
+                && scan
+                    .index_condition
+                    .as_deref()
+                    .is_some_and(|condition| condition.contains("(minute_bucket = "))
+        })
+    }
+
+    /// `Seq Scan on suppression_clusters`, `Bitmap Index Scan using
+    /// suppression_clusters_recent`, ... joined by `; `.
+    fn describe(&self) -> String {
+        let scans = self.scans();
+        if scans.is_empty() {
+            return "no scan".to_string();
+        }
+        scans
+            .into_iter()
+            .map(|scan| match (scan.index, scan.relation) {
+                (Some(index), _) => match scan.index_condition {
+                    Some(condition) => format!("{} using {index} ({condition})", scan.kind),
+                    None => format!("{} using {index}", scan.kind),
+                },
+                (None, Some(relation)) => format!("{} on {relation}", scan.kind),
+                (None, None) => scan.kind,
+            })
+            .collect::<Vec<_>>()
+            .join("; ")
+    }
+}
