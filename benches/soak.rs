@@ -1352,6 +1352,16 @@ fn seconds(value: f64) -> String {
     }
 }
 
+/// Minutes whose median memory is compared (from the base minute, and
+/// before the last minute).
+const MEMORY_WINDOW: usize = 5;
+
+fn median(values: impl Iterator<Item = u64>) -> Option<u64> {
+    let mut values: Vec<u64> = values.collect();
+    values.sort_unstable();
+    values.get(values.len() / 2).copied()
+}
+
 fn growth(base: u64, end: u64) -> f64 {
     if base == 0 {
         f64::NAN
@@ -1403,16 +1413,36 @@ fn render(o: &Outcome) -> String {
             .iter()
             .all(|lag| *lag <= LAG_SLO_SECONDS);
 
-    let base = load.iter().find(|s| s.minute == o.memory_base_minute);
-    let end = load.last();
-    let (op_growth, pg_growth, pg_anon_growth) = match (base, end) {
-        (Some(b), Some(e)) => (
-            growth(b.operator.rss, e.operator.rss),
-            growth(b.postgres.pss, e.postgres.pss),
-            growth(b.postgres.anon, e.postgres.anon),
-        ),
-        _ => (f64::NAN, f64::NAN, f64::NAN),
+    // Medians of five minutes from the base minute and of the five before
+    // the last one: a single sample swings with where it falls in the
+    // drain tick (the operator's RSS went 44-93 MiB from minute to minute)
+    // and PostgreSQL's last one drops as its backends exit with the load.
+    let base: Vec<&MinuteSample> = load
+        .iter()
+        .copied()
+        .filter(|s| {
+            (o.memory_base_minute..o.memory_base_minute + MEMORY_WINDOW).contains(&s.minute)
+        })
+        .collect();
+    let end: Vec<&MinuteSample> = load
+        .iter()
+        .copied()
+        .rev()
+        .skip(1)
+        .take(MEMORY_WINDOW)
+        .collect();
+    let median_growth = |value: fn(&MinuteSample) -> u64| match (
+        median(base.iter().map(|s| value(s))),
+        median(end.iter().map(|s| value(s))),
+    ) {
+        (Some(b), Some(e)) => growth(b, e),
+        _ => f64::NAN,
     };
+    let (op_growth, pg_growth, pg_anon_growth) = (
+        median_growth(|s| s.operator.rss),
+        median_growth(|s| s.postgres.pss),
+        median_growth(|s| s.postgres.anon),
+    );
     let memory_ok = op_growth < MEMORY_GROWTH_LIMIT && pg_growth < MEMORY_GROWTH_LIMIT;
 
     let mut exact = 0usize;
@@ -1511,7 +1541,7 @@ fn render(o: &Outcome) -> String {
     );
     let _ = writeln!(
         md,
-        "| Memory growth under 5 % from minute {} to the end | operator RSS {:+.1} %; PostgreSQL PSS {:+.1} % (private memory {:+.1} %) | {} |",
+        "| Memory growth under 5 % from minute {} to the end (medians of 5 minutes) | operator RSS {:+.1} %; PostgreSQL PSS {:+.1} % (private memory {:+.1} %) | {} |",
         o.memory_base_minute,
         op_growth * 100.0,
         pg_growth * 100.0,
@@ -1627,7 +1657,7 @@ fn render(o: &Outcome) -> String {
                 .copied()
                 .unwrap_or_default()
         };
-        let (a, b, c) = (get(first.as_ref()), get(base), get(last.as_ref()));
+        let (a, b, c) = (get(first.as_ref()), get(base.first()), get(last.as_ref()));
         let _ = writeln!(
             md,
             "| `{table}` | {} | {} | {} | {} | {:.1} | {:.1} | {:.1} | {} |",
