@@ -232,7 +232,8 @@ async fn deletion_request_gets_its_finalizer_then_status_then_loses_it_on_delete
     task.await.unwrap().expect("status written");
 
     // 3. Deleted while still pending: the finalizer stays (the erasure must
-    // finish first) and nothing is written.
+    // finish first; the finalizer is never patched away), and the status and
+    // a DeletionWaitsForErasure event say why the object is still there.
     let deletion_time = || {
         Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
             k8s_openapi::jiff::Timestamp::from_second(1_795_000_000).unwrap(),
@@ -240,13 +241,41 @@ async fn deletion_request_gets_its_finalizer_then_status_then_loses_it_on_delete
     };
     let mut deleting = with_finalizer.clone();
     deleting.meta_mut().deletion_timestamp = deletion_time();
-    let refused = tokio::time::timeout(
-        Duration::from_secs(5),
-        reconcile(Arc::new(deleting), kctx.clone()),
-    )
-    .await
-    .expect("no request was awaited");
+    let task = tokio::spawn(reconcile(Arc::new(deleting), kctx.clone()));
+    let (waiting_status, send) =
+        expect_request(&mut handle, Method::PATCH, &format!("{path}/status")).await;
+    assert_eq!(waiting_status["status"]["phase"], "Pending");
+    respond(send, serde_json::to_value(&with_finalizer).unwrap());
+    let mut reasons = Vec::new();
+    while !task.is_finished() {
+        let Ok(Some((request, send))) =
+            tokio::time::timeout(Duration::from_millis(500), handle.next_request()).await
+        else {
+            continue;
+        };
+        // A new event is POSTed; a repeated one PATCHes its series.
+        assert!(
+            request.uri().path().starts_with(EVENTS),
+            "only events are written: {} {}",
+            request.method(),
+            request.uri()
+        );
+        let bytes = request.into_body().collect_bytes().await.expect("body");
+        let event: Value = serde_json::from_slice(&bytes).expect("JSON event");
+        if let Some(reason) = event["reason"].as_str() {
+            reasons.push(reason.to_string());
+        }
+        respond(send, event);
+    }
+    let refused = tokio::time::timeout(Duration::from_secs(5), task)
+        .await
+        .expect("the cleanup ended")
+        .unwrap();
     assert!(refused.is_err(), "a pending erasure keeps its finalizer");
+    assert!(
+        reasons.iter().any(|r| r == "DeletionWaitsForErasure"),
+        "{reasons:?}"
+    );
     assert_no_request(&mut handle).await;
 
     // 4. Deleted once completed: the finalizer is removed; nothing else.
