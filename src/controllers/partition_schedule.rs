@@ -26,8 +26,7 @@ use crate::runtime::reconcile::{
 
 /// Creation is checked at least this often (the issue: every few minutes).
 const REQUEUE: Duration = Duration::from_secs(120);
-/// Sooner while something is missing (partitions, the policy in force),
-/// failed, or more may be dropped.
+/// Sooner while something is missing, failed, or more may be dropped.
 const REQUEUE_BUSY: Duration = Duration::from_secs(20);
 /// Drops in one reconcile; the rest follow on the next ones.
 const MAX_DROPS_PER_RECONCILE: usize = 12;
@@ -173,11 +172,7 @@ impl Pass<'_> {
         let message = self.ready_message(&partitions, &coverage, &warnings);
         events.extend(warning_events(&warnings, previous));
 
-        // A policy not in force yet is usually one whose reconciler has not
-        // run yet (the same sync wave of a fresh install): look again soon,
-        // not in two minutes.
         let busy = !coverage.is_covered()
-            || !matches!(lookup, PolicyLookup::Found(_))
             || drops.failure.is_some()
             || (!drops.dropped.is_empty() && self.window.contains(self.now));
         let requeue = if busy { REQUEUE_BUSY } else { REQUEUE };
