@@ -29,16 +29,19 @@ use chrono::{DateTime, TimeZone, Utc};
 use futures::{StreamExt, TryStreamExt};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
 use sqlx::{AssertSqlSafe, PgPool};
-use uuid::Uuid;
 
 use archiver_operator::api::archiver_shard::Discovery;
 use archiver_operator::archive::redis_source;
-use archiver_operator::archive::verdict::{self, REGIONS, index_key, scan_pattern, verdict_key};
+use archiver_operator::archive::verdict::{self, REGIONS, index_key, scan_pattern};
 use archiver_operator::archive::worker::{MinuteOutcome, ShardSettings, Worker};
 use archiver_operator::archive::writer::{self, WritePath};
 use archiver_operator::clock::ManualClock;
 use archiver_operator::metrics::Metrics;
 use archiver_operator::testing::{TestDatabase, redis_server};
+
+#[path = "support/verdicts.rs"]
+mod verdicts;
+use verdicts::{SERVERS_PER_TENANT, fields_of, key_of, tool_list_hashes};
 
 /// This bench's section of docs/BENCHMARKS.md (other benches own theirs).
 const MARK_BEGIN: &str = "<!-- bench:drain -->";
@@ -46,8 +49,6 @@ const MARK_END: &str = "<!-- /bench:drain -->";
 /// How this bench's section began before it had markers.
 const LEGACY_HEADING: &str = "# Drain benchmark";
 
-/// Servers per tenant: 50,000 servers are 1,000 tenants.
-const SERVERS_PER_TENANT: usize = 50;
 /// Commands per seeding pipeline.
 const SEED_BATCH: usize = 10_000;
 /// Seeding pipelines in flight at once (overlaps building and Redis work).
@@ -124,81 +125,6 @@ fn tick_time() -> DateTime<Utc> {
 }
 
 // ---------------------------------------------------------------- fixtures
-
-fn tenant(server: usize) -> Uuid {
-    Uuid::from_u128(
-        0x6f1c_0000_0000_4000_8000_0000_0000_0000 + (server / SERVERS_PER_TENANT) as u128,
-    )
-}
-
-fn mix(mut x: u64) -> u64 {
-    // splitmix64 finalizer: cheap, deterministic spread.
-    x = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
-    x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    x ^ (x >> 31)
-}
-
-/// Key number `i` of a minute: server `i / 5`, region `i % 5`.
-fn key_of(i: usize, minute: DateTime<Utc>) -> String {
-    let server = i / REGIONS.len();
-    verdict_key(
-        tenant(server),
-        &format!("srv-{server:05}"),
-        REGIONS[i % REGIONS.len()],
-        minute,
-    )
-}
-
-/// Realistic fields: mostly up, a SHA-256-sized tool list hash, the
-/// coalescer's seal.
-fn fields_of(i: usize, minute: DateTime<Utc>, hashes: &[String]) -> [(&'static str, String); 7] {
-    let server = i / REGIONS.len();
-    let h = mix(i as u64 ^ (minute.timestamp() as u64).wrapping_mul(0x0100_0000_01b3));
-    let state = match h % 100 {
-        0..=84 => "up",
-        85..=91 => "down",
-        92..=95 => "degraded",
-        96..=97 => "auth-walled",
-        _ => "unknown",
-    };
-    let error_kind = match (state, h % 4) {
-        ("up", _) => "",
-        (_, 0) => "tls-expired",
-        (_, 1) => "timeout",
-        (_, 2) => "connect-refused",
-        _ => "http-5xx",
-    };
-    [
-        ("state", state.to_string()),
-        ("p95_ms", (40 + (h >> 8) % 900).to_string()),
-        ("tool_list_hash", hashes[server % hashes.len()].clone()),
-        ("error_kind", error_kind.to_string()),
-        (
-            "asn",
-            ["16509", "13335", "15169", "8075", "14061"][server % 5].to_string(),
-        ),
-        (
-            "registry_of_origin",
-            ["mcp.so", "smithery.ai", "glama.ai", "github"][server % 4].to_string(),
-        ),
-        ("verdict_sealed", "1".to_string()),
-    ]
-}
-
-fn tool_list_hashes() -> Vec<String> {
-    (0..256u64)
-        .map(|n| {
-            format!(
-                "{:016x}{:016x}{:016x}{:016x}",
-                mix(n),
-                mix(n + 1000),
-                mix(n + 2000),
-                mix(n + 3000)
-            )
-        })
-        .collect()
-}
 
 fn redis_config() -> redis::AsyncConnectionConfig {
     redis::AsyncConnectionConfig::new()

@@ -107,6 +107,27 @@ pub struct TestDatabase {
 }
 
 impl TestDatabase {
+    /// `pg_dump` of this database in custom format into `file`, as a backup
+    /// job takes it (the restore-drill tests restore it).
+    pub fn dump_custom(&self, file: &std::path::Path) {
+        let url = url::Url::parse(&self.url).expect("the test database URL parses");
+        let output = std::process::Command::new("pg_dump")
+            .args(["--format=custom", "--file"])
+            .arg(file)
+            .env("PGHOST", url.host_str().unwrap_or("localhost"))
+            .env("PGPORT", url.port().unwrap_or(5432).to_string())
+            .env("PGUSER", url.username())
+            .env("PGPASSWORD", url.password().unwrap_or_default())
+            .env("PGDATABASE", url.path().trim_start_matches('/'))
+            .output()
+            .expect("pg_dump runs");
+        assert!(
+            output.status.success(),
+            "pg_dump: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+
     pub async fn new() -> Self {
         let port = cluster_port();
         let name = format!(

@@ -7,26 +7,6 @@ use std::process::{Command, Output};
 use archiver_operator::testing::TestDatabase;
 use serde_json::Value;
 
-/// `pg_dump` of the test database in custom format.
-fn dump(db: &TestDatabase, file: &Path) {
-    let url = url::Url::parse(&db.url).unwrap();
-    let output = Command::new("pg_dump")
-        .args(["--format=custom", "--file"])
-        .arg(file)
-        .env("PGHOST", url.host_str().unwrap_or("localhost"))
-        .env("PGPORT", url.port().unwrap_or(5432).to_string())
-        .env("PGUSER", url.username())
-        .env("PGPASSWORD", url.password().unwrap_or_default())
-        .env("PGDATABASE", url.path().trim_start_matches('/'))
-        .output()
-        .expect("pg_dump runs");
-    assert!(
-        output.status.success(),
-        "pg_dump: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-}
-
 fn drill(db: &TestDatabase, dump: &Path) -> (Output, Value) {
     let output = Command::new(env!("CARGO_BIN_EXE_archiver-operator"))
         .args(["restore-drill", "--json", "--dump"])
@@ -66,7 +46,7 @@ async fn objects_in_template1_do_not_reach_the_scratch_database() {
     let db = TestDatabase::new().await;
     let dir = tempfile::tempdir().unwrap();
     let backup = dir.path().join("archiver.dump");
-    dump(&db, &backup);
+    db.dump_custom(&backup);
     let template1 = archiver_operator::db::connect(&database_url(&db.url, "template1"), 1)
         .await
         .unwrap();
@@ -176,7 +156,7 @@ async fn a_libpq_style_database_url_restores_and_checks_the_scratch_database() {
     .unwrap();
     let dir = tempfile::tempdir().unwrap();
     let backup = dir.path().join("archiver.dump");
-    dump(&db, &backup);
+    db.dump_custom(&backup);
     sqlx::query("DELETE FROM probe_minute WHERE minute_bucket >= '2026-11-02 00:20+00'")
         .execute(&db.pool)
         .await
@@ -281,7 +261,7 @@ async fn a_dump_named_like_an_option_is_restored_as_a_file() {
     .await
     .unwrap();
     let dir = tempfile::tempdir().unwrap();
-    dump(&db, &dir.path().join("-nightly.dump"));
+    db.dump_custom(&dir.path().join("-nightly.dump"));
     let output = Command::new(env!("CARGO_BIN_EXE_archiver-operator"))
         .args(["restore-drill", "--json", "--dump=-nightly.dump"])
         .current_dir(dir.path())

@@ -45,26 +45,6 @@ async fn seed(db: &TestDatabase) {
     }
 }
 
-/// `pg_dump` of the test database in custom format, as a backup job takes it.
-fn dump(db: &TestDatabase, file: &Path) {
-    let url = url::Url::parse(&db.url).unwrap();
-    let output = Command::new("pg_dump")
-        .args(["--format=custom", "--file"])
-        .arg(file)
-        .env("PGHOST", url.host_str().unwrap_or("localhost"))
-        .env("PGPORT", url.port().unwrap_or(5432).to_string())
-        .env("PGUSER", url.username())
-        .env("PGPASSWORD", url.password().unwrap_or_default())
-        .env("PGDATABASE", url.path().trim_start_matches('/'))
-        .output()
-        .expect("pg_dump runs");
-    assert!(
-        output.status.success(),
-        "pg_dump: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-}
-
 async fn erase(db: &TestDatabase, server: &str) {
     let at = Utc.with_ymd_and_hms(2026, 11, 30, 12, 0, 0).unwrap();
     let request = ErasureRequest {
@@ -134,7 +114,7 @@ async fn a_backup_older_than_an_erasure_is_restored_without_the_erased_pair() {
     seed(&db).await;
     let dir = tempfile::tempdir().unwrap();
     let backup = dir.path().join("archiver.dump");
-    dump(&db, &backup);
+    db.dump_custom(&backup);
     erase(&db, "api").await;
     let hash = sha256_of(&backup);
 
@@ -179,7 +159,7 @@ async fn a_wrong_hash_or_a_broken_dump_is_a_surprise_and_leaves_nothing_behind()
     seed(&db).await;
     let dir = tempfile::tempdir().unwrap();
     let backup = dir.path().join("archiver.dump");
-    dump(&db, &backup);
+    db.dump_custom(&backup);
 
     let (output, report) = drill(&db, &backup, Some(&"0".repeat(64)));
     assert_eq!(output.status.code(), Some(1), "{}", text(&output));

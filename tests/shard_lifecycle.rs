@@ -243,6 +243,21 @@ fn run_once(dir: &Path, now: &str, database_url: &str) -> Output {
     )
 }
 
+/// A manifests directory with the example shard and its Redis Secret
+/// pointing at `redis_url`: the directory, the shard's file and its text.
+fn shard_directory(redis_url: &str) -> (tempfile::TempDir, std::path::PathBuf, String) {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples");
+    let shard_file = dir.path().join("archiver-shard.yaml");
+    let shard = std::fs::read_to_string(examples.join("archiver-shard.yaml")).unwrap();
+    std::fs::write(&shard_file, &shard).unwrap();
+    let secret = std::fs::read_to_string(examples.join("secret-redis-shard-0.yaml"))
+        .unwrap()
+        .replace("redis://127.0.0.1:6379/0", redis_url);
+    std::fs::write(dir.path().join("secret-redis-shard-0.yaml"), secret).unwrap();
+    (dir, shard_file, shard)
+}
+
 async fn lifecycle_of(db: &TestDatabase, shard_id: i32) -> Option<(String, DateTime<Utc>)> {
     sqlx::query_as("SELECT lifecycle, lifecycle_since FROM archive_watermark WHERE shard_id = $1")
         .bind(shard_id)
@@ -259,14 +274,7 @@ async fn lifecycle_of(db: &TestDatabase, shard_id: i32) -> Option<(String, DateT
 async fn the_controller_suspends_and_a_removed_manifest_retires_the_shard() {
     let db = TestDatabase::new().await;
     let redis = redis_server();
-    let dir = tempfile::tempdir().expect("temporary directory");
-    let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples");
-    let shard_file = dir.path().join("archiver-shard.yaml");
-    std::fs::copy(examples.join("archiver-shard.yaml"), &shard_file).unwrap();
-    let secret = std::fs::read_to_string(examples.join("secret-redis-shard-0.yaml"))
-        .unwrap()
-        .replace("redis://127.0.0.1:6379/0", &redis.url());
-    std::fs::write(dir.path().join("secret-redis-shard-0.yaml"), secret).unwrap();
+    let (dir, shard_file, _) = shard_directory(&redis.url());
     // Shard 9 has a row but no manifest.
     sqlx::query(
         "INSERT INTO archive_watermark (shard_id, last_minute, owner, expires_at) \
@@ -486,15 +494,7 @@ async fn a_namespaced_operator_retires_only_its_own_namespace() {
 async fn a_shard_reactivated_while_not_ready_keeps_its_lifecycle_event() {
     let db = TestDatabase::new().await;
     let mut redis = redis_server();
-    let dir = tempfile::tempdir().expect("temporary directory");
-    let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples");
-    let shard_file = dir.path().join("archiver-shard.yaml");
-    let shard = std::fs::read_to_string(examples.join("archiver-shard.yaml")).unwrap();
-    let secret = std::fs::read_to_string(examples.join("secret-redis-shard-0.yaml"))
-        .unwrap()
-        .replace("redis://127.0.0.1:6379/0", &redis.url());
-    std::fs::write(dir.path().join("secret-redis-shard-0.yaml"), secret).unwrap();
-    std::fs::write(&shard_file, &shard).unwrap();
+    let (dir, shard_file, shard) = shard_directory(&redis.url());
     run_once(dir.path(), "2026-11-10T10:00:30Z", &db.url);
     std::fs::write(
         &shard_file,
