@@ -79,7 +79,9 @@ pub enum RetireScope<'a> {
     /// cluster-wide operator, or the manifests directory).
     Everything,
     /// The source watches this namespace only: rows of shards in other
-    /// namespaces, or of an unknown one, are not its to retire.
+    /// namespaces, or of an unknown one (no object recorded, an object that
+    /// is not `namespace/name`), are not its to retire; an empty namespace
+    /// owns nothing.
     Namespace(&'a str),
 }
 
@@ -99,7 +101,7 @@ pub async fn retire_absent(
     let mut retired: Vec<i32> = sqlx::query_scalar(
         "UPDATE archive_watermark SET lifecycle = 'retired', lifecycle_since = $2 \
          WHERE lifecycle <> 'retired' AND NOT (shard_id = ANY($1)) \
-           AND ($3::text IS NULL OR split_part(shard_object, '/', 1) = $3) \
+           AND ($3::text IS NULL OR ($3 <> '' AND starts_with(shard_object, $3 || '/'))) \
          RETURNING shard_id",
     )
     .bind(present)

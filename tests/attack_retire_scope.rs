@@ -88,7 +88,6 @@ async fn a_namespace_retires_only_its_own_absent_shards() {
 /// An empty namespace scope (a namespaced operator whose namespace was
 /// read as empty) must not retire rows with an empty or unknown object.
 #[tokio::test]
-#[ignore = "defect (low reach): RetireScope::Namespace(\"\") retires a row whose shard_object is '' (split_part('', '/', 1) = ''); the controller and worker always write 'ns/name', so only a hand-written or legacy '' object is exposed"]
 async fn an_empty_namespace_scope_retires_no_unknown_rows() {
     let db = TestDatabase::new().await;
     row(&db, 1, None).await;
@@ -106,7 +105,6 @@ async fn an_empty_namespace_scope_retires_no_unknown_rows() {
 /// A row whose object is a bare label without '/' (what `ShardSettings::new`
 /// lets a worker record) is not `namespace/name`: no namespace owns it.
 #[tokio::test]
-#[ignore = "defect (low reach): a shard_object without '/' (a worker started with ShardSettings::new and a bare label, e.g. 'team') is retired by RetireScope::Namespace(\"team\"): split_part returns the whole text; in-tree callers always label 'ns/name'"]
 async fn a_bare_label_object_is_not_a_namespace() {
     let db = TestDatabase::new().await;
     row(&db, 1, Some("team")).await;
