@@ -198,6 +198,11 @@ impl std::fmt::Display for Tier {
     }
 }
 
+/// The longest window of any tier, in days: a hundred years. Longer is a
+/// typo, and a window reaching before the first instant PostgreSQL can
+/// store would make every retention and partition statement fail.
+pub const MAX_WINDOW_DAYS: u32 = 36_525;
+
 /// Retention windows of one tier, in days.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
@@ -205,14 +210,14 @@ impl std::fmt::Display for Tier {
 #[x_kube(validation = kube::core::Rule::new("self.dailyDays <= self.monthlyDays").message("dailyDays must be <= monthlyDays").field_path(".dailyDays"))]
 pub struct TierRetention {
     /// Days per-minute history (probe_minute) is kept.
-    #[schemars(range(min = 1))]
+    #[schemars(range(min = 1, max = MAX_WINDOW_DAYS))]
     pub per_minute_days: u32,
     /// Days the daily rollup (probe_day, suppression history) is kept. At
     /// least 30, so uptime_30d is always served from the daily rollup.
-    #[schemars(range(min = 30))]
+    #[schemars(range(min = 30, max = MAX_WINDOW_DAYS))]
     pub daily_days: u32,
     /// Days the monthly rollup (probe_month) is kept.
-    #[schemars(range(min = 1))]
+    #[schemars(range(min = 1, max = MAX_WINDOW_DAYS))]
     pub monthly_days: u32,
     /// What the privacy policy promises for this tier.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -68,6 +68,12 @@ pub enum PartitionError {
     RowsInsideRetention { partition: String, rows: i64 },
     #[error("{partition} cannot be dropped: {reason}")]
     NotAPartition { partition: String, reason: String },
+    /// The tier rows the guard judges a partition's rows by could not be read.
+    #[error("reading the tier history for the drop guard: {source}")]
+    TierHistory {
+        #[source]
+        source: crate::retention::RetentionError,
+    },
 }
 
 /// `map_err` adapter that adds what was being done to a database error.

@@ -30,7 +30,10 @@ use super::catalog::{self, CatalogPartition};
 use super::plan::is_protected;
 use super::{PartitionError, db_error};
 use crate::api::retention_policy::{Tier, Tiers};
+use crate::retention::ranges::{self, Contracts, expired_ranges_with};
+use crate::retention::store::all_tier_spans;
 use crate::retention::tiers::Table;
+use uuid::Uuid;
 
 /// Everything a drop needs besides the partition.
 #[derive(Debug, Clone, Copy)]
@@ -51,55 +54,86 @@ pub struct Dropped {
     pub drop_attempts: u32,
 }
 
-/// Rows of the relation `qualified` still inside their own retention at
-/// `now`: the tier in force at the row's minute decides, with the same
-/// per-minute window per tier that enforcement uses
-/// ([`Table::window_days`] of [`Tier::ALL`], passed as parameters), and a
-/// contract extension applies; a row with no tier in force at its minute, or
-/// a tier this policy does not know, counts as inside (tenants without a
-/// tier are never pruned).
+/// Rows of the relation `qualified` (rows of probe_minute) still inside
+/// their own retention at `now`, by the rule enforcement deletes by
+/// ([`expired_ranges_with`], one implementation for both): a row is past
+/// retention only when every instant of its minute is covered by a tier row
+/// and past the window of every tier row covering it. Time with no tier row
+/// (a tenant without a tier, a churn in the middle of a minute), overlapping
+/// tier rows of which one still keeps the minute, and tiers this policy does
+/// not know all count as inside. The tier rows are read on `conn`, so under
+/// the detach's lock they are the ones the decision is made with.
 ///
 /// This is the independent second computation behind the planner's horizon
 /// (seed 000 failure mode 7: the two disagree when one is wrong), so it errs
 /// towards keeping: a contract is honoured as billing recorded it, even above
 /// the policy's `contractualCapDays` (the horizon and enforcement use the
-/// capped value). A contract above the cap is an inconsistency a person must
-/// resolve; it shows up as `DropBlocked`, never as deleted rows. Only the
-/// contract tier can carry a contract (`tenant_tier_history`'s `CHECK`).
+/// capped value, [`Contracts::AsRecorded`]). A contract above the cap is an
+/// inconsistency a person must resolve; it shows up as `DropBlocked`, never
+/// as deleted rows.
 pub async fn rows_inside_retention(
     conn: &mut PgConnection,
     qualified: &str,
     now: DateTime<Utc>,
     tiers: &Tiers,
-) -> Result<i64, sqlx::Error> {
-    let (names, days): (Vec<&str>, Vec<i32>) = Tier::ALL
-        .into_iter()
-        .map(|tier| {
-            let window = Table::ProbeMinute.window_days(tiers.of(tier));
-            (tier.as_str(), i32::try_from(window).unwrap_or(i32::MAX))
-        })
-        .unzip();
-    // `qualified` comes from `oid::regclass::text`, already quoted.
+) -> Result<i64, PartitionError> {
+    let spans = all_tier_spans(&mut *conn)
+        .await
+        .map_err(|source| PartitionError::TierHistory { source })?;
+    let mut expired = ExpiredMinutes::default();
+    for (tenant, tenant_spans) in &spans {
+        let tenant_expired = expired_ranges_with(
+            tenant_spans,
+            tiers,
+            Table::ProbeMinute,
+            now,
+            Contracts::AsRecorded,
+        );
+        for range in tenant_expired {
+            if let ranges::Bounds::Instants { lo, hi, last } = range.bounds {
+                expired.push(*tenant, lo, hi, last);
+            }
+        }
+    }
+    // `qualified` comes from `oid::regclass::text`, already quoted. The
+    // anti-join keeps every row no expired range of its own tenant covers;
+    // the range test is the one enforcement's DELETE uses.
     let statement = format!(
         "SELECT count(*) FROM {qualified} r \
-         LEFT JOIN LATERAL ( \
-             SELECT h.tier, h.contract_minute_retention_days AS contract \
-             FROM tenant_tier_history h \
-             WHERE h.tenant_id = r.tenant_id AND h.valid_from <= r.minute_bucket \
-               AND (h.valid_to IS NULL OR r.minute_bucket < h.valid_to) \
-             ORDER BY h.valid_from DESC LIMIT 1 \
-         ) t ON true \
-         LEFT JOIN unnest($2::text[], $3::int[]) AS w(tier, days) ON w.tier = t.tier \
-         WHERE w.days IS NULL \
-            OR r.minute_bucket + interval '1 minute' > $1 - make_interval(days => \
-                 GREATEST(w.days, COALESCE(t.contract, 0)))"
+         WHERE NOT EXISTS ( \
+             SELECT 1 FROM unnest($1::uuid[], $2::timestamptz[], $3::timestamptz[], $4::timestamptz[]) \
+                 AS e(tenant_id, lo, hi, last) \
+             WHERE e.tenant_id = r.tenant_id \
+               AND r.minute_bucket >= e.lo AND r.minute_bucket < e.hi AND r.minute_bucket <= e.last)"
     );
     sqlx::query_scalar(sqlx::AssertSqlSafe(statement))
-        .bind(now)
-        .bind(names)
-        .bind(days)
+        .bind(expired.tenants)
+        .bind(expired.lo)
+        .bind(expired.hi)
+        .bind(expired.last)
         .fetch_one(&mut *conn)
         .await
+        .map_err(db_error(format!(
+            "counting the rows of {qualified} inside retention"
+        )))
+}
+
+/// The expired per-minute ranges of every tenant, as the statement's columns.
+#[derive(Default)]
+struct ExpiredMinutes {
+    tenants: Vec<Uuid>,
+    lo: Vec<DateTime<Utc>>,
+    hi: Vec<DateTime<Utc>>,
+    last: Vec<DateTime<Utc>>,
+}
+
+impl ExpiredMinutes {
+    fn push(&mut self, tenant: Uuid, lo: DateTime<Utc>, hi: DateTime<Utc>, last: DateTime<Utc>) {
+        self.tenants.push(tenant);
+        self.lo.push(lo);
+        self.hi.push(hi);
+        self.last.push(last);
+    }
 }
 
 /// The longest per-minute contract extension billing has recorded for any
@@ -127,9 +161,7 @@ pub async fn detach_and_drop(
         .map_err(db_error("acquiring a connection"))?;
     // A first count without locks, so a blocked drop costs no audit rows
     // and no lock traffic; the count that decides runs under the lock.
-    let rows = rows_inside_retention(&mut conn, &qualified, settings.now, settings.tiers)
-        .await
-        .map_err(db_error(format!("verifying the rows of {name}")))?;
+    let rows = rows_inside_retention(&mut conn, &qualified, settings.now, settings.tiers).await?;
     if rows > 0 {
         return Err(PartitionError::RowsInsideRetention {
             partition: name.to_string(),
@@ -195,8 +227,7 @@ pub async fn drop_leftover(
         settings.now,
         settings.tiers,
     )
-    .await
-    .map_err(db_error(format!("verifying the rows of {name}")))?;
+    .await?;
     if rows > 0 {
         return Err(PartitionError::RowsInsideRetention {
             partition: name.to_string(),
@@ -302,9 +333,7 @@ async fn detach(
         });
     }
     guard(name, locked_bounds, settings.now, "detach")?;
-    let rows = rows_inside_retention(&mut tx, qualified, settings.now, settings.tiers)
-        .await
-        .map_err(db_error(context("verifying the rows of")))?;
+    let rows = rows_inside_retention(&mut tx, qualified, settings.now, settings.tiers).await?;
     if rows > 0 {
         return Err(PartitionError::RowsInsideRetention {
             partition: name.to_string(),

@@ -154,22 +154,65 @@ pub struct ExpiredRange {
     pub bounds: Bounds,
 }
 
+/// How a contract's per-minute extension (`contract_minute_retention_days`)
+/// counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Contracts {
+    /// Capped at the policy's `contractualCapDays`: what enforcement deletes by.
+    CappedByPolicy,
+    /// As billing recorded it, even above the cap: what the partition guard
+    /// keeps by. A contract above the cap is an inconsistency a person must
+    /// resolve; the guard shows it as `DropBlocked`, never as dropped rows.
+    AsRecorded,
+}
+
 /// The days `span`'s rows of `table` are kept (contract extension included).
-fn span_window_days(tiers: &Tiers, tier: Tier, span: &TierSpan, table: Table) -> u32 {
+fn span_window_days(
+    tiers: &Tiers,
+    tier: Tier,
+    span: &TierSpan,
+    table: Table,
+    contracts: Contracts,
+) -> u32 {
     if table == Table::ProbeMinute && tier == Tier::CONTRACT {
-        return contract_minute_days(tiers.of(tier), span.contract_minute_days);
+        let retention = tiers.of(tier);
+        let capped = contract_minute_days(retention, span.contract_minute_days);
+        return match (contracts, span.contract_minute_days) {
+            (Contracts::AsRecorded, Some(days)) => capped.max(u32::try_from(days).unwrap_or(0)),
+            _ => capped,
+        };
     }
     table.window_days(tier.retention(tiers))
 }
 
+/// The first instant still inside a window of `days` days at `as_of`. A
+/// window reaching before the first representable instant keeps everything.
+fn window_start(as_of: DateTime<Utc>, days: u32) -> DateTime<Utc> {
+    Duration::try_days(i64::from(days))
+        .and_then(|window| as_of.checked_sub_signed(window))
+        .unwrap_or(DateTime::<Utc>::MIN_UTC)
+}
+
 /// The expired stretches of `table` for a tenant with tier rows `spans`, as
 /// of `as_of`, split by the tier each row is attributed to: the tier row with
-/// the latest `valid_from` covering the row's start.
+/// the latest `valid_from` covering the row's start. Contracts are capped by
+/// the policy, as enforcement deletes.
 pub fn expired_ranges(
     spans: &[TierSpan],
     tiers: &Tiers,
     table: Table,
     as_of: DateTime<Utc>,
+) -> Vec<ExpiredRange> {
+    expired_ranges_with(spans, tiers, table, as_of, Contracts::CappedByPolicy)
+}
+
+/// [`expired_ranges`], with the contract extension counted as `contracts` says.
+pub fn expired_ranges_with(
+    spans: &[TierSpan],
+    tiers: &Tiers,
+    table: Table,
+    as_of: DateTime<Utc>,
+    contracts: Contracts,
 ) -> Vec<ExpiredRange> {
     let mut expired_by_span = Vec::with_capacity(spans.len());
     let mut expired = RangeSet::new();
@@ -180,8 +223,7 @@ pub fn expired_ranges(
             kept.insert(span.from, to);
             continue;
         };
-        let days = i64::from(span_window_days(tiers, tier, span, table));
-        let cut = as_of - Duration::days(days);
+        let cut = window_start(as_of, span_window_days(tiers, tier, span, table, contracts));
         let part = RangeSet::of(span.from, to.min(cut));
         expired.insert(span.from, to.min(cut));
         kept.insert(span.from.max(cut), to);
@@ -295,11 +337,11 @@ pub fn history_bounds(tiers: &Tiers, as_of: DateTime<Utc>) -> Bounds {
 /// Rows (of a cross-tenant table) whose time is at least `days` before
 /// `as_of` once `span`, the time one row covers, has passed too.
 fn kept_for(days: u32, as_of: DateTime<Utc>, span: Duration) -> Bounds {
-    let cut = as_of - Duration::days(i64::from(days));
+    let cut = window_start(as_of, days);
     Bounds::Instants {
         lo: DateTime::<Utc>::UNIX_EPOCH,
         hi: cut,
-        last: cut - span,
+        last: cut.checked_sub_signed(span).unwrap_or(cut),
     }
 }
 

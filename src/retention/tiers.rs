@@ -7,7 +7,7 @@ use crate::canonical::{canonical_json, sha256_hex};
 
 use crate::api::RetentionPolicySpec;
 pub use crate::api::retention_policy::Tier;
-use crate::api::retention_policy::{Guarantee, TierRetention, Tiers};
+use crate::api::retention_policy::{Guarantee, MAX_WINDOW_DAYS, TierRetention, Tiers};
 
 /// How finely a table's rows are keyed in time.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -143,6 +143,17 @@ pub fn spec_problems(spec: &RetentionPolicySpec) -> Vec<String> {
         }
         if retention.daily_days > retention.monthly_days {
             problems.push(format!("tiers.{name}.dailyDays must be <= monthlyDays"));
+        }
+        for (window, days) in [
+            ("perMinuteDays", retention.per_minute_days),
+            ("dailyDays", retention.daily_days),
+            ("monthlyDays", retention.monthly_days),
+        ] {
+            if days > MAX_WINDOW_DAYS {
+                problems.push(format!(
+                    "tiers.{name}.{window} must be at most {MAX_WINDOW_DAYS} (a hundred years)"
+                ));
+            }
         }
         if retention.daily_days < 30 {
             problems.push(format!(
@@ -322,6 +333,28 @@ mod tests {
         // A zero guard holds every shrink, a 100% guard none.
         assert_eq!(guarded_shrinks(&old, &new, 0).len(), 3);
         assert!(guarded_shrinks(&old, &new, 100).is_empty());
+    }
+
+    #[test]
+    fn a_window_past_a_hundred_years_is_a_problem_named_by_its_field() {
+        let mut spec = example();
+        assert!(spec_problems(&spec).is_empty());
+        spec.tiers.team.monthly_days = MAX_WINDOW_DAYS;
+        assert!(
+            spec_problems(&spec).is_empty(),
+            "the bound itself is allowed"
+        );
+        spec.tiers.team.monthly_days = MAX_WINDOW_DAYS + 1;
+        spec.tiers.public.per_minute_days = u32::MAX;
+        let problems = spec_problems(&spec);
+        for field in ["tiers.team.monthlyDays", "tiers.public.perMinuteDays"] {
+            assert!(
+                problems
+                    .iter()
+                    .any(|p| p.starts_with(field) && p.contains("at most 36525")),
+                "{field} not named in {problems:?}"
+            );
+        }
     }
 
     #[test]
