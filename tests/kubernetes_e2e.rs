@@ -13,6 +13,8 @@ mod common;
 mod flows;
 #[path = "kubernetes_e2e/restart.rs"]
 mod restart;
+#[path = "kubernetes_e2e/schedule_policy.rs"]
+mod schedule_policy;
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
