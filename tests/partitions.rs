@@ -1109,9 +1109,32 @@ async fn without_a_policy_or_with_a_conflicting_one_nothing_is_dropped() {
         .publish(&h.namespace, "other", example_policy());
     let outcome = h.reconcile_at(at(2028, 6, 10, 3, 42)).await;
     assert!(h.names().await.is_superset(&old_months()));
-    assert_eq!(
-        condition(&outcome.status, "DropBlocked").reason,
-        "NoRetentionPolicy"
+    let blocked = condition(&outcome.status, "DropBlocked");
+    assert_eq!(blocked.reason, "NoRetentionPolicy");
+    assert!(
+        blocked.message.contains(&format!(
+            "({} is the RetentionPolicy in force)",
+            label("other")
+        )),
+        "{}",
+        blocked.message
+    );
+
+    // Listed as the one in force, but its reconciler has not published it.
+    h.ctx
+        .policies
+        .replace_all([(label("tiers"), example_policy())]);
+    h.ctx.enforced_policies.withdraw(&h.namespace, "tiers");
+    let outcome = h.reconcile_at(at(2028, 6, 10, 3, 43)).await;
+    assert!(h.names().await.is_superset(&old_months()));
+    let blocked = condition(&outcome.status, "DropBlocked");
+    assert_eq!(blocked.reason, "NoRetentionPolicy");
+    assert!(
+        blocked
+            .message
+            .contains("its reconciler does not enforce it"),
+        "{}",
+        blocked.message
     );
 
     // Once the referenced policy is in force, the expired months go.

@@ -365,10 +365,9 @@ impl Pass<'_> {
                     NotInForce::OtherInForce(other) => {
                         format!("{other} is the RetentionPolicy in force")
                     }
-                    NotInForce::NotPublished => {
-                        "its reconciler has not enforced it yet: see its Ready condition"
-                            .to_string()
-                    }
+                    NotInForce::NotPublished => "its reconciler does not enforce it: not \
+                         accepted yet, invalid, suspended or withheld, see its Ready condition"
+                        .to_string(),
                 };
                 Some(format!(
                     "RetentionPolicy {label} is not in force ({why}): nothing is dropped"
