@@ -13,6 +13,8 @@ mod common;
 mod flows;
 #[path = "kubernetes_e2e/restart.rs"]
 mod restart;
+#[path = "kubernetes_e2e/schedule_policy.rs"]
+mod schedule_policy;
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -579,6 +581,20 @@ async fn examples_applied_with_kubectl_become_ready_and_the_deletion_completes()
             "{object}: {ready}"
         );
     }
+
+    // The schedule sees the examples' policy in force (it used to report
+    // `NoRetentionPolicy` until its next periodic reconcile, two minutes
+    // after its first, which came before the policy was accepted).
+    let schedule = get_json(cluster, "archiver", "partitionschedule/probe-minute");
+    let drop_blocked = schedule["status"]["conditions"]
+        .as_array()
+        .and_then(|conditions| conditions.iter().find(|c| c["type"] == "DropBlocked"))
+        .unwrap_or_else(|| panic!("the schedule has a DropBlocked condition: {schedule:#}"));
+    assert_eq!(
+        (&drop_blocked["status"], &drop_blocked["reason"]),
+        (&Value::from("False"), &Value::from("NotBlocked")),
+        "{drop_blocked}"
+    );
 
     // The receipt: in the status, hashed, and the same one the database keeps.
     let request = get_json(cluster, "archiver", "deletionrequest/erase-6f1c-my-server");

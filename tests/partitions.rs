@@ -1109,9 +1109,32 @@ async fn without_a_policy_or_with_a_conflicting_one_nothing_is_dropped() {
         .publish(&h.namespace, "other", example_policy());
     let outcome = h.reconcile_at(at(2028, 6, 10, 3, 42)).await;
     assert!(h.names().await.is_superset(&old_months()));
-    assert_eq!(
-        condition(&outcome.status, "DropBlocked").reason,
-        "NoRetentionPolicy"
+    let blocked = condition(&outcome.status, "DropBlocked");
+    assert_eq!(blocked.reason, "NoRetentionPolicy");
+    assert!(
+        blocked.message.contains(&format!(
+            "({} is the RetentionPolicy in force)",
+            label("other")
+        )),
+        "{}",
+        blocked.message
+    );
+
+    // Listed as the one in force, but its reconciler has not published it.
+    h.ctx
+        .policies
+        .replace_all([(label("tiers"), example_policy())]);
+    h.ctx.enforced_policies.withdraw(&h.namespace, "tiers");
+    let outcome = h.reconcile_at(at(2028, 6, 10, 3, 43)).await;
+    assert!(h.names().await.is_superset(&old_months()));
+    let blocked = condition(&outcome.status, "DropBlocked");
+    assert_eq!(blocked.reason, "NoRetentionPolicy");
+    assert!(
+        blocked
+            .message
+            .contains("its reconciler does not enforce it"),
+        "{}",
+        blocked.message
     );
 
     // Once the referenced policy is in force, the expired months go.
@@ -1402,4 +1425,32 @@ async fn status_lists_partitions_and_warns_about_a_tenfold_month() {
             .message
             .contains("warning")
     );
+}
+
+/// A fresh install applies the RetentionPolicy and the PartitionSchedule in
+/// one sync wave: the schedule's first reconcile often finds no policy in
+/// force yet. It looks again within the busy interval (20 s), not the
+/// idle one (120 s, which kept it reporting the missing policy for two
+/// minutes), and settles to the idle interval once the policy is in force.
+#[tokio::test]
+async fn a_schedule_without_its_policy_in_force_looks_again_soon() {
+    let mut h = Harness::new("policy-later", at(2026, 11, 20, 12, 0), 5).await;
+    let first = h.reconcile_at(at(2026, 11, 20, 12, 0)).await;
+    assert_eq!(condition(&first.status, "Ready").status, "True");
+    assert!(
+        first.requeue_after <= Duration::from_secs(20),
+        "requeued after {:?} while the policy is not in force",
+        first.requeue_after
+    );
+    // Looking again changes nothing while the policy is still not in
+    // force: the same status (no time or count in it), no event.
+    let again = h
+        .reconcile_at(at(2026, 11, 20, 12, 0) + chrono::Duration::seconds(20))
+        .await;
+    assert_eq!(again.status, first.status);
+    assert!(again.events.is_empty(), "{:?}", again.events);
+    assert!(again.requeue_after <= Duration::from_secs(20));
+    h.publish(example_policy());
+    let settled = h.reconcile_at(at(2026, 11, 20, 12, 1)).await;
+    assert_eq!(settled.requeue_after, Duration::from_secs(120));
 }

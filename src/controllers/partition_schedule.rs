@@ -16,7 +16,7 @@ use crate::partitions::catalog::{self, CatalogPartition};
 use crate::partitions::coverage::{self, Coverage};
 use crate::partitions::create::{self, CreateReport};
 use crate::partitions::plan::{Candidate, DropDecision, DropInputs, plan_drops};
-use crate::partitions::policy_registry::PolicyLookup;
+use crate::partitions::policy_registry::{NotInForce, PolicyLookup};
 use crate::partitions::removal::{self, DropSettings, Dropped};
 use crate::partitions::{PartitionError, conditions};
 use crate::runtime::context::Context;
@@ -26,7 +26,8 @@ use crate::runtime::reconcile::{
 
 /// Creation is checked at least this often (the issue: every few minutes).
 const REQUEUE: Duration = Duration::from_secs(120);
-/// Sooner while something is missing, failed, or more may be dropped.
+/// Sooner while something is missing (partitions, the policy in force),
+/// failed, or more may be dropped.
 const REQUEUE_BUSY: Duration = Duration::from_secs(20);
 /// Drops in one reconcile; the rest follow on the next ones.
 const MAX_DROPS_PER_RECONCILE: usize = 12;
@@ -172,7 +173,13 @@ impl Pass<'_> {
         let message = self.ready_message(&partitions, &coverage, &warnings);
         events.extend(warning_events(&warnings, previous));
 
+        // A policy not in force is looked up again soon. The Kubernetes
+        // source also reconciles the schedule as soon as the registry or the
+        // list of policies changes; this bounds the wait where nothing
+        // announces a change (a policy that never becomes ready is re-checked
+        // without rewriting anything: its reason is stable).
         let busy = !coverage.is_covered()
+            || !matches!(lookup, PolicyLookup::Found(_))
             || drops.failure.is_some()
             || (!drops.dropped.is_empty() && self.window.contains(self.now));
         let requeue = if busy { REQUEUE_BUSY } else { REQUEUE };
@@ -342,15 +349,30 @@ impl Pass<'_> {
         }
     }
 
-    /// Why no policy can be used, or None when one is in force.
+    /// Why no policy can be used, or None when one is in force. The same
+    /// state always gives the same words (no time, no count), so a schedule
+    /// waiting on its policy writes nothing until the state changes.
     fn policy_reason(&self, lookup: &PolicyLookup) -> Option<String> {
         let label = self.policy_label();
         match lookup {
             PolicyLookup::Found(_) => None,
-            PolicyLookup::Missing => Some(format!(
-                "RetentionPolicy {label} is not in force (not published by its reconciler): \
-                 nothing is dropped"
-            )),
+            PolicyLookup::Missing(why) => {
+                let why = match why {
+                    NotInForce::StillListing => {
+                        "the operator is still listing RetentionPolicies".to_string()
+                    }
+                    NotInForce::NoPolicy => "no RetentionPolicy exists".to_string(),
+                    NotInForce::OtherInForce(other) => {
+                        format!("{other} is the RetentionPolicy in force")
+                    }
+                    NotInForce::NotPublished => "its reconciler does not enforce it: not \
+                         accepted yet, invalid, suspended or withheld, see its Ready condition"
+                        .to_string(),
+                };
+                Some(format!(
+                    "RetentionPolicy {label} is not in force ({why}): nothing is dropped"
+                ))
+            }
             PolicyLookup::Conflict { reason } => Some(format!(
                 "RetentionPolicy {label} is in conflict ({reason}): nothing is dropped until \
                  resolved"

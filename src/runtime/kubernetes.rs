@@ -320,24 +320,47 @@ where
 }
 
 /// Keeps the policy directory equal to the watch cache of RetentionPolicies,
-/// and only marks it ready once the cache has listed every object.
+/// and only marks it ready once the cache has listed every object. Sends on
+/// `changed` when it becomes ready and whenever the listing changes (what a
+/// PartitionSchedule sees as in force depends on it).
 async fn sync_policy_directory(
     store: reflector::Store<RetentionPolicy>,
     directory: Arc<crate::retention::directory::PolicyDirectory>,
+    changed: tokio::sync::watch::Sender<()>,
 ) {
     if !cache_listed(&store).await {
         return;
     }
+    let mut last = None;
     loop {
-        let policies = store.state().into_iter().map(|policy| {
-            (
-                super::manifests::namespaced_name(policy.as_ref()),
-                policy.spec.clone(),
-            )
-        });
-        directory.replace_all(policies);
+        let policies: std::collections::BTreeMap<_, _> = store
+            .state()
+            .into_iter()
+            .map(|policy| {
+                (
+                    super::manifests::namespaced_name(policy.as_ref()),
+                    policy.spec.clone(),
+                )
+            })
+            .collect();
+        directory.replace_all(policies.clone());
+        if last.as_ref() != Some(&policies) {
+            changed.send_replace(());
+            last = Some(policies);
+        }
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
+}
+
+/// One item per change seen by `receiver` (several changes between two
+/// polls make one item: a reconcile reads the latest state anyway).
+fn changes<T>(receiver: tokio::sync::watch::Receiver<T>) -> impl futures::Stream<Item = ()>
+where
+    T: Send + Sync + 'static,
+{
+    futures::stream::unfold(receiver, |mut receiver| async move {
+        receiver.changed().await.ok().map(|()| ((), receiver))
+    })
 }
 
 /// Keeps the erasure's Redis targets to the shards in the watch cache: a
@@ -446,13 +469,28 @@ pub async fn run_controllers(
     let stop = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|stop| *stop).await;
     };
-    // The shard workers are Deployments the operator owns: a change to one
-    // wakes its shard's reconcile.
+    // This term starts from what its own RetentionPolicy reconciles
+    // publish: an earlier term's entries may be stale (another leader may
+    // have accepted other tier windows in between).
+    kctx.ctx.enforced_policies.clear();
+    // A PartitionSchedule reads which policy is in force from the registry
+    // and the directory, which the RetentionPolicy side fills in its own
+    // time (usually after the schedule's first reconcile): a change of
+    // either reconciles the schedules again, so they see the policy in
+    // force as soon as it is, not at their next periodic reconcile.
+    let registry_changes = changes(kctx.ctx.enforced_policies.changes());
+    let (directory_changed, directory_changes) = tokio::sync::watch::channel(());
     let (policies, policy_store) = controller_and_store::<RetentionPolicy>(&client, namespace);
     let directory_sync = tokio::spawn(sync_policy_directory(
         policy_store,
         kctx.ctx.policies.clone(),
+        directory_changed,
     ));
+    let schedules = controller_for::<PartitionSchedule>(&client, namespace)
+        .reconcile_all_on(registry_changes)
+        .reconcile_all_on(changes(directory_changes));
+    // The shard workers are Deployments the operator owns: a change to one
+    // wakes its shard's reconcile.
     let deployments = api_for::<Deployment>(&client, namespace);
     let (shards, shard_store) = controller_and_store::<ArchiverShard>(&client, namespace);
     // Their watch cache also tells the worker host which Deployments are
@@ -484,11 +522,7 @@ pub async fn run_controllers(
     tokio::join!(
         drive(shards, kctx.clone(), stop(shutdown.clone())),
         drive(policies, kctx.clone(), stop(shutdown.clone())),
-        drive(
-            controller_for::<PartitionSchedule>(&client, namespace),
-            kctx.clone(),
-            stop(shutdown.clone())
-        ),
+        drive(schedules, kctx.clone(), stop(shutdown.clone())),
         drive(
             controller_for::<DeletionRequest>(&client, namespace),
             kctx.clone(),
@@ -536,7 +570,12 @@ mod tests {
     async fn the_policy_directory_is_filled_while_a_controller_waits_for_the_same_cache() {
         let (store, mut writer) = reflector::store::<RetentionPolicy>();
         let directory = Arc::new(crate::retention::directory::PolicyDirectory::new());
-        let sync = tokio::spawn(sync_policy_directory(store.clone(), directory.clone()));
+        let (changed, _changes) = tokio::sync::watch::channel(());
+        let sync = tokio::spawn(sync_policy_directory(
+            store.clone(),
+            directory.clone(),
+            changed,
+        ));
         tokio::task::yield_now().await;
         // The controller reconciling from this cache waits on it too, after the sync.
         let controller = tokio::spawn({
@@ -558,6 +597,39 @@ mod tests {
             "{:?}",
             directory.in_force()
         );
+    }
+
+    /// The PartitionSchedules are reconciled again when the directory
+    /// becomes ready and whenever its listing changes (a second policy, a
+    /// deleted one), not on every pass of the sync.
+    #[tokio::test]
+    async fn the_policy_directory_announces_when_it_is_ready_and_when_it_changes() {
+        let (store, mut writer) = reflector::store::<RetentionPolicy>();
+        let directory = Arc::new(crate::retention::directory::PolicyDirectory::new());
+        let (changed, mut changes) = tokio::sync::watch::channel(());
+        let sync = tokio::spawn(sync_policy_directory(
+            store.clone(),
+            directory.clone(),
+            changed,
+        ));
+        writer.apply_watcher_event(&watcher::Event::Init);
+        writer.apply_watcher_event(&watcher::Event::InitApply(policy("tiers")));
+        writer.apply_watcher_event(&watcher::Event::InitDone);
+        tokio::time::timeout(Duration::from_secs(5), changes.changed())
+            .await
+            .expect("announced once listed")
+            .expect("the sync is running");
+        assert!(matches!(directory.in_force(), InForce::One { .. }));
+        // Passes over an unchanged listing announce nothing.
+        tokio::time::sleep(Duration::from_millis(2500)).await;
+        assert!(!changes.has_changed().expect("the sync is running"));
+        writer.apply_watcher_event(&watcher::Event::Apply(policy("other")));
+        tokio::time::timeout(Duration::from_secs(5), changes.changed())
+            .await
+            .expect("announced once a second policy is listed")
+            .expect("the sync is running");
+        assert!(matches!(directory.in_force(), InForce::Conflict(_)));
+        sync.abort();
     }
 
     /// A shard deleted (gone from the watch cache) is retired in

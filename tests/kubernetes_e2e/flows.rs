@@ -24,7 +24,7 @@ const REQUEST: &str = "deletionrequest/erase-6f1c-my-server";
 const EXAMPLE_TENANT: &str = "6f1c2a9e-4b1d-4c55-9a43-2f5e7d8c9b01";
 
 /// The one object of `examples/<file>`, moved to `namespace`.
-fn example(file: &str, namespace: &str) -> Value {
+pub(crate) fn example(file: &str, namespace: &str) -> Value {
     let mut object = documents(&repo().join("examples").join(file))
         .pop()
         .unwrap_or_else(|| panic!("examples/{file} holds an object"));
@@ -32,14 +32,20 @@ fn example(file: &str, namespace: &str) -> Value {
     object
 }
 
-fn apply(cluster: &ControlPlane, object: &Value) {
-    let applied = cluster.kubectl_with_stdin(&["apply", "-f", "-"], Some(&object.to_string()));
+pub(crate) fn apply(cluster: &ControlPlane, object: &Value) {
+    let mut applied = cluster.kubectl_with_stdin(&["apply", "-f", "-"], Some(&object.to_string()));
+    // Tests running in parallel apply the same cluster-scoped RBAC: when two
+    // create it at once, one is told it already exists; applied again, it
+    // is patched like any existing object.
+    if !applied.success && applied.stderr.contains("AlreadyExists") {
+        applied = cluster.kubectl_with_stdin(&["apply", "-f", "-"], Some(&object.to_string()));
+    }
     assert!(applied.success, "{object}: {}", applied.stderr);
 }
 
 /// The chart's RBAC for `namespace` (rendered with `values`), applied, and
 /// a kubeconfig of the chart's ServiceAccount (in the returned directory).
-fn chart_identity(
+pub(crate) fn chart_identity(
     cluster: &ControlPlane,
     namespace: &str,
     values: &Value,
@@ -53,7 +59,7 @@ fn chart_identity(
     (credentials, kubeconfig)
 }
 
-fn condition<'a>(object: &'a Value, type_: &str) -> Option<&'a Value> {
+pub(crate) fn condition<'a>(object: &'a Value, type_: &str) -> Option<&'a Value> {
     object["status"]["conditions"]
         .as_array()?
         .iter()
@@ -61,7 +67,7 @@ fn condition<'a>(object: &'a Value, type_: &str) -> Option<&'a Value> {
 }
 
 /// Polls `object` until `done` holds on it (bounded); the last live object.
-fn wait_for(
+pub(crate) fn wait_for(
     cluster: &ControlPlane,
     namespace: &str,
     object: &str,
