@@ -1,19 +1,22 @@
 //! The catalogue of the tables that name a tenant: every relation of the
 //! database with a `tenant_id` column or a column of salted tenant hashes
-//! is either an erasure surface (`crate::erasure::surfaces`) or kept on
-//! purpose, with the reason, here. An erasure refuses to run while the
-//! database holds such a table that is in neither list (a table added by
-//! another team's migration is exactly how a surface gets missed), unless
-//! the operator's configuration declares it out of scope.
+//! is either a table holding tenant data ([`Table`], described in
+//! [`tables`]: erased, verified, replayed and pruned by what its entry says)
+//! or kept on purpose, with the reason, here ([`KEPT_TABLES`]). An erasure
+//! refuses to run while the database holds such a table that is in neither
+//! list (a table added by another team's migration is exactly how a surface
+//! gets missed), unless the operator's configuration declares it out of
+//! scope.
 
 use sqlx::PgPool;
 
-use crate::erasure::surfaces::{HASH_TABLES, ROW_TABLES};
+pub mod tables;
+
+pub use tables::{Entry, ErasureMode, Granularity, Identity, Retention, Table, Window};
 
 /// The names of the tables that hold tenant data, and of the Redis
-/// surfaces, as statuses and receipts show them: the erasure's surfaces
-/// (`crate::erasure::surfaces::Table`) and retention's tables
-/// (`crate::retention::tiers::Table`) both name their tables from here.
+/// surfaces, as statuses and receipts show them ([`Table::name`] reads
+/// them from here).
 pub mod names {
     pub const PROBE_MINUTE: &str = "probe_minute";
     pub const PROBE_MINUTE_REJECTS: &str = "probe_minute_rejects";
@@ -59,11 +62,11 @@ pub const KEPT_TABLES: [KeptTable; 4] = [
     },
 ];
 
-/// Every table of the catalogue: the erasure surfaces, then the kept ones.
+/// Every table of the catalogue: the tables holding tenant data (the
+/// erasure surfaces), then the kept ones.
 pub fn catalogued_tables() -> Vec<&'static str> {
-    ROW_TABLES
+    Table::ALL
         .iter()
-        .chain(HASH_TABLES.iter())
         .map(|table| table.name())
         .chain(KEPT_TABLES.iter().map(|kept| kept.table))
         .collect()
@@ -211,13 +214,8 @@ mod tests {
     /// surface: what retention keeps for a tenant, an erasure can remove.
     #[test]
     fn every_table_retention_prunes_is_an_erasure_surface() {
-        use crate::erasure::surfaces::{HASH_TABLES, ROW_TABLES};
         use crate::retention::tiers::Table;
-        let surfaces: Vec<&str> = ROW_TABLES
-            .iter()
-            .chain(HASH_TABLES.iter())
-            .map(|table| table.name())
-            .collect();
+        let surfaces: Vec<&str> = super::Table::ALL.iter().map(|table| table.name()).collect();
         for table in Table::ALL {
             assert!(
                 surfaces.contains(&table.name()),
