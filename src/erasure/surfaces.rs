@@ -156,12 +156,16 @@ pub async fn suppression_tables_empty(conn: &mut PgConnection) -> Result<bool, s
     .await
 }
 
-/// The partitions of probe_minute, as quoted relation names.
-pub async fn probe_minute_partitions(conn: &mut PgConnection) -> Result<Vec<String>, sqlx::Error> {
+/// The partitions of `table`, as quoted relation names.
+pub async fn partitions_of(
+    conn: &mut PgConnection,
+    table: Table,
+) -> Result<Vec<String>, sqlx::Error> {
     sqlx::query_scalar(
         "SELECT i.inhrelid::regclass::text FROM pg_inherits i \
-         WHERE i.inhparent = 'probe_minute'::regclass ORDER BY 1",
+         WHERE i.inhparent = $1::regclass ORDER BY 1",
     )
+    .bind(table.name())
     .fetch_all(&mut *conn)
     .await
 }

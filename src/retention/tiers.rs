@@ -21,32 +21,41 @@ pub use crate::schema::Granularity;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Table(schema::Table);
 
-/// The catalogue tables with a retention rule that is `cross_tenant` or
-/// not, in the catalogue's order, as an array of exactly `N`: a catalogue
-/// change that makes `N` wrong fails the build where the constant is
-/// defined.
+/// Whether retention prunes `table` and, if so, as a whole.
+const fn has_rule(table: schema::Table, cross_tenant: bool) -> bool {
+    let rule = table.retention();
+    rule.prunes() && rule.is_cross_tenant() == cross_tenant
+}
+
+/// How many catalogue tables [`has_rule`].
+const fn count_pruned(cross_tenant: bool) -> usize {
+    let (mut i, mut n) = (0, 0);
+    while i < schema::Table::ALL.len() {
+        if has_rule(schema::Table::ALL[i], cross_tenant) {
+            n += 1;
+        }
+        i += 1;
+    }
+    n
+}
+
+/// The catalogue tables that [`has_rule`], in the catalogue's order.
 const fn pruned<const N: usize>(cross_tenant: bool) -> [Table; N] {
     let mut found = [Table(schema::Table::ProbeMinute); N];
     let (mut i, mut n) = (0, 0);
     while i < schema::Table::ALL.len() {
         let table = schema::Table::ALL[i];
-        let rule = table.retention();
-        if rule.prunes() && rule.is_cross_tenant() == cross_tenant {
-            assert!(
-                n < N,
-                "more catalogue tables have this rule than the constant holds"
-            );
+        if has_rule(table, cross_tenant) {
             found[n] = Table(table);
             n += 1;
         }
         i += 1;
     }
-    assert!(
-        n == N,
-        "fewer catalogue tables have this rule than the constant holds"
-    );
     found
 }
+
+const PER_TENANT_COUNT: usize = count_pruned(false);
+const CROSS_TENANT_COUNT: usize = count_pruned(true);
 
 /// The view of `table`; the build fails when retention does not prune it.
 const fn pruned_table(table: schema::Table) -> Table {
@@ -64,13 +73,13 @@ impl Table {
 
 impl Table {
     /// The tables that carry a `tenant_id`, pruned tenant by tenant.
-    pub const PER_TENANT: [Table; 3] = pruned(false);
+    pub const PER_TENANT: [Table; PER_TENANT_COUNT] = pruned(false);
     /// The tables pruned as a whole (tier `all`).
-    pub const CROSS_TENANT: [Table; 2] = pruned(true);
+    pub const CROSS_TENANT: [Table; CROSS_TENANT_COUNT] = pruned(true);
     /// Every table retention prunes: the per-tenant ones, then the
     /// cross-tenant ones.
-    pub const ALL: [Table; 5] = {
-        let mut all = [Table(schema::Table::ProbeMinute); 5];
+    pub const ALL: [Table; PER_TENANT_COUNT + CROSS_TENANT_COUNT] = {
+        let mut all = [Table(schema::Table::ProbeMinute); PER_TENANT_COUNT + CROSS_TENANT_COUNT];
         let mut i = 0;
         while i < Self::PER_TENANT.len() {
             all[i] = Self::PER_TENANT[i];

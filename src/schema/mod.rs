@@ -14,16 +14,9 @@ pub mod tables;
 
 pub use tables::{Entry, ErasureMode, Granularity, Identity, Retention, Table, Window};
 
-/// The names of the tables that hold tenant data, and of the Redis
-/// surfaces, as statuses and receipts show them ([`Table::name`] reads
-/// them from here).
+/// The names of the Redis surfaces, as statuses and receipts show them
+/// next to the tables' ([`Table::name`], from the table's entry).
 pub mod names {
-    pub const PROBE_MINUTE: &str = "probe_minute";
-    pub const PROBE_MINUTE_REJECTS: &str = "probe_minute_rejects";
-    pub const PROBE_DAY: &str = "probe_day";
-    pub const PROBE_MONTH: &str = "probe_month";
-    pub const SUPPRESSION_CLUSTERS: &str = "suppression_clusters";
-    pub const SUPPRESSION_CLUSTERS_HISTORY: &str = "suppression_clusters_history";
     pub const REDIS_VERDICT_KEYS: &str = "redis_verdict_keys";
     pub const REDIS_INDEX_ENTRIES: &str = "redis_index_entries";
     pub const REDIS_ALERT_KEYS: &str = "redis_alert_keys";
@@ -192,6 +185,14 @@ pub async fn uncatalogued_tables(
 #[cfg(test)]
 mod tests {
     use super::parse_table_name;
+
+    /// A table is either erased or kept, never both.
+    #[test]
+    fn kept_tables_are_not_tables_of_tenant_data() {
+        for kept in super::KEPT_TABLES {
+            assert_eq!(super::Table::parse(kept.table), None, "{}", kept.table);
+        }
+    }
 
     #[test]
     fn declared_names_are_read_as_sql_reads_them() {

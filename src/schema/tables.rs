@@ -10,8 +10,6 @@
 
 use crate::api::retention_policy::TierRetention;
 
-use super::names;
-
 /// A table that holds tenant data.
 ///
 /// The order of [`Table::ALL`] is the order of the erasure (DESIGN §5):
@@ -175,7 +173,7 @@ impl Table {
     pub const fn entry(self) -> Entry {
         match self {
             Self::ProbeMinute => Entry {
-                name: names::PROBE_MINUTE,
+                name: "probe_minute",
                 time_column: "minute_bucket",
                 minute_column: None,
                 granularity: Granularity::Minute,
@@ -183,7 +181,7 @@ impl Table {
                 retention: Retention::TierWindow(Window::PerMinute),
             },
             Self::ProbeMinuteRejects => Entry {
-                name: names::PROBE_MINUTE_REJECTS,
+                name: "probe_minute_rejects",
                 // Always set (a malformed key may have no minute), and indexed.
                 time_column: "rejected_at",
                 minute_column: Some("minute_bucket"),
@@ -196,7 +194,7 @@ impl Table {
                 retention: Retention::ShortestPerMinute,
             },
             Self::ProbeDay => Entry {
-                name: names::PROBE_DAY,
+                name: "probe_day",
                 time_column: "day",
                 minute_column: None,
                 granularity: Granularity::Day,
@@ -204,7 +202,7 @@ impl Table {
                 retention: Retention::TierWindow(Window::Daily),
             },
             Self::ProbeMonth => Entry {
-                name: names::PROBE_MONTH,
+                name: "probe_month",
                 time_column: "month",
                 minute_column: None,
                 granularity: Granularity::Month,
@@ -212,7 +210,7 @@ impl Table {
                 retention: Retention::TierWindow(Window::Monthly),
             },
             Self::SuppressionClusters => Entry {
-                name: names::SUPPRESSION_CLUSTERS,
+                name: "suppression_clusters",
                 time_column: "minute_bucket",
                 minute_column: None,
                 granularity: Granularity::Minute,
@@ -223,7 +221,7 @@ impl Table {
                 },
             },
             Self::SuppressionClustersHistory => Entry {
-                name: names::SUPPRESSION_CLUSTERS_HISTORY,
+                name: "suppression_clusters_history",
                 time_column: "minute_bucket",
                 minute_column: None,
                 granularity: Granularity::Minute,
