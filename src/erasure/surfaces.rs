@@ -1,7 +1,10 @@
-//! The Postgres surfaces that hold a tenant's data, and the one statement
-//! per surface that erases (or counts) a scope in it. The erasure, its
-//! verification and the tombstone replay all go through here, so a surface
-//! added later is added once.
+//! The Postgres surfaces that hold a tenant's data (the catalogue's
+//! tables, `crate::schema::tables`), and the one statement per surface that
+//! erases (or counts) a scope in it, built from the table's entry: its
+//! tenant and server columns or its column of salted hashes, its time
+//! column and granularity. The erasure, its verification and the tombstone
+//! replay all go through here, so a surface added to the catalogue needs
+//! nothing here.
 
 use chrono::{DateTime, Utc};
 use sqlx::postgres::PgArguments;
