@@ -186,6 +186,25 @@ pub async fn uncatalogued_tables(
 mod tests {
     use super::parse_table_name;
 
+    /// The run-time search for tables naming a tenant finds every table of
+    /// tenant data and every kept table after the migrations: the catalogue
+    /// and the search agree on what names a tenant, both ways (the other
+    /// way is `tests/schema.rs`).
+    #[tokio::test]
+    async fn the_search_finds_every_catalogued_table() {
+        let db = crate::testing::TestDatabase::new().await;
+        let found: Vec<super::TenantTable> = sqlx::query_as(super::TENANT_TABLES)
+            .fetch_all(&db.pool)
+            .await
+            .expect("searching the migrated database");
+        for table in super::catalogued_tables() {
+            assert!(
+                found.iter().any(|f| f.resolves && f.name == table),
+                "{table} does not name a tenant by the search's rule: {found:?}"
+            );
+        }
+    }
+
     /// A table is either erased or kept, never both.
     #[test]
     fn kept_tables_are_not_tables_of_tenant_data() {
