@@ -40,6 +40,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::Mutex;
 
 use archiver_operator::archive::verdict::{REGIONS, index_key};
+use archiver_operator::schema::Table;
 use archiver_operator::testing::{TestDatabase, redis_server};
 
 #[path = "support/verdicts.rs"]
@@ -433,18 +434,19 @@ fn loop_delta(before: &Scrape, after: &Scrape, name: &str, label: &str) -> LoopD
 
 // ---------------------------------------------------------------- PostgreSQL
 
-/// The tables whose dead tuples and size are followed (partitions summed).
-const TABLES: [&str; 9] = [
-    "probe_minute",
-    "probe_minute_rejects",
-    "probe_day",
-    "probe_month",
-    "suppression_clusters",
-    "suppression_clusters_history",
-    "archive_watermark",
-    "derived_views_watermark",
-    "retention_run",
-];
+/// The tables whose dead tuples and size are followed (partitions summed):
+/// every table of tenant data (the catalogue's), and the hot bookkeeping rows.
+fn followed_tables() -> Vec<&'static str> {
+    Table::ALL
+        .iter()
+        .map(|table| table.name())
+        .chain([
+            "archive_watermark",
+            "derived_views_watermark",
+            "retention_run",
+        ])
+        .collect()
+}
 
 #[derive(Clone, Copy, Debug, Default)]
 struct TableStats {
@@ -456,7 +458,7 @@ struct TableStats {
 
 async fn table_stats(pool: &PgPool) -> anyhow::Result<BTreeMap<String, TableStats>> {
     let mut out = BTreeMap::new();
-    for table in TABLES {
+    for table in followed_tables() {
         let row: (Option<i64>, Option<i64>, Option<i64>, Option<i64>) = sqlx::query_as(
             "SELECT sum(s.n_dead_tup)::bigint, sum(s.n_live_tup)::bigint, \
                     sum(pg_total_relation_size(t.relid))::bigint, \
@@ -1628,7 +1630,7 @@ fn render(o: &Outcome) -> String {
     );
     let first = o.samples.first();
     let last = o.samples.last();
-    for table in TABLES {
+    for table in followed_tables() {
         let get = |s: Option<&&MinuteSample>| {
             s.and_then(|s| s.tables.get(table))
                 .copied()

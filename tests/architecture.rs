@@ -1,5 +1,6 @@
 //! The direction of dependencies (issue 15): the domain modules — draining
-//! (`archive`), the derived `views`, `erasure`, `retention`, `partitions`, and the neutral
+//! (`archive`), the derived `views`, `erasure`, `retention`, `partitions`, the catalogue
+//! of tables (`schema`), and the neutral
 //! modules they use (`clock`, `db`, `metrics`, `secret`, `redis_client`) —
 //! know nothing about Kubernetes or about the layers above them. They may
 //! use the spec value types of `crate::api` (plain data), never a resource
@@ -43,7 +44,14 @@ const FORBIDDEN_MODULES: &[&str] = &[
     "local_servers",
 ];
 
-const DOMAIN_DIRECTORIES: &[&str] = &["archive", "views", "erasure", "retention", "partitions"];
+const DOMAIN_DIRECTORIES: &[&str] = &[
+    "archive",
+    "views",
+    "erasure",
+    "retention",
+    "partitions",
+    "schema",
+];
 const NEUTRAL_FILES: &[&str] = &[
     "canonical.rs",
     "clock.rs",

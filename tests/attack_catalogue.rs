@@ -1,4 +1,4 @@
-//! Attacks on the erasure catalogue check (DESIGN §9, `src/schema.rs`): an
+//! Attacks on the erasure catalogue check (DESIGN §9, `src/schema/`): an
 //! erasure refuses while the database holds a table naming a tenant that
 //! neither the catalogue nor `--erasure-out-of-scope-table` covers. With
 //! real PostgreSQL and Redis: tenant columns spelled as ORMs spell them,

@@ -195,7 +195,7 @@ async fn tier_history_rejects_unknown_tiers_and_contracts_above_the_cap() {
     );
 }
 
-/// The catalogue (`src/schema.rs`) covers every table of the migrated
+/// The catalogue (`src/schema/`) covers every table of the migrated
 /// schema that names a tenant, and every table it names exists; a table
 /// another team adds with a `tenant_id` column or tenant hashes, in any
 /// schema and also as a materialized view, is found, unless declared out of

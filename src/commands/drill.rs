@@ -26,6 +26,7 @@ use crate::erasure::verify::count_surfaces;
 use crate::runtime::config::{OperatorConfig, SecretString};
 use crate::runtime::context::Context;
 use crate::runtime::reconcile::{Managed, ReconcileError};
+use crate::schema::{ErasureMode, Table};
 
 /// The synthetic tenant: `d2111` reads "drill".
 pub const DRILL_TENANT: Uuid = Uuid::from_u128(0x00000000_0000_4000_8000_0000000d2111);
@@ -296,102 +297,122 @@ async fn ensure_month_partition(pool: &PgPool, at: DateTime<Utc>) -> Result<(), 
     }
 }
 
-/// Every Postgres surface gets the synthetic tenant, in set-based inserts.
-/// Re-running is harmless (conflicts keep what is there).
+/// Every Postgres surface of the catalogue gets the synthetic tenant, in
+/// set-based inserts. Re-running is harmless (conflicts keep what is there).
 async fn seed_postgres(
     pool: &PgPool,
     salt: &SecretString,
-    (first, last): (DateTime<Utc>, DateTime<Utc>),
+    minutes: (DateTime<Utc>, DateTime<Utc>),
     now: DateTime<Utc>,
 ) -> Result<(), DrillError> {
-    let mut tx = pool.begin().await.map_err(db("beginning the reseed"))?;
-    sqlx::query(
-        "INSERT INTO probe_minute (tenant_id, server_slug, region, minute_bucket, state, p95_ms, \
-                                   error_kind, asn, registry_of_origin, archived_at, extra) \
-         SELECT $1, $2, region, minute, \
-                CASE WHEN extract(minute FROM minute)::int % 10 = 0 THEN 'down' ELSE 'up' END, \
-                100 + extract(minute FROM minute)::int, NULL, $5, $6, $7, '{\"drill\": true}' \
-         FROM generate_series($3::timestamptz, $4::timestamptz, interval '1 minute') AS minute, \
-              unnest($8::text[]) AS region \
-         ON CONFLICT DO NOTHING",
-    )
-    .bind(DRILL_TENANT)
-    .bind(DRILL_SERVER)
-    .bind(first)
-    .bind(last)
-    .bind(DRILL_ASN)
-    .bind(DRILL_REGISTRY)
-    .bind(now)
-    .bind(REGIONS.as_slice())
-    .execute(&mut *tx)
-    .await
-    .map_err(db("seeding probe_minute"))?;
-    sqlx::query(
-        "INSERT INTO probe_minute_rejects \
-           (shard_id, verdict_key, minute_bucket, raw_fields, reason, rejected_at, tenant_id, server_slug) \
-         VALUES (0, $1, $2, '{\"state\": \"up\", \"drill\": \"1\"}', 'unknown_region: drill', $3, $4, $5) \
-         ON CONFLICT DO NOTHING",
-    )
-    .bind(verdict_key(DRILL_TENANT, DRILL_SERVER, "us-easr", last))
-    .bind(last)
-    .bind(now)
-    .bind(DRILL_TENANT)
-    .bind(DRILL_SERVER)
-    .execute(&mut *tx)
-    .await
-    .map_err(db("seeding probe_minute_rejects"))?;
-    sqlx::query(
-        "INSERT INTO probe_day (tenant_id, server_slug, day, minutes_total, minutes_up, minutes_down, \
-                                minutes_degraded, minutes_auth_walled, minutes_unknown, \
-                                p95_ms_p50_of_day, p95_ms_p95_of_day, incident_count, updated_at) \
-         VALUES ($1, $2, ($3::timestamptz AT TIME ZONE 'UTC')::date, 60, 54, 6, 0, 0, 0, 130, 158, 6, $4) \
-         ON CONFLICT DO NOTHING",
-    )
-    .bind(DRILL_TENANT)
-    .bind(DRILL_SERVER)
-    .bind(last)
-    .bind(now)
-    .execute(&mut *tx)
-    .await
-    .map_err(db("seeding probe_day"))?;
-    sqlx::query(
-        "INSERT INTO probe_month (tenant_id, server_slug, month, days_total, minutes_up, minutes_down, \
-                                  minutes_degraded, minutes_auth_walled, minutes_unknown, \
-                                  incident_count, sla_uptime_pct, updated_at) \
-         VALUES ($1, $2, date_trunc('month', $3::timestamptz AT TIME ZONE 'UTC')::date, \
-                 1, 54, 6, 0, 0, 0, 6, 90.000, $4) \
-         ON CONFLICT DO NOTHING",
-    )
-    .bind(DRILL_TENANT)
-    .bind(DRILL_SERVER)
-    .bind(last)
-    .bind(now)
-    .execute(&mut *tx)
-    .await
-    .map_err(db("seeding probe_month"))?;
     let hashes = vec![
         tenant_hash(DRILL_TENANT, salt.expose()),
         tenant_hash(DRILL_PEER_TENANT, salt.expose()),
     ];
-    for table in ["suppression_clusters", "suppression_clusters_history"] {
-        let sql = format!(
-            "INSERT INTO {table} (error_kind, asn, registry_of_origin, minute_bucket, \
-                                  contributing_tenant_count, contributing_tenant_hashes, contributing_pair_count) \
-             VALUES ($1, $2, $3, $4, 2, $5, 2) \
-             ON CONFLICT ON CONSTRAINT {table}_key \
-             DO UPDATE SET contributing_tenant_hashes = EXCLUDED.contributing_tenant_hashes"
-        );
-        sqlx::query(AssertSqlSafe(sql))
-            .bind(DRILL_ERROR_KIND)
-            .bind(DRILL_ASN)
-            .bind(DRILL_REGISTRY)
-            .bind(last)
-            .bind(&hashes)
-            .execute(&mut *tx)
-            .await
-            .map_err(db("seeding the suppression tables"))?;
+    let mut tx = pool.begin().await.map_err(db("beginning the reseed"))?;
+    for table in Table::ALL {
+        seed_table(&mut tx, table, minutes, now, &hashes).await?;
     }
     tx.commit().await.map_err(db("committing the reseed"))?;
+    Ok(())
+}
+
+/// Seeds one table: every table has its own columns, so a table added to
+/// the catalogue is asked for here by the compiler (and a surface the seed
+/// leaves empty fails the drill, see [`empty_surfaces`]).
+async fn seed_table(
+    conn: &mut sqlx::PgConnection,
+    table: Table,
+    (first, last): (DateTime<Utc>, DateTime<Utc>),
+    now: DateTime<Utc>,
+    hashes: &[String],
+) -> Result<(), DrillError> {
+    match table {
+        Table::ProbeMinute => sqlx::query(
+            "INSERT INTO probe_minute (tenant_id, server_slug, region, minute_bucket, state, p95_ms, \
+                                       error_kind, asn, registry_of_origin, archived_at, extra) \
+             SELECT $1, $2, region, minute, \
+                    CASE WHEN extract(minute FROM minute)::int % 10 = 0 THEN 'down' ELSE 'up' END, \
+                    100 + extract(minute FROM minute)::int, NULL, $5, $6, $7, '{\"drill\": true}' \
+             FROM generate_series($3::timestamptz, $4::timestamptz, interval '1 minute') AS minute, \
+                  unnest($8::text[]) AS region \
+             ON CONFLICT DO NOTHING",
+        )
+        .bind(DRILL_TENANT)
+        .bind(DRILL_SERVER)
+        .bind(first)
+        .bind(last)
+        .bind(DRILL_ASN)
+        .bind(DRILL_REGISTRY)
+        .bind(now)
+        .bind(REGIONS.as_slice())
+        .execute(&mut *conn)
+        .await
+        .map_err(db("seeding probe_minute"))?,
+        Table::ProbeMinuteRejects => sqlx::query(
+            "INSERT INTO probe_minute_rejects \
+               (shard_id, verdict_key, minute_bucket, raw_fields, reason, rejected_at, tenant_id, server_slug) \
+             VALUES (0, $1, $2, '{\"state\": \"up\", \"drill\": \"1\"}', 'unknown_region: drill', $3, $4, $5) \
+             ON CONFLICT DO NOTHING",
+        )
+        .bind(verdict_key(DRILL_TENANT, DRILL_SERVER, "us-easr", last))
+        .bind(last)
+        .bind(now)
+        .bind(DRILL_TENANT)
+        .bind(DRILL_SERVER)
+        .execute(&mut *conn)
+        .await
+        .map_err(db("seeding probe_minute_rejects"))?,
+        Table::ProbeDay => sqlx::query(
+            "INSERT INTO probe_day (tenant_id, server_slug, day, minutes_total, minutes_up, minutes_down, \
+                                    minutes_degraded, minutes_auth_walled, minutes_unknown, \
+                                    p95_ms_p50_of_day, p95_ms_p95_of_day, incident_count, updated_at) \
+             VALUES ($1, $2, ($3::timestamptz AT TIME ZONE 'UTC')::date, 60, 54, 6, 0, 0, 0, 130, 158, 6, $4) \
+             ON CONFLICT DO NOTHING",
+        )
+        .bind(DRILL_TENANT)
+        .bind(DRILL_SERVER)
+        .bind(last)
+        .bind(now)
+        .execute(&mut *conn)
+        .await
+        .map_err(db("seeding probe_day"))?,
+        Table::ProbeMonth => sqlx::query(
+            "INSERT INTO probe_month (tenant_id, server_slug, month, days_total, minutes_up, minutes_down, \
+                                      minutes_degraded, minutes_auth_walled, minutes_unknown, \
+                                      incident_count, sla_uptime_pct, updated_at) \
+             VALUES ($1, $2, date_trunc('month', $3::timestamptz AT TIME ZONE 'UTC')::date, \
+                     1, 54, 6, 0, 0, 0, 6, 90.000, $4) \
+             ON CONFLICT DO NOTHING",
+        )
+        .bind(DRILL_TENANT)
+        .bind(DRILL_SERVER)
+        .bind(last)
+        .bind(now)
+        .execute(&mut *conn)
+        .await
+        .map_err(db("seeding probe_month"))?,
+        // Both suppression tables have the same columns.
+        Table::SuppressionClusters | Table::SuppressionClustersHistory => {
+            let table = table.name();
+            let sql = format!(
+                "INSERT INTO {table} (error_kind, asn, registry_of_origin, minute_bucket, \
+                                      contributing_tenant_count, contributing_tenant_hashes, contributing_pair_count) \
+                 VALUES ($1, $2, $3, $4, 2, $5, 2) \
+                 ON CONFLICT ON CONSTRAINT {table}_key \
+                 DO UPDATE SET contributing_tenant_hashes = EXCLUDED.contributing_tenant_hashes"
+            );
+            sqlx::query(AssertSqlSafe(sql))
+                .bind(DRILL_ERROR_KIND)
+                .bind(DRILL_ASN)
+                .bind(DRILL_REGISTRY)
+                .bind(last)
+                .bind(hashes)
+                .execute(&mut *conn)
+                .await
+                .map_err(db("seeding the suppression tables"))?
+        }
+    };
     Ok(())
 }
 
@@ -459,7 +480,10 @@ async fn seed_redis(
 /// The seeded clusters keep `tombstone` after the erasure, as real ones
 /// do; they are the drill's own rows and go afterwards.
 async fn remove_seeded_clusters(pool: &PgPool) -> Result<(), DrillError> {
-    for table in ["suppression_clusters", "suppression_clusters_history"] {
+    let hash_tables = Table::ALL
+        .into_iter()
+        .filter(|table| table.erasure() == ErasureMode::ReplaceHash);
+    for table in hash_tables {
         sqlx::query(AssertSqlSafe(format!(
             "DELETE FROM {table} WHERE error_kind = $1 AND registry_of_origin = $2"
         )))

@@ -24,7 +24,7 @@ use sha2::Digest;
 use sqlx::PgPool;
 
 use crate::erasure::replay;
-use crate::erasure::surfaces::{HASH_TABLES, ROW_TABLES};
+use crate::schema::Table;
 use crate::secret::SecretString;
 
 #[derive(Debug, Clone, Args)]
@@ -454,7 +454,7 @@ async fn missing_tables(scratch: &PgPool) -> Result<Vec<String>, DrillError> {
 /// Rows per erasure surface and month in both databases.
 async fn month_counts(scratch: &PgPool, live: &PgPool) -> Result<Vec<MonthCount>, DrillError> {
     let mut counts = Vec::new();
-    for table in ROW_TABLES.iter().chain(HASH_TABLES.iter()) {
+    for table in Table::ALL {
         let statement = format!(
             "SELECT to_char(date_trunc('month', {time}), 'YYYY-MM') AS month, count(*) \
              FROM {name} GROUP BY 1 ORDER BY 1",

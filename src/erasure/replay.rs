@@ -18,7 +18,7 @@ use sqlx::PgPool;
 use uuid::Uuid;
 
 use super::scope::Scope;
-use super::surfaces::{HASH_TABLES, ROW_TABLES, Selection, suppression_tables_empty};
+use super::surfaces::{Selection, Table, suppression_tables_empty};
 use super::transaction::{ACTOR, ErasureError, lock_scope};
 use crate::secret::SecretString;
 
@@ -227,7 +227,7 @@ async fn replay_one(
     let mut tx = pool.begin().await.map_err(step_db(Step::Begin))?;
     lock_scope(&mut tx, &scope, LOCK_TIMEOUT).await?;
     let mut removed = BTreeMap::new();
-    for table in ROW_TABLES.into_iter().chain(HASH_TABLES) {
+    for table in Table::ALL {
         let rows = table
             .erase(&mut tx, &selection)
             .await

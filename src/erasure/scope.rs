@@ -44,25 +44,9 @@ impl Scope {
         }
     }
 
-    /// How many bind parameters [`Scope::predicate`] uses: `$1` is the
-    /// tenant, `$2` the server when there is one. Further parameters of a
-    /// query start after these.
-    pub fn param_count(&self) -> usize {
-        if self.server.is_some() { 2 } else { 1 }
-    }
-
-    /// The SQL condition selecting the scope's rows of a table with
-    /// `tenant_id` and `server_slug` columns. Built from constants only; the
-    /// values are bound with [`Scope::bind`].
-    pub fn predicate(&self) -> &'static str {
-        if self.server.is_some() {
-            "tenant_id = $1 AND server_slug = $2"
-        } else {
-            "tenant_id = $1"
-        }
-    }
-
-    /// Binds the scope's parameters (see [`Scope::predicate`]).
+    /// Binds the scope's parameters: `$1` the tenant, `$2` the server when
+    /// there is one (the condition is the catalogue's, built by
+    /// `crate::erasure::surfaces`).
     pub fn bind<'q>(
         &'q self,
         query: sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>,

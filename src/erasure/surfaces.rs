@@ -1,7 +1,10 @@
-//! The Postgres surfaces that hold a tenant's data, and the one statement
-//! per surface that erases (or counts) a scope in it. The erasure, its
-//! verification and the tombstone replay all go through here, so a surface
-//! added later is added once.
+//! The Postgres surfaces that hold a tenant's data (the catalogue's
+//! tables, `crate::schema::tables`), and the one statement per surface that
+//! erases (or counts) a scope in it, built from the table's entry: its
+//! tenant and server columns or its column of salted hashes, its time
+//! column and granularity. The erasure, its verification and the tombstone
+//! replay all go through here, so a surface added to the catalogue needs
+//! nothing here.
 
 use chrono::{DateTime, Utc};
 use sqlx::postgres::PgArguments;
@@ -10,38 +13,13 @@ use sqlx::{AssertSqlSafe, PgConnection, Postgres};
 
 use super::scope::{Scope, TOMBSTONE_HASH};
 
+/// The Postgres tables holding tenant data: the catalogue's, whose entries
+/// say how each names a tenant and what an erasure does to it.
+pub use crate::schema::Table;
 /// Names of the surfaces, as they appear in statuses and receipts (the
 /// catalogue's table names).
 pub use crate::schema::names;
-
-/// A Postgres table holding tenant data.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Table {
-    ProbeMinute,
-    /// Verdicts that failed validation: their raw fields are the verdict;
-    /// `tenant_id` and `server_slug` are what their key names, as the drain
-    /// reads it (NULL when the key names none).
-    ProbeMinuteRejects,
-    ProbeDay,
-    ProbeMonth,
-    /// Rows survive (the outage happened to others too); the tenant's
-    /// salted hash is replaced by `tombstone`.
-    SuppressionClusters,
-    SuppressionClustersHistory,
-}
-
-/// The tables whose rows are deleted, in the order of the design.
-pub const ROW_TABLES: [Table; 4] = [
-    Table::ProbeMinute,
-    Table::ProbeMinuteRejects,
-    Table::ProbeDay,
-    Table::ProbeMonth,
-];
-/// The tables where the tenant hash is replaced.
-pub const HASH_TABLES: [Table; 2] = [
-    Table::SuppressionClusters,
-    Table::SuppressionClustersHistory,
-];
+use crate::schema::{ErasureMode, Granularity, Identity};
 
 /// What a statement selects: a scope, and optionally only data at or
 /// before a tombstone's time (replay and verification: later data for the
@@ -54,61 +32,33 @@ pub struct Selection<'a> {
     pub upto: Option<DateTime<Utc>>,
 }
 
+/// The erasure's statements over a catalogue table, built from its entry.
 impl Table {
-    pub fn name(self) -> &'static str {
-        match self {
-            Self::ProbeMinute => names::PROBE_MINUTE,
-            Self::ProbeMinuteRejects => names::PROBE_MINUTE_REJECTS,
-            Self::ProbeDay => names::PROBE_DAY,
-            Self::ProbeMonth => names::PROBE_MONTH,
-            Self::SuppressionClusters => names::SUPPRESSION_CLUSTERS,
-            Self::SuppressionClustersHistory => names::SUPPRESSION_CLUSTERS_HISTORY,
-        }
-    }
-
-    /// The time a row stands for, as an SQL expression over the table's
-    /// columns (a reject without a readable minute: when it was rejected).
-    pub fn time_expression(self) -> &'static str {
-        match self {
-            Self::ProbeMinute | Self::SuppressionClusters | Self::SuppressionClustersHistory => {
-                "minute_bucket"
-            }
-            Self::ProbeMinuteRejects => "coalesce(minute_bucket, rejected_at)",
-            Self::ProbeDay => "day",
-            Self::ProbeMonth => "month",
-        }
-    }
-
     fn is_hash_table(self) -> bool {
-        HASH_TABLES.contains(&self)
+        self.erasure() == ErasureMode::ReplaceHash
     }
 
     /// The WHERE clause of `selection` (constants only; values are bound
     /// by [`Table::bind`] in the same order).
     fn condition(self, selection: &Selection<'_>) -> String {
-        let (mut condition, used) = match self {
-            Self::ProbeMinute | Self::ProbeMinuteRejects | Self::ProbeDay | Self::ProbeMonth => (
-                selection.scope.predicate().to_string(),
-                selection.scope.param_count(),
-            ),
-            Self::SuppressionClusters | Self::SuppressionClustersHistory => (
-                "contributing_tenant_hashes @> ARRAY[$1]::text[]".to_string(),
-                1,
-            ),
+        let (mut condition, used) = match self.identity() {
+            Identity::Columns { tenant, server } => match selection.scope.server {
+                Some(_) => (format!("{tenant} = $1 AND {server} = $2"), 2),
+                None => (format!("{tenant} = $1"), 1),
+            },
+            Identity::SaltedHashes { column } => (format!("{column} @> ARRAY[$1]::text[]"), 1),
         };
         if selection.upto.is_some() {
             let p = used + 1;
-            let bound = match self {
-                Self::ProbeMinute
-                | Self::SuppressionClusters
-                | Self::SuppressionClustersHistory => {
-                    format!("minute_bucket <= ${p}")
+            // A reject without a readable minute counts from when it was rejected.
+            let time = self.time_expression();
+            let bound = match self.granularity() {
+                Granularity::Minute => format!("{time} <= ${p}"),
+                Granularity::Day => {
+                    format!("{time} <= (${p}::timestamptz AT TIME ZONE 'UTC')::date")
                 }
-                // A reject without a readable minute counts from when it was rejected.
-                Self::ProbeMinuteRejects => format!("coalesce(minute_bucket, rejected_at) <= ${p}"),
-                Self::ProbeDay => format!("day <= (${p}::timestamptz AT TIME ZONE 'UTC')::date"),
-                Self::ProbeMonth => format!(
-                    "month <= date_trunc('month', ${p}::timestamptz AT TIME ZONE 'UTC')::date"
+                Granularity::Month => format!(
+                    "{time} <= date_trunc('month', ${p}::timestamptz AT TIME ZONE 'UTC')::date"
                 ),
             };
             condition.push_str(" AND ");
@@ -122,13 +72,9 @@ impl Table {
         query: Query<'q, Postgres, PgArguments>,
         selection: &Selection<'q>,
     ) -> Query<'q, Postgres, PgArguments> {
-        let query = match self {
-            Self::ProbeMinute | Self::ProbeMinuteRejects | Self::ProbeDay | Self::ProbeMonth => {
-                selection.scope.bind(query)
-            }
-            Self::SuppressionClusters | Self::SuppressionClustersHistory => {
-                query.bind(selection.tenant_hash.unwrap_or_default())
-            }
+        let query = match self.identity() {
+            Identity::Columns { .. } => selection.scope.bind(query),
+            Identity::SaltedHashes { .. } => query.bind(selection.tenant_hash.unwrap_or_default()),
         };
         match selection.upto {
             Some(upto) => query.bind(upto),
@@ -147,14 +93,14 @@ impl Table {
             return Ok(0);
         }
         let condition = self.condition(selection);
-        let sql = if self.is_hash_table() {
-            format!(
-                "UPDATE {table} SET contributing_tenant_hashes = \
-                 array_replace(contributing_tenant_hashes, $1, '{TOMBSTONE_HASH}') WHERE {condition}",
-                table = self.name()
-            )
-        } else {
-            format!("DELETE FROM {table} WHERE {condition}", table = self.name())
+        let table = self.name();
+        // The erasure mode follows from the identity (`Table::erasure`).
+        let sql = match self.identity() {
+            Identity::SaltedHashes { column } => format!(
+                "UPDATE {table} SET {column} = \
+                 array_replace({column}, $1, '{TOMBSTONE_HASH}') WHERE {condition}"
+            ),
+            Identity::Columns { .. } => format!("DELETE FROM {table} WHERE {condition}"),
         };
         let query = self.bind(sqlx::query(AssertSqlSafe(sql)), selection);
         Ok(query.execute(&mut *conn).await?.rows_affected())
@@ -193,24 +139,36 @@ impl Table {
     }
 }
 
-/// Whether any suppression table holds any row at all: without the salt
-/// the tenant's hash cannot be computed, which is only harmless when there
-/// is nothing to look through.
+/// Whether every table naming tenants by salted hashes (the suppression
+/// tables) is empty: without the salt the tenant's hash cannot be
+/// computed, which is only harmless when there is nothing to look through.
 pub async fn suppression_tables_empty(conn: &mut PgConnection) -> Result<bool, sqlx::Error> {
-    sqlx::query_scalar(
-        "SELECT NOT (EXISTS (SELECT 1 FROM suppression_clusters) \
-                  OR EXISTS (SELECT 1 FROM suppression_clusters_history))",
-    )
+    let any_rows: Vec<String> = Table::ALL
+        .into_iter()
+        .filter(|table| matches!(table.identity(), Identity::SaltedHashes { .. }))
+        .map(|table| format!("EXISTS (SELECT 1 FROM {})", table.name()))
+        .collect();
+    if any_rows.is_empty() {
+        return Ok(true);
+    }
+    sqlx::query_scalar(AssertSqlSafe(format!(
+        "SELECT NOT ({})",
+        any_rows.join(" OR ")
+    )))
     .fetch_one(&mut *conn)
     .await
 }
 
-/// The partitions of probe_minute, as quoted relation names.
-pub async fn probe_minute_partitions(conn: &mut PgConnection) -> Result<Vec<String>, sqlx::Error> {
+/// The partitions of `table`, as quoted relation names.
+pub async fn partitions_of(
+    conn: &mut PgConnection,
+    table: Table,
+) -> Result<Vec<String>, sqlx::Error> {
     sqlx::query_scalar(
         "SELECT i.inhrelid::regclass::text FROM pg_inherits i \
-         WHERE i.inhparent = 'probe_minute'::regclass ORDER BY 1",
+         WHERE i.inhparent = $1::regclass ORDER BY 1",
     )
+    .bind(table.name())
     .fetch_all(&mut *conn)
     .await
 }

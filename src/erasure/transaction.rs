@@ -19,7 +19,7 @@ use super::redis_side::{self, KeysByShard, RedisSideError};
 use super::redis_targets::RedisTarget;
 use super::request::ErasureRequest;
 use super::scope::Scope;
-use super::surfaces::{self, HASH_TABLES, ROW_TABLES, Selection, names};
+use super::surfaces::{self, Selection, Table, names};
 use crate::api::deletion_request::CacheInvalidation;
 use crate::db::locks;
 use crate::secret::SecretString;
@@ -91,8 +91,8 @@ pub enum ErasureError {
     /// Tables that name a tenant but are neither erasure surfaces nor
     /// declared kept: nothing is erased until they are.
     #[error(
-        "catalogue: {} hold(s) tenant data but no erasure covers it: add it to the erasure (src/schema.rs, \
-         src/erasure/surfaces.rs) or declare it out of scope (--erasure-out-of-scope-table); nothing was erased",
+        "catalogue: {} hold(s) tenant data but no erasure covers it: add it to the catalogue \
+         (src/schema/tables.rs) or declare it out of scope (--erasure-out-of-scope-table); nothing was erased",
         .0.join(", ")
     )]
     UncataloguedTables(Vec<String>),
@@ -264,7 +264,7 @@ async fn delete_rows(
     };
     let mut removed = BTreeMap::new();
     let mut phases = Vec::new();
-    for table in ROW_TABLES.into_iter().chain(HASH_TABLES) {
+    for table in Table::ALL {
         let (rows, seconds) = timed(table.erase(conn, &selection)).await;
         let rows = rows.map_err(db(Step::Delete(table.name())))?;
         removed.insert(table.name().to_string(), to_i64(rows));

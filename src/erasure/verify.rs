@@ -13,7 +13,7 @@ use super::request::ErasureRequest;
 use super::scope::Scope;
 use futures::{StreamExt, TryStreamExt};
 
-use super::surfaces::{HASH_TABLES, ROW_TABLES, Selection, Table, names, probe_minute_partitions};
+use super::surfaces::{Selection, Table, names, partitions_of};
 use super::transaction::{Committed, ErasureError, ErasureSettings, Phases, Step, db};
 use crate::api::deletion_request::Verification;
 
@@ -131,7 +131,7 @@ async fn count_postgres(
 ) -> Result<BTreeMap<String, i64>, ErasureError> {
     let partitions = {
         let mut conn = pool.acquire().await.map_err(db(Step::Verification))?;
-        probe_minute_partitions(&mut conn)
+        partitions_of(&mut conn, Table::ProbeMinute)
             .await
             .map_err(db(Step::Verification))?
     };
@@ -147,11 +147,7 @@ async fn count_postgres(
     let others = async {
         let mut counts = BTreeMap::new();
         let mut conn = pool.acquire().await?;
-        for table in ROW_TABLES
-            .into_iter()
-            .chain(HASH_TABLES)
-            .filter(|t| *t != Table::ProbeMinute)
-        {
+        for table in Table::ALL.into_iter().filter(|t| *t != Table::ProbeMinute) {
             let count = table.count(&mut conn, selection).await?;
             counts.insert(table.name().to_string(), count);
         }

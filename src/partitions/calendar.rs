@@ -10,7 +10,7 @@ use std::fmt;
 use chrono::{DateTime, Datelike, Duration, NaiveDate, TimeZone, Utc};
 
 /// The partitioned table this module manages.
-pub const TABLE: &str = "probe_minute";
+pub const TABLE: &str = crate::schema::Table::ProbeMinute.name();
 
 /// One calendar month in UTC.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]

@@ -10,7 +10,7 @@ use uuid::Uuid;
 
 use super::RetentionError;
 use super::items::{WorkItem, count_per_tier};
-use super::ranges::{expired_ranges, history_bounds, rejects_bounds};
+use super::ranges::expired_ranges;
 use super::store;
 use super::tiers::Table;
 use crate::api::retention_policy::Tiers;
@@ -85,10 +85,7 @@ pub async fn count_expired(
         let per_tier = count_per_tier(pool, table, &items).await?;
         counts.rows.insert(table.name().to_string(), per_tier);
     }
-    for item in [
-        WorkItem::history(history_bounds(tiers, as_of)),
-        WorkItem::rejects(rejects_bounds(tiers, as_of)),
-    ] {
+    for item in WorkItem::cross_tenant_tables(tiers, as_of) {
         let table = item.table;
         let per_tier = count_per_tier(pool, table, &[item]).await?;
         counts.rows.insert(table.name().to_string(), per_tier);

@@ -28,7 +28,7 @@ use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
 use super::items::{WorkItem, delete_batch, with_rows};
-use super::ranges::{expired_ranges, history_bounds, rejects_bounds};
+use super::ranges::expired_ranges;
 use super::store::{
     self, NewRun, OUTCOME_COMPLETE, OUTCOME_RUN_CAP, OUTCOME_WINDOW_CLOSED, RowsDeleted, RunRow,
 };
@@ -406,8 +406,7 @@ impl Enforcer<'_> {
         let mut items = VecDeque::new();
         match subject {
             Subject::History => {
-                items.push_back(WorkItem::history(history_bounds(self.tiers, as_of)));
-                items.push_back(WorkItem::rejects(rejects_bounds(self.tiers, as_of)));
+                items.extend(WorkItem::cross_tenant_tables(self.tiers, as_of));
             }
             Subject::Tenant(tenant) => {
                 let spans = store::tier_spans(&mut *conn, tenant).await?;

@@ -10,9 +10,11 @@ use chrono::{DateTime, NaiveDate, Utc};
 use sqlx::{PgConnection, PgExecutor};
 use uuid::Uuid;
 
-use super::ranges::{Bounds, ExpiredRange};
+use super::ranges::{Bounds, ExpiredRange, history_bounds, rejects_bounds};
 use super::tiers::{ALL_TIERS, Granularity, Table};
 use super::{RetentionError, db};
+use crate::api::retention_policy::Tiers;
+use crate::schema::Retention;
 
 /// The expired rows of one table for one (tenant, server), or of the
 /// history table (no tenant).
@@ -37,12 +39,22 @@ impl WorkItem {
         }
     }
 
-    pub fn history(bounds: Bounds) -> Self {
-        Self::cross_tenant(Table::SuppressionHistory, bounds)
-    }
-
-    pub fn rejects(bounds: Bounds) -> Self {
-        Self::cross_tenant(Table::Rejects, bounds)
+    /// The expired rows of every cross-tenant table as of `as_of`, by the
+    /// rule of its catalogue entry: the suppression history kept for the
+    /// longest daily window of any tier (minute buckets), the rejects for
+    /// the shortest per-minute window (`rejected_at` instants).
+    pub fn cross_tenant_tables(tiers: &Tiers, as_of: DateTime<Utc>) -> Vec<Self> {
+        Table::CROSS_TENANT
+            .into_iter()
+            .filter_map(|table| {
+                let bounds = match table.catalogued().retention() {
+                    Retention::LongestDaily => history_bounds(tiers, as_of),
+                    Retention::ShortestPerMinute => rejects_bounds(tiers, as_of),
+                    Retention::TierWindow(_) | Retention::NotByRetention { .. } => return None,
+                };
+                Some(Self::cross_tenant(table, bounds))
+            })
+            .collect()
     }
 
     /// The items of `ranges` for every server of a tenant.
@@ -83,6 +95,15 @@ impl WorkItem {
 enum Key {
     Instant(DateTime<Utc>),
     Date(NaiveDate),
+}
+
+/// The tenant and server columns of a per-tenant table (the catalogue's).
+pub(crate) fn owner_columns(table: Table) -> Result<(&'static str, &'static str), RetentionError> {
+    table.owner_columns().ok_or_else(|| {
+        RetentionError::Invariant(format!(
+            "{table} is pruned tenant by tenant but names no tenant in a column"
+        ))
+    })
 }
 
 fn sql_type(table: Table) -> &'static str {
@@ -165,10 +186,11 @@ pub async fn count_per_tier(
         }
         return Ok(counts);
     }
+    let (tenant_column, server_column) = owner_columns(table)?;
     let sql = format!(
         "SELECT i.tier, count(*)::bigint \
          FROM unnest($1::uuid[], $2::text[], $3::text[], $4::{ty}[], $5::{ty}[], $6::{ty}[]) AS i(tenant, server, tier, lo, hi, last) \
-         CROSS JOIN LATERAL (SELECT 1 FROM {name} t WHERE t.tenant_id = i.tenant AND t.server_slug = i.server \
+         CROSS JOIN LATERAL (SELECT 1 FROM {name} t WHERE t.{tenant_column} = i.tenant AND t.{server_column} = i.server \
              AND t.{column} >= i.lo AND t.{column} < i.hi AND t.{column} <= i.last) r \
          GROUP BY i.tier"
     );
@@ -228,10 +250,11 @@ pub async fn with_rows(
         return Ok(items);
     }
     let (name, column, ty) = (table.name(), table.time_column(), sql_type(table));
+    let (tenant_column, server_column) = owner_columns(table)?;
     let sql = format!(
         "SELECT i.ord FROM unnest($1::uuid[], $2::text[], $3::{ty}[], $4::{ty}[], $5::{ty}[]) \
              WITH ORDINALITY AS i(tenant, server, lo, hi, last, ord) \
-         WHERE EXISTS (SELECT 1 FROM {name} t WHERE t.tenant_id = i.tenant AND t.server_slug = i.server \
+         WHERE EXISTS (SELECT 1 FROM {name} t WHERE t.{tenant_column} = i.tenant AND t.{server_column} = i.server \
              AND t.{column} >= i.lo AND t.{column} < i.hi AND t.{column} <= i.last)"
     );
     let mut kept = Vec::new();
@@ -268,10 +291,11 @@ pub struct Deleted {
 }
 
 /// The condition on an item's rows, `$1`.. numbered from `first`.
-fn item_condition(item: &WorkItem, column: &str, first: usize) -> String {
+fn item_condition(item: &WorkItem, column: &str, first: usize) -> Result<String, RetentionError> {
     let owner = if item.owner.is_some() {
+        let (tenant_column, server_column) = owner_columns(item.table)?;
         format!(
-            "tenant_id = ${} AND server_slug = ${} AND ",
+            "{tenant_column} = ${} AND {server_column} = ${} AND ",
             first,
             first + 1
         )
@@ -279,12 +303,12 @@ fn item_condition(item: &WorkItem, column: &str, first: usize) -> String {
         String::new()
     };
     let n = first + if item.owner.is_some() { 2 } else { 0 };
-    format!(
+    Ok(format!(
         "{owner}{column} >= ${} AND {column} < ${} AND {column} <= ${}",
         n,
         n + 1,
         n + 2
-    )
+    ))
 }
 
 fn bind_item<'q>(
@@ -320,7 +344,7 @@ pub async fn delete_batch(
 ) -> Result<Deleted, RetentionError> {
     let table = item.table;
     let (name, column) = (table.name(), table.time_column());
-    let condition = item_condition(item, column, 1);
+    let condition = item_condition(item, column, 1)?;
     let limit_param = if item.owner.is_some() { 6 } else { 4 };
     let select = format!(
         "SELECT tableoid::regclass::text, ctid::text, {column} FROM {name} \
@@ -353,7 +377,7 @@ pub async fn delete_batch(
         // where needed), not user input.
         let delete = format!(
             "DELETE FROM {relation} WHERE ctid = ANY($1::text[]::tid[]) AND ({}) IS TRUE",
-            item_condition(item, column, 2)
+            item_condition(item, column, 2)?
         );
         let query = sqlx::query(sqlx::AssertSqlSafe(delete)).bind(tids);
         deleted += bind_item(item, query)

@@ -8,6 +8,7 @@ use sqlx::types::Json;
 use sqlx::{PgConnection, PgExecutor, PgPool};
 use uuid::Uuid;
 
+use super::items::owner_columns;
 use super::ranges::TierSpan;
 use super::tiers::{Table, Tier, WindowChange};
 use super::{RetentionError, db};
@@ -288,14 +289,17 @@ pub async fn servers(
     tenant: Uuid,
 ) -> Result<Vec<String>, RetentionError> {
     let name = table.name();
+    let (tenant_column, server_column) = owner_columns(table)?;
     let sql = format!(
         "WITH RECURSIVE s AS ( \
-             (SELECT server_slug FROM {name} WHERE tenant_id = $1 ORDER BY server_slug LIMIT 1) \
+             (SELECT {server_column} AS server FROM {name} WHERE {tenant_column} = $1 \
+              ORDER BY {server_column} LIMIT 1) \
              UNION ALL \
-             SELECT next.server_slug FROM s CROSS JOIN LATERAL ( \
-                 SELECT server_slug FROM {name} WHERE tenant_id = $1 AND server_slug > s.server_slug \
-                 ORDER BY server_slug LIMIT 1) next \
-         ) SELECT server_slug FROM s"
+             SELECT next.server FROM s CROSS JOIN LATERAL ( \
+                 SELECT {server_column} AS server FROM {name} \
+                 WHERE {tenant_column} = $1 AND {server_column} > s.server \
+                 ORDER BY {server_column} LIMIT 1) next \
+         ) SELECT server FROM s"
     );
     sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
         .bind(tenant)
@@ -310,15 +314,17 @@ pub async fn tenant_servers(
     table: Table,
 ) -> Result<Vec<(Uuid, String)>, RetentionError> {
     let name = table.name();
+    let (tenant, server) = owner_columns(table)?;
     let sql = format!(
         "WITH RECURSIVE pairs AS ( \
-             (SELECT tenant_id, server_slug FROM {name} ORDER BY tenant_id, server_slug LIMIT 1) \
+             (SELECT {tenant} AS tenant, {server} AS server FROM {name} \
+              ORDER BY {tenant}, {server} LIMIT 1) \
              UNION ALL \
-             SELECT next.tenant_id, next.server_slug FROM pairs p CROSS JOIN LATERAL ( \
-                 SELECT tenant_id, server_slug FROM {name} t \
-                 WHERE (t.tenant_id, t.server_slug) > (p.tenant_id, p.server_slug) \
-                 ORDER BY tenant_id, server_slug LIMIT 1) next \
-         ) SELECT tenant_id, server_slug FROM pairs"
+             SELECT next.tenant, next.server FROM pairs p CROSS JOIN LATERAL ( \
+                 SELECT {tenant} AS tenant, {server} AS server FROM {name} t \
+                 WHERE (t.{tenant}, t.{server}) > (p.tenant, p.server) \
+                 ORDER BY {tenant}, {server} LIMIT 1) next \
+         ) SELECT tenant, server FROM pairs"
     );
     sqlx::query_as(sqlx::AssertSqlSafe(sql))
         .fetch_all(executor)

@@ -1,4 +1,4 @@
-//! Tier semantics: the tables the tiers govern, the policy hash,
+//! Tier semantics: the tables the tiers govern (a view of the catalogue), the policy hash,
 //! and which changes of the tier table the shrink guard holds.
 
 use std::fmt;
@@ -9,94 +9,137 @@ use crate::api::RetentionPolicySpec;
 pub use crate::api::retention_policy::Tier;
 use crate::api::retention_policy::{Guarantee, MAX_WINDOW_DAYS, TierRetention, Tiers};
 
-/// How finely a table's rows are keyed in time.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Granularity {
-    /// `timestamptz` minute buckets; a row covers one minute.
-    Minute,
-    /// `date`; a row covers one UTC day.
-    Day,
-    /// `date` (first of month); a row covers one calendar month.
-    Month,
+use crate::schema;
+/// How finely a table's rows are keyed in time (the catalogue's).
+pub use crate::schema::Granularity;
+
+/// A table retention prunes: a catalogue table ([`schema::Table`]) whose
+/// entry has a retention rule, seen from retention. It keeps no list of its
+/// own: [`Table::ALL`] is the catalogue's tables with a rule, and what it
+/// knows of a table (name, time column, granularity, window, the tenant
+/// columns) is the catalogue entry's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Table(schema::Table);
+
+/// Whether retention prunes `table` and, if so, as a whole.
+const fn has_rule(table: schema::Table, cross_tenant: bool) -> bool {
+    let rule = table.retention();
+    rule.prunes() && rule.is_cross_tenant() == cross_tenant
 }
 
-/// A table retention prunes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum Table {
-    ProbeMinute,
-    ProbeDay,
-    ProbeMonth,
-    /// Cross-tenant: rows name tenants only by salted hashes, so they are
-    /// kept for the longest daily window of any tier (see `ranges::history_days`).
-    SuppressionHistory,
-    /// Cross-tenant: verdicts the drain could not archive, kept for the
-    /// shortest per-minute window of any tier (see `ranges::rejects_days`).
-    /// Rejects carry the `tenant_id` and `server_slug` their key names
-    /// (migration 0010), which erasure and replay select by; retention
-    /// still prunes the table as a whole, because the shortest window is
-    /// never longer than the window of the reject's own tenant, and a
-    /// reject whose key names no tenant has no tier to follow.
-    Rejects,
+/// How many catalogue tables [`has_rule`].
+const fn count_pruned(cross_tenant: bool) -> usize {
+    let (mut i, mut n) = (0, 0);
+    while i < schema::Table::ALL.len() {
+        if has_rule(schema::Table::ALL[i], cross_tenant) {
+            n += 1;
+        }
+        i += 1;
+    }
+    n
+}
+
+/// The catalogue tables that [`has_rule`], in the catalogue's order.
+const fn pruned<const N: usize>(cross_tenant: bool) -> [Table; N] {
+    let mut found = [Table(schema::Table::ProbeMinute); N];
+    let (mut i, mut n) = (0, 0);
+    while i < schema::Table::ALL.len() {
+        let table = schema::Table::ALL[i];
+        if has_rule(table, cross_tenant) {
+            found[n] = Table(table);
+            n += 1;
+        }
+        i += 1;
+    }
+    found
+}
+
+const PER_TENANT_COUNT: usize = count_pruned(false);
+const CROSS_TENANT_COUNT: usize = count_pruned(true);
+
+/// The view of `table`; the build fails when retention does not prune it.
+const fn pruned_table(table: schema::Table) -> Table {
+    assert!(table.retention().prunes());
+    Table(table)
+}
+
+// Named like the catalogue's variants, so call sites read the same.
+#[allow(non_upper_case_globals)]
+impl Table {
+    pub const ProbeMinute: Table = pruned_table(schema::Table::ProbeMinute);
+    pub const ProbeDay: Table = pruned_table(schema::Table::ProbeDay);
+    pub const ProbeMonth: Table = pruned_table(schema::Table::ProbeMonth);
 }
 
 impl Table {
-    pub const ALL: [Table; 5] = [
-        Table::ProbeMinute,
-        Table::ProbeDay,
-        Table::ProbeMonth,
-        Table::SuppressionHistory,
-        Table::Rejects,
-    ];
-    /// The tables that carry a `tenant_id`.
-    pub const PER_TENANT: [Table; 3] = [Table::ProbeMinute, Table::ProbeDay, Table::ProbeMonth];
-
-    pub fn name(self) -> &'static str {
-        use crate::schema::names;
-        match self {
-            Self::ProbeMinute => names::PROBE_MINUTE,
-            Self::ProbeDay => names::PROBE_DAY,
-            Self::ProbeMonth => names::PROBE_MONTH,
-            Self::SuppressionHistory => names::SUPPRESSION_CLUSTERS_HISTORY,
-            Self::Rejects => names::PROBE_MINUTE_REJECTS,
+    /// The tables that carry a `tenant_id`, pruned tenant by tenant.
+    pub const PER_TENANT: [Table; PER_TENANT_COUNT] = pruned(false);
+    /// The tables pruned as a whole (tier `all`).
+    pub const CROSS_TENANT: [Table; CROSS_TENANT_COUNT] = pruned(true);
+    /// Every table retention prunes: the per-tenant ones, then the
+    /// cross-tenant ones.
+    pub const ALL: [Table; PER_TENANT_COUNT + CROSS_TENANT_COUNT] = {
+        let mut all = [Table(schema::Table::ProbeMinute); PER_TENANT_COUNT + CROSS_TENANT_COUNT];
+        let mut i = 0;
+        while i < Self::PER_TENANT.len() {
+            all[i] = Self::PER_TENANT[i];
+            i += 1;
         }
+        let mut j = 0;
+        while j < Self::CROSS_TENANT.len() {
+            all[i + j] = Self::CROSS_TENANT[j];
+            j += 1;
+        }
+        all
+    };
+
+    /// The view of a catalogue table; `None` when retention does not prune it.
+    pub fn of(table: schema::Table) -> Option<Self> {
+        table.retention().prunes().then_some(Self(table))
     }
 
-    /// Tables without a `tenant_id`: pruned as a whole, tier `all`.
+    /// The catalogue table.
+    pub fn catalogued(self) -> schema::Table {
+        self.0
+    }
+
+    pub fn name(self) -> &'static str {
+        self.0.name()
+    }
+
+    /// Tables without a per-tenant rule: pruned as a whole, tier `all`.
     pub fn is_cross_tenant(self) -> bool {
-        matches!(self, Self::SuppressionHistory | Self::Rejects)
+        self.0.retention().is_cross_tenant()
     }
 
     pub fn parse(text: &str) -> Option<Self> {
-        Self::ALL.into_iter().find(|table| table.name() == text)
+        schema::Table::parse(text).and_then(Self::of)
     }
 
     /// The column that places a row in time.
     pub fn time_column(self) -> &'static str {
-        match self {
-            Self::ProbeMinute | Self::SuppressionHistory => "minute_bucket",
-            // Always set (a malformed key may have no minute), and indexed.
-            Self::Rejects => "rejected_at",
-            Self::ProbeDay => "day",
-            Self::ProbeMonth => "month",
-        }
+        self.0.time_column()
     }
 
     pub fn granularity(self) -> Granularity {
-        match self {
-            Self::ProbeMinute | Self::SuppressionHistory | Self::Rejects => Granularity::Minute,
-            Self::ProbeDay => Granularity::Day,
-            Self::ProbeMonth => Granularity::Month,
-        }
+        self.0.granularity()
+    }
+
+    /// The columns naming a row's tenant and server (per-tenant tables).
+    pub fn owner_columns(self) -> Option<(&'static str, &'static str)> {
+        self.0.owner_columns()
     }
 
     /// Days a row of this table is kept under `retention`, before any
-    /// contract extension.
+    /// contract extension (the cross-tenant tables: the window the longest
+    /// or shortest of every tier's is taken of).
     pub fn window_days(self, retention: &TierRetention) -> u32 {
-        match self {
-            Self::ProbeMinute | Self::Rejects => retention.per_minute_days,
-            Self::ProbeDay | Self::SuppressionHistory => retention.daily_days,
-            Self::ProbeMonth => retention.monthly_days,
-        }
+        // Every table of this view has a window (`Table::of`); none would
+        // mean keeping the rows.
+        self.0
+            .retention()
+            .window()
+            .map_or(u32::MAX, |window| window.days(retention))
     }
 }
 
@@ -365,6 +408,55 @@ mod tests {
         assert_eq!(contract_minute_days(&enterprise, Some(500)), 500);
         assert_eq!(contract_minute_days(&enterprise, Some(2000)), 730);
         assert_eq!(contract_minute_days(&enterprise, Some(-3)), 365);
+    }
+
+    /// The view holds what retention pruned before the catalogue existed:
+    /// the probe tables tenant by tenant, the rejects and the suppression
+    /// history as a whole, with the same windows.
+    #[test]
+    fn the_view_of_the_catalogue_is_what_retention_prunes() {
+        let names = |tables: &[Table]| tables.iter().map(|t| t.name()).collect::<Vec<_>>();
+        assert_eq!(
+            names(&Table::PER_TENANT),
+            ["probe_minute", "probe_day", "probe_month"]
+        );
+        assert_eq!(
+            names(&Table::CROSS_TENANT),
+            ["probe_minute_rejects", "suppression_clusters_history"]
+        );
+        assert_eq!(Table::ALL.len(), 5);
+        assert_eq!(Table::parse("suppression_clusters"), None);
+        let retention = example().tiers.team;
+        let window = |name| Table::parse(name).unwrap().window_days(&retention);
+        assert_eq!(window("probe_minute"), retention.per_minute_days);
+        assert_eq!(window("probe_minute_rejects"), retention.per_minute_days);
+        assert_eq!(window("probe_day"), retention.daily_days);
+        assert_eq!(window("suppression_clusters_history"), retention.daily_days);
+        assert_eq!(window("probe_month"), retention.monthly_days);
+    }
+
+    /// The cross-tenant rules of the catalogue are the ones `ranges`
+    /// computes: the longest daily window of any tier, the shortest
+    /// per-minute one.
+    #[test]
+    fn cross_tenant_rules_agree_with_the_ranges() {
+        use crate::retention::ranges::{history_days, rejects_days};
+        use crate::schema::Retention;
+        let mut tiers = example().tiers;
+        tiers.enterprise.daily_days = 900;
+        tiers.public.per_minute_days = 3;
+        for table in Table::CROSS_TENANT {
+            let days = Tier::ALL.map(|tier| table.window_days(tier.retention(&tiers)));
+            match table.catalogued().retention() {
+                Retention::LongestDaily => {
+                    assert_eq!(days.iter().max().copied(), Some(history_days(&tiers)));
+                }
+                Retention::ShortestPerMinute => {
+                    assert_eq!(days.iter().min().copied(), Some(rejects_days(&tiers)));
+                }
+                other => panic!("{table} is cross-tenant with {other:?}"),
+            }
+        }
     }
 
     #[test]

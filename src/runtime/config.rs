@@ -97,7 +97,7 @@ pub struct ErasureArgs {
     /// unquoted parts fold to lower case, `"Quoted"` ones keep theirs; the
     /// refusal spells each table that way). Without it, an erasure refuses
     /// to run while such a table exists outside the catalogue
-    /// (`src/schema.rs`).
+    /// (`src/schema/`).
     #[arg(
         long = "erasure-out-of-scope-table",
         env = "ARCHIVER_ERASURE_OUT_OF_SCOPE_TABLES",

@@ -1,26 +1,22 @@
 //! The catalogue of the tables that name a tenant: every relation of the
 //! database with a `tenant_id` column or a column of salted tenant hashes
-//! is either an erasure surface (`crate::erasure::surfaces`) or kept on
-//! purpose, with the reason, here. An erasure refuses to run while the
-//! database holds such a table that is in neither list (a table added by
-//! another team's migration is exactly how a surface gets missed), unless
-//! the operator's configuration declares it out of scope.
+//! is either a table holding tenant data ([`Table`], described in
+//! [`tables`]: erased, verified, replayed and pruned by what its entry says)
+//! or kept on purpose, with the reason, here ([`KEPT_TABLES`]). An erasure
+//! refuses to run while the database holds such a table that is in neither
+//! list (a table added by another team's migration is exactly how a surface
+//! gets missed), unless the operator's configuration declares it out of
+//! scope.
 
 use sqlx::PgPool;
 
-use crate::erasure::surfaces::{HASH_TABLES, ROW_TABLES};
+pub mod tables;
 
-/// The names of the tables that hold tenant data, and of the Redis
-/// surfaces, as statuses and receipts show them: the erasure's surfaces
-/// (`crate::erasure::surfaces::Table`) and retention's tables
-/// (`crate::retention::tiers::Table`) both name their tables from here.
+pub use tables::{Entry, ErasureMode, Granularity, Identity, Retention, Table, Window};
+
+/// The names of the Redis surfaces, as statuses and receipts show them
+/// next to the tables' ([`Table::name`], from the table's entry).
 pub mod names {
-    pub const PROBE_MINUTE: &str = "probe_minute";
-    pub const PROBE_MINUTE_REJECTS: &str = "probe_minute_rejects";
-    pub const PROBE_DAY: &str = "probe_day";
-    pub const PROBE_MONTH: &str = "probe_month";
-    pub const SUPPRESSION_CLUSTERS: &str = "suppression_clusters";
-    pub const SUPPRESSION_CLUSTERS_HISTORY: &str = "suppression_clusters_history";
     pub const REDIS_VERDICT_KEYS: &str = "redis_verdict_keys";
     pub const REDIS_INDEX_ENTRIES: &str = "redis_index_entries";
     pub const REDIS_ALERT_KEYS: &str = "redis_alert_keys";
@@ -59,11 +55,11 @@ pub const KEPT_TABLES: [KeptTable; 4] = [
     },
 ];
 
-/// Every table of the catalogue: the erasure surfaces, then the kept ones.
+/// Every table of the catalogue: the tables holding tenant data (the
+/// erasure surfaces), then the kept ones.
 pub fn catalogued_tables() -> Vec<&'static str> {
-    ROW_TABLES
+    Table::ALL
         .iter()
-        .chain(HASH_TABLES.iter())
         .map(|table| table.name())
         .chain(KEPT_TABLES.iter().map(|kept| kept.table))
         .collect()
@@ -190,6 +186,33 @@ pub async fn uncatalogued_tables(
 mod tests {
     use super::parse_table_name;
 
+    /// The run-time search for tables naming a tenant finds every table of
+    /// tenant data and every kept table after the migrations: the catalogue
+    /// and the search agree on what names a tenant, both ways (the other
+    /// way is `tests/schema.rs`).
+    #[tokio::test]
+    async fn the_search_finds_every_catalogued_table() {
+        let db = crate::testing::TestDatabase::new().await;
+        let found: Vec<super::TenantTable> = sqlx::query_as(super::TENANT_TABLES)
+            .fetch_all(&db.pool)
+            .await
+            .expect("searching the migrated database");
+        for table in super::catalogued_tables() {
+            assert!(
+                found.iter().any(|f| f.resolves && f.name == table),
+                "{table} does not name a tenant by the search's rule: {found:?}"
+            );
+        }
+    }
+
+    /// A table is either erased or kept, never both.
+    #[test]
+    fn kept_tables_are_not_tables_of_tenant_data() {
+        for kept in super::KEPT_TABLES {
+            assert_eq!(super::Table::parse(kept.table), None, "{}", kept.table);
+        }
+    }
+
     #[test]
     fn declared_names_are_read_as_sql_reads_them() {
         let parsed = |text| parse_table_name(text);
@@ -211,13 +234,8 @@ mod tests {
     /// surface: what retention keeps for a tenant, an erasure can remove.
     #[test]
     fn every_table_retention_prunes_is_an_erasure_surface() {
-        use crate::erasure::surfaces::{HASH_TABLES, ROW_TABLES};
         use crate::retention::tiers::Table;
-        let surfaces: Vec<&str> = ROW_TABLES
-            .iter()
-            .chain(HASH_TABLES.iter())
-            .map(|table| table.name())
-            .collect();
+        let surfaces: Vec<&str> = super::Table::ALL.iter().map(|table| table.name()).collect();
         for table in Table::ALL {
             assert!(
                 surfaces.contains(&table.name()),
