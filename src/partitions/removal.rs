@@ -33,6 +33,7 @@ use crate::api::retention_policy::{Tier, Tiers};
 use crate::retention::ranges::{self, Contracts, expired_ranges_with};
 use crate::retention::store::all_tier_spans;
 use crate::retention::tiers::Table;
+use crate::schema::Table as CatalogueTable;
 use uuid::Uuid;
 
 /// Everything a drop needs besides the partition.
@@ -95,16 +96,25 @@ pub async fn rows_inside_retention(
             }
         }
     }
-    // `qualified` comes from `oid::regclass::text`, already quoted. The
-    // anti-join keeps every row no expired range of its own tenant covers;
-    // the range test is the one enforcement's DELETE uses.
+    // `qualified` comes from `oid::regclass::text`, already quoted; the
+    // columns are the catalogue's. The anti-join keeps every row no expired
+    // range of its own tenant covers; the range test is the one
+    // enforcement's DELETE uses.
+    let table = CatalogueTable::ProbeMinute;
+    let (tenant, _) = table
+        .owner_columns()
+        .ok_or_else(|| PartitionError::NotAPartition {
+            partition: qualified.to_string(),
+            reason: format!("the catalogue names no tenant column of {}", table.name()),
+        })?;
+    let minute = table.time_column();
     let statement = format!(
         "SELECT count(*) FROM {qualified} r \
          WHERE NOT EXISTS ( \
              SELECT 1 FROM unnest($1::uuid[], $2::timestamptz[], $3::timestamptz[], $4::timestamptz[]) \
-                 AS e(tenant_id, lo, hi, last) \
-             WHERE e.tenant_id = r.tenant_id \
-               AND r.minute_bucket >= e.lo AND r.minute_bucket < e.hi AND r.minute_bucket <= e.last)"
+                 AS e(tenant, lo, hi, last) \
+             WHERE e.tenant = r.{tenant} \
+               AND r.{minute} >= e.lo AND r.{minute} < e.hi AND r.{minute} <= e.last)"
     );
     sqlx::query_scalar(sqlx::AssertSqlSafe(statement))
         .bind(expired.tenants)
