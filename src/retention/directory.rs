@@ -57,6 +57,16 @@ impl PolicyDirectory {
         self.ready.store(true, std::sync::atomic::Ordering::SeqCst);
     }
 
+    /// Forgets every policy and marks the directory not ready, until the
+    /// next complete list: what a new term of leadership starts from, since
+    /// the list of an earlier term may miss a policy created while this
+    /// process was standing by.
+    pub fn forget(&self) {
+        let mut policies = self.write();
+        policies.clear();
+        self.ready.store(false, std::sync::atomic::Ordering::SeqCst);
+    }
+
     pub fn upsert(&self, label: String, spec: RetentionPolicySpec) {
         self.write().insert(label, spec);
     }

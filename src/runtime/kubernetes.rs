@@ -458,6 +458,18 @@ async fn drive<K>(
         .await;
 }
 
+/// What a term of leadership starts from: nothing enforced and no list of
+/// policies. The RetentionPolicy reconciles of this term publish what is in
+/// force, and the directory is ready again once this term's watch cache
+/// has listed: an earlier term's entries may be stale (another leader may
+/// have accepted other tier windows, or a policy may have been created,
+/// while this process stood by), and until both are fresh nothing is
+/// dropped.
+fn begin_term(ctx: &Context) {
+    ctx.enforced_policies.clear();
+    ctx.policies.forget();
+}
+
 /// Runs the four controllers until `shutdown` resolves.
 pub async fn run_controllers(
     kctx: Arc<KubeContext>,
@@ -469,10 +481,7 @@ pub async fn run_controllers(
     let stop = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|stop| *stop).await;
     };
-    // This term starts from what its own RetentionPolicy reconciles
-    // publish: an earlier term's entries may be stale (another leader may
-    // have accepted other tier windows in between).
-    kctx.ctx.enforced_policies.clear();
+    begin_term(&kctx.ctx);
     // A PartitionSchedule reads which policy is in force from the registry
     // and the directory, which the RetentionPolicy side fills in its own
     // time (usually after the schedule's first reconcile): a change of
@@ -559,6 +568,33 @@ mod tests {
         policy.metadata.name = Some(name.to_string());
         policy.metadata.namespace = Some("archiver".to_string());
         policy
+    }
+
+    /// A new term of leadership trusts nothing of an earlier one: the
+    /// policy published then is no longer in force for the schedule, and the
+    /// list of policies is loading again (a policy created while this
+    /// process stood by must not go unseen), until this term refills both.
+    #[test]
+    fn a_term_of_leadership_starts_with_no_policy_in_force_and_no_list() {
+        let ctx = Context::new(Arc::new(crate::clock::SystemClock));
+        let spec = policy("tiers").spec;
+        ctx.policies
+            .replace_all([("archiver/tiers".to_string(), spec.clone())]);
+        ctx.enforced_policies.publish("archiver", "tiers", spec);
+        assert!(matches!(
+            ctx.enforced_policies
+                .in_force(&ctx.policies, "archiver", "tiers"),
+            crate::partitions::policy_registry::PolicyLookup::Found(_)
+        ));
+        begin_term(&ctx);
+        assert_eq!(ctx.policies.in_force(), InForce::NotReady);
+        assert_eq!(
+            ctx.enforced_policies
+                .in_force(&ctx.policies, "archiver", "tiers"),
+            crate::partitions::policy_registry::PolicyLookup::Missing(
+                crate::partitions::policy_registry::NotInForce::StillListing
+            )
+        );
     }
 
     /// Found against a real API server: the RetentionPolicy controller waits
