@@ -412,7 +412,7 @@ impl Metrics {
     }
 
     /// The label of shard `shard_id`, when this process reconciled it.
-    pub fn shard_label(&self, shard_id: i32) -> Option<String> {
+    pub(crate) fn shard_label(&self, shard_id: i32) -> Option<String> {
         self.shard_labels
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())

@@ -13,7 +13,7 @@ use base64::Engine as _;
 use redis::{ConnectionAddr, IntoConnectionInfo, RedisResult, TlsCertificates};
 
 /// A client for `url`; nothing is connected yet.
-pub fn open(url: &str) -> RedisResult<redis::Client> {
+pub(crate) fn open(url: &str) -> RedisResult<redis::Client> {
     let info = url.into_connection_info()?;
     if matches!(info.addr(), ConnectionAddr::TcpTls { .. }) {
         redis::Client::build_with_tls(

@@ -12,7 +12,7 @@ impl SecretString {
         Self(value.into())
     }
     /// The value, for the one place that needs it (a connection, a hash).
-    pub fn expose(&self) -> &str {
+    pub(crate) fn expose(&self) -> &str {
         &self.0
     }
 }

@@ -35,7 +35,7 @@ pub const DNS1123_SUBDOMAIN_MAX: usize = 253;
 /// lower-case letters, digits and `-`, starting and ending with an
 /// alphanumeric, at most 63 characters. Such a text can never name a path
 /// (no `/`, no `.`).
-pub fn is_dns1123_label(text: &str) -> bool {
+pub(crate) fn is_dns1123_label(text: &str) -> bool {
     !text.is_empty()
         && text.len() <= DNS1123_LABEL_MAX
         && text
@@ -49,7 +49,7 @@ pub fn is_dns1123_label(text: &str) -> bool {
 /// labels of lower-case letters, digits and `-` joined by single dots, at
 /// most 253 characters (the API server's `IsDNS1123Subdomain`). Such a text
 /// contains no `/` and no `..`, so it can never name a path.
-pub fn is_dns1123_subdomain(text: &str) -> bool {
+pub(crate) fn is_dns1123_subdomain(text: &str) -> bool {
     !text.is_empty()
         && text.len() <= DNS1123_SUBDOMAIN_MAX
         && text.split('.').all(|label| {
@@ -138,13 +138,13 @@ pub mod condition_types {
 }
 
 /// Converts a chrono timestamp into the Kubernetes `Time` wrapper.
-pub fn kube_time(at: DateTime<Utc>) -> Time {
+pub(crate) fn kube_time(at: DateTime<Utc>) -> Time {
     let nanos = at.timestamp_nanos_opt().unwrap_or(i64::MAX);
     Time(k8s_openapi::jiff::Timestamp::from_nanosecond(i128::from(nanos)).unwrap_or_default())
 }
 
 /// Converts a Kubernetes `Time` back into a chrono timestamp.
-pub fn chrono_time(time: &Time) -> Option<DateTime<Utc>> {
+pub(crate) fn chrono_time(time: &Time) -> Option<DateTime<Utc>> {
     let nanos = u32::try_from(time.0.subsec_nanosecond()).unwrap_or(0);
     DateTime::from_timestamp(time.0.as_second(), nanos)
 }
@@ -161,7 +161,7 @@ pub struct ConditionUpdate<'a> {
 
 /// Sets `update` in `conditions`, preserving `lastTransitionTime` when the
 /// status did not change (so a steady object does not look like it flaps).
-pub fn set_condition(
+pub(crate) fn set_condition(
     conditions: &mut Vec<Condition>,
     update: ConditionUpdate<'_>,
     observed_generation: Option<i64>,

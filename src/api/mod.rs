@@ -38,7 +38,7 @@ pub fn crds() -> Vec<CustomResourceDefinition> {
 }
 
 /// The CRD of `kind`, if it is one of ours.
-pub fn crd_for_kind(kind: &str) -> Option<CustomResourceDefinition> {
+pub(crate) fn crd_for_kind(kind: &str) -> Option<CustomResourceDefinition> {
     crds().into_iter().find(|crd| crd.spec.names.kind == kind)
 }
 

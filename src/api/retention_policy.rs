@@ -103,7 +103,7 @@ impl Tiers {
     }
 
     /// The tiers with their names, in a stable order.
-    pub fn iter(&self) -> impl Iterator<Item = (&'static str, &TierRetention)> {
+    pub(crate) fn iter(&self) -> impl Iterator<Item = (&'static str, &TierRetention)> {
         Tier::ALL
             .into_iter()
             .map(|tier| (tier.as_str(), self.of(tier)))
@@ -187,7 +187,7 @@ impl Tier {
     }
 
     /// The windows of this tier in `tiers`.
-    pub fn retention(self, tiers: &Tiers) -> &TierRetention {
+    pub(crate) fn retention(self, tiers: &Tiers) -> &TierRetention {
         tiers.of(self)
     }
 }

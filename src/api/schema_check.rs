@@ -24,7 +24,7 @@ pub struct FieldViolation {
 }
 
 /// Checks `value` against `schema`, returning every violation found.
-pub fn check(schema: &Value, value: &Value) -> Vec<FieldViolation> {
+pub(crate) fn check(schema: &Value, value: &Value) -> Vec<FieldViolation> {
     let mut violations = Vec::new();
     check_node(schema, value, "", &mut violations);
     violations

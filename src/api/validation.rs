@@ -54,10 +54,10 @@ pub struct Document {
 }
 
 impl Document {
-    pub fn kind(&self) -> &str {
+    pub(crate) fn kind(&self) -> &str {
         self.value.get("kind").and_then(Value::as_str).unwrap_or("")
     }
-    pub fn api_version(&self) -> &str {
+    pub(crate) fn api_version(&self) -> &str {
         self.value
             .get("apiVersion")
             .and_then(Value::as_str)
@@ -70,14 +70,14 @@ impl Document {
             .unwrap_or("")
     }
     /// Namespace, `default` when the manifest leaves it out (as kubectl does).
-    pub fn namespace(&self) -> &str {
+    pub(crate) fn namespace(&self) -> &str {
         self.value
             .pointer("/metadata/namespace")
             .and_then(Value::as_str)
             .unwrap_or("default")
     }
     /// `Kind/namespace/name`, or `Kind/<document N>` when unnamed.
-    pub fn label(&self) -> String {
+    pub(crate) fn label(&self) -> String {
         let kind = if self.kind().is_empty() {
             "<no kind>"
         } else {
@@ -90,11 +90,11 @@ impl Document {
         }
     }
     /// Whether this is one of the operator's kinds.
-    pub fn is_archiver_kind(&self) -> bool {
+    pub(crate) fn is_archiver_kind(&self) -> bool {
         self.api_version() == format!("{GROUP}/{VERSION}") && super::KINDS.contains(&self.kind())
     }
     /// Whether this is a core Secret (which resolves `secretRef`s).
-    pub fn is_secret(&self) -> bool {
+    pub(crate) fn is_secret(&self) -> bool {
         self.api_version() == "v1" && self.kind() == "Secret"
     }
 

@@ -34,7 +34,7 @@ pub struct Summarized {
 /// Turns autosummarize off where a partition created since migration 0012
 /// copied it from the parent index, then summarizes the ranges not yet
 /// summarized in the partitions holding minutes `from..=through`.
-pub async fn summarize_new_ranges(
+pub(crate) async fn summarize_new_ranges(
     pool: &PgPool,
     from: DateTime<Utc>,
     through: DateTime<Utc>,

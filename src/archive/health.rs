@@ -41,14 +41,14 @@ pub struct ShardHealth {
 
 impl ShardHealth {
     /// Seconds between `now` and the end of the last archived minute.
-    pub fn lag_seconds(&self, now: DateTime<Utc>) -> i64 {
+    pub(crate) fn lag_seconds(&self, now: DateTime<Utc>) -> i64 {
         (now - (self.last_minute + chrono::Duration::minutes(1)))
             .num_seconds()
             .max(0)
     }
 
     /// Whether the last tick waited for `reason` (`gap`, `unsealed`, ...).
-    pub fn waiting(&self, reason: &str) -> bool {
+    pub(crate) fn waiting(&self, reason: &str) -> bool {
         self.waiting_reason.as_deref() == Some(reason)
     }
 }
@@ -64,7 +64,7 @@ pub async fn read(pool: &PgPool, shard_id: i32) -> Result<Option<ShardHealth>, s
     .await
 }
 
-pub fn stray_message(count: i64, examples: &[String]) -> String {
+pub(crate) fn stray_message(count: i64, examples: &[String]) -> String {
     if count == 0 {
         return "no key looks like a verdict that can never be archived".into();
     }
@@ -130,7 +130,7 @@ pub fn not_ready(
 /// The Warning event of a minute archived without its unsealed verdicts,
 /// once per such minute (`known` is the minute already reported, from the
 /// status before this reconcile).
-pub fn unsealed_timeout_note(
+pub(crate) fn unsealed_timeout_note(
     known: Option<DateTime<Utc>>,
     health: &ShardHealth,
     unsealed_timeout_seconds: u32,
@@ -148,7 +148,7 @@ pub fn unsealed_timeout_note(
 /// The Warning event of a stray-key audit that found keys the drain can
 /// never archive, once per new audit result (`known` is the count already
 /// reported).
-pub fn stray_keys_note(known: Option<i64>, health: &ShardHealth) -> Option<String> {
+pub(crate) fn stray_keys_note(known: Option<i64>, health: &ShardHealth) -> Option<String> {
     let count = health.stray_keys.filter(|count| *count > 0)?;
     (known != Some(count)).then(|| stray_message(count, &health.stray_key_examples))
 }

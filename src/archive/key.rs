@@ -80,7 +80,7 @@ pub fn is_server_slug(text: &str) -> bool {
 /// The minute (epoch seconds) a key names in its fifth segment, as in
 /// `verdict:{tenant}:{server}:{region}:{minute}`: the index set
 /// `verdict-index:{minute}` that lists it.
-pub fn minute_of(key: &[u8]) -> Option<i64> {
+pub(crate) fn minute_of(key: &[u8]) -> Option<i64> {
     let segment = key.split(|byte| *byte == b':').nth(4)?;
     std::str::from_utf8(segment).ok()?.parse().ok()
 }
@@ -131,7 +131,7 @@ pub fn tenant_globs(tenant: Uuid) -> [String; 3] {
 /// after the last lets a brace or a hyphen through (or anything else,
 /// which [`owner`] then sorts out). A prefilter for `SCAN MATCH`, so one
 /// walk of the keyspace finds every spelling; never exact on its own.
-pub fn tenant_prefilter_glob(tenant: Uuid) -> String {
+pub(crate) fn tenant_prefilter_glob(tenant: Uuid) -> String {
     let simple = tenant.simple().to_string();
     let mut glob = String::from("*");
     let mut start = 0;
@@ -159,7 +159,7 @@ fn case_insensitive(hex: &str) -> String {
 }
 
 /// `text` with the Redis glob metacharacters (`* ? [ ] \`) escaped.
-pub fn escape_glob(text: &str) -> String {
+pub(crate) fn escape_glob(text: &str) -> String {
     let mut escaped = String::with_capacity(text.len());
     for c in text.chars() {
         if matches!(c, '*' | '?' | '[' | ']' | '\\') {

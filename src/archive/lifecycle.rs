@@ -30,7 +30,7 @@ impl ShardLifecycle {
     }
 
     /// The state a present shard should be in.
-    pub fn of_present_shard(suspended: bool) -> Self {
+    pub(crate) fn of_present_shard(suspended: bool) -> Self {
         if suspended {
             Self::Suspended
         } else {
@@ -142,7 +142,7 @@ pub async fn read(
 /// probe_day when their day closes (an exact recompute from probe_minute).
 /// Days closed while it was away (through `last_closed_day`) keep counts
 /// without its rows.
-pub fn rejoin_note(
+pub(crate) fn rejoin_note(
     shard_through: DateTime<Utc>,
     views_through: DateTime<Utc>,
     last_closed_day: Option<NaiveDate>,

@@ -86,7 +86,7 @@ pub struct MinuteStream {
 /// scan is completed before the first read instead of reading each page as
 /// it comes: measured on a 250k-key minute, rows arriving in SCAN's hash
 /// order cost the COPY more index maintenance than the overlap saved.
-pub async fn stream_minute(
+pub(crate) async fn stream_minute(
     redis: &ConnectionManager,
     minute: DateTime<Utc>,
     discovery: Discovery,

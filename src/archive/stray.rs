@@ -94,7 +94,7 @@ pub enum NameClass {
 
 /// Classifies a key name that starts with `verdict:` (bytes: a name need
 /// not be UTF-8).
-pub fn classify(name: &[u8]) -> NameClass {
+pub(crate) fn classify(name: &[u8]) -> NameClass {
     let parts = name.split(|b| *b == b':').count();
     let last = name.rsplit(|b| *b == b':').next().unwrap_or_default();
     let epoch = std::str::from_utf8(last)

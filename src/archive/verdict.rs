@@ -148,7 +148,7 @@ pub struct Oversize {
 impl RawFields {
     /// The fields as they can be stored in the rejects table (jsonb holds
     /// no NUL character, so NUL is shown as U+FFFD there).
-    pub fn for_rejects_table(&self) -> BTreeMap<String, String> {
+    pub(crate) fn for_rejects_table(&self) -> BTreeMap<String, String> {
         self.fields
             .iter()
             .map(|(name, value)| (without_nul(name), without_nul(value)))
@@ -167,7 +167,7 @@ impl From<BTreeMap<String, String>> for RawFields {
 
 /// `text` with every NUL replaced by U+FFFD (PostgreSQL text and jsonb
 /// cannot hold NUL).
-pub fn without_nul(text: &str) -> String {
+pub(crate) fn without_nul(text: &str) -> String {
     text.replace('\0', "\u{FFFD}")
 }
 
@@ -179,7 +179,7 @@ pub fn is_sealed(raw: &RawFields) -> bool {
 /// A verdict the coalescer is still writing: the minute has to wait for it.
 /// A vanished key or one that is not a hash will never be sealed; those are
 /// rejected instead.
-pub fn is_unsealed(raw: &RawFields) -> bool {
+pub(crate) fn is_unsealed(raw: &RawFields) -> bool {
     raw.read_error.is_none() && !raw.fields.is_empty() && !is_sealed(raw)
 }
 

@@ -132,7 +132,7 @@ pub enum WaitReason {
 
 impl WaitReason {
     /// The `waiting_reason` recorded in the watermark row.
-    pub fn label(&self) -> &'static str {
+    pub(crate) fn label(&self) -> &'static str {
         match self {
             Self::Unsealed { .. } => "unsealed",
             Self::Gap => "gap",
@@ -199,7 +199,7 @@ impl TickReport {
     pub fn rows(&self) -> u64 {
         self.archived.iter().map(|m| m.rows).sum()
     }
-    pub fn rejected(&self) -> usize {
+    pub(crate) fn rejected(&self) -> usize {
         self.archived.iter().map(|m| m.rejected).sum()
     }
 }
@@ -849,7 +849,11 @@ fn too_large(raw: &RawFields) -> Option<Reject> {
 
 /// A minute with less than half the keys of the one before may have lost
 /// keys to eviction: worth a warning, not a hold (traffic does vary).
-pub fn key_drop_warning(minute: DateTime<Utc>, keys: usize, previous_keys: i32) -> Option<String> {
+pub(crate) fn key_drop_warning(
+    minute: DateTime<Utc>,
+    keys: usize,
+    previous_keys: i32,
+) -> Option<String> {
     let previous = usize::try_from(previous_keys).unwrap_or(0);
     (previous >= 10 && keys * 2 < previous).then(|| {
         format!("{minute} has {keys} keys, the minute before had {previous}: partial eviction?")
@@ -981,7 +985,7 @@ impl Tombstones {
 }
 
 /// When the tick after `now` starts: the next minute boundary plus the offset.
-pub fn next_tick_at(now: DateTime<Utc>, offset: chrono::Duration) -> DateTime<Utc> {
+pub(crate) fn next_tick_at(now: DateTime<Utc>, offset: chrono::Duration) -> DateTime<Utc> {
     let this_minute = minute_floor(now) + offset;
     if this_minute > now {
         this_minute

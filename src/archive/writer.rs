@@ -106,7 +106,7 @@ impl<E> From<sqlx::Error> for StreamError<E> {
 /// error aborts the COPY and leaves nothing behind (the savepoint rolls
 /// back). On a unique violation the whole minute is rewritten through the
 /// staging table, as in [`write_minute`].
-pub async fn write_minute_streaming<S, E>(
+pub(crate) async fn write_minute_streaming<S, E>(
     tx: &mut PgConnection,
     mut chunks: S,
     minute: DateTime<Utc>,

@@ -37,7 +37,7 @@ const COMPLETED_REQUEUE: Duration = Duration::from_secs(3600);
 const WAITING_REQUEUE: Duration = Duration::from_secs(15);
 
 /// When the request was received: `spec.receivedAt`, else the object's creation.
-pub fn received_at(request: &DeletionRequest) -> Option<DateTime<Utc>> {
+pub(crate) fn received_at(request: &DeletionRequest) -> Option<DateTime<Utc>> {
     request.spec.received_at.or_else(|| {
         request
             .metadata
@@ -50,7 +50,7 @@ pub fn received_at(request: &DeletionRequest) -> Option<DateTime<Utc>> {
 /// Days to answer in: `article17ResponseDays` of the RetentionPolicy in
 /// force (the number the privacy text promises), else 30. With no policy
 /// or a conflict the legal default applies; it never waits longer.
-pub fn response_days(policies: &crate::retention::directory::PolicyDirectory) -> i64 {
+pub(crate) fn response_days(policies: &crate::retention::directory::PolicyDirectory) -> i64 {
     match policies.in_force() {
         crate::retention::directory::InForce::One { spec, .. } => {
             i64::from(spec.privacy_policy.article17_response_days)
@@ -60,7 +60,7 @@ pub fn response_days(policies: &crate::retention::directory::PolicyDirectory) ->
 }
 
 /// The domain's view of the object; `response_days` from [`response_days`].
-pub fn erasure_request(object: &DeletionRequest, response_days: i64) -> ErasureRequest {
+pub(crate) fn erasure_request(object: &DeletionRequest, response_days: i64) -> ErasureRequest {
     ErasureRequest {
         namespace: object.namespace().unwrap_or_else(|| "default".into()),
         name: object.name_any(),
@@ -82,7 +82,7 @@ pub fn erasure_request(object: &DeletionRequest, response_days: i64) -> ErasureR
 
 /// Delay before retrying after `attempts` failed runs: 15 s, doubling, at
 /// most 15 minutes (a failed erasure is usually a dependency that is down).
-pub fn retry_after(attempts: i32) -> Duration {
+pub(crate) fn retry_after(attempts: i32) -> Duration {
     let exponent = u32::try_from(attempts.saturating_sub(1))
         .unwrap_or(0)
         .min(6);

@@ -620,7 +620,7 @@ async fn report_drift(
 
 /// `UntieredTenants` from the last drift count: status, reason, message
 /// (the count and a few tenant ids).
-pub fn untiered_condition(drift: &DriftRow) -> (bool, &'static str, String) {
+pub(crate) fn untiered_condition(drift: &DriftRow) -> (bool, &'static str, String) {
     let count = drift.tenants_without_tier;
     if count == 0 {
         return (

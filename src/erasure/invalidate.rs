@@ -146,7 +146,7 @@ async fn post(
 
 /// The URL as shown in statuses, receipts and errors: without credentials
 /// or query string, which may carry tokens.
-pub fn display_url(url: &str) -> String {
+pub(crate) fn display_url(url: &str) -> String {
     let Ok(uri) = url.parse::<Uri>() else {
         return "<unparseable URL>".into();
     };

@@ -88,7 +88,7 @@ pub struct ReceiptVerification {
 }
 
 impl ReceiptRequest {
-    pub fn from_request(request: &ErasureRequest) -> Self {
+    pub(crate) fn from_request(request: &ErasureRequest) -> Self {
         Self {
             namespace: request.namespace.clone(),
             name: request.name.clone(),
@@ -109,7 +109,7 @@ impl ReceiptRequest {
 }
 
 impl ReceiptVerification {
-    pub fn from_verification(verification: &Verification) -> Self {
+    pub(crate) fn from_verification(verification: &Verification) -> Self {
         Self {
             verified: verification.verified,
             remaining: verification.remaining.clone(),
@@ -126,7 +126,7 @@ pub struct SealedReceipt {
 }
 
 impl SealedReceipt {
-    pub fn seal(receipt: &Receipt) -> Self {
+    pub(crate) fn seal(receipt: &Receipt) -> Self {
         let value = serde_json::to_value(receipt).unwrap_or(Value::Null);
         Self::from_value(&value)
     }
@@ -140,13 +140,13 @@ impl SealedReceipt {
 
 /// Timestamps in receipts: RFC 3339, UTC, microseconds (Postgres precision,
 /// so a value read back from the database prints the same).
-pub fn timestamp(at: DateTime<Utc>) -> String {
+pub(crate) fn timestamp(at: DateTime<Utc>) -> String {
     at.to_rfc3339_opts(SecondsFormat::Micros, true)
 }
 
 /// Writes the receipt to the audit log and its hash onto every tombstone
 /// it covers, in one transaction. Returns the audit row's id.
-pub async fn record(
+pub(crate) async fn record(
     pool: &PgPool,
     request: &ErasureRequest,
     sealed: &SealedReceipt,
@@ -185,7 +185,7 @@ pub struct StoredReceipt {
 }
 
 /// Receipts of `namespace/name` in the audit log, newest first.
-pub async fn stored_receipts(
+pub(crate) async fn stored_receipts(
     pool: &PgPool,
     namespace: &str,
     name: &str,
@@ -212,7 +212,7 @@ pub async fn stored_receipts(
 /// The receipt of this very request (same namespace, name and uid), when
 /// one was already written: a completed erasure is never run again, even
 /// if its status was lost.
-pub async fn find_completed(
+pub(crate) async fn find_completed(
     pool: &PgPool,
     request: &ErasureRequest,
 ) -> Result<Option<StoredReceipt>, sqlx::Error> {
@@ -247,7 +247,7 @@ pub struct UnreceiptedRun {
 
 /// Earlier committed runs of this request without a receipt (the process
 /// died after COMMIT, or their verification failed), oldest first.
-pub async fn unreceipted_runs(
+pub(crate) async fn unreceipted_runs(
     conn: &mut PgConnection,
     request: &ErasureRequest,
     except_tombstone: i64,

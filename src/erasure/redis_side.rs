@@ -305,7 +305,7 @@ pub async fn erase(
 /// at or before `upto` (epoch seconds; later minutes are new data the
 /// tombstone does not cover), index entries still listing the keys removed,
 /// and alert keys.
-pub async fn remaining(
+pub(crate) async fn remaining(
     target: &RedisTarget,
     scope: &Scope,
     alert_patterns: &[String],

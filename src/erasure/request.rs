@@ -41,13 +41,13 @@ pub struct ErasureRequest {
 
 impl ErasureRequest {
     /// `DeletionRequest/namespace/name`: the audit log's subject.
-    pub fn subject(&self) -> String {
+    pub(crate) fn subject(&self) -> String {
         subject(&self.namespace, &self.name)
     }
 
     /// When the answer is due: received + the response days + the
     /// extension's days.
-    pub fn deadline(&self) -> Option<DateTime<Utc>> {
+    pub(crate) fn deadline(&self) -> Option<DateTime<Utc>> {
         let extension_days = self.extension.as_ref().map_or(0, |e| e.days);
         self.received_at
             .map(|at| at + chrono::Duration::days(self.response_days + extension_days))
@@ -55,7 +55,7 @@ impl ErasureRequest {
 }
 
 /// The audit-log subject of a DeletionRequest.
-pub fn subject(namespace: &str, name: &str) -> String {
+pub(crate) fn subject(namespace: &str, name: &str) -> String {
     format!("DeletionRequest/{namespace}/{name}")
 }
 

@@ -36,7 +36,7 @@ impl Scope {
     }
 
     /// `server` or `tenant`, as written in receipts.
-    pub fn kind(&self) -> &'static str {
+    pub(crate) fn kind(&self) -> &'static str {
         if self.server.is_some() {
             "server"
         } else {
@@ -73,7 +73,7 @@ impl Scope {
     /// Whether `owner` (what a key names, by [`key::owner`]) is of this
     /// scope: the same tenant, and for a server scope the same slug, byte
     /// for byte, as the drain stores it.
-    pub fn covers(&self, owner: &KeyOwner) -> bool {
+    pub(crate) fn covers(&self, owner: &KeyOwner) -> bool {
         owner.tenant == self.tenant
             && self
                 .server

@@ -108,7 +108,7 @@ impl Table {
 
     /// Counts the selection's rows (for the hash tables: rows still
     /// holding the tenant hash).
-    pub async fn count(
+    pub(crate) async fn count(
         self,
         conn: &mut PgConnection,
         selection: &Selection<'_>,
@@ -118,7 +118,7 @@ impl Table {
 
     /// Counts the selection's rows in `relation`: the table itself, or one
     /// of its partitions (a name read from the catalog, already quoted).
-    pub async fn count_in(
+    pub(crate) async fn count_in(
         self,
         conn: &mut PgConnection,
         relation: &str,
@@ -142,7 +142,7 @@ impl Table {
 /// Whether every table naming tenants by salted hashes (the suppression
 /// tables) is empty: without the salt the tenant's hash cannot be
 /// computed, which is only harmless when there is nothing to look through.
-pub async fn suppression_tables_empty(conn: &mut PgConnection) -> Result<bool, sqlx::Error> {
+pub(crate) async fn suppression_tables_empty(conn: &mut PgConnection) -> Result<bool, sqlx::Error> {
     let any_rows: Vec<String> = Table::ALL
         .into_iter()
         .filter(|table| matches!(table.identity(), Identity::SaltedHashes { .. }))
@@ -160,7 +160,7 @@ pub async fn suppression_tables_empty(conn: &mut PgConnection) -> Result<bool, s
 }
 
 /// The partitions of `table`, as quoted relation names.
-pub async fn partitions_of(
+pub(crate) async fn partitions_of(
     conn: &mut PgConnection,
     table: Table,
 ) -> Result<Vec<String>, sqlx::Error> {

@@ -154,7 +154,7 @@ impl ErasureSettings {
     }
 
     /// The same, leaving the tables `declared` out of scope.
-    pub fn with_out_of_scope_tables(mut self, declared: Vec<String>) -> Self {
+    pub(crate) fn with_out_of_scope_tables(mut self, declared: Vec<String>) -> Self {
         self.out_of_scope_tables = declared;
         self
     }

@@ -24,7 +24,7 @@ use crate::api::deletion_request::Verification;
 const PARTITION_COUNTS_IN_FLIGHT: usize = 4;
 
 /// Recounts every surface of `request`'s scope up to the tombstone.
-pub async fn verify(
+pub(crate) async fn verify(
     pool: &PgPool,
     request: &ErasureRequest,
     settings: &ErasureSettings,
@@ -193,7 +193,7 @@ async fn redis_remaining(
 }
 
 /// `probe_minute: 3, redis_verdict_keys: 1`: the surfaces not at zero.
-pub fn describe_remaining(remaining: &BTreeMap<String, i64>) -> String {
+pub(crate) fn describe_remaining(remaining: &BTreeMap<String, i64>) -> String {
     remaining
         .iter()
         .filter(|(_, count)| **count != 0)

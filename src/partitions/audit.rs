@@ -27,7 +27,7 @@ pub mod actions {
 pub const DEFAULT_ACTOR: &str = "archiver-operator";
 
 /// Appends one audit row.
-pub async fn record<'e>(
+pub(crate) async fn record<'e>(
     executor: impl PgExecutor<'e>,
     at: DateTime<Utc>,
     action: &str,
@@ -50,7 +50,7 @@ pub async fn record<'e>(
 }
 
 /// When the operator last created and last dropped a partition.
-pub async fn last_actions<'e>(
+pub(crate) async fn last_actions<'e>(
     executor: impl PgExecutor<'e>,
 ) -> Result<(Option<DateTime<Utc>>, Option<DateTime<Utc>>), sqlx::Error> {
     sqlx::query_as(
@@ -65,7 +65,7 @@ pub async fn last_actions<'e>(
 
 /// Partitions detached by the operator whose drop never happened (the
 /// process died, or the drop ran out of retries): name and recorded bounds.
-pub async fn detached_not_dropped<'e>(
+pub(crate) async fn detached_not_dropped<'e>(
     executor: impl PgExecutor<'e>,
 ) -> Result<Vec<(String, serde_json::Value)>, sqlx::Error> {
     sqlx::query_as(
@@ -118,7 +118,7 @@ impl LockDiscipline {
 
 /// Whether the statement lost a lock wait (lock_timeout or a deadlock) and
 /// may simply be tried again.
-pub fn is_lock_conflict(error: &sqlx::Error) -> bool {
+pub(crate) fn is_lock_conflict(error: &sqlx::Error) -> bool {
     matches!(
         error,
         sqlx::Error::Database(db)

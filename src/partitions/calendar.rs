@@ -132,7 +132,7 @@ pub struct Bounds {
 
 impl Bounds {
     /// Whether the two ranges share at least one instant.
-    pub fn overlaps(&self, other: &Bounds) -> bool {
+    pub(crate) fn overlaps(&self, other: &Bounds) -> bool {
         self.from < other.to && other.from < self.to
     }
 

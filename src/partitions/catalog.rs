@@ -91,7 +91,7 @@ impl From<Row> for CatalogPartition {
 
 /// What a name refers to outside the partition list: nothing, or some other
 /// relation (a detached leftover, a table created by hand).
-pub async fn relation_exists<'e>(
+pub(crate) async fn relation_exists<'e>(
     executor: impl PgExecutor<'e>,
     name: &str,
 ) -> Result<bool, sqlx::Error> {
@@ -102,7 +102,7 @@ pub async fn relation_exists<'e>(
 }
 
 /// Whether `name` is a table that is not (or no longer) a partition.
-pub async fn is_detached_table<'e>(
+pub(crate) async fn is_detached_table<'e>(
     executor: impl PgExecutor<'e>,
     name: &str,
 ) -> Result<bool, sqlx::Error> {

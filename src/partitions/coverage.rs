@@ -33,7 +33,7 @@ impl Coverage {
     /// Consecutive months with a partition, the current one included: the
     /// value of `archiver_partition_coverage_months` (0: rows of this month
     /// have nowhere to go).
-    pub fn months_including_current(&self) -> i64 {
+    pub(crate) fn months_including_current(&self) -> i64 {
         if self.current_covered {
             1 + i64::from(self.months_ahead)
         } else {
@@ -43,17 +43,21 @@ impl Coverage {
 
     /// The current month and, once it is due (`createAheadDays` before it
     /// starts), the next one exist.
-    pub fn is_covered(&self) -> bool {
+    pub(crate) fn is_covered(&self) -> bool {
         self.missing_required.is_empty()
     }
 
     /// Whether the month after the current one exists already.
-    pub fn next_month_covered(&self) -> bool {
+    pub(crate) fn next_month_covered(&self) -> bool {
         self.current_covered && self.months_ahead >= 1
     }
 }
 
-pub fn coverage(partitions: &[CatalogPartition], now: DateTime<Utc>, ahead_days: u32) -> Coverage {
+pub(crate) fn coverage(
+    partitions: &[CatalogPartition],
+    now: DateTime<Utc>,
+    ahead_days: u32,
+) -> Coverage {
     let current = Month::containing(now);
     let covered = |month: Month| classify(month, partitions).is_covered();
     let current_covered = covered(current);
@@ -80,7 +84,7 @@ pub fn coverage(partitions: &[CatalogPartition], now: DateTime<Utc>, ahead_days:
 /// Partitions the operator would not have made: a DEFAULT (or otherwise
 /// unbounded) partition, bounds that are not exactly one calendar month,
 /// or a month name with other bounds. Reported, never changed.
-pub fn unexpected_partitions(partitions: &[CatalogPartition]) -> Vec<String> {
+pub(crate) fn unexpected_partitions(partitions: &[CatalogPartition]) -> Vec<String> {
     partitions
         .iter()
         .filter_map(|partition| {
@@ -112,7 +116,7 @@ pub fn unexpected_partitions(partitions: &[CatalogPartition]) -> Vec<String> {
 
 /// Adjacent months where the later one has at least [`GROWTH_FACTOR`] times
 /// the (approximate) rows of the earlier one.
-pub fn growth_warnings(partitions: &[CatalogPartition]) -> Vec<String> {
+pub(crate) fn growth_warnings(partitions: &[CatalogPartition]) -> Vec<String> {
     let mut ranged: Vec<&CatalogPartition> =
         partitions.iter().filter(|p| p.bounds.is_some()).collect();
     ranged.sort_by_key(|p| p.bounds);
@@ -136,7 +140,7 @@ pub fn growth_warnings(partitions: &[CatalogPartition]) -> Vec<String> {
 }
 
 /// The status entries, oldest first.
-pub fn partition_infos(partitions: &[CatalogPartition]) -> Vec<PartitionInfo> {
+pub(crate) fn partition_infos(partitions: &[CatalogPartition]) -> Vec<PartitionInfo> {
     let mut infos: Vec<PartitionInfo> = partitions
         .iter()
         .filter_map(|p| {

@@ -33,13 +33,13 @@ pub enum MonthState {
 
 impl MonthState {
     /// Whether every instant of the month has a partition.
-    pub fn is_covered(&self) -> bool {
+    pub(crate) fn is_covered(&self) -> bool {
         matches!(self, Self::Present { .. } | Self::CoveredByOthers { .. })
     }
 }
 
 /// Where `month` stands among `partitions` (from the catalog).
-pub fn classify(month: Month, partitions: &[CatalogPartition]) -> MonthState {
+pub(crate) fn classify(month: Month, partitions: &[CatalogPartition]) -> MonthState {
     let wanted = month.bounds();
     if let Some(exact) = partitions.iter().find(|p| p.bounds == Some(wanted)) {
         return MonthState::Present {
@@ -116,7 +116,7 @@ pub struct CreateReport {
 /// conflicting partition, locks held past every retry) is reported in
 /// `problems` and the others are still created; only a failure to talk to
 /// the database is an error.
-pub async fn create_missing(
+pub(crate) async fn create_missing(
     pool: &PgPool,
     now: DateTime<Utc>,
     ahead_days: u32,

@@ -29,7 +29,7 @@ pub struct RetentionHorizon {
 }
 
 impl RetentionHorizon {
-    pub fn duration(&self) -> Duration {
+    pub(crate) fn duration(&self) -> Duration {
         Duration::days(i64::from(self.days))
     }
 }

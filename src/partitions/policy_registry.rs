@@ -148,7 +148,7 @@ impl EnforcedPolicies {
     }
 
     /// What is known about `namespace/name`.
-    pub fn lookup(&self, namespace: &str, name: &str) -> PolicyLookup {
+    pub(crate) fn lookup(&self, namespace: &str, name: &str) -> PolicyLookup {
         self.entries
             .read()
             // A poisoned lock means a writer panicked between two whole-entry
@@ -161,7 +161,7 @@ impl EnforcedPolicies {
 
     /// The tier windows to drop by for the policy `namespace/name`: published
     /// by its reconciler and, per `directory`, the one RetentionPolicy in force.
-    pub fn in_force(
+    pub(crate) fn in_force(
         &self,
         directory: &PolicyDirectory,
         namespace: &str,

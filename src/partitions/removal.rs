@@ -148,7 +148,7 @@ impl ExpiredMinutes {
 
 /// The longest per-minute contract extension billing has recorded for any
 /// tenant (uncapped; [`super::plan::retention_horizon`] caps it).
-pub async fn longest_contract_days(pool: &PgPool) -> Result<Option<i32>, sqlx::Error> {
+pub(crate) async fn longest_contract_days(pool: &PgPool) -> Result<Option<i32>, sqlx::Error> {
     sqlx::query_scalar(
         "SELECT max(contract_minute_retention_days) FROM tenant_tier_history WHERE tier = $1",
     )
@@ -209,7 +209,7 @@ pub async fn detach_and_drop(
 /// process died, or the drop ran out of retries): the table is checked
 /// against the guard with the bounds recorded at detach time, verified
 /// again, and dropped.
-pub async fn drop_leftover(
+pub(crate) async fn drop_leftover(
     pool: &PgPool,
     name: &str,
     recorded: &serde_json::Value,

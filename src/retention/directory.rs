@@ -75,7 +75,7 @@ impl PolicyDirectory {
         self.write().remove(label);
     }
 
-    pub fn in_force(&self) -> InForce {
+    pub(crate) fn in_force(&self) -> InForce {
         if !self.ready.load(std::sync::atomic::Ordering::SeqCst) {
             return InForce::NotReady;
         }

@@ -72,7 +72,7 @@ impl Settings {
 }
 
 /// Start of the occurrence of `window` that contains `now`, if it is open.
-pub fn occurrence_start(window: &UtcWindow, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
+pub(crate) fn occurrence_start(window: &UtcWindow, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
     if !window.contains(now) {
         return None;
     }
@@ -85,7 +85,7 @@ pub fn occurrence_start(window: &UtcWindow, now: DateTime<Utc>) -> Option<DateTi
 }
 
 /// The next time `window` opens, strictly after `now`.
-pub fn next_window_start(window: &UtcWindow, now: DateTime<Utc>) -> DateTime<Utc> {
+pub(crate) fn next_window_start(window: &UtcWindow, now: DateTime<Utc>) -> DateTime<Utc> {
     let today = now.date_naive().and_time(window.start).and_utc();
     if today > now {
         today
@@ -108,7 +108,7 @@ pub struct StepReport {
 
 impl StepReport {
     /// Whether the window is open and its run is not finished.
-    pub fn in_progress(&self) -> bool {
+    pub(crate) fn in_progress(&self) -> bool {
         self.current
             .as_ref()
             .is_some_and(|run| run.finished_at.is_none())
@@ -202,7 +202,7 @@ impl Enforcer<'_> {
 
     /// Only closes a run a past window left open (nothing is deleted): for
     /// a suspended policy, and when enforcement is withheld.
-    pub async fn close_stale(&self) -> Result<Vec<RunRow>, RetentionError> {
+    pub(crate) async fn close_stale(&self) -> Result<Vec<RunRow>, RetentionError> {
         let occurrence = occurrence_start(&self.settings.window, self.clock.now());
         let mut closed = Vec::new();
         if let Some(open) = store::open_run(self.pool).await?

@@ -37,7 +37,7 @@ pub struct Candidate<'a> {
     pub confirmation: Option<&'a str>,
 }
 
-pub fn decide(enforced: Option<&EnforcedPolicy>, candidate: &Candidate<'_>) -> Decision {
+pub(crate) fn decide(enforced: Option<&EnforcedPolicy>, candidate: &Candidate<'_>) -> Decision {
     let Some(enforced) = enforced else {
         // The very first tier table ever enforced: there is nothing it could
         // shorten.

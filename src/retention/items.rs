@@ -30,7 +30,7 @@ pub struct WorkItem {
 
 impl WorkItem {
     /// The expired rows of a cross-tenant table (tier `all`).
-    pub fn cross_tenant(table: Table, bounds: Bounds) -> Self {
+    pub(crate) fn cross_tenant(table: Table, bounds: Bounds) -> Self {
         Self {
             table,
             tier: ALL_TIERS.into(),
@@ -43,7 +43,7 @@ impl WorkItem {
     /// rule of its catalogue entry: the suppression history kept for the
     /// longest daily window of any tier (minute buckets), the rejects for
     /// the shortest per-minute window (`rejected_at` instants).
-    pub fn cross_tenant_tables(tiers: &Tiers, as_of: DateTime<Utc>) -> Vec<Self> {
+    pub(crate) fn cross_tenant_tables(tiers: &Tiers, as_of: DateTime<Utc>) -> Vec<Self> {
         Table::CROSS_TENANT
             .into_iter()
             .filter_map(|table| {
@@ -58,7 +58,7 @@ impl WorkItem {
     }
 
     /// The items of `ranges` for every server of a tenant.
-    pub fn for_servers(
+    pub(crate) fn for_servers(
         table: Table,
         tenant: Uuid,
         servers: &[String],
@@ -172,7 +172,7 @@ impl Arrays {
 const ITEMS_PER_STATEMENT: usize = 5_000;
 
 /// Rows matching `items` (all of one per-tenant table), per tier.
-pub async fn count_per_tier(
+pub(crate) async fn count_per_tier(
     executor: &sqlx::PgPool,
     table: Table,
     items: &[WorkItem],
@@ -238,7 +238,7 @@ async fn count_cross_tenant(
 
 /// The items (of one per-tenant table and tenant) that have at least one
 /// row, so a pass spends statements only where there is something to delete.
-pub async fn with_rows(
+pub(crate) async fn with_rows(
     conn: &mut PgConnection,
     items: Vec<WorkItem>,
 ) -> Result<Vec<WorkItem>, RetentionError> {
@@ -337,7 +337,7 @@ fn bind_item<'q>(
 /// repeats the item's condition, so a ctid reused in between can only ever
 /// name a row that is just as expired; `( ... ) IS TRUE` keeps that recheck
 /// a filter (not an index condition) so the TID scan stays the only plan.
-pub async fn delete_batch(
+pub(crate) async fn delete_batch(
     conn: &mut PgConnection,
     item: &mut WorkItem,
     limit: i64,

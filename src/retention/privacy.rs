@@ -52,7 +52,10 @@ pub fn render(spec: &RetentionPolicySpec, generation: Option<i64>, format: Forma
 }
 
 /// Every format, keyed as published.
-pub fn render_all(spec: &RetentionPolicySpec, generation: Option<i64>) -> BTreeMap<String, String> {
+pub(crate) fn render_all(
+    spec: &RetentionPolicySpec,
+    generation: Option<i64>,
+) -> BTreeMap<String, String> {
     Format::ALL
         .into_iter()
         .map(|format| (format.key().to_string(), render(spec, generation, format)))

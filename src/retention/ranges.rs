@@ -54,7 +54,7 @@ impl RangeSet {
         set
     }
 
-    pub fn intervals(&self) -> &[Interval] {
+    pub(crate) fn intervals(&self) -> &[Interval] {
         &self.intervals
     }
 
@@ -63,7 +63,7 @@ impl RangeSet {
     }
 
     /// Adds `[start, end)`, merging what it touches; empty intervals are ignored.
-    pub fn insert(&mut self, start: DateTime<Utc>, end: DateTime<Utc>) {
+    pub(crate) fn insert(&mut self, start: DateTime<Utc>, end: DateTime<Utc>) {
         if start >= end {
             return;
         }
@@ -91,7 +91,7 @@ impl RangeSet {
     }
 
     /// The instants of `self` that are not in `other`.
-    pub fn subtract(&self, other: &RangeSet) -> RangeSet {
+    pub(crate) fn subtract(&self, other: &RangeSet) -> RangeSet {
         let mut result = Vec::new();
         for &(a, b) in &self.intervals {
             let mut pieces = vec![(a, b)];
@@ -119,7 +119,7 @@ impl RangeSet {
         set
     }
 
-    pub fn intersect(&self, other: &RangeSet) -> RangeSet {
+    pub(crate) fn intersect(&self, other: &RangeSet) -> RangeSet {
         self.subtract(&self.subtract(other))
     }
 
@@ -207,7 +207,7 @@ pub fn expired_ranges(
 }
 
 /// [`expired_ranges`], with the contract extension counted as `contracts` says.
-pub fn expired_ranges_with(
+pub(crate) fn expired_ranges_with(
     spans: &[TierSpan],
     tiers: &Tiers,
     table: Table,
@@ -320,7 +320,7 @@ fn ceil_month(t: DateTime<Utc>) -> NaiveDate {
 /// window of any tier. Its rows carry no tenant id (tenants appear only as
 /// salted hashes), so no single tier applies, and a cluster that involved an
 /// enterprise tenant is evidence that tenant's daily data may still cite.
-pub fn history_days(tiers: &Tiers) -> u32 {
+pub(crate) fn history_days(tiers: &Tiers) -> u32 {
     Tier::ALL
         .into_iter()
         .map(|tier| tier.retention(tiers).daily_days)
@@ -330,7 +330,7 @@ pub fn history_days(tiers: &Tiers) -> u32 {
 
 /// The expired rows of the suppression history: minutes that ended at
 /// least [`history_days`] before `as_of`.
-pub fn history_bounds(tiers: &Tiers, as_of: DateTime<Utc>) -> Bounds {
+pub(crate) fn history_bounds(tiers: &Tiers, as_of: DateTime<Utc>) -> Bounds {
     kept_for(history_days(tiers), as_of, Duration::minutes(1))
 }
 
@@ -349,7 +349,7 @@ fn kept_for(days: u32, as_of: DateTime<Utc>, span: Duration) -> Bounds {
 /// any tier. A reject cannot always be tied to a tenant (its key may be the
 /// malformed part), so it is kept no longer than any tenant's per-minute
 /// history may be; long enough to look into a burst of rejects.
-pub fn rejects_days(tiers: &Tiers) -> u32 {
+pub(crate) fn rejects_days(tiers: &Tiers) -> u32 {
     Tier::ALL
         .into_iter()
         .map(|tier| tier.retention(tiers).per_minute_days)
@@ -359,7 +359,7 @@ pub fn rejects_days(tiers: &Tiers) -> u32 {
 
 /// The expired rows of the rejects table: rejected at least
 /// [`rejects_days`] before `as_of`.
-pub fn rejects_bounds(tiers: &Tiers, as_of: DateTime<Utc>) -> Bounds {
+pub(crate) fn rejects_bounds(tiers: &Tiers, as_of: DateTime<Utc>) -> Bounds {
     // `rejected_at` is an instant, not a minute bucket.
     kept_for(rejects_days(tiers), as_of, Duration::zero())
 }

@@ -92,7 +92,7 @@ pub struct EnforcedPolicy {
     pub accepted_as: String,
 }
 
-pub async fn enforced_policy(
+pub(crate) async fn enforced_policy(
     executor: impl PgExecutor<'_>,
 ) -> Result<Option<EnforcedPolicy>, RetentionError> {
     let row: Option<EnforcedRow> = sqlx::query_as(
@@ -130,7 +130,10 @@ pub struct Acceptance<'a> {
 
 /// Makes `acceptance.spec` the enforced tier table and records why, in one
 /// transaction.
-pub async fn accept(pool: &PgPool, acceptance: &Acceptance<'_>) -> Result<(), RetentionError> {
+pub(crate) async fn accept(
+    pool: &PgPool,
+    acceptance: &Acceptance<'_>,
+) -> Result<(), RetentionError> {
     let spec = serde_json::to_value(acceptance.spec).map_err(RetentionError::StoredPolicy)?;
     let mut tx = pool.begin().await.map_err(db("beginning an acceptance"))?;
     sqlx::query(
@@ -174,7 +177,7 @@ pub async fn accept(pool: &PgPool, acceptance: &Acceptance<'_>) -> Result<(), Re
 }
 
 /// `RetentionPolicy/namespace/name`, the audit subject of a policy.
-pub fn subject(policy: &str) -> String {
+pub(crate) fn subject(policy: &str) -> String {
     format!("RetentionPolicy/{policy}")
 }
 
@@ -221,7 +224,7 @@ fn span_of(
 }
 
 /// The tier rows of one tenant.
-pub async fn tier_spans(
+pub(crate) async fn tier_spans(
     executor: impl PgExecutor<'_>,
     tenant: Uuid,
 ) -> Result<Vec<TierSpan>, RetentionError> {
@@ -240,7 +243,7 @@ pub async fn tier_spans(
 }
 
 /// The tier rows of every tenant.
-pub async fn all_tier_spans(
+pub(crate) async fn all_tier_spans(
     executor: impl PgExecutor<'_>,
 ) -> Result<BTreeMap<Uuid, Vec<TierSpan>>, RetentionError> {
     let rows: Vec<TenantSpanRow> = sqlx::query_as(
@@ -262,7 +265,7 @@ pub async fn all_tier_spans(
 
 /// The first tenant with a tier row after `after` (from the start when
 /// `None`), and not after `up_to` when given.
-pub async fn next_tenant(
+pub(crate) async fn next_tenant(
     executor: impl PgExecutor<'_>,
     after: Option<Uuid>,
     up_to: Option<Uuid>,
@@ -283,7 +286,7 @@ pub async fn next_tenant(
 
 /// The servers of `tenant` in `table`, by a loose index scan (one index
 /// probe per server, whatever the number of rows).
-pub async fn servers(
+pub(crate) async fn servers(
     executor: impl PgExecutor<'_>,
     table: Table,
     tenant: Uuid,
@@ -309,7 +312,7 @@ pub async fn servers(
 }
 
 /// Every (tenant, server) pair of `table`, by a loose index scan.
-pub async fn tenant_servers(
+pub(crate) async fn tenant_servers(
     executor: impl PgExecutor<'_>,
     table: Table,
 ) -> Result<Vec<(Uuid, String)>, RetentionError> {
@@ -368,7 +371,7 @@ pub struct RunRow {
 
 impl RunRow {
     /// Rows deleted per table, all tiers together.
-    pub fn rows_by_table(&self) -> BTreeMap<String, i64> {
+    pub(crate) fn rows_by_table(&self) -> BTreeMap<String, i64> {
         self.rows_deleted
             .0
             .iter()
@@ -378,7 +381,7 @@ impl RunRow {
 
     /// Whether a row cap stopped the run with work left: the run cap, or a
     /// tenant whose pass hit its cap and was not finished later.
-    pub fn capped(&self) -> bool {
+    pub(crate) fn capped(&self) -> bool {
         self.outcome.as_deref() == Some(OUTCOME_RUN_CAP) || !self.capped_tenants.is_empty()
     }
 }
@@ -394,7 +397,9 @@ const RUN_COLUMNS: &str = "id, window_start, as_of, policy_hash, started_at, pro
 
 /// The run left open (there is at most one: runs are closed before a new
 /// one starts).
-pub async fn open_run(executor: impl PgExecutor<'_>) -> Result<Option<RunRow>, RetentionError> {
+pub(crate) async fn open_run(
+    executor: impl PgExecutor<'_>,
+) -> Result<Option<RunRow>, RetentionError> {
     sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "SELECT {RUN_COLUMNS} FROM retention_run WHERE finished_at IS NULL ORDER BY window_start LIMIT 1"
     )))
@@ -403,7 +408,7 @@ pub async fn open_run(executor: impl PgExecutor<'_>) -> Result<Option<RunRow>, R
     .map_err(db("reading the open enforcement run"))
 }
 
-pub async fn run_for_window(
+pub(crate) async fn run_for_window(
     executor: impl PgExecutor<'_>,
     window_start: DateTime<Utc>,
 ) -> Result<Option<RunRow>, RetentionError> {
@@ -417,7 +422,9 @@ pub async fn run_for_window(
 }
 
 /// The most recent run, finished or not.
-pub async fn latest_run(executor: impl PgExecutor<'_>) -> Result<Option<RunRow>, RetentionError> {
+pub(crate) async fn latest_run(
+    executor: impl PgExecutor<'_>,
+) -> Result<Option<RunRow>, RetentionError> {
     sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "SELECT {RUN_COLUMNS} FROM retention_run ORDER BY window_start DESC LIMIT 1"
     )))
@@ -427,7 +434,7 @@ pub async fn latest_run(executor: impl PgExecutor<'_>) -> Result<Option<RunRow>,
 }
 
 /// Locks the run's row for one batch.
-pub async fn lock_run(conn: &mut PgConnection, id: i64) -> Result<RunRow, RetentionError> {
+pub(crate) async fn lock_run(conn: &mut PgConnection, id: i64) -> Result<RunRow, RetentionError> {
     sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "SELECT {RUN_COLUMNS} FROM retention_run WHERE id = $1 FOR UPDATE"
     )))
@@ -450,7 +457,7 @@ pub struct NewRun<'a> {
 /// run cut short by its window or its cap is continued by the next one
 /// instead of starting over at the first tenant). Returns the run of that
 /// window, also when another process started it first.
-pub async fn start_run(pool: &PgPool, new: &NewRun<'_>) -> Result<RunRow, RetentionError> {
+pub(crate) async fn start_run(pool: &PgPool, new: &NewRun<'_>) -> Result<RunRow, RetentionError> {
     insert_run(pool, new).await?;
     run_for_window(pool, new.window_start)
         .await?
@@ -477,7 +484,7 @@ async fn insert_run(pool: &PgPool, new: &NewRun<'_>) -> Result<(), RetentionErro
 }
 
 /// Writes back every mutable field of `run` (the caller bumped `version`).
-pub async fn save_run(conn: &mut PgConnection, run: &RunRow) -> Result<(), RetentionError> {
+pub(crate) async fn save_run(conn: &mut PgConnection, run: &RunRow) -> Result<(), RetentionError> {
     sqlx::query(
         "UPDATE retention_run SET policy_hash = $2, progress_at = $3, finished_at = $4, outcome = $5, \
              version = $6, cycle = $7, wrapped = $8, cursor = $9, pending = $10, capped_tenants = $11, \
@@ -514,7 +521,7 @@ pub async fn save_run(conn: &mut PgConnection, run: &RunRow) -> Result<(), Reten
 }
 
 /// The audit payload of a finished run.
-pub fn run_payload(run: &RunRow) -> serde_json::Value {
+pub(crate) fn run_payload(run: &RunRow) -> serde_json::Value {
     serde_json::json!({
         "runId": run.id,
         "windowStart": run.window_start,
@@ -552,7 +559,9 @@ pub struct DriftRow {
     pub untiered_tenant_examples: Vec<uuid::Uuid>,
 }
 
-pub async fn drift(executor: impl PgExecutor<'_>) -> Result<Option<DriftRow>, RetentionError> {
+pub(crate) async fn drift(
+    executor: impl PgExecutor<'_>,
+) -> Result<Option<DriftRow>, RetentionError> {
     let row: Option<DriftTuple> = sqlx::query_as(
         "SELECT policy_hash, counted_at, rows_by_table, tenants_without_tier, untiered_tenant_examples \
          FROM retention_drift",
@@ -573,7 +582,7 @@ pub async fn drift(executor: impl PgExecutor<'_>) -> Result<Option<DriftRow>, Re
     ))
 }
 
-pub async fn save_drift(
+pub(crate) async fn save_drift(
     executor: impl PgExecutor<'_>,
     drift: &DriftRow,
 ) -> Result<(), RetentionError> {

@@ -99,7 +99,7 @@ impl Table {
     }
 
     /// The catalogue table.
-    pub fn catalogued(self) -> schema::Table {
+    pub(crate) fn catalogued(self) -> schema::Table {
         self.0
     }
 
@@ -108,7 +108,7 @@ impl Table {
     }
 
     /// Tables without a per-tenant rule: pruned as a whole, tier `all`.
-    pub fn is_cross_tenant(self) -> bool {
+    pub(crate) fn is_cross_tenant(self) -> bool {
         self.0.retention().is_cross_tenant()
     }
 
@@ -117,11 +117,11 @@ impl Table {
     }
 
     /// The column that places a row in time.
-    pub fn time_column(self) -> &'static str {
+    pub(crate) fn time_column(self) -> &'static str {
         self.0.time_column()
     }
 
-    pub fn granularity(self) -> Granularity {
+    pub(crate) fn granularity(self) -> Granularity {
         self.0.granularity()
     }
 
@@ -133,7 +133,7 @@ impl Table {
     /// Days a row of this table is kept under `retention`, before any
     /// contract extension (the cross-tenant tables: the window the longest
     /// or shortest of every tier's is taken of).
-    pub fn window_days(self, retention: &TierRetention) -> u32 {
+    pub(crate) fn window_days(self, retention: &TierRetention) -> u32 {
         // Every table of this view has a window (`Table::of`); none would
         // mean keeping the rows.
         self.0
@@ -155,7 +155,7 @@ pub const ALL_TIERS: &str = "all";
 /// Per-minute days of a tenant of the contract tier with a contract of
 /// `contract` days: the contract may only extend the tier's window, and never beyond
 /// the cap. Without a cap in the policy no extension applies.
-pub fn contract_minute_days(retention: &TierRetention, contract: Option<i32>) -> u32 {
+pub(crate) fn contract_minute_days(retention: &TierRetention, contract: Option<i32>) -> u32 {
     let base = retention.per_minute_days;
     match (contract, retention.contractual_cap_days) {
         (Some(days), Some(cap)) if days > 0 => base.max((days as u32).min(cap)),
@@ -235,7 +235,7 @@ pub fn spec_problems(spec: &RetentionPolicySpec) -> Vec<String> {
 }
 
 /// Whether the privacy text calls this tier best effort.
-pub fn is_best_effort(retention: &TierRetention) -> bool {
+pub(crate) fn is_best_effort(retention: &TierRetention) -> bool {
     retention.guarantee == Some(Guarantee::BestEffort)
 }
 
@@ -249,12 +249,12 @@ pub struct WindowChange {
 }
 
 impl WindowChange {
-    pub fn shrinks(&self) -> bool {
+    pub(crate) fn shrinks(&self) -> bool {
         self.to_days < self.from_days
     }
 
     /// By how much the window shrinks, in percent of the old value (0 for growth).
-    pub fn shrink_percent(&self) -> f64 {
+    pub(crate) fn shrink_percent(&self) -> f64 {
         if !self.shrinks() || self.from_days == 0 {
             return 0.0;
         }
@@ -263,7 +263,7 @@ impl WindowChange {
 
     /// Shrinks by strictly more than `max_percent` (integer arithmetic, so
     /// 50% of 7 days is not rounded either way).
-    pub fn beyond(&self, max_percent: u32) -> bool {
+    pub(crate) fn beyond(&self, max_percent: u32) -> bool {
         self.shrinks()
             && u64::from(self.from_days - self.to_days) * 100
                 > u64::from(max_percent) * u64::from(self.from_days)
@@ -283,7 +283,7 @@ impl fmt::Display for WindowChange {
 /// Every window that differs from `old` to `new`, in a stable order. A cap
 /// that disappears counts as shrinking to the tier's per-minute days (no
 /// extension any more).
-pub fn window_changes(old: &Tiers, new: &Tiers) -> Vec<WindowChange> {
+pub(crate) fn window_changes(old: &Tiers, new: &Tiers) -> Vec<WindowChange> {
     let mut changes = Vec::new();
     for tier in Tier::ALL {
         let (a, b) = (tier.retention(old), tier.retention(new));
@@ -318,7 +318,10 @@ pub fn window_changes(old: &Tiers, new: &Tiers) -> Vec<WindowChange> {
 /// The guard that applies to a change: the stricter of the enforced and the
 /// new policy's, so a pull request cannot loosen the guard and use the
 /// looser guard in the same step.
-pub fn effective_guard_percent(enforced: &RetentionPolicySpec, new: &RetentionPolicySpec) -> u32 {
+pub(crate) fn effective_guard_percent(
+    enforced: &RetentionPolicySpec,
+    new: &RetentionPolicySpec,
+) -> u32 {
     enforced
         .shrink_guard
         .max_shrink_percent
@@ -326,7 +329,7 @@ pub fn effective_guard_percent(enforced: &RetentionPolicySpec, new: &RetentionPo
 }
 
 /// The changes the guard holds: windows shortened by more than `max_percent`.
-pub fn guarded_shrinks(old: &Tiers, new: &Tiers, max_percent: u32) -> Vec<WindowChange> {
+pub(crate) fn guarded_shrinks(old: &Tiers, new: &Tiers, max_percent: u32) -> Vec<WindowChange> {
     window_changes(old, new)
         .into_iter()
         .filter(|change| change.beyond(max_percent))

@@ -76,7 +76,7 @@ impl std::fmt::Debug for SecretSource {
 
 impl SecretSource {
     /// The value of `reference` in `namespace`.
-    pub async fn resolve(
+    pub(crate) async fn resolve(
         &self,
         namespace: &str,
         reference: &SecretKeyRef,

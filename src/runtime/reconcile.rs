@@ -182,7 +182,7 @@ pub fn is_paused<K: Resource>(object: &K) -> bool {
 }
 
 /// `Kind/namespace/name` of an object, for logs and status files.
-pub fn object_label<K: Resource<DynamicType = ()>>(object: &K) -> String {
+pub(crate) fn object_label<K: Resource<DynamicType = ()>>(object: &K) -> String {
     format!(
         "{}/{}/{}",
         K::kind(&()),
@@ -214,7 +214,7 @@ pub fn spec_problems<K: Managed>(object: &K) -> Vec<String> {
 /// The starting point of every reconcile: the previous status with
 /// observedGeneration set, and `Ready` false with the reasons when the spec
 /// breaks a rule. Returns the status and whether the spec is valid.
-pub fn begin_status<K: Managed>(object: &K, ctx: &Context) -> (K::Status, Vec<String>) {
+pub(crate) fn begin_status<K: Managed>(object: &K, ctx: &Context) -> (K::Status, Vec<String>) {
     let mut status = object.status().cloned().unwrap_or_default();
     status.set_observed_generation(object.meta().generation);
     let problems = spec_problems(object);

@@ -331,7 +331,10 @@ fn read_regular_file(path: &Path) -> std::io::Result<String> {
 /// Creates `base/a/b/...` one directory at a time, refusing any component
 /// that exists as a link or a file, so that what is written there stays
 /// under `base`.
-pub fn create_private_dirs(base: &Path, components: &[&str]) -> Result<PathBuf, StatusStoreError> {
+pub(crate) fn create_private_dirs(
+    base: &Path,
+    components: &[&str],
+) -> Result<PathBuf, StatusStoreError> {
     let mut path = base.to_path_buf();
     for component in components {
         path.push(component);

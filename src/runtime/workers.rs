@@ -75,7 +75,7 @@ pub struct WorkerInputs<'a> {
 
 impl WorkerHost {
     /// Makes sure the shard's worker runs as its spec says.
-    pub async fn ensure(
+    pub(crate) async fn ensure(
         &self,
         shard: &ArchiverShard,
         inputs: WorkerInputs<'_>,
@@ -128,7 +128,7 @@ async fn connect(
 }
 
 /// This process as a watermark owner: the pod name in a cluster.
-pub fn owner_name() -> String {
+pub(crate) fn owner_name() -> String {
     std::env::var("POD_NAME").unwrap_or_else(|_| format!("archiver-{}", std::process::id()))
 }
 
@@ -320,7 +320,7 @@ impl KubeWorkers {
 }
 
 /// Name of a shard's worker Deployment (at most 63 characters).
-pub fn worker_deployment_name(shard: &ArchiverShard) -> String {
+pub(crate) fn worker_deployment_name(shard: &ArchiverShard) -> String {
     let name: String = format!("archiver-worker-{}", shard.name_any())
         .chars()
         .take(63)
@@ -332,7 +332,7 @@ pub fn worker_deployment_name(shard: &ArchiverShard) -> String {
 /// the Deployment, never data), `replicas` from the spec (0 when
 /// suspended), the Redis URL and database URL from Secrets as environment,
 /// probes on /health and /ready, and the restricted pod security profile.
-pub fn worker_deployment(
+pub(crate) fn worker_deployment(
     shard: &ArchiverShard,
     image: &str,
     database_secret: &SecretKeyRef,

@@ -114,7 +114,7 @@ struct TenantTable {
 /// `"Quoted"."Mixed.Case"`): unquoted parts fold to lower case, quoted
 /// ones keep their case and characters (`""` is a quote). `None` when it is
 /// not a name (empty part, unbalanced quote).
-pub fn parse_table_name(text: &str) -> Option<Vec<String>> {
+pub(crate) fn parse_table_name(text: &str) -> Option<Vec<String>> {
     let mut parts = Vec::new();
     let mut chars = text.trim().chars().peekable();
     loop {

@@ -76,7 +76,7 @@ pub enum Window {
 
 impl Window {
     /// The window's days in `retention`, before any contract extension.
-    pub fn days(self, retention: &TierRetention) -> u32 {
+    pub(crate) fn days(self, retention: &TierRetention) -> u32 {
         match self {
             Self::PerMinute => retention.per_minute_days,
             Self::Daily => retention.daily_days,
@@ -107,7 +107,7 @@ pub enum Retention {
 impl Retention {
     /// The tier window the rule reads; `None` when retention leaves the
     /// table alone.
-    pub const fn window(self) -> Option<Window> {
+    pub(crate) const fn window(self) -> Option<Window> {
         match self {
             Self::TierWindow(window) => Some(window),
             Self::LongestDaily => Some(Window::Daily),
@@ -117,13 +117,13 @@ impl Retention {
     }
 
     /// Whether retention prunes the table.
-    pub const fn prunes(self) -> bool {
+    pub(crate) const fn prunes(self) -> bool {
         !matches!(self, Self::NotByRetention { .. })
     }
 
     /// Whether retention prunes the table as a whole (tier `all`) rather
     /// than tenant by tenant.
-    pub const fn is_cross_tenant(self) -> bool {
+    pub(crate) const fn is_cross_tenant(self) -> bool {
         matches!(self, Self::LongestDaily | Self::ShortestPerMinute)
     }
 }
@@ -170,7 +170,7 @@ impl Table {
     ];
 
     /// The catalogue entry of the table.
-    pub const fn entry(self) -> Entry {
+    pub(crate) const fn entry(self) -> Entry {
         match self {
             Self::ProbeMinute => Entry {
                 name: "probe_minute",
@@ -235,15 +235,15 @@ impl Table {
         self.entry().name
     }
 
-    pub const fn time_column(self) -> &'static str {
+    pub(crate) const fn time_column(self) -> &'static str {
         self.entry().time_column
     }
 
-    pub const fn granularity(self) -> Granularity {
+    pub(crate) const fn granularity(self) -> Granularity {
         self.entry().granularity
     }
 
-    pub const fn identity(self) -> Identity {
+    pub(crate) const fn identity(self) -> Identity {
         self.entry().identity
     }
 
@@ -257,7 +257,7 @@ impl Table {
         }
     }
 
-    pub const fn retention(self) -> Retention {
+    pub(crate) const fn retention(self) -> Retention {
         self.entry().retention
     }
 
@@ -268,7 +268,7 @@ impl Table {
 
     /// The time a row stands for, as an SQL expression over the table's
     /// columns (a reject without a readable minute: when it was rejected).
-    pub fn time_expression(self) -> String {
+    pub(crate) fn time_expression(self) -> String {
         let entry = self.entry();
         match entry.minute_column {
             Some(minute) => format!("coalesce({minute}, {})", entry.time_column),

@@ -160,7 +160,7 @@ async fn watermark(pool: &PgPool) -> Result<Option<DateTime<Utc>>, ViewsError> {
 
 /// Where the views are: the last minute applied and the last day closed
 /// (None before their first pass).
-pub async fn progress(
+pub(crate) async fn progress(
     pool: &PgPool,
 ) -> Result<Option<(DateTime<Utc>, Option<NaiveDate>)>, ViewsError> {
     sqlx::query_as("SELECT last_minute, last_closed_day FROM derived_views_watermark")

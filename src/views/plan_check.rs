@@ -62,7 +62,7 @@ pub enum PlanProblem {
 
 impl PlanProblem {
     /// The `reason` label of `archiver_suppression_plan_problem`.
-    pub fn label(self) -> &'static str {
+    pub(crate) fn label(self) -> &'static str {
         match self {
             Self::IndexMissing => "index_missing",
             Self::QueryFails => "query_fails",
