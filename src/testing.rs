@@ -129,35 +129,20 @@ impl TestDatabase {
     }
 
     pub async fn new() -> Self {
-        let port = cluster_port();
-        let name = format!(
-            "test_{}_{}",
-            std::process::id(),
-            NEXT_DATABASE.fetch_add(1, Ordering::SeqCst)
-        );
-        let admin_url = format!("postgres://postgres@127.0.0.1:{port}/postgres");
-        let admin = crate::db::connect(&admin_url, 1)
-            .await
-            .expect("connect to the test cluster");
-        sqlx::query(sqlx::AssertSqlSafe(format!(
-            "CREATE DATABASE {name} TEMPLATE {TEMPLATE}"
-        )))
-        .execute(&admin)
-        .await
-        .expect("clone the template database");
-        admin.close().await;
-        let url = format!("postgres://postgres@127.0.0.1:{port}/{name}");
-        let pool = crate::db::connect(&url, 20)
-            .await
-            .expect("connect to the test database");
-        Self { pool, url, name }
+        Self::create("test", Some(TEMPLATE), 20).await
     }
 
     /// URL of an empty database (no migrations), for testing `migrate` itself.
     pub async fn empty() -> Self {
+        Self::create("empty", None, 5).await
+    }
+
+    /// A new database named `<prefix>_<pid>_<n>` on the test cluster, a
+    /// copy of `template` when given, and a pool of `connections` to it.
+    async fn create(prefix: &str, template: Option<&str>, connections: u32) -> Self {
         let port = cluster_port();
         let name = format!(
-            "empty_{}_{}",
+            "{prefix}_{}_{}",
             std::process::id(),
             NEXT_DATABASE.fetch_add(1, Ordering::SeqCst)
         );
@@ -165,15 +150,18 @@ impl TestDatabase {
         let admin = crate::db::connect(&admin_url, 1)
             .await
             .expect("connect to the test cluster");
-        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
-            .execute(&admin)
-            .await
-            .expect("create an empty database");
+        let template = template.map_or(String::new(), |t| format!(" TEMPLATE {t}"));
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "CREATE DATABASE {name}{template}"
+        )))
+        .execute(&admin)
+        .await
+        .unwrap_or_else(|error| panic!("create the test database {name}: {error}"));
         admin.close().await;
         let url = format!("postgres://postgres@127.0.0.1:{port}/{name}");
-        let pool = crate::db::connect(&url, 5)
+        let pool = crate::db::connect(&url, connections)
             .await
-            .expect("connect to the empty database");
+            .unwrap_or_else(|error| panic!("connect to the test database {name}: {error}"));
         Self { pool, url, name }
     }
 }
