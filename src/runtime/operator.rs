@@ -126,6 +126,24 @@ async fn listen(args: &OperatorArgs) -> Result<tokio::net::TcpListener, RunError
         .map_err(|source| RunError::Http { addr, source })
 }
 
+/// Binds the operator's HTTP port and serves `/health`, `/ready` (the
+/// leadership and the database) and `/metrics` until termination.
+async fn serve_operator_http(
+    args: &OperatorArgs,
+    leadership: &Leadership,
+    db: Option<PgPool>,
+    ctx: &Context,
+) -> Result<tokio::task::JoinHandle<std::io::Result<()>>, RunError> {
+    let state = HttpState {
+        leadership: leadership.clone(),
+        db,
+        metrics: ctx.metrics.clone(),
+        worker: None,
+    };
+    let listener = listen(args).await?;
+    Ok(tokio::spawn(serve(listener, state, terminated())))
+}
+
 async fn ctrl_c() {
     let _ = tokio::signal::ctrl_c().await;
 }
@@ -233,14 +251,7 @@ pub async fn run_standalone(dir: PathBuf, args: &OperatorArgs) -> Result<(), Run
         workers,
         Publisher::Directory(published_dir(&dir)),
     );
-    let http_state = HttpState {
-        leadership: leadership.clone(),
-        db,
-        metrics: ctx.metrics.clone(),
-        worker: None,
-    };
-    let listener = listen(args).await?;
-    let http = tokio::spawn(serve(listener, http_state, terminated()));
+    let http = serve_operator_http(args, &leadership, db, &ctx).await?;
     let replay = ctx.db.clone().map(|pool| {
         let ctx = ctx.clone();
         let mut leadership = leadership.clone();
@@ -298,14 +309,7 @@ pub async fn run_in_cluster(args: &OperatorArgs) -> Result<(), RunError> {
     let lease_namespace = std::env::var("POD_NAMESPACE").unwrap_or_else(|_| "default".into());
     let (mut leadership, _lease_task) =
         kubernetes_lease(client.clone(), &lease_namespace, LEASE_NAME, &identity).await?;
-    let http_state = HttpState {
-        leadership: leadership.clone(),
-        db,
-        metrics: ctx.metrics.clone(),
-        worker: None,
-    };
-    let listener = listen(args).await?;
-    let http = tokio::spawn(serve(listener, http_state, terminated()));
+    let http = serve_operator_http(args, &leadership, db, &ctx).await?;
     let kctx = Arc::new(KubeContext::new(ctx, client, Some(identity.clone())));
     let terminate = terminated();
     tokio::pin!(terminate);
