@@ -28,6 +28,20 @@ pub struct Problem {
     pub reason: String,
 }
 
+impl Problem {
+    /// A problem of the file as a whole (it cannot be read, or is not a
+    /// manifest file at all).
+    fn of_file(file: &Path, reason: impl Into<String>) -> Self {
+        Self {
+            file: file.to_path_buf(),
+            line: None,
+            object: None,
+            field: None,
+            reason: reason.into(),
+        }
+    }
+}
+
 impl fmt::Display for Problem {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}", self.file.display())?;
@@ -174,13 +188,7 @@ pub fn parse_documents(file: &Path, text: &str) -> Result<Vec<Document>, Problem
 /// `validate` still reports their problems.
 pub fn parse_documents_partially(file: &Path, text: &str) -> (Vec<Document>, Option<Problem>) {
     if let Some(reason) = flow_nesting_problem(text) {
-        let problem = Problem {
-            file: file.to_path_buf(),
-            line: None,
-            object: None,
-            field: None,
-            reason,
-        };
+        let problem = Problem::of_file(file, reason);
         return (Vec::new(), Some(problem));
     }
     let mut documents = Vec::new();
@@ -377,25 +385,14 @@ fn read_bounded(file: &Path, opened: std::fs::File) -> Result<String, Problem> {
     opened
         .take(MAX_MANIFEST_BYTES + 1)
         .read_to_end(&mut bytes)
-        .map_err(|error| Problem {
-            file: file.to_path_buf(),
-            line: None,
-            object: None,
-            field: None,
-            reason: format!("cannot read: {error}"),
-        })?;
+        .map_err(|error| Problem::of_file(file, format!("cannot read: {error}")))?;
     manifest_text(file, bytes)
 }
 
 /// Reads and parses one file.
 pub fn read_documents(file: &Path) -> Result<Vec<Document>, Problem> {
-    let opened = std::fs::File::open(file).map_err(|error| Problem {
-        file: file.to_path_buf(),
-        line: None,
-        object: None,
-        field: None,
-        reason: format!("cannot read: {error}"),
-    })?;
+    let opened = std::fs::File::open(file)
+        .map_err(|error| Problem::of_file(file, format!("cannot read: {error}")))?;
     parse_documents(file, &read_bounded(file, opened)?)
 }
 
@@ -413,13 +410,7 @@ pub struct FileReading {
 pub fn read_manifest(file: &Path, resolved: &Path) -> FileReading {
     let mut reading = FileReading::default();
     let text = open_regular_file(resolved)
-        .map_err(|error| Problem {
-            file: file.to_path_buf(),
-            line: None,
-            object: None,
-            field: None,
-            reason: format!("cannot read: {error}"),
-        })
+        .map_err(|error| Problem::of_file(file, format!("cannot read: {error}")))
         .and_then(|opened| read_bounded(file, opened));
     match text {
         Ok(text) => {
@@ -846,13 +837,7 @@ pub fn manifest_files(paths: &[PathBuf]) -> Vec<PathBuf> {
 fn list_directory(dir: &Path, listing: &mut ManifestListing) {
     // Not recursive, like `kubectl apply -f DIR` and an Argo CD directory
     // source: sub-directories (examples/argocd/, .archiver/) are other things.
-    let refuse = |path: PathBuf, reason: String| Problem {
-        file: path,
-        line: None,
-        object: None,
-        field: None,
-        reason,
-    };
+    let refuse = |path: PathBuf, reason: String| Problem::of_file(&path, reason);
     let (Ok(root), Ok(entries)) = (std::fs::canonicalize(dir), std::fs::read_dir(dir)) else {
         listing.problems.push(refuse(
             dir.to_path_buf(),
