@@ -49,7 +49,7 @@ async fn metacharacters_prefixes_case_and_unicode_are_compared_literally() {
             (4, "te.m/d"),
             (5, "te[a]m/e"),
             (6, "Team/f"),
-            (7, "t\u{e9}am/g"),  // é precomposed (NFC)
+            (7, "t\u{e9}am/g"),   // é precomposed (NFC)
             (8, "te\u{301}am/h"), // e + combining acute (NFD)
             (9, "team /i"),
             (10, "te%m/j"),

@@ -36,7 +36,7 @@ use archiver_operator::partitions::calendar::{Bounds, Month};
 use archiver_operator::partitions::catalog::CatalogPartition;
 use archiver_operator::partitions::plan::{DropDecision, DropInputs, plan_drops};
 use archiver_operator::partitions::policy_registry::PolicyLookup;
-use archiver_operator::retention::store::{self, AcceptedAs, Acceptance};
+use archiver_operator::retention::store::{self, Acceptance, AcceptedAs};
 use archiver_operator::retention::tiers::{policy_hash, spec_problems};
 use archiver_operator::runtime::context::Context;
 use archiver_operator::runtime::reconcile::Managed;
