@@ -290,6 +290,10 @@ async fn random_histories_at_sub_minute_offsets_agree_with_the_rule() {
         at(2028, 6, 15, 3, 30),
         all[17].3[0].from + Duration::days(7),
         all[101].3[0].from + Duration::days(365) - micros(1),
+        // Leap day, the first instant of a month and of a year.
+        at(2028, 2, 29, 12, 0),
+        at(2028, 3, 1, 0, 0),
+        at(2028, 1, 1, 0, 0) - micros(1),
     ];
     for now in nows {
         let mut disagreements = Vec::new();
