@@ -41,7 +41,9 @@ const PARTITION: &str = "probe_minute_2027_05";
 /// stored, then the reconcile fails (here the drift read fails: any error
 /// after the acceptance does the same). Enforcement now keeps a team row of
 /// 2027-05-20 (387 days old) for 400 days; the registry still holds 180
-/// days and the PartitionSchedule drops its month.
+/// days and the PartitionSchedule drops its month. Without the failure (the
+/// control) generation 2 is published and the month is kept. Returns
+/// whether the month is still there, the published team window and `now`.
 async fn scenario(fail_after_accepting: bool) -> (bool, u32, DateTime<Utc>) {
     let db = TestDatabase::new().await;
     // 02:30: outside the enforcement window (03:00-05:00), inside the drop
