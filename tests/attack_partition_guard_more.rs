@@ -692,16 +692,19 @@ async fn record_contract(db: &TestDatabase) {
     .unwrap();
 }
 
-/// Waits until some backend waits for a lock of `mode`.
+/// Waits until a backend waits for a lock of `mode` in this test's database
+/// (pg_locks shows the whole cluster, shared by the tests running at once).
 async fn wait_for_lock_wait(db: &TestDatabase, mode: &str) {
     let started = Instant::now();
     loop {
-        let waiting: i64 =
-            sqlx::query_scalar("SELECT count(*) FROM pg_locks WHERE NOT granted AND mode = $1")
-                .bind(mode)
-                .fetch_one(&db.pool)
-                .await
-                .unwrap();
+        let waiting: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_locks WHERE NOT granted AND mode = $1 \
+                 AND database = (SELECT oid FROM pg_database WHERE datname = current_database())",
+        )
+        .bind(mode)
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
         if waiting > 0 {
             return;
         }
