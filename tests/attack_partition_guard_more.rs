@@ -774,6 +774,16 @@ async fn a_contract_recorded_before_the_locked_count_blocks_the_drop() {
         ),
         "the count under the lock must see the contract: {outcome:?}"
     );
+    // The first (unlocked) count had passed: the intent to detach was recorded.
+    let intents: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM operator_audit_log WHERE action = $1 AND subject = $2",
+    )
+    .bind(archiver_operator::partitions::audit::actions::DETACH_INTENT)
+    .bind(PARTITION)
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(intents, 1, "the unlocked count had let the drop go on");
 }
 
 /// The tier history changes after the count under the SHARE lock, while
