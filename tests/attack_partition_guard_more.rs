@@ -793,7 +793,6 @@ async fn a_contract_recorded_before_the_locked_count_blocks_the_drop() {
 /// so the decision made with the old history stands: the partition is
 /// detached and dropped with a row enforcement now keeps (730-day contract).
 #[tokio::test]
-#[ignore = "defect: a contract recorded in tenant_tier_history while the DETACH waits for its lock (after the count under the SHARE lock) is not seen: the partition is dropped with a row enforcement keeps"]
 async fn a_contract_recorded_while_the_detach_waits_is_honoured() {
     let db = TestDatabase::new().await;
     one_old_month(&db).await;
@@ -838,7 +837,6 @@ async fn a_contract_recorded_while_the_detach_waits_is_honoured() {
 /// recorded while the DROP waits for a reader of the detached table is not
 /// seen either.
 #[tokio::test]
-#[ignore = "defect: drop_leftover counts, then DROPs without locking tenant_tier_history or re-counting: a contract recorded while the DROP waits for its lock is not seen and the table is dropped with a row enforcement keeps"]
 async fn a_contract_recorded_while_a_leftover_drop_waits_is_honoured() {
     let db = TestDatabase::new().await;
     one_old_month(&db).await;

@@ -148,7 +148,7 @@ impl EnforcedPolicies {
     }
 
     /// What is known about `namespace/name`.
-    pub(crate) fn lookup(&self, namespace: &str, name: &str) -> PolicyLookup {
+    pub fn lookup(&self, namespace: &str, name: &str) -> PolicyLookup {
         self.entries
             .read()
             // A poisoned lock means a writer panicked between two whole-entry

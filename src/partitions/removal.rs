@@ -9,9 +9,15 @@
 //!    it wait, readers do not), verifies again under that lock, and runs a
 //!    plain `DETACH PARTITION` under `lock_timeout`; a lost lock wait rolls
 //!    back to a savepoint and tries again after a pause, keeping the
-//!    verification valid;
-//! 5. the intent to drop is committed, then `DROP TABLE` under
-//!    `lock_timeout`, retried the same way.
+//!    verification valid; then, under a SHARE lock on `tenant_tier_history`
+//!    (billing may have recorded a tier while the DETACH waited), the count
+//!    that decides: rows inside retention roll the DETACH back;
+//! 5. the intent to drop is committed; the drop's transaction locks the
+//!    detached table, counts once more under the tier history's SHARE lock,
+//!    and runs `DROP TABLE`, or attaches the table again when rows became
+//!    inside retention since the detach; lock waits are retried the same
+//!    way. The tier history is locked only for a count, never while one of
+//!    our lock waits is pending, so billing's writes wait at most that long.
 //!
 //! Why not `DETACH PARTITION ... CONCURRENTLY`: it cannot run in a
 //! transaction, so the verification could not be made atomic with the
@@ -35,6 +41,10 @@ use crate::retention::store::all_tier_spans;
 use crate::retention::tiers::Table;
 use crate::schema::Table as CatalogueTable;
 use uuid::Uuid;
+
+/// What keeps `tenant_tier_history` still while a partition is judged by it
+/// and detached or dropped.
+const LOCK_TIER_HISTORY: &str = "LOCK TABLE tenant_tier_history IN SHARE MODE";
 
 /// Everything a drop needs besides the partition.
 #[derive(Debug, Clone, Copy)]
@@ -209,7 +219,7 @@ pub async fn detach_and_drop(
 /// process died, or the drop ran out of retries): the table is checked
 /// against the guard with the bounds recorded at detach time, verified
 /// again, and dropped.
-pub(crate) async fn drop_leftover(
+pub async fn drop_leftover(
     pool: &PgPool,
     name: &str,
     recorded: &serde_json::Value,
@@ -354,6 +364,18 @@ async fn detach(
     retry_locked(&mut tx, &statement, lock, &mut attempt)
         .await
         .map_err(|e| lock_error(e, "detach", name, attempt, lock, context("detaching")))?;
+    // The count that decides: billing may have recorded a tier row while
+    // the DETACH waited for its lock. Under a SHARE lock on the tier history
+    // nothing changes until the commit, and it is held only for this count
+    // (billing's writes wait that long, never for a lock wait of ours).
+    let rows = locked_count(&mut tx, qualified, settings, &mut attempt, name).await?;
+    if rows > 0 {
+        // Dropping the transaction rolls the DETACH back.
+        return Err(PartitionError::RowsInsideRetention {
+            partition: name.to_string(),
+            rows,
+        });
+    }
     audit::record(
         &mut *tx,
         settings.now,
@@ -372,6 +394,31 @@ async fn detach(
         .map_err(db_error(context("committing the detach of")))?;
     tracing::info!(partition = %name, %bounds, attempts = attempt, "detached partition");
     Ok(attempt)
+}
+
+/// Rows of `qualified` inside retention, counted under a SHARE lock on the
+/// tier history taken here and held until the transaction ends.
+async fn locked_count(
+    tx: &mut PgConnection,
+    qualified: &str,
+    settings: DropSettings<'_>,
+    attempt: &mut u32,
+    name: &str,
+) -> Result<i64, PartitionError> {
+    let lock = settings.lock;
+    retry_locked(tx, LOCK_TIER_HISTORY, lock, attempt)
+        .await
+        .map_err(|e| {
+            lock_error(
+                e,
+                "verify",
+                name,
+                *attempt,
+                lock,
+                format!("locking the tier history to verify {name}"),
+            )
+        })?;
+    rows_inside_retention(tx, qualified, settings.now, settings.tiers).await
 }
 
 /// Runs `statement` inside a savepoint, trying again after `lock.backoff`
@@ -440,7 +487,22 @@ async fn attached_bounds_in(
     })
 }
 
-/// Commits the intent, then drops the detached table under `lock_timeout`.
+/// What the drop transaction found.
+enum DropStep {
+    Dropped,
+    /// The table is not a detached table any more.
+    NotDetached,
+    /// Rows became inside retention since the detach (billing recorded a
+    /// longer tier meanwhile): the table was attached again.
+    Reattached {
+        rows: i64,
+    },
+}
+
+/// Commits the intent, then drops the detached table under `lock_timeout`,
+/// after counting its rows again under a SHARE lock on the tier history: a
+/// tier row recorded since the detach's count (or since a leftover's first
+/// look) is seen, and the table goes back into probe_minute instead.
 async fn drop_detached(
     conn: &mut PgConnection,
     name: &str,
@@ -460,17 +522,67 @@ async fn drop_detached(
     .await
     .map_err(db_error(format!("recording the intent to drop {name}")))?;
     let mut attempt = 1;
+    let quoted = super::quote_ident(name);
     let result = async {
-        let mut tx = conn.begin().await?;
-        lock.apply(&mut tx).await?;
+        let sql = |context: &str| db_error(format!("{context} {name}"));
+        let mut tx = conn.begin().await.map_err(sql("starting the drop of"))?;
+        lock.apply(&mut tx)
+            .await
+            .map_err(sql("setting lock_timeout to drop"))?;
         // Only a plain table that is no longer a partition may go here:
         // whatever happened since the detach, an attached partition is not
         // dropped by this path.
-        if !catalog::is_detached_table(&mut *tx, name).await? {
-            return Ok(false);
+        if !catalog::is_detached_table(&mut *tx, name)
+            .await
+            .map_err(sql("looking up"))?
+        {
+            return Ok(DropStep::NotDetached);
         }
-        let statement = format!("DROP TABLE {}", super::quote_ident(name));
-        retry_locked(&mut tx, &statement, lock, &mut attempt).await?;
+        // The table first (its readers are waited for without holding the
+        // tier history), then the count that decides, under the history.
+        let statement = format!("LOCK TABLE {quoted} IN ACCESS EXCLUSIVE MODE");
+        retry_locked(&mut tx, &statement, lock, &mut attempt)
+            .await
+            .map_err(|e| lock_error(e, "drop", name, attempt, lock, format!("locking {name}")))?;
+        let rows = locked_count(&mut tx, &quoted, settings, &mut attempt, name).await?;
+        if rows > 0 {
+            let statement = format!(
+                "ALTER TABLE {TABLE} ATTACH PARTITION {quoted} FOR VALUES FROM ('{}') TO ('{}')",
+                bounds.from.to_rfc3339(),
+                bounds.to.to_rfc3339()
+            );
+            retry_locked(&mut tx, &statement, lock, &mut attempt)
+                .await
+                .map_err(|e| {
+                    lock_error(
+                        e,
+                        "drop",
+                        name,
+                        attempt,
+                        lock,
+                        format!("attaching {name} again"),
+                    )
+                })?;
+            audit::record(
+                &mut *tx,
+                settings.now,
+                actions::ABANDONED,
+                name,
+                settings.actor,
+                serde_json::json!({
+                    "table": TABLE, "step": "drop", "from": bounds.from, "to": bounds.to,
+                    "rowsInsideRetention": rows, "attachedAgain": true,
+                }),
+            )
+            .await
+            .map_err(sql("recording the attach of"))?;
+            tx.commit().await.map_err(sql("committing the attach of"))?;
+            return Ok(DropStep::Reattached { rows });
+        }
+        let statement = format!("DROP TABLE {quoted}");
+        retry_locked(&mut tx, &statement, lock, &mut attempt)
+            .await
+            .map_err(|e| lock_error(e, "drop", name, attempt, lock, format!("dropping {name}")))?;
         audit::record(
             &mut *tx,
             settings.now,
@@ -481,29 +593,29 @@ async fn drop_detached(
                 "table": TABLE, "from": bounds.from, "to": bounds.to, "attempts": attempt,
             }),
         )
-        .await?;
-        tx.commit().await?;
-        Ok::<_, sqlx::Error>(true)
+        .await
+        .map_err(sql("recording the drop of"))?;
+        tx.commit().await.map_err(sql("committing the drop of"))?;
+        Ok::<_, PartitionError>(DropStep::Dropped)
     }
     .await;
     match result {
-        Ok(true) => {
+        Ok(DropStep::Dropped) => {
             tracing::info!(partition = %name, %bounds, attempts = attempt, "dropped partition");
             Ok(attempt)
         }
-        Ok(false) => Err(PartitionError::NotAPartition {
+        Ok(DropStep::NotDetached) => Err(PartitionError::NotAPartition {
             partition: name.to_string(),
             reason: "it is not a detached table any more; left as is".into(),
         }),
+        Ok(DropStep::Reattached { rows }) => {
+            tracing::warn!(partition = %name, %bounds, rows, "rows became inside retention after the detach; attached again");
+            Err(PartitionError::RowsInsideRetention {
+                partition: name.to_string(),
+                rows,
+            })
+        }
         Err(error) => {
-            let error = lock_error(
-                error,
-                "drop",
-                name,
-                attempt,
-                lock,
-                format!("dropping {name}"),
-            );
             abandon(conn, name, "drop", &error, settings).await;
             Err(error)
         }

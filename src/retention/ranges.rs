@@ -207,7 +207,7 @@ pub fn expired_ranges(
 }
 
 /// [`expired_ranges`], with the contract extension counted as `contracts` says.
-pub(crate) fn expired_ranges_with(
+pub fn expired_ranges_with(
     spans: &[TierSpan],
     tiers: &Tiers,
     table: Table,

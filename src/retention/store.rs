@@ -92,7 +92,7 @@ pub struct EnforcedPolicy {
     pub accepted_as: String,
 }
 
-pub(crate) async fn enforced_policy(
+pub async fn enforced_policy(
     executor: impl PgExecutor<'_>,
 ) -> Result<Option<EnforcedPolicy>, RetentionError> {
     let row: Option<EnforcedRow> = sqlx::query_as(
@@ -130,10 +130,7 @@ pub struct Acceptance<'a> {
 
 /// Makes `acceptance.spec` the enforced tier table and records why, in one
 /// transaction.
-pub(crate) async fn accept(
-    pool: &PgPool,
-    acceptance: &Acceptance<'_>,
-) -> Result<(), RetentionError> {
+pub async fn accept(pool: &PgPool, acceptance: &Acceptance<'_>) -> Result<(), RetentionError> {
     let spec = serde_json::to_value(acceptance.spec).map_err(RetentionError::StoredPolicy)?;
     let mut tx = pool.begin().await.map_err(db("beginning an acceptance"))?;
     sqlx::query(
@@ -224,7 +221,7 @@ fn span_of(
 }
 
 /// The tier rows of one tenant.
-pub(crate) async fn tier_spans(
+pub async fn tier_spans(
     executor: impl PgExecutor<'_>,
     tenant: Uuid,
 ) -> Result<Vec<TierSpan>, RetentionError> {
@@ -243,7 +240,7 @@ pub(crate) async fn tier_spans(
 }
 
 /// The tier rows of every tenant.
-pub(crate) async fn all_tier_spans(
+pub async fn all_tier_spans(
     executor: impl PgExecutor<'_>,
 ) -> Result<BTreeMap<Uuid, Vec<TierSpan>>, RetentionError> {
     let rows: Vec<TenantSpanRow> = sqlx::query_as(

@@ -133,7 +133,7 @@ impl Table {
     /// Days a row of this table is kept under `retention`, before any
     /// contract extension (the cross-tenant tables: the window the longest
     /// or shortest of every tier's is taken of).
-    pub(crate) fn window_days(self, retention: &TierRetention) -> u32 {
+    pub fn window_days(self, retention: &TierRetention) -> u32 {
         // Every table of this view has a window (`Table::of`); none would
         // mean keeping the rows.
         self.0
@@ -155,7 +155,7 @@ pub const ALL_TIERS: &str = "all";
 /// Per-minute days of a tenant of the contract tier with a contract of
 /// `contract` days: the contract may only extend the tier's window, and never beyond
 /// the cap. Without a cap in the policy no extension applies.
-pub(crate) fn contract_minute_days(retention: &TierRetention, contract: Option<i32>) -> u32 {
+pub fn contract_minute_days(retention: &TierRetention, contract: Option<i32>) -> u32 {
     let base = retention.per_minute_days;
     match (contract, retention.contractual_cap_days) {
         (Some(days), Some(cap)) if days > 0 => base.max((days as u32).min(cap)),
