@@ -220,15 +220,23 @@ fn span_of(
     }
 }
 
+/// `valid_from, valid_to` as instants chrono can hold: PostgreSQL accepts
+/// `infinity`, `-infinity` and years past chrono's 262142, which would panic
+/// while decoding. A bound at or past 9999-12-31 is no end (`valid_to` NULL)
+/// and a start before year 1 is year 1; no row of data lies outside those.
+const TIER_BOUNDS: &str = "LEAST(GREATEST(valid_from, '0001-01-01 00:00+00'), '9999-12-31 00:00+00') AS valid_from, \
+     CASE WHEN valid_to >= '9999-12-31 00:00+00' THEN NULL \
+          ELSE GREATEST(valid_to, '0001-01-01 00:00+00') END AS valid_to";
+
 /// The tier rows of one tenant.
 pub async fn tier_spans(
     executor: impl PgExecutor<'_>,
     tenant: Uuid,
 ) -> Result<Vec<TierSpan>, RetentionError> {
-    let rows: Vec<SpanRow> = sqlx::query_as(
-        "SELECT tier, valid_from, valid_to, contract_minute_retention_days FROM tenant_tier_history \
+    let rows: Vec<SpanRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT tier, {TIER_BOUNDS}, contract_minute_retention_days FROM tenant_tier_history \
          WHERE tenant_id = $1 ORDER BY valid_from",
-    )
+    )))
     .bind(tenant)
     .fetch_all(executor)
     .await
@@ -243,10 +251,10 @@ pub async fn tier_spans(
 pub async fn all_tier_spans(
     executor: impl PgExecutor<'_>,
 ) -> Result<BTreeMap<Uuid, Vec<TierSpan>>, RetentionError> {
-    let rows: Vec<TenantSpanRow> = sqlx::query_as(
-        "SELECT tenant_id, tier, valid_from, valid_to, contract_minute_retention_days FROM tenant_tier_history \
+    let rows: Vec<TenantSpanRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT tenant_id, tier, {TIER_BOUNDS}, contract_minute_retention_days FROM tenant_tier_history \
          ORDER BY tenant_id, valid_from",
-    )
+    )))
     .fetch_all(executor)
     .await
     .map_err(db("reading tenant_tier_history"))?;
