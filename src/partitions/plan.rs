@@ -142,7 +142,13 @@ fn decide(
     inputs: DropInputs<'_>,
     horizon: Option<&RetentionHorizon>,
 ) -> Candidate {
-    let eligible_at = horizon.map(|h| bounds.to + h.duration());
+    // A horizon past the last representable instant: never eligible.
+    let eligible_at = horizon.map(|h| {
+        bounds
+            .to
+            .checked_add_signed(h.duration())
+            .unwrap_or(DateTime::<Utc>::MAX_UTC)
+    });
     let (decision, reason) = if is_protected(&bounds, inputs.now) {
         (
             DropDecision::Protected,

@@ -185,12 +185,18 @@ fn span_window_days(
     table.window_days(tier.retention(tiers))
 }
 
-/// The first instant still inside a window of `days` days at `as_of`. A
-/// window reaching before the first representable instant keeps everything.
+/// The first instant still inside a window of `days` days at `as_of`, no
+/// earlier than the start of year 1: a window reaching further back (a tier
+/// table stored before windows were bounded) keeps everything, with bounds
+/// PostgreSQL can still compare (its first instant is in 4713 BC; chrono's
+/// is long before that).
 fn window_start(as_of: DateTime<Utc>, days: u32) -> DateTime<Utc> {
+    /// 0001-01-01T00:00:00Z in seconds since 1970.
+    const YEAR_ONE: i64 = -62_135_596_800;
+    let first = DateTime::from_timestamp(YEAR_ONE, 0).unwrap_or(DateTime::<Utc>::MIN_UTC);
     Duration::try_days(i64::from(days))
         .and_then(|window| as_of.checked_sub_signed(window))
-        .unwrap_or(DateTime::<Utc>::MIN_UTC)
+        .map_or(first, |start| start.max(first))
 }
 
 /// The expired stretches of `table` for a tenant with tier rows `spans`, as

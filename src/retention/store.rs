@@ -222,10 +222,11 @@ fn span_of(
 
 /// `valid_from, valid_to` as instants chrono can hold: PostgreSQL accepts
 /// `infinity`, `-infinity` and years past chrono's 262142, which would panic
-/// while decoding. A bound at or past 9999-12-31 is no end (`valid_to` NULL)
+/// while decoding. A bound at or past 9999-12-31 is no end (`valid_to` NULL;
+/// GREATEST would turn a NULL into year 1, hence the explicit test)
 /// and a start before year 1 is year 1; no row of data lies outside those.
 const TIER_BOUNDS: &str = "LEAST(GREATEST(valid_from, '0001-01-01 00:00+00'), '9999-12-31 00:00+00') AS valid_from, \
-     CASE WHEN valid_to >= '9999-12-31 00:00+00' THEN NULL \
+     CASE WHEN valid_to IS NULL OR valid_to >= '9999-12-31 00:00+00' THEN NULL \
           ELSE GREATEST(valid_to, '0001-01-01 00:00+00') END AS valid_to";
 
 /// The tier rows of one tenant.
