@@ -553,7 +553,6 @@ async fn infinite_or_far_tier_bounds_do_not_panic_the_guard_or_enforcement() {
 /// `as_of` as stored (whole microseconds) — is counted as past it. Here the
 /// row is minute-aligned and `now` is 0.5 µs before a minute.
 #[tokio::test]
-#[ignore = "defect: with now at sub-microsecond precision and a window reaching before 2000, the guard's bounds are rounded up (sqlx truncates toward zero) and a row kept by enforcement (as_of in whole microseconds) and by the rule is counted as past retention (guard 0)"]
 async fn sub_microsecond_now_before_2000_does_not_drop_a_row_enforcement_keeps() {
     let db = TestDatabase::new().await;
     rows_table(&db, "attack_rows").await;

@@ -27,7 +27,7 @@
 //! for a moment: while it waits, inserts queue behind it for at most
 //! `lock_timeout`, then proceed during the pause before the next attempt.
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, SubsecRound, Utc};
 use sqlx::{Acquire, PgConnection, PgPool};
 
 use super::audit::{self, LockDiscipline, actions, is_lock_conflict};
@@ -88,6 +88,11 @@ pub async fn rows_inside_retention(
     now: DateTime<Utc>,
     tiers: &Tiers,
 ) -> Result<i64, PartitionError> {
+    // Whole microseconds, rounded down: PostgreSQL keeps microseconds and
+    // sqlx truncates an instant toward 2000-01-01, which moves a cut before
+    // 2000 *up*, past a row enforcement keeps. Rounding `now` down first
+    // only ever keeps more.
+    let now = now.trunc_subsecs(6);
     let spans = all_tier_spans(&mut *conn)
         .await
         .map_err(|source| PartitionError::TierHistory { source })?;
