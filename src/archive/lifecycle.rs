@@ -80,8 +80,8 @@ pub enum RetireScope<'a> {
     Everything,
     /// The source watches this namespace only: rows of shards in other
     /// namespaces, or of an unknown one (no object recorded, an object that
-    /// is not `namespace/name`), are not its to retire; an empty namespace
-    /// owns nothing.
+    /// is not `namespace/name` with a non-empty name and no other '/'), are
+    /// not its to retire; an empty namespace owns nothing.
     Namespace(&'a str),
 }
 
@@ -101,7 +101,9 @@ pub async fn retire_absent(
     let mut retired: Vec<i32> = sqlx::query_scalar(
         "UPDATE archive_watermark SET lifecycle = 'retired', lifecycle_since = $2 \
          WHERE lifecycle <> 'retired' AND NOT (shard_id = ANY($1)) \
-           AND ($3::text IS NULL OR ($3 <> '' AND starts_with(shard_object, $3 || '/'))) \
+           AND ($3::text IS NULL OR ($3 <> '' AND starts_with(shard_object, $3 || '/') \
+                AND length(shard_object) > length($3) + 1 \
+                AND strpos(substr(shard_object, length($3) + 2), '/') = 0)) \
          RETURNING shard_id",
     )
     .bind(present)
