@@ -82,6 +82,36 @@ struct Drained {
 }
 
 impl ArchiverShard {
+    /// The `Ready` message: where the worker runs and how far it archived.
+    fn ready_message(
+        &self,
+        worker: &WorkerState,
+        health: Option<&ShardHealth>,
+        now: DateTime<Utc>,
+    ) -> String {
+        let drained = match health {
+            Some(health) => match (&health.waiting_reason, &health.last_error) {
+                (Some(_), Some(error)) => format!("waiting: {error}"),
+                _ => format!(
+                    "archived through {}; lag {} s",
+                    health.last_minute,
+                    health.lag_seconds(now)
+                ),
+            },
+            None => "waiting for the first tick".to_string(),
+        };
+        match worker {
+            WorkerState::Suspended => {
+                "suspended: no worker runs; the derived views do not wait on it".to_string()
+            }
+            WorkerState::Deployment(_) => format!(
+                "worker Deployment {}; {drained}",
+                worker_deployment_name(self)
+            ),
+            _ => drained,
+        }
+    }
+
     /// `namespace/name`, the label of the shard's metrics and Redis target.
     fn label(&self) -> String {
         format!(
@@ -172,37 +202,17 @@ impl ArchiverShard {
         if let WorkerState::Deployment(name) = &worker {
             status.worker_deployment = Some(name.clone());
         }
-        let message = match &health {
-            Some(health) => {
-                apply_health(
-                    &mut status,
-                    health,
-                    self.spec.lag_slo_seconds,
-                    self.metadata.generation,
-                    now,
-                );
-                match (&health.waiting_reason, &health.last_error) {
-                    (Some(_), Some(error)) => format!("waiting: {error}"),
-                    _ => format!(
-                        "archived through {}; lag {} s",
-                        health.last_minute,
-                        health.lag_seconds(now)
-                    ),
-                }
-            }
-            None => "waiting for the first tick".to_string(),
-        };
+        if let Some(health) = &health {
+            apply_health(
+                &mut status,
+                health,
+                self.spec.lag_slo_seconds,
+                self.metadata.generation,
+                now,
+            );
+        }
         let ticking = !matches!(worker, WorkerState::Suspended);
-        let message = match worker {
-            WorkerState::Suspended => {
-                "suspended: no worker runs; the derived views do not wait on it".to_string()
-            }
-            WorkerState::Deployment(_) => format!(
-                "worker Deployment {}; {message}",
-                worker_deployment_name(self)
-            ),
-            _ => message,
-        };
+        let message = self.ready_message(&worker, health.as_ref(), now);
         let mut outcome = finish(self, ctx, status, &[], &message, STATUS_REFRESH);
         // First: a shard that cannot make progress replaces `finish`'s
         // events with its Warning; the lifecycle events come after, so they

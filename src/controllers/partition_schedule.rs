@@ -193,12 +193,7 @@ impl<'a> Pass<'a> {
         policy: Option<&RetentionPolicySpec>,
         drops: &DropRun,
     ) -> Result<Observed, ReconcileError> {
-        let partitions =
-            catalog::read_partitions(self.pool)
-                .await
-                .map_err(ReconcileError::database(
-                    "reading the partitions of probe_minute",
-                ))?;
+        let partitions = self.read_partitions().await?;
         let coverage =
             coverage::coverage(&partitions, self.now, self.schedule.spec.create_ahead_days);
         let (last_create_at, last_drop_at) =
@@ -295,6 +290,15 @@ impl<'a> Pass<'a> {
         )
     }
 
+    /// The partitions of `probe_minute` as the catalogue lists them now.
+    async fn read_partitions(&self) -> Result<Vec<CatalogPartition>, ReconcileError> {
+        catalog::read_partitions(self.pool)
+            .await
+            .map_err(ReconcileError::database(
+                "reading the partitions of probe_minute",
+            ))
+    }
+
     fn drop_inputs(&self, longest_contract_days: Option<i32>) -> DropInputs<'_> {
         DropInputs {
             now: self.now,
@@ -330,12 +334,7 @@ impl<'a> Pass<'a> {
         if run.failure.is_some() {
             return Ok(run);
         }
-        let partitions: Vec<CatalogPartition> =
-            catalog::read_partitions(self.pool)
-                .await
-                .map_err(ReconcileError::database(
-                    "reading the partitions of probe_minute",
-                ))?;
+        let partitions = self.read_partitions().await?;
         let candidates = plan_drops(
             &partitions,
             self.drop_inputs(run.longest_contract_days),

@@ -631,28 +631,11 @@ impl<'a> Pass<'a> {
             "SinglePolicy",
             "this is the only RetentionPolicy in force",
         );
-        if let Some(note) = accepted.accepted_note {
+        if let Some(note) = accepted.accepted_note.clone() {
             report.event(Event::normal("PolicyAccepted", "Accept", note));
         }
         report.status.enforced_policy_hash = Some(accepted.enforced.policy_hash.clone());
-        match hold {
-            Some(Held { hold, message, new }) => {
-                if new {
-                    report.event(Event::warning("ShrinkHeld", "Guard", message.clone()));
-                }
-                report.condition(SHRINK_HELD, true, "ShrinkBeyondGuard", message);
-                report.status.shrink_hold = Some(hold);
-            }
-            None => {
-                report.status.shrink_hold = None;
-                report.condition(
-                    SHRINK_HELD,
-                    false,
-                    "NoShrinkHeld",
-                    "the tier table in force is the one enforced",
-                );
-            }
-        }
+        set_shrink_held(&mut report, hold);
         for run in &step.finished {
             report.event(Event::normal("EnforcementRun", "Enforce", run_note(run)));
         }
@@ -664,35 +647,7 @@ impl<'a> Pass<'a> {
         report.status.next_enforcement_at =
             (!suspended).then(|| next_window_start(&settings.window, now));
 
-        let enforced_hash = &accepted.enforced.policy_hash;
-        let short_hash = &enforced_hash[..12.min(enforced_hash.len())];
-        match (&published, &accepted.decision) {
-            (Err(error), _) => {
-                let message =
-                    format!("privacy-policy text not published (enforcement continues): {error}");
-                report.condition(condition_types::READY, false, "PublishFailed", message.clone());
-                report.event(Event::warning("PublishFailed", "Publish", message));
-            }
-            _ if suspended => report.condition(
-                condition_types::READY,
-                true,
-                "Suspended",
-                format!("suspended: nothing is deleted; tier table {short_hash} accepted"),
-            ),
-            (_, Decision::Hold { .. }) => report.condition(
-                condition_types::READY,
-                true,
-                "ShrinkHeld",
-                format!("enforcing the previous tier table {short_hash}; the new one is held (see ShrinkHeld)"),
-            ),
-            _ => report.condition(
-                condition_types::READY,
-                true,
-                "Reconciled",
-                format!("enforcing tier table {short_hash}"),
-            ),
-        }
-
+        set_ready(&mut report, &accepted, &published, suspended);
         let requeue = if step.in_progress() {
             REQUEUE_RUNNING
         } else if published.is_err() {
@@ -711,6 +666,66 @@ impl<'a> Pass<'a> {
         let mut report = StatusReport::new(self.policy, self.status, self.ctx.clock.now());
         report.status.policy_hash = Some(self.hash);
         report
+    }
+}
+
+/// `ShrinkHeld` and `status.shrinkHold`; a Warning the first time a hash is held.
+fn set_shrink_held(report: &mut StatusReport<'_, RetentionPolicy>, hold: Option<Held>) {
+    match hold {
+        Some(Held { hold, message, new }) => {
+            if new {
+                report.event(Event::warning("ShrinkHeld", "Guard", message.clone()));
+            }
+            report.condition(SHRINK_HELD, true, "ShrinkBeyondGuard", message);
+            report.status.shrink_hold = Some(hold);
+        }
+        None => {
+            report.status.shrink_hold = None;
+            report.condition(
+                SHRINK_HELD,
+                false,
+                "NoShrinkHeld",
+                "the tier table in force is the one enforced",
+            );
+        }
+    }
+}
+
+/// `Ready` of an enforcing policy: False only when the privacy text could
+/// not be published (with a Warning); else which tier table is enforced.
+fn set_ready(
+    report: &mut StatusReport<'_, RetentionPolicy>,
+    accepted: &Accepted,
+    published: &Result<(), String>,
+    suspended: bool,
+) {
+    let enforced_hash = &accepted.enforced.policy_hash;
+    let short_hash = &enforced_hash[..12.min(enforced_hash.len())];
+    match (published, &accepted.decision) {
+        (Err(error), _) => {
+            let message =
+                format!("privacy-policy text not published (enforcement continues): {error}");
+            report.condition(condition_types::READY, false, "PublishFailed", message.clone());
+            report.event(Event::warning("PublishFailed", "Publish", message));
+        }
+        _ if suspended => report.condition(
+            condition_types::READY,
+            true,
+            "Suspended",
+            format!("suspended: nothing is deleted; tier table {short_hash} accepted"),
+        ),
+        (_, Decision::Hold { .. }) => report.condition(
+            condition_types::READY,
+            true,
+            "ShrinkHeld",
+            format!("enforcing the previous tier table {short_hash}; the new one is held (see ShrinkHeld)"),
+        ),
+        _ => report.condition(
+            condition_types::READY,
+            true,
+            "Reconciled",
+            format!("enforcing tier table {short_hash}"),
+        ),
     }
 }
 
