@@ -119,12 +119,16 @@ enum Stopped {
     Invalid(Vec<String>),
     /// Valid, but there is no database to enforce in.
     NoDatabase,
-    /// Valid, but not the one policy in force; with what is known anyway.
-    Withheld {
-        why: Withheld,
-        enforced_hash: Option<String>,
-        last_run: Option<RunRow>,
-    },
+    /// Valid, but not the one policy in force.
+    Withheld(Box<Known>),
+}
+
+/// What a withheld policy's status shows without deciding anything.
+struct Known {
+    why: Withheld,
+    /// The tier table enforced (by the policy in force, or before).
+    enforced_hash: Option<String>,
+    last_enforcement: Option<EnforcementRun>,
 }
 
 /// Why this policy is not the one enforced, and when to look again.
@@ -264,12 +268,14 @@ impl<'a> Pass<'a> {
         let enforced_hash = store::enforced_policy(pool)
             .await?
             .map(|enforced| enforced.policy_hash);
-        let last_run = store::latest_run(pool).await?;
-        Ok(Stopped::Withheld {
+        let last_enforcement = store::latest_run(pool)
+            .await?
+            .map(|run| enforcement_run(&run));
+        Ok(Stopped::Withheld(Box::new(Known {
             why,
             enforced_hash,
-            last_run,
-        })
+            last_enforcement,
+        })))
     }
 
     /// Runs the shrink guard and stores an accepted tier table. Returns the
@@ -579,11 +585,12 @@ impl<'a> Pass<'a> {
                 );
                 REQUEUE
             }
-            Stopped::Withheld {
-                why,
-                enforced_hash,
-                last_run,
-            } => {
+            Stopped::Withheld(known) => {
+                let Known {
+                    why,
+                    enforced_hash,
+                    last_enforcement,
+                } = *known;
                 if why.conflict {
                     if report.was(CONFLICT) != Some(true) {
                         report.event(Event::warning("Conflict", "Enforce", why.message.clone()));
@@ -601,7 +608,7 @@ impl<'a> Pass<'a> {
                 if enforced_hash.is_some() {
                     report.status.enforced_policy_hash = enforced_hash;
                 }
-                report.status.last_enforcement = last_run.as_ref().map(enforcement_run);
+                report.status.last_enforcement = last_enforcement;
                 report.status.next_enforcement_at = None;
                 why.requeue
             }
