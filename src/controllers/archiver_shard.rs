@@ -15,10 +15,9 @@ use crate::archive::health::{self, ShardHealth};
 use crate::archive::lifecycle::{self, ShardLifecycle};
 use crate::archive::worker::ShardSettings;
 use crate::runtime::context::Context;
-use crate::runtime::reconcile::{
-    Event, EventType, Managed, Outcome, ReconcileError, begin_status, finish,
-};
+use crate::runtime::reconcile::{Event, Managed, Outcome, ReconcileError, begin_status, finish};
 use crate::runtime::workers::{WorkerInputs, WorkerState, worker_deployment_name};
+use crate::secret::SecretString;
 use crate::views;
 
 /// How often the shard's status is refreshed from its watermark.
@@ -31,119 +30,202 @@ impl Managed for ArchiverShard {
         self.status.as_ref()
     }
 
+    /// validate → watch the lag → resolve the Redis URL and share it with
+    /// erasures → run the worker → record the lifecycle → read the
+    /// watermark → status, conditions and events.
     async fn reconcile(&self, ctx: &Context) -> Result<Outcome<Self::Status>, ReconcileError> {
-        let (mut status, problems) = begin_status(self, ctx);
+        let (status, problems) = begin_status(self, ctx);
         if !problems.is_empty() {
             return Ok(finish(self, ctx, status, &problems, "", STATUS_REFRESH));
         }
+        self.watch_lag(ctx);
+        let redis_url = self.resolve_redis_url(ctx).await?;
+        self.share_redis_url(ctx, &redis_url);
+        let pool = ctx.db.as_ref().ok_or(ReconcileError::NoDatabase)?;
+        let worker = self.run_worker(ctx, &redis_url, pool).await?;
+        let now = ctx.clock.now();
+        let lifecycle = self.record_lifecycle(pool, now).await?;
+        let health = health::read(pool, self.spec.shard_id)
+            .await
+            .map_err(ReconcileError::database("reading the shard's watermark"))?;
+        let rejoin = rejoin_warning(pool, &lifecycle, health.as_ref()).await;
+        Ok(self.report(
+            ctx,
+            status,
+            Drained {
+                worker,
+                lifecycle,
+                health,
+                rejoin,
+                now,
+            },
+        ))
+    }
+}
+
+/// The lifecycle this reconcile recorded for the shard.
+struct LifecycleChange {
+    lifecycle: ShardLifecycle,
+    /// The row changed: announced by an event.
+    changed: bool,
+}
+
+/// Everything the status is built from.
+struct Drained {
+    worker: WorkerState,
+    lifecycle: LifecycleChange,
+    /// The shard's watermark row; None before its first tick.
+    health: Option<ShardHealth>,
+    /// The `RejoinedBehindViews` note of a shard that became active again.
+    rejoin: Option<String>,
+    now: DateTime<Utc>,
+}
+
+impl ArchiverShard {
+    /// The `Ready` message: where the worker runs and how far it archived.
+    fn ready_message(
+        &self,
+        worker: &WorkerState,
+        health: Option<&ShardHealth>,
+        now: DateTime<Utc>,
+    ) -> String {
+        let drained = match health {
+            Some(health) => match (&health.waiting_reason, &health.last_error) {
+                (Some(_), Some(error)) => format!("waiting: {error}"),
+                _ => format!(
+                    "archived through {}; lag {} s",
+                    health.last_minute,
+                    health.lag_seconds(now)
+                ),
+            },
+            None => "waiting for the first tick".to_string(),
+        };
+        match worker {
+            WorkerState::Suspended => {
+                "suspended: no worker runs; the derived views do not wait on it".to_string()
+            }
+            WorkerState::Deployment(_) => format!(
+                "worker Deployment {}; {drained}",
+                worker_deployment_name(self)
+            ),
+            _ => drained,
+        }
+    }
+
+    /// `namespace/name`, the label of the shard's metrics and Redis target.
+    fn label(&self) -> String {
+        format!(
+            "{}/{}",
+            self.namespace().unwrap_or_else(|| "default".into()),
+            self.name_any()
+        )
+    }
+
+    /// The leader's lag of this shard, from its watermark row (same label
+    /// as the worker's metrics).
+    fn watch_lag(&self, ctx: &Context) {
+        ctx.metrics
+            .observe_shard(self.spec.shard_id, &self.label(), self.spec.lag_slo_seconds);
+    }
+
+    /// The Redis URL from its Secret. The URL is only handed to the worker
+    /// and to erasures; it never reaches a log, an event or the status.
+    async fn resolve_redis_url(&self, ctx: &Context) -> Result<SecretString, ReconcileError> {
         let namespace = self.namespace().unwrap_or_else(|| "default".into());
-        // The leader's lag of this shard, from its watermark row (same label
-        // as the worker's metrics).
-        ctx.metrics.observe_shard(
-            self.spec.shard_id,
-            &format!("{namespace}/{}", self.name_any()),
-            self.spec.lag_slo_seconds,
-        );
-        // The URL is only handed to the worker; it never reaches a log,
-        // an event or the status.
-        let redis_url = ctx
+        Ok(ctx
             .secrets
             .resolve(&namespace, &self.spec.redis.url_secret_ref)
-            .await?;
-        // Erasures clean every shard's Redis: tell them where this one is.
-        ctx.redis_targets.publish_shard(
-            format!("{namespace}/{}", self.name_any()),
-            redis_url.clone(),
-        );
-        let Some(pool) = ctx.db.as_ref() else {
-            return Err(ReconcileError::NoDatabase);
-        };
-        let state = ctx
-            .workers
+            .await?)
+    }
+
+    /// Erasures clean every shard's Redis: tell them where this one is.
+    fn share_redis_url(&self, ctx: &Context, redis_url: &SecretString) {
+        ctx.redis_targets
+            .publish_shard(self.label(), redis_url.clone());
+    }
+
+    /// Runs the drain worker in-process or applies its Deployment (or
+    /// stops it when suspended).
+    async fn run_worker(
+        &self,
+        ctx: &Context,
+        redis_url: &SecretString,
+        pool: &sqlx::PgPool,
+    ) -> Result<WorkerState, ReconcileError> {
+        ctx.workers
             .ensure(
                 self,
                 WorkerInputs {
-                    redis_url: &redis_url,
+                    redis_url,
                     pool: Some(pool),
                     clock: &ctx.clock,
                     metrics: &ctx.metrics,
                 },
             )
-            .await?;
-        if let WorkerState::Deployment(name) = &state {
-            status.worker_deployment = Some(name.clone());
-        }
-        let now = ctx.clock.now();
-        // A suspended shard no longer holds the derived views back; an
-        // active one (gap-held included: its minutes may still arrive) does.
+            .await
+    }
+
+    /// A suspended shard no longer holds the derived views back; an active
+    /// one (gap-held included: its minutes may still arrive) does.
+    async fn record_lifecycle(
+        &self,
+        pool: &sqlx::PgPool,
+        now: DateTime<Utc>,
+    ) -> Result<LifecycleChange, ReconcileError> {
         let lifecycle = ShardLifecycle::of_present_shard(self.spec.suspend);
         let object = format!(
             "{}/{}",
             self.namespace().unwrap_or_default(),
             self.name_any()
         );
-        let lifecycle_changed = lifecycle::set(pool, self.spec.shard_id, &object, lifecycle, now)
+        let changed = lifecycle::set(pool, self.spec.shard_id, &object, lifecycle, now)
             .await
             .map_err(ReconcileError::database("setting the shard's lifecycle"))?;
-        let health = health::read(pool, self.spec.shard_id)
-            .await
-            .map_err(ReconcileError::database("reading the shard's watermark"))?;
-        let message = match &health {
-            Some(health) => {
-                apply_health(
-                    &mut status,
-                    health,
-                    self.spec.lag_slo_seconds,
-                    self.metadata.generation,
-                    now,
-                );
-                match (&health.waiting_reason, &health.last_error) {
-                    (Some(_), Some(error)) => format!("waiting: {error}"),
-                    _ => format!(
-                        "archived through {}; lag {} s",
-                        health.last_minute,
-                        health.lag_seconds(now)
-                    ),
-                }
-            }
-            None => "waiting for the first tick".to_string(),
-        };
-        let ticking = !matches!(state, WorkerState::Suspended);
-        let message = match state {
-            WorkerState::Suspended => {
-                "suspended: no worker runs; the derived views do not wait on it".to_string()
-            }
-            WorkerState::Deployment(_) => format!(
-                "worker Deployment {}; {message}",
-                worker_deployment_name(self)
-            ),
-            _ => message,
-        };
-        let mut outcome = finish(self, ctx, status, &problems, &message, STATUS_REFRESH);
+        Ok(LifecycleChange { lifecycle, changed })
+    }
+
+    /// Status, conditions and events from the worker, the lifecycle and the
+    /// watermark row.
+    fn report(
+        &self,
+        ctx: &Context,
+        mut status: ArchiverShardStatus,
+        drained: Drained,
+    ) -> Outcome<ArchiverShardStatus> {
+        let Drained {
+            worker,
+            lifecycle,
+            health,
+            rejoin,
+            now,
+        } = drained;
+        if let WorkerState::Deployment(name) = &worker {
+            status.worker_deployment = Some(name.clone());
+        }
+        if let Some(health) = &health {
+            apply_health(
+                &mut status,
+                health,
+                self.spec.lag_slo_seconds,
+                self.metadata.generation,
+                now,
+            );
+        }
+        let ticking = !matches!(worker, WorkerState::Suspended);
+        let message = self.ready_message(&worker, health.as_ref(), now);
+        let mut outcome = finish(self, ctx, status, &[], &message, STATUS_REFRESH);
         // First: a shard that cannot make progress replaces `finish`'s
         // events with its Warning; the lifecycle events come after, so they
         // are never replaced.
         if let Some(health) = &health {
             self.report_drain_state(&mut outcome, health, ticking, now);
         }
-        if lifecycle_changed {
-            outcome.events.push(lifecycle_event(lifecycle));
-            if let (ShardLifecycle::Active, Some(health)) = (lifecycle, &health) {
-                // Only an event: a failed read must not fail the reconcile.
-                let views = views::progress(pool).await.unwrap_or_else(|error| {
-                    tracing::warn!(%error, "reading the views watermark for a rejoining shard");
-                    None
-                });
-                if let Some(note) = views.and_then(|(through, closed)| {
-                    lifecycle::rejoin_note(health.last_minute, through, closed)
-                }) {
-                    outcome.events.push(Event {
-                        type_: EventType::Warning,
-                        reason: "RejoinedBehindViews".into(),
-                        action: "Lifecycle".into(),
-                        note,
-                    });
-                }
+        if lifecycle.changed {
+            outcome.events.push(lifecycle_event(lifecycle.lifecycle));
+            if let Some(note) = rejoin {
+                outcome
+                    .events
+                    .push(Event::warning("RejoinedBehindViews", "Lifecycle", note));
             }
         }
         if health.is_none() {
@@ -159,11 +241,9 @@ impl Managed for ArchiverShard {
                 now,
             );
         }
-        Ok(outcome)
+        outcome
     }
-}
 
-impl ArchiverShard {
     /// `Ready=False` with the reason whenever the shard cannot make progress
     /// (`finish` only knows the spec is valid), and a Warning event for each
     /// new minute archived without its unsealed verdicts and each new
@@ -176,12 +256,7 @@ impl ArchiverShard {
         now: chrono::DateTime<chrono::Utc>,
     ) {
         let timeout = self.spec.unsealed_timeout_seconds;
-        let warning = |reason: &str, action: &str, note: String| Event {
-            type_: EventType::Warning,
-            reason: reason.into(),
-            action: action.into(),
-            note,
-        };
+        let warning = Event::warning;
         if let Some((reason, message)) = health::not_ready(health, now, ticking, timeout) {
             set_condition(
                 &mut outcome.status.conditions,
@@ -222,6 +297,25 @@ impl ArchiverShard {
     }
 }
 
+/// A shard that became active again behind the derived views: the note
+/// that says which of its minutes the views will not recompute. Only an
+/// event: a failed read must not fail the reconcile.
+async fn rejoin_warning(
+    pool: &sqlx::PgPool,
+    lifecycle: &LifecycleChange,
+    health: Option<&ShardHealth>,
+) -> Option<String> {
+    let health = health?;
+    if !lifecycle.changed || lifecycle.lifecycle != ShardLifecycle::Active {
+        return None;
+    }
+    let views = views::progress(pool).await.unwrap_or_else(|error| {
+        tracing::warn!(%error, "reading the views watermark for a rejoining shard");
+        None
+    });
+    views.and_then(|(through, closed)| lifecycle::rejoin_note(health.last_minute, through, closed))
+}
+
 /// The event of a shard whose lifecycle row changed in this reconcile.
 fn lifecycle_event(lifecycle: ShardLifecycle) -> Event {
     let (reason, note) = match lifecycle {
@@ -235,12 +329,7 @@ fn lifecycle_event(lifecycle: ShardLifecycle) -> Event {
             "the derived views wait on this shard's watermark again",
         ),
     };
-    Event {
-        type_: EventType::Normal,
-        reason: reason.into(),
-        action: "Lifecycle".into(),
-        note: note.into(),
-    }
+    Event::normal(reason, "Lifecycle", note)
 }
 
 /// The drain settings of `shard`, labelled `namespace/name`.

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, Utc};
 use kube::ResourceExt;
 
-use crate::api::common::{ConditionUpdate, chrono_time, condition_types, set_condition};
+use crate::api::common::{chrono_time, condition_types};
 use crate::api::deletion_request::DeletionPhase;
 use crate::api::{DeletionRequest, DeletionRequestStatus};
 use crate::erasure::{
@@ -25,7 +25,7 @@ use crate::erasure::{
 use crate::metrics::{DeletionLabels, ErasureStepLabels};
 use crate::runtime::context::Context;
 use crate::runtime::reconcile::{
-    CleanupOutcome, Event, EventType, Managed, Outcome, ReconcileError, begin_status, finish,
+    CleanupOutcome, Event, Managed, Outcome, ReconcileError, StatusReport, begin_status, finish,
     spec_problems,
 };
 
@@ -107,6 +107,9 @@ impl Managed for DeletionRequest {
         true
     }
 
+    /// resolve the request (the response days of the policy in force) →
+    /// validate → stop when completed → wait for the database and the
+    /// shards' Redis → one erasure attempt → status, conditions and event.
     async fn reconcile(&self, ctx: &Context) -> Result<Outcome<Self::Status>, ReconcileError> {
         let (mut status, problems) = begin_status(self, ctx);
         let request = erasure_request(self, response_days(&ctx.policies));
@@ -116,47 +119,15 @@ impl Managed for DeletionRequest {
             return Ok(finish(self, ctx, status, &problems, "", WAITING_REQUEUE));
         }
         if status.phase == Some(DeletionPhase::Completed) {
-            ctx.metrics
-                .deletion_deadline_seconds
-                .remove(&labels(&request));
-            // Terminal: nothing runs again, the status stays as written.
-            let event = event(
-                EventType::Normal,
-                "Completed",
-                "Erase",
-                completed_message(&status),
-            );
-            return Ok(outcome(self, status, event, COMPLETED_REQUEUE));
+            return Ok(report_completed(self, ctx, &request, status));
         }
-        if let Some(deadline) = status.deadline {
-            ctx.metrics
-                .deletion_deadline_seconds
-                .get_or_create(&labels(&request))
-                .set((deadline - ctx.clock.now()).num_seconds());
-        }
-        let Some(pool) = ctx.db.as_ref() else {
-            return Ok(waiting(
-                self,
-                ctx,
-                status,
-                "NoDatabase",
-                "no database configured (--database-url): the erasure waits",
-            ));
+        track_deadline(ctx, &request, &status);
+        let (pool, settings) = match ready_to_erase(ctx) {
+            Ok(ready) => ready,
+            Err(waiting) => return Ok(report_waiting(self, ctx, status, waiting)),
         };
-        let targets = ctx.redis_targets.targets();
-        if targets.is_empty() {
-            // Never erase without the Redis side: the verdict keys would
-            // survive and the receipt would claim otherwise.
-            return Ok(waiting(
-                self,
-                ctx,
-                status,
-                "WaitingForRedisShards",
-                "no ArchiverShard Redis is known yet: the erasure waits for the shards",
-            ));
-        }
-        let settings = ctx.config.erasure_settings(targets);
-        Ok(attempt(self, ctx, pool, &request, &settings, status).await)
+        let attempt = erase(ctx, pool, &request, &settings, &status).await;
+        Ok(report_attempt(self, ctx, status, attempt))
     }
 
     /// Deleting the object never undoes an erasure, and does not cancel
@@ -190,8 +161,7 @@ impl Managed for DeletionRequest {
             .clone()
             .or_else(|| ready_message(&outcome.status))
             .unwrap_or_else(|| "not started".into());
-        outcome.events.push(event(
-            EventType::Normal,
+        outcome.events.push(Event::normal(
             "DeletionWaitsForErasure",
             "Cleanup",
             format!("deleted, but the object stays until its erasure has completed: {why}"),
@@ -200,31 +170,85 @@ impl Managed for DeletionRequest {
     }
 }
 
-/// One attempt, turned into the status.
-async fn attempt(
-    object: &DeletionRequest,
+/// Why an erasure cannot start yet.
+#[derive(Debug, Clone, Copy)]
+enum Waiting {
+    NoDatabase,
+    /// Never erase without the Redis side: the verdict keys would survive
+    /// and the receipt would claim otherwise.
+    NoRedisShards,
+}
+
+impl Waiting {
+    fn reason(self) -> &'static str {
+        match self {
+            Self::NoDatabase => "NoDatabase",
+            Self::NoRedisShards => "WaitingForRedisShards",
+        }
+    }
+
+    fn message(self) -> &'static str {
+        match self {
+            Self::NoDatabase => "no database configured (--database-url): the erasure waits",
+            Self::NoRedisShards => {
+                "no ArchiverShard Redis is known yet: the erasure waits for the shards"
+            }
+        }
+    }
+}
+
+/// One erasure attempt and its result.
+struct Attempt {
+    /// 1 for the first attempt.
+    number: i32,
+    started_at: DateTime<Utc>,
+    result: Result<run::Completed, ErasureError>,
+}
+
+/// The time left to answer, as a metric, while the request is open.
+fn track_deadline(ctx: &Context, request: &ErasureRequest, status: &DeletionRequestStatus) {
+    if let Some(deadline) = status.deadline {
+        ctx.metrics
+            .deletion_deadline_seconds
+            .get_or_create(&labels(request))
+            .set((deadline - ctx.clock.now()).num_seconds());
+    }
+}
+
+/// The database and every shard's Redis, or why the erasure must wait.
+fn ready_to_erase(ctx: &Context) -> Result<(&sqlx::PgPool, ErasureSettings), Waiting> {
+    let pool = ctx.db.as_ref().ok_or(Waiting::NoDatabase)?;
+    let targets = ctx.redis_targets.targets();
+    if targets.is_empty() {
+        return Err(Waiting::NoRedisShards);
+    }
+    Ok((pool, ctx.config.erasure_settings(targets)))
+}
+
+/// Runs one erasure attempt through the domain, with its metrics and log
+/// line. A failed attempt has rolled back: it is retried with backoff.
+async fn erase(
     ctx: &Context,
     pool: &sqlx::PgPool,
     request: &ErasureRequest,
     settings: &ErasureSettings,
-    mut status: DeletionRequestStatus,
-) -> Outcome<DeletionRequestStatus> {
-    let attempts = status.attempts.unwrap_or(0) + 1;
-    let started_at = *status.started_at.get_or_insert(ctx.clock.now());
+    status: &DeletionRequestStatus,
+) -> Attempt {
+    let number = status.attempts.unwrap_or(0) + 1;
+    let started_at = status.started_at.unwrap_or_else(|| ctx.clock.now());
     let timer = Instant::now();
     let result = run::execute(
         pool,
         request,
         settings,
         ctx.clock.as_ref(),
-        attempts,
+        number,
         started_at,
     )
     .await;
-    match result {
+    match &result {
         Ok(done) => {
             if !done.already_done {
-                status.attempts = Some(attempts);
                 ctx.metrics
                     .deletion_duration
                     .observe(timer.elapsed().as_secs_f64());
@@ -239,6 +263,77 @@ async fn attempt(
                 phases = ?done.phases,
                 "erasure completed"
             );
+        }
+        Err(error) => {
+            ctx.metrics
+                .deletion_failures
+                .get_or_create(&ErasureStepLabels {
+                    step: error.step().to_string(),
+                })
+                .inc();
+            tracing::warn!(request = %request.subject(), attempt = number, %error, "erasure failed; rolled back");
+        }
+    }
+    Attempt {
+        number,
+        started_at,
+        result,
+    }
+}
+
+/// Terminal: nothing runs again and the status stays as written; the
+/// deadline metric goes.
+fn report_completed(
+    object: &DeletionRequest,
+    ctx: &Context,
+    request: &ErasureRequest,
+    status: DeletionRequestStatus,
+) -> Outcome<DeletionRequestStatus> {
+    ctx.metrics
+        .deletion_deadline_seconds
+        .remove(&labels(request));
+    let mut report = StatusReport::new(object, status, ctx.clock.now());
+    let message = completed_message(&report.status);
+    report.event_if_changed(Event::normal("Completed", "Erase", message));
+    report.into_outcome(COMPLETED_REQUEUE)
+}
+
+/// A request that cannot start yet: it stays Pending (or Failed, if an
+/// earlier attempt failed) and looks again soon.
+fn report_waiting(
+    object: &DeletionRequest,
+    ctx: &Context,
+    mut status: DeletionRequestStatus,
+    waiting: Waiting,
+) -> Outcome<DeletionRequestStatus> {
+    status.phase.get_or_insert(DeletionPhase::Pending);
+    let mut report = StatusReport::new(object, status, ctx.clock.now());
+    set_conditions(
+        &mut report,
+        false,
+        waiting.reason(),
+        waiting.message(),
+        None,
+    );
+    report.event_if_changed(Event::warning(waiting.reason(), "Erase", waiting.message()));
+    report.into_outcome(WAITING_REQUEUE)
+}
+
+/// Completed with the receipt, or Failed with `step: reason` and the
+/// time of the retry.
+fn report_attempt(
+    object: &DeletionRequest,
+    ctx: &Context,
+    mut status: DeletionRequestStatus,
+    attempt: Attempt,
+) -> Outcome<DeletionRequestStatus> {
+    status.started_at = Some(attempt.started_at);
+    let attempts = attempt.number;
+    match attempt.result {
+        Ok(done) => {
+            if !done.already_done {
+                status.attempts = Some(attempts);
+            }
             status.phase = Some(DeletionPhase::Completed);
             status.last_failure = None;
             status.tombstone_id = Some(done.tombstone_id);
@@ -249,132 +344,49 @@ async fn attempt(
             status.receipt_sha256 = Some(done.receipt.sha256);
             status.completed_at = Some(done.completed_at);
             let message = completed_message(&status);
-            set_conditions(
-                object,
-                ctx,
-                &mut status,
-                true,
-                "Completed",
-                &message,
-                Some(true),
-            );
-            let event = event(EventType::Normal, "Erased", "Erase", message);
-            outcome(object, status, event, COMPLETED_REQUEUE)
+            let mut report = StatusReport::new(object, status, ctx.clock.now());
+            set_conditions(&mut report, true, "Completed", &message, Some(true));
+            report.event_if_changed(Event::normal("Erased", "Erase", message));
+            report.into_outcome(COMPLETED_REQUEUE)
         }
         Err(error) => {
             status.attempts = Some(attempts);
             status.phase = Some(DeletionPhase::Failed);
             status.last_failure = Some(error.to_string());
-            ctx.metrics
-                .deletion_failures
-                .get_or_create(&ErasureStepLabels {
-                    step: error.step().to_string(),
-                })
-                .inc();
             let retry = retry_after(attempts);
-            tracing::warn!(request = %request.subject(), attempt = attempts, %error, "erasure failed; rolled back");
             let message = format!(
                 "attempt {attempts} failed at {error}; rolled back, retrying in {} s",
                 retry.as_secs()
             );
             let verified = matches!(error, ErasureError::Unverified(_)).then_some(false);
-            set_conditions(
-                object,
-                ctx,
-                &mut status,
-                false,
-                "ErasureFailed",
-                &message,
-                verified,
-            );
-            let event = event(EventType::Warning, "ErasureFailed", "Erase", message);
-            outcome(object, status, event, retry)
+            let mut report = StatusReport::new(object, status, ctx.clock.now());
+            set_conditions(&mut report, false, "ErasureFailed", &message, verified);
+            report.event_if_changed(Event::warning("ErasureFailed", "Erase", message));
+            report.into_outcome(retry)
         }
     }
 }
 
-/// A request that cannot start yet: it stays Pending (or Failed, if an
-/// earlier attempt failed) and looks again soon.
-fn waiting(
-    object: &DeletionRequest,
-    ctx: &Context,
-    mut status: DeletionRequestStatus,
-    reason: &str,
-    message: &str,
-) -> Outcome<DeletionRequestStatus> {
-    status.phase.get_or_insert(DeletionPhase::Pending);
-    set_conditions(object, ctx, &mut status, false, reason, message, None);
-    let event = event(EventType::Warning, reason, "Erase", message.to_string());
-    outcome(object, status, event, WAITING_REQUEUE)
-}
-
+/// `Ready`, and `Verified` when the attempt got as far as verifying.
 fn set_conditions(
-    object: &DeletionRequest,
-    ctx: &Context,
-    status: &mut DeletionRequestStatus,
+    report: &mut StatusReport<'_, DeletionRequest>,
     ready: bool,
     reason: &str,
     message: &str,
     verified: Option<bool>,
 ) {
-    let generation = object.metadata.generation;
-    let now = ctx.clock.now();
-    set_condition(
-        &mut status.conditions,
-        ConditionUpdate {
-            type_: condition_types::READY,
-            status: ready,
-            reason,
-            message: message.to_string(),
-        },
-        generation,
-        now,
-    );
+    report.condition(condition_types::READY, ready, reason, message);
     if let Some(verified) = verified {
-        let message = match &status.verification {
+        let message = match &report.status.verification {
             Some(v) if v.verified => "every surface counted zero after COMMIT".to_string(),
-            _ => status.last_failure.clone().unwrap_or_default(),
+            _ => report.status.last_failure.clone().unwrap_or_default(),
         };
-        set_condition(
-            &mut status.conditions,
-            ConditionUpdate {
-                type_: VERIFIED,
-                status: verified,
-                reason: if verified {
-                    "AllSurfacesEmpty"
-                } else {
-                    "DataRemains"
-                },
-                message,
-            },
-            generation,
-            now,
-        );
-    }
-}
-
-fn event(type_: EventType, reason: &str, action: &str, note: String) -> Event {
-    Event {
-        type_,
-        reason: reason.into(),
-        action: action.into(),
-        note,
-    }
-}
-
-/// The outcome, with the event only when the status changed (a request
-/// waiting for its shards does not fill the event log every 15 s).
-fn outcome(
-    object: &DeletionRequest,
-    status: DeletionRequestStatus,
-    event: Event,
-    requeue_after: Duration,
-) -> Outcome<DeletionRequestStatus> {
-    let changed = object.status.as_ref() != Some(&status);
-    Outcome {
-        status,
-        events: if changed { vec![event] } else { Vec::new() },
-        requeue_after,
+        let reason = if verified {
+            "AllSurfacesEmpty"
+        } else {
+            "DataRemains"
+        };
+        report.condition(VERIFIED, verified, reason, message);
     }
 }
 

@@ -8,7 +8,7 @@ use chrono::{DateTime, Utc};
 use kube::ResourceExt;
 use sqlx::PgPool;
 
-use crate::api::common::{ConditionUpdate, UtcWindow, condition_types, set_condition};
+use crate::api::common::{UtcWindow, condition_types};
 use crate::api::partition_schedule::NextDrop;
 use crate::api::{PartitionSchedule, PartitionScheduleStatus, RetentionPolicySpec};
 use crate::partitions::audit::{self, LockDiscipline};
@@ -21,7 +21,7 @@ use crate::partitions::removal::{self, DropSettings, Dropped};
 use crate::partitions::{PartitionError, conditions};
 use crate::runtime::context::Context;
 use crate::runtime::reconcile::{
-    Event, EventType, Managed, Outcome, ReconcileError, begin_status, finish, object_label,
+    Event, Managed, Outcome, ReconcileError, StatusReport, begin_status, finish, object_label,
 };
 
 /// Creation is checked at least this often (the issue: every few minutes).
@@ -39,32 +39,40 @@ impl Managed for PartitionSchedule {
         self.status.as_ref()
     }
 
+    /// validate → resolve the RetentionPolicy in force → create partitions
+    /// ahead → drop eligible ones in the window → observe the catalogue →
+    /// status, conditions and events.
     async fn reconcile(&self, ctx: &Context) -> Result<Outcome<Self::Status>, ReconcileError> {
         let (status, problems) = begin_status(self, ctx);
-        if !problems.is_empty() {
-            return Ok(finish(self, ctx, status, &problems, "", REQUEUE));
-        }
-        let window = match UtcWindow::parse(&self.spec.drop_window) {
+        let window = match validate(self, problems) {
             Ok(window) => window,
-            Err(error) => {
-                let problems = [format!("spec.dropWindow: {error}")];
-                return Ok(finish(self, ctx, status, &problems, "", REQUEUE));
-            }
+            Err(problems) => return Ok(finish(self, ctx, status, &problems, "", REQUEUE)),
         };
         let pool = ctx.db.as_ref().ok_or(ReconcileError::NoDatabase)?;
-        let pass = Pass {
-            schedule: self,
-            ctx,
-            pool,
-            now: ctx.clock.now(),
-            window,
-            lock: LockDiscipline::new(Duration::from_secs(u64::from(
-                self.spec.lock_timeout_seconds.max(1),
-            ))),
-            actor: object_label(self),
-        };
-        pass.run(status).await
+        let pass = Pass::new(self, ctx, pool, window);
+        let lookup = pass.resolve_policy();
+        let creation = pass.create().await?;
+        let drops = pass.drop_eligible(policy_spec(&lookup)).await?;
+        let observed = pass.observe(policy_spec(&lookup), &drops).await?;
+        Ok(pass.report(
+            status,
+            Acted {
+                lookup,
+                creation,
+                drops,
+                observed,
+            },
+        ))
     }
+}
+
+/// The drop window, or the spec's problems (admission rules first).
+fn validate(schedule: &PartitionSchedule, problems: Vec<String>) -> Result<UtcWindow, Vec<String>> {
+    if !problems.is_empty() {
+        return Err(problems);
+    }
+    UtcWindow::parse(&schedule.spec.drop_window)
+        .map_err(|error| vec![format!("spec.dropWindow: {error}")])
 }
 
 /// One reconcile of one schedule.
@@ -90,6 +98,26 @@ struct DropRun {
     longest_contract_days: Option<i32>,
 }
 
+/// The catalogue after the actions, and what it says.
+struct Observed {
+    partitions: Vec<CatalogPartition>,
+    coverage: Coverage,
+    last_create_at: Option<DateTime<Utc>>,
+    last_drop_at: Option<DateTime<Utc>>,
+    /// Partitions that may be dropped next, oldest first.
+    candidates: Vec<Candidate>,
+    /// Unexpected partitions and unusual growth.
+    warnings: Vec<String>,
+}
+
+/// Everything the status is built from.
+struct Acted {
+    lookup: PolicyLookup,
+    creation: CreateReport,
+    drops: DropRun,
+    observed: Observed,
+}
+
 fn reconcile_error(error: PartitionError) -> ReconcileError {
     match error {
         PartitionError::Database { context, source } => {
@@ -99,42 +127,73 @@ fn reconcile_error(error: PartitionError) -> ReconcileError {
     }
 }
 
-impl Pass<'_> {
-    async fn run(
-        &self,
-        mut status: PartitionScheduleStatus,
-    ) -> Result<Outcome<PartitionScheduleStatus>, ReconcileError> {
-        let suspended = self.schedule.spec.suspend;
-        let creation = if suspended {
-            CreateReport::default()
-        } else {
-            create::create_missing(
-                self.pool,
-                self.now,
-                self.schedule.spec.create_ahead_days,
-                self.lock,
-                &self.actor,
-            )
-            .await
-            .map_err(reconcile_error)?
-        };
-        let lookup = self.policy();
-        let policy = match &lookup {
-            PolicyLookup::Found(spec) => Some(spec.as_ref()),
-            _ => None,
-        };
-        let drops = if suspended {
-            DropRun::default()
-        } else {
-            self.drops(policy).await?
-        };
+impl<'a> Pass<'a> {
+    fn new(
+        schedule: &'a PartitionSchedule,
+        ctx: &'a Context,
+        pool: &'a PgPool,
+        window: UtcWindow,
+    ) -> Self {
+        Pass {
+            schedule,
+            ctx,
+            pool,
+            now: ctx.clock.now(),
+            window,
+            lock: LockDiscipline::new(Duration::from_secs(u64::from(
+                schedule.spec.lock_timeout_seconds.max(1),
+            ))),
+            actor: object_label(schedule),
+        }
+    }
 
-        let partitions =
-            catalog::read_partitions(self.pool)
-                .await
-                .map_err(ReconcileError::database(
-                    "reading the partitions of probe_minute",
-                ))?;
+    /// The RetentionPolicy the schedule refers to, as the partition guard
+    /// sees it: drops use only a tier table that policy's reconciler
+    /// enforces.
+    fn resolve_policy(&self) -> PolicyLookup {
+        self.ctx.enforced_policies.in_force(
+            &self.ctx.policies,
+            &self.namespace(),
+            &self.schedule.spec.retention_policy_ref.name,
+        )
+    }
+
+    /// Creates the partitions missing up to `createAheadDays` ahead;
+    /// nothing while suspended.
+    async fn create(&self) -> Result<CreateReport, ReconcileError> {
+        if self.schedule.spec.suspend {
+            return Ok(CreateReport::default());
+        }
+        create::create_missing(
+            self.pool,
+            self.now,
+            self.schedule.spec.create_ahead_days,
+            self.lock,
+            &self.actor,
+        )
+        .await
+        .map_err(reconcile_error)
+    }
+
+    /// Drops what may be dropped; nothing while suspended.
+    async fn drop_eligible(
+        &self,
+        policy: Option<&RetentionPolicySpec>,
+    ) -> Result<DropRun, ReconcileError> {
+        if self.schedule.spec.suspend {
+            return Ok(DropRun::default());
+        }
+        self.drops(policy).await
+    }
+
+    /// Reads the catalogue as the actions left it: coverage, the last
+    /// actions, the next drop candidates and anomalies.
+    async fn observe(
+        &self,
+        policy: Option<&RetentionPolicySpec>,
+        drops: &DropRun,
+    ) -> Result<Observed, ReconcileError> {
+        let partitions = self.read_partitions().await?;
         let coverage =
             coverage::coverage(&partitions, self.now, self.schedule.spec.create_ahead_days);
         let (last_create_at, last_drop_at) =
@@ -153,25 +212,49 @@ impl Pass<'_> {
             coverage::growth_warnings(&partitions),
         ]
         .concat();
+        Ok(Observed {
+            partitions,
+            coverage,
+            last_create_at,
+            last_drop_at,
+            candidates,
+            warnings,
+        })
+    }
 
-        let previous = self.schedule.status.as_ref();
+    /// Status, conditions (`Covered`, `DropBlocked`, `Ready`), events and
+    /// metrics from what the steps returned, and when to look again.
+    fn report(
+        self,
+        status: PartitionScheduleStatus,
+        acted: Acted,
+    ) -> Outcome<PartitionScheduleStatus> {
+        let Acted {
+            lookup,
+            creation,
+            drops,
+            observed,
+        } = acted;
+        let mut report = StatusReport::new(self.schedule, status, self.now);
         let mut events = Vec::new();
-        status.partitions = coverage::partition_infos(&partitions);
-        status.coverage_months_ahead = Some(coverage.months_ahead);
-        status.last_create_at = last_create_at;
-        status.last_drop_at = last_drop_at;
-        status.next_drop = candidates
+        let coverage = &observed.coverage;
+        report.status.partitions = coverage::partition_infos(&observed.partitions);
+        report.status.coverage_months_ahead = Some(coverage.months_ahead);
+        report.status.last_create_at = observed.last_create_at;
+        report.status.last_drop_at = observed.last_drop_at;
+        report.status.next_drop = observed
+            .candidates
             .first()
             .map(|c| self.next_drop(c, &lookup, &drops));
-        self.set_covered(&mut status, &coverage, &creation, previous, &mut events);
-        self.set_drop_blocked(&mut status, &lookup, &drops, previous, &mut events);
+        self.set_covered(&mut report, coverage, &creation, &mut events);
+        self.set_drop_blocked(&mut report, &lookup, &drops, &mut events);
         self.ctx
             .metrics
             .partition_coverage_months
             .set(coverage.months_including_current());
         events.extend(action_events(&creation, &drops));
-        let message = self.ready_message(&partitions, &coverage, &warnings);
-        events.extend(warning_events(&warnings, previous));
+        let message = self.ready_message(&observed.partitions, coverage, &observed.warnings);
+        events.extend(warning_events(&observed.warnings, &report));
 
         // A policy not in force is looked up again soon. The Kubernetes
         // source also reconciles the schedule as soon as the registry or the
@@ -184,26 +267,13 @@ impl Pass<'_> {
             || (!drops.dropped.is_empty() && self.window.contains(self.now));
         let requeue = if busy { REQUEUE_BUSY } else { REQUEUE };
         if coverage.is_covered() {
-            let mut outcome = finish(self.schedule, self.ctx, status, &[], &message, requeue);
-            outcome.events.extend(events);
-            return Ok(outcome);
+            report.condition(condition_types::READY, true, "Reconciled", message.as_str());
+            report.event_if_changed(Event::normal("Reconciled", "Reconcile", message));
+        } else {
+            report.condition(condition_types::READY, false, "PartitionsMissing", message);
         }
-        set_condition(
-            &mut status.conditions,
-            ConditionUpdate {
-                type_: condition_types::READY,
-                status: false,
-                reason: "PartitionsMissing",
-                message,
-            },
-            self.schedule.metadata.generation,
-            self.now,
-        );
-        Ok(Outcome {
-            status,
-            events,
-            requeue_after: requeue,
-        })
+        report.events.extend(events);
+        report.into_outcome(requeue)
     }
 
     fn namespace(&self) -> String {
@@ -220,12 +290,13 @@ impl Pass<'_> {
         )
     }
 
-    fn policy(&self) -> PolicyLookup {
-        self.ctx.enforced_policies.in_force(
-            &self.ctx.policies,
-            &self.namespace(),
-            &self.schedule.spec.retention_policy_ref.name,
-        )
+    /// The partitions of `probe_minute` as the catalogue lists them now.
+    async fn read_partitions(&self) -> Result<Vec<CatalogPartition>, ReconcileError> {
+        catalog::read_partitions(self.pool)
+            .await
+            .map_err(ReconcileError::database(
+                "reading the partitions of probe_minute",
+            ))
     }
 
     fn drop_inputs(&self, longest_contract_days: Option<i32>) -> DropInputs<'_> {
@@ -263,12 +334,7 @@ impl Pass<'_> {
         if run.failure.is_some() {
             return Ok(run);
         }
-        let partitions: Vec<CatalogPartition> =
-            catalog::read_partitions(self.pool)
-                .await
-                .map_err(ReconcileError::database(
-                    "reading the partitions of probe_minute",
-                ))?;
+        let partitions = self.read_partitions().await?;
         let candidates = plan_drops(
             &partitions,
             self.drop_inputs(run.longest_contract_days),
@@ -380,12 +446,14 @@ impl Pass<'_> {
         }
     }
 
+    /// `Covered`: whether the current month and those ahead have
+    /// partitions, with a warning event for each creation problem the
+    /// condition did not name yet.
     fn set_covered(
         &self,
-        status: &mut PartitionScheduleStatus,
+        report: &mut StatusReport<'_, PartitionSchedule>,
         coverage: &Coverage,
         creation: &CreateReport,
-        previous: Option<&PartitionScheduleStatus>,
         events: &mut Vec<Event>,
     ) {
         let problems: Vec<String> = creation.problems.iter().map(|p| p.to_string()).collect();
@@ -405,13 +473,17 @@ impl Pass<'_> {
         };
         if !problems.is_empty() {
             message = format!("{message}; {}", problems.join("; "));
-            let before = previous_message(previous, conditions::COVERED);
+            let before = previous_message(report, conditions::COVERED);
             for problem in problems.iter().filter(|p| !before.contains(p.as_str())) {
                 tracing::warn!(problem = %problem, "partition not created");
-                events.push(warning("PartitionNotCreated", "Create", problem.clone()));
+                events.push(Event::warning(
+                    "PartitionNotCreated",
+                    "Create",
+                    problem.clone(),
+                ));
             }
         }
-        self.set(status, conditions::COVERED, covered, reason, message);
+        report.condition(conditions::COVERED, covered, reason, message);
     }
 
     fn covered_message(&self, coverage: &Coverage) -> String {
@@ -431,12 +503,15 @@ impl Pass<'_> {
         message
     }
 
+    /// `DropBlocked`: whether the next drop cannot happen (no policy in
+    /// force, rows inside retention), with the drop-blocked metric, a
+    /// warning when the rows found inside retention are news and one for a
+    /// delayed drop.
     fn set_drop_blocked(
         &self,
-        status: &mut PartitionScheduleStatus,
+        report: &mut StatusReport<'_, PartitionSchedule>,
         lookup: &PolicyLookup,
         drops: &DropRun,
-        previous: Option<&PartitionScheduleStatus>,
         events: &mut Vec<Event>,
     ) {
         let (blocked, reason, message) = if self.schedule.spec.suspend {
@@ -460,44 +535,24 @@ impl Pass<'_> {
                      at the row's minute; tenants without a tier are kept); nothing was dropped"
                 ),
             )
-        } else if let Some(kept) = self.still_blocked(status, previous) {
+        } else if let Some(kept) = still_blocked(report) {
             kept
         } else {
             (false, "NotBlocked", String::new())
         };
-        let before = previous_message(previous, conditions::DROP_BLOCKED);
+        let before = previous_message(report, conditions::DROP_BLOCKED);
         if blocked && reason == "RowsInsideRetention" && before != message {
             tracing::warn!(%message, "partition drop blocked");
-            events.push(warning("DropBlocked", "Drop", message.clone()));
+            events.push(Event::warning("DropBlocked", "Drop", message.clone()));
         }
         if let Some(failure) = &drops.failure {
-            events.push(warning("DropDelayed", "Drop", failure.clone()));
+            events.push(Event::warning("DropDelayed", "Drop", failure.clone()));
         }
         self.ctx
             .metrics
             .partition_drop_blocked
             .set(i64::from(blocked));
-        self.set(status, conditions::DROP_BLOCKED, blocked, reason, message);
-    }
-
-    /// Outside the window no verification runs: a block found earlier for
-    /// the same candidate still stands.
-    fn still_blocked(
-        &self,
-        status: &PartitionScheduleStatus,
-        previous: Option<&PartitionScheduleStatus>,
-    ) -> Option<(bool, &'static str, String)> {
-        let previous = previous?;
-        let same_candidate = match (&previous.next_drop, &status.next_drop) {
-            (Some(before), Some(now)) => before.partition == now.partition,
-            _ => false,
-        };
-        let condition = previous
-            .conditions
-            .iter()
-            .find(|c| c.type_ == conditions::DROP_BLOCKED)?;
-        (same_candidate && condition.status == "True" && condition.reason == "RowsInsideRetention")
-            .then(|| (true, "RowsInsideRetention", condition.message.clone()))
+        report.condition(conditions::DROP_BLOCKED, blocked, reason, message);
     }
 
     fn ready_message(
@@ -523,71 +578,64 @@ impl Pass<'_> {
         }
         message
     }
-
-    fn set(
-        &self,
-        status: &mut PartitionScheduleStatus,
-        type_: &str,
-        on: bool,
-        reason: &str,
-        message: String,
-    ) {
-        set_condition(
-            &mut status.conditions,
-            ConditionUpdate {
-                type_,
-                status: on,
-                reason,
-                message,
-            },
-            self.schedule.metadata.generation,
-            self.now,
-        );
-    }
 }
 
-fn previous_message(previous: Option<&PartitionScheduleStatus>, type_: &str) -> String {
-    previous
-        .and_then(|s| s.conditions.iter().find(|c| c.type_ == type_))
+/// Outside the window no verification runs: a block found earlier for the
+/// same candidate still stands.
+fn still_blocked(
+    report: &StatusReport<'_, PartitionSchedule>,
+) -> Option<(bool, &'static str, String)> {
+    let previous = report.previous()?;
+    let same_candidate = match (&previous.next_drop, &report.status.next_drop) {
+        (Some(before), Some(now)) => before.partition == now.partition,
+        _ => false,
+    };
+    let condition = report.previous_condition(conditions::DROP_BLOCKED)?;
+    (same_candidate && condition.status == "True" && condition.reason == "RowsInsideRetention")
+        .then(|| (true, "RowsInsideRetention", condition.message.clone()))
+}
+
+/// The message of condition `type_` before this reconcile ("" when absent).
+fn previous_message(report: &StatusReport<'_, PartitionSchedule>, type_: &str) -> String {
+    report
+        .previous_condition(type_)
         .map(|c| c.message.clone())
         .unwrap_or_default()
 }
 
-fn warning(reason: &str, action: &str, note: String) -> Event {
-    Event {
-        type_: EventType::Warning,
-        reason: reason.into(),
-        action: action.into(),
-        note,
+/// The spec of the policy in force, when there is one.
+fn policy_spec(lookup: &PolicyLookup) -> Option<&RetentionPolicySpec> {
+    match lookup {
+        PolicyLookup::Found(spec) => Some(spec.as_ref()),
+        _ => None,
     }
 }
 
 fn action_events(creation: &CreateReport, drops: &DropRun) -> Vec<Event> {
-    let created = creation.created.iter().map(|name| Event {
-        type_: EventType::Normal,
-        reason: "PartitionCreated".into(),
-        action: "Create".into(),
-        note: format!("created {name}"),
-    });
-    let dropped = drops.dropped.iter().map(|d| Event {
-        type_: EventType::Normal,
-        reason: "PartitionDropped".into(),
-        action: "Drop".into(),
-        note: format!("detached and dropped {} {}", d.name, d.bounds),
+    let created = creation
+        .created
+        .iter()
+        .map(|name| Event::normal("PartitionCreated", "Create", format!("created {name}")));
+    let dropped = drops.dropped.iter().map(|d| {
+        Event::normal(
+            "PartitionDropped",
+            "Drop",
+            format!("detached and dropped {} {}", d.name, d.bounds),
+        )
     });
     created.chain(dropped).collect()
 }
 
 /// A warning event for each warning the previous status did not show yet,
 /// so a standing anomaly is announced once, not every requeue.
-fn warning_events(warnings: &[String], previous: Option<&PartitionScheduleStatus>) -> Vec<Event> {
-    let before = previous_message(previous, condition_types::READY);
+fn warning_events(warnings: &[String], report: &StatusReport<'_, PartitionSchedule>) -> Vec<Event> {
+    let before = previous_message(report, condition_types::READY);
     warnings
         .iter()
         .filter(|w| !before.contains(w.as_str()))
         .map(|w| {
             tracing::warn!(warning = %w, "partition anomaly");
-            warning("PartitionAnomaly", "Observe", w.clone())
+            Event::warning("PartitionAnomaly", "Observe", w.clone())
         })
         .collect()
 }

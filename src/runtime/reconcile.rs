@@ -6,6 +6,7 @@ use std::fmt::Debug;
 use std::future::Future;
 use std::time::Duration;
 
+use chrono::{DateTime, Utc};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::{Resource, ResourceExt};
 use serde::Serialize;
@@ -35,6 +36,27 @@ pub struct Event {
     /// PascalCase action, e.g. `Reconcile`.
     pub action: String,
     pub note: String,
+}
+
+impl Event {
+    /// A `Normal` event.
+    pub(crate) fn normal(reason: &str, action: &str, note: impl Into<String>) -> Self {
+        Self::new(EventType::Normal, reason, action, note)
+    }
+
+    /// A `Warning` event.
+    pub(crate) fn warning(reason: &str, action: &str, note: impl Into<String>) -> Self {
+        Self::new(EventType::Warning, reason, action, note)
+    }
+
+    fn new(type_: EventType, reason: &str, action: &str, note: impl Into<String>) -> Self {
+        Self {
+            type_,
+            reason: reason.into(),
+            action: action.into(),
+            note: note.into(),
+        }
+    }
 }
 
 /// What the cleanup of a deleted object found.
@@ -239,45 +261,113 @@ pub(crate) fn begin_status<K: Managed>(object: &K, ctx: &Context) -> (K::Status,
 pub fn finish<K: Managed>(
     object: &K,
     ctx: &Context,
-    mut status: K::Status,
+    status: K::Status,
     problems: &[String],
     ready_message: &str,
     requeue_after: Duration,
 ) -> Outcome<K::Status> {
+    let mut report = StatusReport::new(object, status, ctx.clock.now());
     let event = if problems.is_empty() {
-        set_condition(
-            status.conditions_mut(),
-            ConditionUpdate {
-                type_: condition_types::READY,
-                status: true,
-                reason: "Reconciled",
-                message: ready_message.to_string(),
-            },
-            object.meta().generation,
-            ctx.clock.now(),
-        );
-        Event {
-            type_: EventType::Normal,
-            reason: "Reconciled".into(),
-            action: "Reconcile".into(),
-            note: ready_message.to_string(),
-        }
+        report.condition(condition_types::READY, true, "Reconciled", ready_message);
+        Event::normal("Reconciled", "Reconcile", ready_message)
     } else {
-        Event {
-            type_: EventType::Warning,
-            reason: "InvalidSpec".into(),
-            action: "Validate".into(),
-            note: problems.join("; "),
-        }
+        Event::warning("InvalidSpec", "Validate", problems.join("; "))
     };
-    // Report an event only when something changed, so a steady object does
-    // not fill the event log every requeue.
-    let changed = object.status() != Some(&status);
-    Outcome {
-        status,
-        events: if changed { vec![event] } else { Vec::new() },
-        requeue_after,
+    report.event_if_changed(event);
+    report.into_outcome(requeue_after)
+}
+
+/// The status, conditions and events one reconcile writes, gathered in one
+/// place: every condition is stamped with the object's generation and the
+/// same instant, and the stored status (before this reconcile) stays at hand
+/// to decide which events are news.
+pub(crate) struct StatusReport<'a, K: Managed> {
+    object: &'a K,
+    pub(crate) status: K::Status,
+    pub(crate) events: Vec<Event>,
+    now: DateTime<Utc>,
+}
+
+impl<'a, K: Managed> StatusReport<'a, K> {
+    pub(crate) fn new(object: &'a K, status: K::Status, now: DateTime<Utc>) -> Self {
+        Self {
+            object,
+            status,
+            events: Vec::new(),
+            now,
+        }
     }
+
+    /// Sets condition `type_` (its transition time kept when `on` is unchanged).
+    pub(crate) fn condition(
+        &mut self,
+        type_: &str,
+        on: bool,
+        reason: &str,
+        message: impl Into<String>,
+    ) {
+        set_condition(
+            self.status.conditions_mut(),
+            ConditionUpdate {
+                type_,
+                status: on,
+                reason,
+                message: message.into(),
+            },
+            self.object.meta().generation,
+            self.now,
+        );
+    }
+
+    pub(crate) fn event(&mut self, event: Event) {
+        self.events.push(event);
+    }
+
+    /// Adds `event` only when the status differs from the stored one, so a
+    /// steady object does not fill the event log every requeue.
+    pub(crate) fn event_if_changed(&mut self, event: Event) {
+        if self.changed() {
+            self.events.push(event);
+        }
+    }
+
+    /// Whether the status differs from the stored one.
+    pub(crate) fn changed(&self) -> bool {
+        self.object.status() != Some(&self.status)
+    }
+
+    /// The stored status, before this reconcile.
+    pub(crate) fn previous(&self) -> Option<&'a K::Status> {
+        self.object.status()
+    }
+
+    /// Condition `type_` of the stored status.
+    pub(crate) fn previous_condition(&self, type_: &str) -> Option<&'a Condition> {
+        previous_condition(self.object, type_)
+    }
+
+    /// Whether condition `type_` was `True` in the stored status (None when absent).
+    pub(crate) fn was(&self, type_: &str) -> Option<bool> {
+        self.previous_condition(type_).map(|c| c.status == "True")
+    }
+
+    pub(crate) fn into_outcome(self, requeue_after: Duration) -> Outcome<K::Status> {
+        Outcome {
+            status: self.status,
+            events: self.events,
+            requeue_after,
+        }
+    }
+}
+
+/// Condition `type_` of the object's stored status.
+pub(crate) fn previous_condition<'a, K: Managed>(
+    object: &'a K,
+    type_: &str,
+) -> Option<&'a Condition> {
+    object
+        .status()
+        .and_then(|status| status.conditions().iter().find(|c| c.type_ == type_))
 }
 
 /// The previous status with `Ready` false and the error as its message.
@@ -304,10 +394,5 @@ pub fn failed_status<K: Managed>(
 
 /// The event that goes with a failed reconcile.
 pub fn failure_event(error: &ReconcileError) -> Event {
-    Event {
-        type_: EventType::Warning,
-        reason: "ReconcileFailed".into(),
-        action: "Reconcile".into(),
-        note: error.to_string(),
-    }
+    Event::warning("ReconcileFailed", "Reconcile", error.to_string())
 }
