@@ -151,7 +151,6 @@ async fn scenario(fail_after_accepting: bool) -> (bool, u32, DateTime<Utc>) {
 }
 
 #[tokio::test]
-#[ignore = "defect: a reconcile that stores a new tier table (growth 180 -> 400 days) and then fails leaves the previous table published; the PartitionSchedule drops a month holding a row the stored (enforced) table keeps"]
 async fn a_table_stored_by_a_failed_reconcile_is_the_one_drops_go_by() {
     let (still_there, published, now) = scenario(true).await;
     assert!(

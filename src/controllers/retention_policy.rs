@@ -78,6 +78,9 @@ async fn reconcile_policy(
         return Ok(pass.report_stopped(stopped));
     }
     let accepted = pass.accept_or_hold(&pool).await?;
+    // At once: the table now stored is the one enforcement deletes by, so it
+    // is the one partition drops go by, even when a later step fails.
+    pass.share_enforced(&accepted.enforced);
     let hold = pass.assess_hold(&pool, &accepted.decision).await?;
     let published = pass.publish_privacy_text(&accepted.enforced).await;
     let enforcement = pass.enforce(&pool, &accepted.enforced).await?;
@@ -85,7 +88,6 @@ async fn reconcile_policy(
         .refresh_drift(&pool, &accepted.enforced, &enforcement.step)
         .await?;
     let last_run = store::latest_run(&pool).await?;
-    pass.share_enforced(&accepted.enforced);
     Ok(pass.report_enforcing(Enforcing {
         accepted,
         hold,
