@@ -530,6 +530,94 @@ async fn a_retention_delete_of_the_month_does_not_deadlock_with_the_detach() {
     );
 }
 
+/// Defect: after the DETACH (ACCESS EXCLUSIVE on probe_minute, held to the
+/// end of the transaction), the detach waits for its SHARE lock on
+/// tenant_tier_history with retries and pauses. A billing transaction
+/// holding ROW EXCLUSIVE on the tier history (an open INSERT) therefore
+/// makes ingestion into probe_minute wait for every one of those lock
+/// waits, not for one `lock_timeout` at most.
+#[tokio::test]
+#[ignore = "defect: ingestion into probe_minute waits for all of the detach's tier-history lock retries, holding ACCESS EXCLUSIVE on probe_minute"]
+async fn ingestion_does_not_wait_for_the_tier_history_lock_retries() {
+    let db = TestDatabase::new().await;
+    one_old_month(&db).await;
+    archiver_operator::partitions::ensure_partitions(
+        &db.pool,
+        drop_now(),
+        1,
+        StdDuration::from_secs(1),
+    )
+    .await
+    .expect("the current month");
+    // Billing writes a tier row in a transaction that stays open a while.
+    let mut billing = db.pool.begin().await.unwrap();
+    sqlx::query(
+        "INSERT INTO tenant_tier_history (tenant_id, tier, valid_from) VALUES ($1, 'enterprise', $2)",
+    )
+    .bind(Uuid::from_u128(0x6f1c_0000_0000_4000_8000_0000_0000_0c04))
+    .bind(drop_now())
+    .execute(&mut *billing)
+    .await
+    .unwrap();
+    let lock = LockDiscipline {
+        lock_timeout: StdDuration::from_millis(300),
+        attempts: 10,
+        backoff: StdDuration::from_millis(100),
+    };
+    let drop = {
+        let pool = db.pool.clone();
+        tokio::spawn(async move {
+            let tiers = example_tiers();
+            let settings = DropSettings {
+                now: drop_now(),
+                lock,
+                tiers: &tiers,
+                actor: "attack",
+            };
+            removal::detach_and_drop(&pool, PARTITION, settings).await
+        })
+    };
+    // The detach waits for SHARE on the tier history, after its DETACH.
+    let started = Instant::now();
+    loop {
+        let waiting: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_locks WHERE NOT granted AND mode = 'ShareLock' \
+             AND relation = to_regclass('tenant_tier_history')",
+        )
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+        if waiting > 0 {
+            break;
+        }
+        assert!(
+            started.elapsed() < StdDuration::from_secs(20),
+            "no wait for the tier history"
+        );
+        tokio::time::sleep(StdDuration::from_millis(5)).await;
+    }
+    // The drain writes a current minute.
+    let started = Instant::now();
+    sqlx::query(
+        "INSERT INTO probe_minute (tenant_id, server_slug, region, minute_bucket, state) \
+         VALUES ($1, 'ent', 'us-east', $2, 'up')",
+    )
+    .bind(tenant())
+    .bind(drop_now())
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    let ingestion_wait = started.elapsed();
+    billing.commit().await.unwrap();
+    let outcome = drop.await.unwrap();
+    assert!(
+        ingestion_wait < lock.lock_timeout + lock.backoff,
+        "an insert of the current minute waited {ingestion_wait:?} (lock_timeout {:?}) behind \
+         the detach's tier-history lock retries; drop: {outcome:?}",
+        lock.lock_timeout
+    );
+}
+
 // ------------------------------------------------------------ range sets
 
 struct Rng(u64);
