@@ -253,7 +253,6 @@ async fn reattach_scenario(db: &TestDatabase, obstacle: Obstacle) -> Scenario {
 /// month stays detached — invisible to every query of probe_minute —
 /// on every later reconcile as well.
 #[tokio::test]
-#[ignore = "defect: a lock timeout during the re-ATTACH leaves the month detached with rows inside retention, and drop_leftover never attaches it again"]
 async fn a_lock_timeout_while_attaching_again_leaves_the_month_detached_with_rows() {
     let db = TestDatabase::new().await;
     let scenario = reattach_scenario(&db, Obstacle::LockOnParent).await;
@@ -285,7 +284,6 @@ async fn a_lock_timeout_while_attaching_again_leaves_the_month_detached_with_row
 /// lock waits (and the pauses between them): the SHARE lock on the tier
 /// history is taken before the ATTACH and held through all its retries.
 #[tokio::test]
-#[ignore = "defect: billing's write to tenant_tier_history waits for the re-ATTACH's lock waits (all retries), not only for a count"]
 async fn billing_does_not_wait_for_the_reattach_lock_waits() {
     let db = TestDatabase::new().await;
     let scenario = reattach_scenario(&db, Obstacle::LockOnParent).await;
@@ -304,7 +302,7 @@ async fn billing_does_not_wait_for_the_reattach_lock_waits() {
 /// detached table holding a row enforcement keeps, and the next reconcile
 /// refuses at its first count without saying the month is detached.
 #[tokio::test]
-#[ignore = "defect: a detached table whose schema drifted cannot be attached again; the month is left detached with rows inside retention"]
+#[ignore = "defect (open): a detached table whose schema drifted (a column added to probe_minute meanwhile) cannot be attached again; the month stays detached with rows inside retention and each reconcile reports the ATTACH error"]
 async fn a_drifted_detached_table_is_not_left_detached_with_rows() {
     let db = TestDatabase::new().await;
     let scenario = reattach_scenario(&db, Obstacle::SchemaDrift).await;
@@ -325,7 +323,6 @@ async fn a_drifted_detached_table_is_not_left_detached_with_rows() {
 /// returns, so the re-attach of `drop_detached` is never reached and the
 /// month stays a detached table on every reconcile.
 #[tokio::test]
-#[ignore = "defect: drop_leftover refuses a detached month with rows inside retention without attaching it again"]
 async fn a_leftover_with_rows_inside_retention_is_attached_again() {
     let db = TestDatabase::new().await;
     one_old_month(&db).await;
@@ -450,7 +447,7 @@ async fn reattach_then_next_cycles_tell_a_consistent_story() {
 /// DELETE (deadlock detected), or, when its check falls in a pause, the
 /// DELETE waits for every retry of the detach.
 #[tokio::test]
-#[ignore = "defect: a retention DELETE of the month being detached deadlocks with the DETACH retries (DELETE aborted with 40P01 or held for all retries)"]
+#[ignore = "defect (open, older than this session): a retention DELETE of the month being detached deadlocks (40P01) with the DETACH retries, which keep the SHARE lock on the partition between attempts; the DELETE is aborted and retried by the next batch"]
 async fn a_retention_delete_of_the_month_does_not_deadlock_with_the_detach() {
     let db = TestDatabase::new().await;
     one_old_month(&db).await;
@@ -537,7 +534,6 @@ async fn a_retention_delete_of_the_month_does_not_deadlock_with_the_detach() {
 /// makes ingestion into probe_minute wait for every one of those lock
 /// waits, not for one `lock_timeout` at most.
 #[tokio::test]
-#[ignore = "defect: ingestion into probe_minute waits for all of the detach's tier-history lock retries, holding ACCESS EXCLUSIVE on probe_minute"]
 async fn ingestion_does_not_wait_for_the_tier_history_lock_retries() {
     let db = TestDatabase::new().await;
     one_old_month(&db).await;
@@ -625,7 +621,6 @@ async fn ingestion_does_not_wait_for_the_tier_history_lock_retries() {
 /// section 5: time without a tier row is never expired), counts as past
 /// retention for the guard (and enforcement, which reads the same clamp).
 #[tokio::test]
-#[ignore = "defect: a valid_from after 9999-12-31 clamped down makes a gap before it covered; the guard counts a row the rule keeps as expired"]
 async fn a_clamped_far_valid_from_does_not_cover_a_gap() {
     let db = TestDatabase::new().await;
     sqlx::query(

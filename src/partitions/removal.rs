@@ -254,6 +254,8 @@ pub async fn drop_leftover(
     )
     .await?;
     if rows > 0 {
+        // Its rows are kept after all: back into probe_minute.
+        attach_again(&mut conn, name, bounds, rows, settings).await?;
         return Err(PartitionError::RowsInsideRetention {
             partition: name.to_string(),
             rows,
@@ -373,7 +375,15 @@ async fn detach(
     // the DETACH waited for its lock. Under a SHARE lock on the tier history
     // nothing changes until the commit, and it is held only for this count
     // (billing's writes wait that long, never for a lock wait of ours).
-    let rows = locked_count(&mut tx, qualified, settings, &mut attempt, name).await?;
+    // One attempt only: this transaction holds ACCESS EXCLUSIVE on
+    // probe_minute now, and ingestion must not wait for our retries. A lost
+    // wait rolls the DETACH back; the next reconcile tries again.
+    let once = LockDiscipline {
+        attempts: 1,
+        ..settings.lock
+    };
+    let mut once_attempt = 1;
+    let rows = locked_count(&mut tx, qualified, settings, once, &mut once_attempt, name).await?;
     if rows > 0 {
         // Dropping the transaction rolls the DETACH back.
         return Err(PartitionError::RowsInsideRetention {
@@ -407,10 +417,10 @@ async fn locked_count(
     tx: &mut PgConnection,
     qualified: &str,
     settings: DropSettings<'_>,
+    lock: LockDiscipline,
     attempt: &mut u32,
     name: &str,
 ) -> Result<i64, PartitionError> {
-    let lock = settings.lock;
     retry_locked(tx, LOCK_TIER_HISTORY, lock, attempt)
         .await
         .map_err(|e| {
@@ -498,8 +508,8 @@ enum DropStep {
     /// The table is not a detached table any more.
     NotDetached,
     /// Rows became inside retention since the detach (billing recorded a
-    /// longer tier meanwhile): the table was attached again.
-    Reattached {
+    /// longer tier meanwhile): the table is to be attached again.
+    Keep {
         rows: i64,
     },
 }
@@ -549,40 +559,12 @@ async fn drop_detached(
         retry_locked(&mut tx, &statement, lock, &mut attempt)
             .await
             .map_err(|e| lock_error(e, "drop", name, attempt, lock, format!("locking {name}")))?;
-        let rows = locked_count(&mut tx, &quoted, settings, &mut attempt, name).await?;
+        let rows = locked_count(&mut tx, &quoted, settings, lock, &mut attempt, name).await?;
         if rows > 0 {
-            let statement = format!(
-                "ALTER TABLE {TABLE} ATTACH PARTITION {quoted} FOR VALUES FROM ('{}') TO ('{}')",
-                bounds.from.to_rfc3339(),
-                bounds.to.to_rfc3339()
-            );
-            retry_locked(&mut tx, &statement, lock, &mut attempt)
-                .await
-                .map_err(|e| {
-                    lock_error(
-                        e,
-                        "drop",
-                        name,
-                        attempt,
-                        lock,
-                        format!("attaching {name} again"),
-                    )
-                })?;
-            audit::record(
-                &mut *tx,
-                settings.now,
-                actions::ABANDONED,
-                name,
-                settings.actor,
-                serde_json::json!({
-                    "table": TABLE, "step": "drop", "from": bounds.from, "to": bounds.to,
-                    "rowsInsideRetention": rows, "attachedAgain": true,
-                }),
-            )
-            .await
-            .map_err(sql("recording the attach of"))?;
-            tx.commit().await.map_err(sql("committing the attach of"))?;
-            return Ok(DropStep::Reattached { rows });
+            // Rolled back when the transaction is dropped: the tier history
+            // is free again before the table is attached (keeping is safe
+            // without it).
+            return Ok(DropStep::Keep { rows });
         }
         let statement = format!("DROP TABLE {quoted}");
         retry_locked(&mut tx, &statement, lock, &mut attempt)
@@ -613,8 +595,8 @@ async fn drop_detached(
             partition: name.to_string(),
             reason: "it is not a detached table any more; left as is".into(),
         }),
-        Ok(DropStep::Reattached { rows }) => {
-            tracing::warn!(partition = %name, %bounds, rows, "rows became inside retention after the detach; attached again");
+        Ok(DropStep::Keep { rows }) => {
+            attach_again(conn, name, bounds, rows, settings).await?;
             Err(PartitionError::RowsInsideRetention {
                 partition: name.to_string(),
                 rows,
@@ -622,6 +604,75 @@ async fn drop_detached(
         }
         Err(error) => {
             abandon(conn, name, "drop", &error, settings).await;
+            Err(error)
+        }
+    }
+}
+
+/// Attaches the detached table `name` to probe_minute again with the bounds
+/// it was detached with, because `rows` of it are inside retention after
+/// all: a month is never left detached holding rows that must be kept (they
+/// would be invisible to every query of probe_minute). Its own transaction,
+/// without the tier history's lock, under `lock_timeout` with retries; when
+/// it fails the table stays detached and the next reconcile tries again
+/// (`drop_leftover`), and the error says so.
+async fn attach_again(
+    conn: &mut PgConnection,
+    name: &str,
+    bounds: Bounds,
+    rows: i64,
+    settings: DropSettings<'_>,
+) -> Result<(), PartitionError> {
+    let lock = settings.lock;
+    let quoted = super::quote_ident(name);
+    let mut attempt = 1;
+    let result = async {
+        let sql = |context: &str| db_error(format!("{context} {name}"));
+        let mut tx = conn.begin().await.map_err(sql("starting the attach of"))?;
+        lock.apply(&mut tx)
+            .await
+            .map_err(sql("setting lock_timeout to attach"))?;
+        let statement = format!(
+            "ALTER TABLE {TABLE} ATTACH PARTITION {quoted} FOR VALUES FROM ('{}') TO ('{}')",
+            bounds.from.to_rfc3339(),
+            bounds.to.to_rfc3339()
+        );
+        retry_locked(&mut tx, &statement, lock, &mut attempt)
+            .await
+            .map_err(|e| {
+                lock_error(
+                    e,
+                    "attach",
+                    name,
+                    attempt,
+                    lock,
+                    format!("attaching {name} again"),
+                )
+            })?;
+        audit::record(
+            &mut *tx,
+            settings.now,
+            actions::ABANDONED,
+            name,
+            settings.actor,
+            serde_json::json!({
+                "table": TABLE, "step": "drop", "from": bounds.from, "to": bounds.to,
+                "rowsInsideRetention": rows, "attachedAgain": true,
+            }),
+        )
+        .await
+        .map_err(sql("recording the attach of"))?;
+        tx.commit().await.map_err(sql("committing the attach of"))
+    }
+    .await;
+    match result {
+        Ok(()) => {
+            tracing::warn!(partition = %name, %bounds, rows, "rows are inside retention after the detach; attached again");
+            Ok(())
+        }
+        Err(error) => {
+            tracing::error!(partition = %name, %bounds, rows, %error, "a detached month holds rows inside retention and could not be attached again; the next reconcile tries again");
+            abandon(conn, name, "attach", &error, settings).await;
             Err(error)
         }
     }

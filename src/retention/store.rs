@@ -222,12 +222,17 @@ fn span_of(
 
 /// `valid_from, valid_to` as instants chrono can hold: PostgreSQL accepts
 /// `infinity`, `-infinity` and years past chrono's 262142, which would panic
-/// while decoding. A bound at or past 9999-12-31 is no end (`valid_to` NULL;
-/// GREATEST would turn a NULL into year 1, hence the explicit test)
-/// and a start before year 1 is year 1; no row of data lies outside those.
-const TIER_BOUNDS: &str = "LEAST(GREATEST(valid_from, '0001-01-01 00:00+00'), '9999-12-31 00:00+00') AS valid_from, \
-     CASE WHEN valid_to IS NULL OR valid_to >= '9999-12-31 00:00+00' THEN NULL \
+/// while decoding. `-infinity` and a start before year 1 read as year 1 and
+/// an end from year 262000 on as no end (`valid_to` NULL; GREATEST would
+/// turn a NULL into year 1, hence the explicit test); rows starting from
+/// year 262000 on are left out ([`TIER_ROWS_IN_RANGE`]), so their time reads
+/// as untiered, which keeps. Every change only widens what is kept, and no
+/// data lies outside those years.
+const TIER_BOUNDS: &str = "GREATEST(valid_from, '0001-01-01 00:00+00') AS valid_from, \
+     CASE WHEN valid_to IS NULL OR valid_to >= '262000-01-01 00:00+00' THEN NULL \
           ELSE GREATEST(valid_to, '0001-01-01 00:00+00') END AS valid_to";
+/// The tier rows [`TIER_BOUNDS`] can read.
+const TIER_ROWS_IN_RANGE: &str = "valid_from < '262000-01-01 00:00+00'";
 
 /// The tier rows of one tenant.
 pub async fn tier_spans(
@@ -236,7 +241,7 @@ pub async fn tier_spans(
 ) -> Result<Vec<TierSpan>, RetentionError> {
     let rows: Vec<SpanRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "SELECT tier, {TIER_BOUNDS}, contract_minute_retention_days FROM tenant_tier_history \
-         WHERE tenant_id = $1 ORDER BY valid_from",
+         WHERE tenant_id = $1 AND {TIER_ROWS_IN_RANGE} ORDER BY valid_from",
     )))
     .bind(tenant)
     .fetch_all(executor)
@@ -254,7 +259,7 @@ pub async fn all_tier_spans(
 ) -> Result<BTreeMap<Uuid, Vec<TierSpan>>, RetentionError> {
     let rows: Vec<TenantSpanRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "SELECT tenant_id, tier, {TIER_BOUNDS}, contract_minute_retention_days FROM tenant_tier_history \
-         ORDER BY tenant_id, valid_from",
+         WHERE {TIER_ROWS_IN_RANGE} ORDER BY tenant_id, valid_from",
     )))
     .fetch_all(executor)
     .await
