@@ -90,7 +90,6 @@ async fn metacharacters_prefixes_case_and_unicode_are_compared_literally() {
 /// is not `namespace/name` is not the scope's to retire; the query only
 /// checks the prefix `teamx/`.
 #[tokio::test]
-#[ignore = "defect: RetireScope::Namespace(\"teamx\") retires the row whose object is \"teamx/team/h\" (not namespace/name)"]
 async fn an_object_with_two_slashes_is_not_namespace_slash_name() {
     let db = TestDatabase::new().await;
     rows(&db, &[(1, "teamx/team/h"), (2, "teamx/a")]).await;
@@ -106,7 +105,6 @@ async fn an_object_with_two_slashes_is_not_namespace_slash_name() {
 /// `team/` names no object (empty name); the controller never writes it,
 /// and the scope must not own it either.
 #[tokio::test]
-#[ignore = "defect: RetireScope::Namespace(\"team\") retires the row whose object is \"team/\" (empty name)"]
 async fn an_object_with_an_empty_name_is_not_namespace_slash_name() {
     let db = TestDatabase::new().await;
     rows(&db, &[(1, "team/"), (2, "team/a")]).await;
