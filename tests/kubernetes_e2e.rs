@@ -513,8 +513,8 @@ async fn examples_applied_with_kubectl_become_ready_and_the_deletion_completes()
         .expect("the chart renders the operator's ServiceAccount")
         .to_string();
     for object in &rbac {
-        let applied = cluster.kubectl_with_stdin(&["apply", "-f", "-"], Some(&object.to_string()));
-        assert!(applied.success, "{object}: {}", applied.stderr);
+        // Another test may be applying the same cluster-scoped role.
+        flows::apply(cluster, object);
     }
     let credentials = tempfile::tempdir().expect("a directory for the kubeconfig");
     let kubeconfig = credentials.path().join("operator.kubeconfig");
@@ -905,8 +905,8 @@ async fn when_the_leader_is_killed_the_other_operator_takes_over_within_the_leas
     let database = archiver_operator::testing::TestDatabase::new().await;
     let rbac = chart_rbac(namespace, &serde_json::json!({"watchNamespace": namespace}));
     for object in &rbac {
-        let applied = cluster.kubectl_with_stdin(&["apply", "-f", "-"], Some(&object.to_string()));
-        assert!(applied.success, "{object}: {}", applied.stderr);
+        // Another test may be applying the same cluster-scoped role.
+        flows::apply(cluster, object);
     }
     // Each operator runs under its own ServiceAccount, bound to the chart's
     // Roles, so that the audit log tells their requests apart.
@@ -1145,8 +1145,7 @@ async fn when_the_leader_is_killed_the_other_operator_takes_over_within_the_leas
 }
 
 fn apply_json(cluster: &ControlPlane, object: &Value) {
-    let applied = cluster.kubectl_with_stdin(&["apply", "-f", "-"], Some(&object.to_string()));
-    assert!(applied.success, "{object}: {}", applied.stderr);
+    flows::apply(cluster, object);
 }
 
 // ---------------------------------------------------------------------------
