@@ -93,6 +93,18 @@ impl Measured {
     }
 }
 
+/// The three load averages of `/proc/loadavg`, as they read.
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|text| {
+            text.split_whitespace()
+                .take(3)
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
+        .unwrap_or_else(|error| format!("unreadable: {error}"))
+}
+
 /// One measured minute, inside a transaction that is rolled back, so every
 /// run does the same work on the same state.
 async fn measure_minute(pool: &PgPool, minute: DateTime<Utc>) -> anyhow::Result<f64> {
@@ -132,6 +144,7 @@ async fn run() -> anyhow::Result<String> {
         .execute(pool)
         .await?;
 
+    let load_before = loadavg();
     // Start of day: probe_day has nothing of today yet.
     let mut start = Measured {
         label: "per-minute maintenance, 250k-row minute at 00:00 (start of day)",
@@ -171,17 +184,20 @@ async fn run() -> anyhow::Result<String> {
         full.seconds.push(started.elapsed().as_secs_f64());
     }
 
+    let load_after = loadavg();
     let (s, e, f) = (start.median(), end.median(), full.median());
     let verdict = |ok: bool| if ok { "**met**" } else { "**not met**" };
     let mut out = String::new();
     out.push_str("## Derived views (`cargo bench --bench views`)\n\n");
     out.push_str(&format!(
-        "Run {} UTC. Resident: {} rows in probe_minute ({} servers x 5 regions x 1,438 minutes, plus two 250,000-row minutes of {} servers); seeding took {:.0} s (not measured). The machine also ran other builds and tests during this run, so absolute times are pessimistic. PostgreSQL is the throw-away server of `src/local_servers.rs` (fsync off). {RUNS} runs each; each per-minute run is rolled back so all runs do the same work.\n\n",
+        "Run {} UTC. Resident: {} rows in probe_minute ({} servers x 5 regions x 1,438 minutes, plus two 250,000-row minutes of {} servers); seeding took {:.0} s (not measured). `/proc/loadavg` before the measured runs: `{}`, after: `{}` (the bench and its PostgreSQL alone keep about one of the 2 cores busy; more means other work shared the machine). PostgreSQL is the throw-away server of `src/local_servers.rs` (fsync off). {RUNS} runs each; each per-minute run is rolled back so all runs do the same work.\n\n",
         Utc::now().format("%Y-%m-%d %H:%M"),
         rows,
         RESIDENT_SERVERS,
         MINUTE_SERVERS,
-        seeded.as_secs_f64()
+        seeded.as_secs_f64(),
+        load_before,
+        load_after
     ));
     out.push_str("| What | Runs | Median s | Min–max s |\n|---|---:|---:|---:|\n");
     for measured in [&mut start, &mut end, &mut full] {

@@ -406,3 +406,45 @@ async fn the_check_runs_without_an_active_shard_and_run_once_reports_it() {
             .unwrap();
     assert_eq!(recorded, Some(false), "{printed}");
 }
+
+/// The soak's minute 2: 80 clusters in the last two minutes, upserted
+/// minute after minute (each upsert a new row version in both indexes),
+/// then analyzed. With sequential scans made unattractive, the planner
+/// costed the unique key's index (it also finds `minute_bucket = $1`) below
+/// `suppression_clusters_recent` and chose it; the index is healthy, so no
+/// problem may be reported. This test failed before the ordered second
+/// question of the check.
+#[tokio::test]
+async fn a_small_upserted_table_where_the_key_index_wins_is_not_reported() {
+    let db = TestDatabase::new().await;
+    let now = now();
+    sqlx::query(
+        "INSERT INTO suppression_clusters (error_kind, asn, registry_of_origin, minute_bucket, \
+             contributing_tenant_count, contributing_tenant_hashes, contributing_pair_count) \
+         SELECT 'kind-' || (g % 7), 64500 + g, 'registry-' || (g % 3), \
+                date_trunc('minute', $1::timestamptz) - (1 + g % 2) * interval '1 minute', \
+                2 + g % 5, ARRAY[md5(g::text) || md5(g::text), md5(g::text)], 3 \
+         FROM generate_series(1, 80) g",
+    )
+    .bind(now)
+    .execute(&db.pool)
+    .await
+    .expect("insert clusters");
+    for _ in 0..60 {
+        execute(
+            &db.pool,
+            "UPDATE suppression_clusters SET contributing_tenant_count = contributing_tenant_count + 1, \
+             updated_at = now()",
+        )
+        .await;
+    }
+    execute(&db.pool, "ANALYZE suppression_clusters").await;
+    let found = check(&db.pool).await;
+    assert_eq!(found.problem, None, "{found:?}");
+    assert!(
+        found
+            .plan_without_seqscan
+            .contains("suppression_clusters_recent"),
+        "{found:?}"
+    );
+}

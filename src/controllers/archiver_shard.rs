@@ -352,9 +352,16 @@ pub fn apply_health(
     generation: Option<i64>,
     now: DateTime<Utc>,
 ) {
-    let lag = health.lag_seconds(now);
+    fill_drain_fields(status, health, now);
+    for update in health_conditions(health, lag_slo_seconds, now) {
+        set_condition(&mut status.conditions, update, generation, now);
+    }
+}
+
+/// The drain's own status fields: where it is and what its last tick did.
+fn fill_drain_fields(status: &mut ArchiverShardStatus, health: &ShardHealth, now: DateTime<Utc>) {
     status.last_archived_minute = Some(health.last_minute);
-    status.lag_seconds = Some(lag);
+    status.lag_seconds = Some(health.lag_seconds(now));
     status.lock_owner = Some(health.owner.clone());
     status.rows_archived_last_tick = Some(health.rows_archived_last_tick);
     status.rows_rejected_last_tick = Some(health.rows_rejected_last_tick);
@@ -373,27 +380,41 @@ pub fn apply_health(
     status.stray_keys = health.stray_keys;
     status.stray_key_examples = health.stray_key_examples.clone();
     status.stray_audit_time = health.stray_audit_at;
+}
+
+/// One condition: `on` picks the reason, `message` says why.
+fn condition<'a>(
+    type_: &'a str,
+    on: bool,
+    reason_on: &'a str,
+    reason_off: &'a str,
+    message: String,
+) -> ConditionUpdate<'a> {
+    ConditionUpdate {
+        type_,
+        status: on,
+        reason: if on { reason_on } else { reason_off },
+        message,
+    }
+}
+
+/// The drain's conditions as `health` shows them: lag against the SLO, a
+/// missing minute (or a sharp drop in keys), a missing partition and, once
+/// audited, stray keys.
+fn health_conditions(
+    health: &ShardHealth,
+    lag_slo_seconds: u32,
+    now: DateTime<Utc>,
+) -> Vec<ConditionUpdate<'static>> {
+    let lag = health.lag_seconds(now);
     let message = health.last_error.clone().unwrap_or_default();
-    let mut set = |type_, on: bool, reason_on, reason_off, text: String| {
-        set_condition(
-            &mut status.conditions,
-            ConditionUpdate {
-                type_,
-                status: on,
-                reason: if on { reason_on } else { reason_off },
-                message: text,
-            },
-            generation,
-            now,
-        );
-    };
-    set(
+    let mut updates = vec![condition(
         health::conditions::LAG_WITHIN_SLO,
         lag <= i64::from(lag_slo_seconds),
         "LagWithinSLO",
         "LagAboveSLO",
         format!("lag {lag} s, SLO {lag_slo_seconds} s"),
-    );
+    )];
     let gap = health.waiting("gap");
     // A sharp drop in keys is a warning, not a hold: the condition stays
     // False but says why someone should look.
@@ -401,7 +422,7 @@ pub fn apply_health(
         Some(warning) => ("FewerKeysThanBefore", warning.clone()),
         None => ("NoGap", String::new()),
     };
-    set(
+    updates.push(condition(
         health::conditions::GAP_DETECTED,
         gap,
         "MinuteMissing",
@@ -411,22 +432,23 @@ pub fn apply_health(
         } else {
             no_gap_message
         },
-    );
+    ));
     let missing = health.waiting("partition-missing");
-    set(
+    updates.push(condition(
         health::conditions::PARTITION_MISSING,
         missing,
         "NoPartition",
         "PartitionsPresent",
         if missing { message } else { String::new() },
-    );
+    ));
     if let Some(count) = health.stray_keys {
-        set(
+        updates.push(condition(
             health::conditions::STRAY_KEYS,
             count > 0,
             "StrayKeysFound",
             "NoStrayKeys",
             health::stray_message(count, &health.stray_key_examples),
-        );
+        ));
     }
+    updates
 }

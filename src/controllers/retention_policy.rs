@@ -17,7 +17,7 @@ use crate::retention::directory::InForce;
 use crate::retention::enforce::{self, Enforcer, StepReport, next_window_start};
 use crate::retention::guard::{self, Candidate, Decision};
 use crate::retention::store::{self, Acceptance, AcceptedAs, DriftRow, EnforcedPolicy, RunRow};
-use crate::retention::tiers::{Table, policy_hash, spec_problems};
+use crate::retention::tiers::{Table, WindowChange, policy_hash, spec_problems};
 use crate::retention::{RetentionError, privacy};
 use crate::runtime::context::Context;
 use crate::runtime::reconcile::{
@@ -284,22 +284,9 @@ impl<'a> Pass<'a> {
     /// tier table to enforce: the new one, or the stored one while a shrink
     /// is held.
     async fn accept_or_hold(&self, pool: &sqlx::PgPool) -> Result<Accepted, RetentionError> {
-        let policy = self.policy;
-        let hash = self.hash.as_str();
-        let now = self.ctx.clock.now();
-        let enforced = store::enforced_policy(pool).await?;
-        let candidate = Candidate {
-            policy: &self.label,
-            generation: policy.meta().generation,
-            spec: &policy.spec,
-            policy_hash: hash,
-            confirmation: policy
-                .annotations()
-                .get(CONFIRM_SHRINK_ANNOTATION)
-                .map(String::as_str),
-        };
-        let decision = guard::decide(enforced.as_ref(), &candidate);
-        let (enforced, accepted_note) = match (&decision, enforced) {
+        let stored = store::enforced_policy(pool).await?;
+        let decision = guard::decide(stored.as_ref(), &self.candidate());
+        let (enforced, accepted_note) = match (&decision, stored) {
             (
                 Decision::Accept {
                     accepted_as,
@@ -308,44 +295,10 @@ impl<'a> Pass<'a> {
                 },
                 previous,
             ) => {
-                let previous_hash = previous.as_ref().map(|p| p.policy_hash.clone());
-                store::accept(
-                    pool,
-                    &Acceptance {
-                        policy: &self.label,
-                        generation: policy.meta().generation,
-                        spec: &policy.spec,
-                        policy_hash: hash,
-                        accepted_as: *accepted_as,
-                        previous_hash: previous_hash.as_deref(),
-                        changes,
-                        guard_percent: *guard_percent,
-                        at: now,
-                    },
-                )
-                .await?;
-                let note = (*accepted_as != AcceptedAs::SameTiers).then(|| {
-                    let what: Vec<String> = changes.iter().map(ToString::to_string).collect();
-                    match accepted_as {
-                        AcceptedAs::FirstPolicy => {
-                            format!("first tier table {hash} is now enforced")
-                        }
-                        _ => format!(
-                            "tier table {hash} is now enforced ({}): {}",
-                            accepted_as.as_str(),
-                            what.join(", ")
-                        ),
-                    }
-                });
-                let accepted = EnforcedPolicy {
-                    policy_hash: hash.to_string(),
-                    policy: self.label.clone(),
-                    generation: policy.meta().generation,
-                    spec: policy.spec.clone(),
-                    accepted_at: now,
-                    accepted_as: accepted_as.as_str().into(),
-                };
-                (accepted, note)
+                let enforced = self
+                    .store_accepted(pool, *accepted_as, changes, *guard_percent, previous)
+                    .await?;
+                (enforced, self.acceptance_note(*accepted_as, changes))
             }
             (_, Some(previous)) => (previous, None),
             (_, None) => {
@@ -359,6 +312,78 @@ impl<'a> Pass<'a> {
             decision,
             accepted_note,
         })
+    }
+
+    /// What the shrink guard judges: this policy's tier table and its
+    /// confirmation annotation, if any.
+    fn candidate(&self) -> Candidate<'_> {
+        Candidate {
+            policy: &self.label,
+            generation: self.policy.meta().generation,
+            spec: &self.policy.spec,
+            policy_hash: &self.hash,
+            confirmation: self
+                .policy
+                .annotations()
+                .get(CONFIRM_SHRINK_ANNOTATION)
+                .map(String::as_str),
+        }
+    }
+
+    /// Stores the accepted tier table (with its audit of what changed) and
+    /// returns it as the table now enforced.
+    async fn store_accepted(
+        &self,
+        pool: &sqlx::PgPool,
+        accepted_as: AcceptedAs,
+        changes: &[WindowChange],
+        guard_percent: Option<u32>,
+        previous: Option<EnforcedPolicy>,
+    ) -> Result<EnforcedPolicy, RetentionError> {
+        let now = self.ctx.clock.now();
+        let generation = self.policy.meta().generation;
+        let previous_hash = previous.map(|p| p.policy_hash);
+        store::accept(
+            pool,
+            &Acceptance {
+                policy: &self.label,
+                generation,
+                spec: &self.policy.spec,
+                policy_hash: &self.hash,
+                accepted_as,
+                previous_hash: previous_hash.as_deref(),
+                changes,
+                guard_percent,
+                at: now,
+            },
+        )
+        .await?;
+        Ok(EnforcedPolicy {
+            policy_hash: self.hash.clone(),
+            policy: self.label.clone(),
+            generation,
+            spec: self.policy.spec.clone(),
+            accepted_at: now,
+            accepted_as: accepted_as.as_str().into(),
+        })
+    }
+
+    /// The event text of an acceptance that changed the tier table; none
+    /// when the tiers stayed the same.
+    fn acceptance_note(&self, accepted_as: AcceptedAs, changes: &[WindowChange]) -> Option<String> {
+        let hash = &self.hash;
+        match accepted_as {
+            AcceptedAs::SameTiers => None,
+            AcceptedAs::FirstPolicy => Some(format!("first tier table {hash} is now enforced")),
+            _ => {
+                let what: Vec<String> = changes.iter().map(ToString::to_string).collect();
+                Some(format!(
+                    "tier table {hash} is now enforced ({}): {}",
+                    accepted_as.as_str(),
+                    what.join(", ")
+                ))
+            }
+        }
     }
 
     /// For a held shrink: what it would delete (counted once per held

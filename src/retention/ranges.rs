@@ -183,7 +183,7 @@ fn span_window_days(
     table: Table,
     contracts: Contracts,
 ) -> u32 {
-    if table == Table::ProbeMinute && tier == Tier::CONTRACT {
+    if table.contract_extends() && tier == Tier::CONTRACT {
         let retention = tiers.of(tier);
         let capped = contract_minute_days(retention, span.contract_minute_days);
         return match (contracts, span.contract_minute_days) {

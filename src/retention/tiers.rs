@@ -125,6 +125,11 @@ impl Table {
         self.0.granularity()
     }
 
+    /// Whether a contract extends this table's window (the catalogue's rule).
+    pub(crate) fn contract_extends(self) -> bool {
+        self.0.retention().contract_extends()
+    }
+
     /// The columns naming a row's tenant and server (per-tenant tables).
     pub fn owner_columns(self) -> Option<(&'static str, &'static str)> {
         self.0.owner_columns()

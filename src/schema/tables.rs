@@ -126,6 +126,13 @@ impl Retention {
     pub(crate) const fn is_cross_tenant(self) -> bool {
         matches!(self, Self::LongestDaily | Self::ShortestPerMinute)
     }
+
+    /// Whether a tenant's contract (`contractMinuteDays` of the `contract`
+    /// tier) extends the window: it does for the per-tenant per-minute
+    /// window only, the one the contract's term is written for.
+    pub(crate) const fn contract_extends(self) -> bool {
+        matches!(self, Self::TierWindow(Window::PerMinute))
+    }
 }
 
 /// Everything the catalogue says about one table.
