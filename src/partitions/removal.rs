@@ -8,8 +8,11 @@
 //! 4. one short transaction takes a SHARE lock on the partition (writers to
 //!    it wait, readers do not), verifies again under that lock, and runs a
 //!    plain `DETACH PARTITION` under `lock_timeout`; a lost lock wait rolls
-//!    back to a savepoint and tries again after a pause, keeping the
-//!    verification valid; then, under a SHARE lock on `tenant_tier_history`
+//!    the whole attempt (lock, verification, DETACH) back to its savepoint
+//!    and tries again after a pause, so nothing of ours is held during the
+//!    pause (a writer that got `probe_minute` meanwhile would otherwise
+//!    wait for the partition while our DETACH waits for it: a deadlock);
+//!    then, under a SHARE lock on `tenant_tier_history`
 //!    (billing may have recorded a tier while the DETACH waited), the count
 //!    that decides: rows inside retention roll the DETACH back;
 //! 5. the intent to drop is committed; the drop's transaction locks the
@@ -338,7 +341,6 @@ async fn detach(
 ) -> Result<u32, PartitionError> {
     let lock = settings.lock;
     let context = |what: &str| format!("{what} {name}");
-    let mut attempt = 1;
     let mut tx = conn
         .begin()
         .await
@@ -346,31 +348,41 @@ async fn detach(
     lock.apply(&mut tx)
         .await
         .map_err(db_error("setting lock_timeout"))?;
-    // SHARE: no row can be written into the partition from here on, while
-    // readers carry on. The bounds are read again under it.
-    let statement = format!("LOCK TABLE {qualified} IN SHARE MODE");
-    retry_locked(&mut tx, &statement, lock, &mut attempt)
-        .await
-        .map_err(|e| lock_error(e, "lock", name, attempt, lock, context("locking")))?;
-    let (_, locked_bounds) = attached_bounds_in(&mut tx, name).await?;
-    if locked_bounds != bounds {
-        return Err(PartitionError::NotAPartition {
-            partition: name.to_string(),
-            reason: format!("its bounds changed to {locked_bounds} while it was being dropped"),
-        });
+    // Each attempt locks, verifies and detaches inside one savepoint, and a
+    // lost lock wait rolls all of it back: during the pause before the next
+    // attempt this transaction holds no lock on the partition, so a writer
+    // that got probe_minute meanwhile (retention's DELETE of this month)
+    // finishes instead of waiting for the partition while our next DETACH
+    // waits for it on probe_minute (a lock cycle: deadlock).
+    let mut attempt = 1;
+    loop {
+        let mut savepoint = tx
+            .begin()
+            .await
+            .map_err(db_error(context("taking a savepoint to detach")))?;
+        match detach_attempt(&mut savepoint, name, qualified, bounds, settings).await {
+            Ok(()) => {
+                savepoint
+                    .commit()
+                    .await
+                    .map_err(db_error(context("releasing the savepoint of")))?;
+                break;
+            }
+            Err(AttemptError::LockLost { step, source }) => {
+                savepoint
+                    .rollback()
+                    .await
+                    .map_err(db_error(context("rolling back the attempt to detach")))?;
+                if attempt >= lock.attempts {
+                    return Err(lock_error(source, step, name, attempt, lock, context(step)));
+                }
+                tracing::info!(partition = %name, step, attempt, "lock wait lost; retrying");
+                attempt += 1;
+                tokio::time::sleep(lock.backoff).await;
+            }
+            Err(AttemptError::Failed(error)) => return Err(error),
+        }
     }
-    guard(name, locked_bounds, settings.now, "detach")?;
-    let rows = rows_inside_retention(&mut tx, qualified, settings.now, settings.tiers).await?;
-    if rows > 0 {
-        return Err(PartitionError::RowsInsideRetention {
-            partition: name.to_string(),
-            rows,
-        });
-    }
-    let statement = format!("ALTER TABLE {TABLE} DETACH PARTITION {qualified}");
-    retry_locked(&mut tx, &statement, lock, &mut attempt)
-        .await
-        .map_err(|e| lock_error(e, "detach", name, attempt, lock, context("detaching")))?;
     // The count that decides: billing may have recorded a tier row while
     // the DETACH waited for its lock. Under a SHARE lock on the tier history
     // nothing changes until the commit, and it is held only for this count
@@ -409,6 +421,72 @@ async fn detach(
         .map_err(db_error(context("committing the detach of")))?;
     tracing::info!(partition = %name, %bounds, attempts = attempt, "detached partition");
     Ok(attempt)
+}
+
+/// How one attempt to detach ended, when it did not detach.
+enum AttemptError {
+    /// A lock wait was lost (`lock_timeout`, or a deadlock PostgreSQL
+    /// broke): worth another attempt after a pause.
+    LockLost {
+        step: &'static str,
+        source: sqlx::Error,
+    },
+    /// Anything else, rows inside retention included: the drop stops.
+    Failed(PartitionError),
+}
+
+/// One attempt, each statement waiting at most `lock_timeout`: a SHARE
+/// lock on the partition (no row can be written into it from here on,
+/// while readers carry on), the bounds read again and the guard and the
+/// verification under it, then the `DETACH`.
+async fn detach_attempt(
+    tx: &mut PgConnection,
+    name: &str,
+    qualified: &str,
+    bounds: Bounds,
+    settings: DropSettings<'_>,
+) -> Result<(), AttemptError> {
+    let locked = |step: &'static str, what: &'static str| {
+        move |source: sqlx::Error| {
+            if is_lock_conflict(&source) {
+                AttemptError::LockLost { step, source }
+            } else {
+                AttemptError::Failed(db_error(format!("{what} {name}"))(source))
+            }
+        }
+    };
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "LOCK TABLE {qualified} IN SHARE MODE"
+    )))
+    .execute(&mut *tx)
+    .await
+    .map_err(locked("lock", "locking"))?;
+    let (_, locked_bounds) = attached_bounds_in(tx, name)
+        .await
+        .map_err(AttemptError::Failed)?;
+    if locked_bounds != bounds {
+        return Err(AttemptError::Failed(PartitionError::NotAPartition {
+            partition: name.to_string(),
+            reason: format!("its bounds changed to {locked_bounds} while it was being dropped"),
+        }));
+    }
+    guard(name, locked_bounds, settings.now, "detach").map_err(AttemptError::Failed)?;
+    let rows = rows_inside_retention(tx, qualified, settings.now, settings.tiers)
+        .await
+        .map_err(AttemptError::Failed)?;
+    if rows > 0 {
+        return Err(AttemptError::Failed(PartitionError::RowsInsideRetention {
+            partition: name.to_string(),
+            rows,
+        }));
+    }
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "ALTER TABLE {TABLE} DETACH PARTITION {qualified}"
+    )))
+    .execute(&mut *tx)
+    .await
+    .map_err(locked("detach", "detaching"))?;
+    Ok(())
 }
 
 /// Rows of `qualified` inside retention, counted under a SHARE lock on the
