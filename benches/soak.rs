@@ -1450,8 +1450,8 @@ fn render(o: &Outcome) -> String {
     let _ = writeln!(
         md,
         "Run {} (UTC), {} minutes of load from {}, git HEAD `{}`; `cargo bench --bench soak` \
-         (SOAK_MINUTES={}, SOAK_SERVERS={}). Machine: {cpu}, {cores} cores, {memory} RAM, shared with other \
-         builds (CPU used outside the soak below); PostgreSQL {} (throw-away cluster of `archiver_operator::testing`: \
+         (SOAK_MINUTES={}, SOAK_SERVERS={}). Machine: {cpu}, {cores} cores, {memory} RAM (the CPU that \
+         processes outside the soak used is measured: \"Outside cores\" below); PostgreSQL {} (throw-away cluster of `archiver_operator::testing`: \
          fsync off, shared_buffers 128MB), Redis {}, all on the same host. The operator is the release binary \
          `archiver-operator run --manifests DIR` (one process: drain worker of one shard with index discovery, \
          derived views and suppression clusters, RetentionPolicy, PartitionSchedule, DeletionRequest).{}\n",
