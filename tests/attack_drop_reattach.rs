@@ -13,95 +13,18 @@ use std::time::{Duration as StdDuration, Instant};
 use chrono::{DateTime, Duration, TimeZone, Utc};
 use uuid::Uuid;
 
-use archiver_operator::api::retention_policy::{RetentionPolicy, Tiers};
 use archiver_operator::partitions::PartitionError;
 use archiver_operator::partitions::audit::LockDiscipline;
 use archiver_operator::partitions::removal::{self, DropSettings};
 use archiver_operator::retention::ranges::RangeSet;
 use archiver_operator::testing::TestDatabase;
 
-const PARTITION: &str = "probe_minute_2027_01";
-
-fn example_tiers() -> Tiers {
-    let text = include_str!("../examples/retention-policy.yaml");
-    let policy: RetentionPolicy = serde_yaml_ng::from_str(text).expect("example parses");
-    policy.spec.tiers
-}
-
-fn at(y: i32, mo: u32, d: u32, h: u32, mi: u32) -> DateTime<Utc> {
-    Utc.with_ymd_and_hms(y, mo, d, h, mi, 0).unwrap()
-}
-
-fn tenant() -> Uuid {
-    Uuid::from_u128(0x6f1c_0000_0000_4000_8000_0000_0000_0a04)
-}
-
-fn drop_now() -> DateTime<Utc> {
-    at(2028, 6, 15, 3, 30)
-}
-
-/// The 2027-01 partition with one row of an enterprise tenant (365 days):
-/// past retention at `drop_now()` until billing records a 730-day contract.
-async fn one_old_month(db: &TestDatabase) {
-    archiver_operator::partitions::ensure_partitions(
-        &db.pool,
-        at(2027, 1, 1, 0, 0),
-        1,
-        StdDuration::from_secs(1),
-    )
-    .await
-    .expect("the 2027-01 partition");
-    sqlx::query(
-        "INSERT INTO tenant_tier_history (tenant_id, tier, valid_from, valid_to) \
-         VALUES ($1, 'enterprise', $2, NULL)",
-    )
-    .bind(tenant())
-    .bind(at(2025, 1, 1, 0, 0))
-    .execute(&db.pool)
-    .await
-    .unwrap();
-    sqlx::query(
-        "INSERT INTO probe_minute (tenant_id, server_slug, region, minute_bucket, state) \
-         VALUES ($1, 'ent', 'us-east', $2, 'up')",
-    )
-    .bind(tenant())
-    .bind(at(2027, 1, 10, 12, 0))
-    .execute(&db.pool)
-    .await
-    .unwrap();
-}
-
-async fn record_contract(db: &TestDatabase) {
-    sqlx::query(
-        "UPDATE tenant_tier_history SET contract_minute_retention_days = 730 WHERE tenant_id = $1",
-    )
-    .bind(tenant())
-    .execute(&db.pool)
-    .await
-    .unwrap();
-}
-
-async fn wait_for_lock_wait(db: &TestDatabase, mode: &str) {
-    let started = Instant::now();
-    loop {
-        let waiting: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM pg_locks WHERE NOT granted AND mode = $1 \
-                 AND database = (SELECT oid FROM pg_database WHERE datname = current_database())",
-        )
-        .bind(mode)
-        .fetch_one(&db.pool)
-        .await
-        .unwrap();
-        if waiting > 0 {
-            return;
-        }
-        assert!(
-            started.elapsed() < StdDuration::from_secs(20),
-            "nobody waited for a {mode} within 20 s"
-        );
-        tokio::time::sleep(StdDuration::from_millis(5)).await;
-    }
-}
+#[path = "common/old_month.rs"]
+mod old_month;
+use old_month::{
+    PARTITION, TENANT, at, drop_now, example_tiers, one_old_month, record_contract,
+    wait_for_lock_wait,
+};
 
 fn lock() -> LockDiscipline {
     LockDiscipline {
@@ -157,6 +80,8 @@ enum Obstacle {
     /// A migration added a column to probe_minute while the month was
     /// detached.
     SchemaDrift,
+    /// The same with a NOT NULL column and a default.
+    SchemaDriftNotNull,
 }
 
 struct Scenario {
@@ -214,6 +139,16 @@ async fn reattach_scenario(db: &TestDatabase, obstacle: Obstacle) -> Scenario {
                 .execute(&mut *blocker)
                 .await
                 .unwrap();
+            blocker.commit().await.unwrap();
+            blocker = db.pool.begin().await.unwrap();
+        }
+        Obstacle::SchemaDriftNotNull => {
+            sqlx::query(
+                "ALTER TABLE probe_minute ADD COLUMN drift_flag boolean NOT NULL DEFAULT true",
+            )
+            .execute(&mut *blocker)
+            .await
+            .unwrap();
             blocker.commit().await.unwrap();
             blocker = db.pool.begin().await.unwrap();
         }
@@ -297,12 +232,13 @@ async fn billing_does_not_wait_for_the_reattach_lock_waits() {
     );
 }
 
-/// Defect: a migration added a column to probe_minute while the month was
-/// detached; the re-ATTACH fails ("missing column"), the month stays a
-/// detached table holding a row enforcement keeps, and the next reconcile
-/// refuses at its first count without saying the month is detached.
+/// Defect (fixed: the re-attach first adds the columns probe_minute gained,
+/// as probe_minute defines them): a migration added a column to
+/// probe_minute while the month was detached; the re-ATTACH failed
+/// ("missing column"), the month stayed a detached table holding a row
+/// enforcement keeps, and the next reconcile refused at its first count
+/// without saying the month is detached.
 #[tokio::test]
-#[ignore = "defect (open): a detached table whose schema drifted (a column added to probe_minute meanwhile) cannot be attached again; the month stays detached with rows inside retention and each reconcile reports the ATTACH error"]
 async fn a_drifted_detached_table_is_not_left_detached_with_rows() {
     let db = TestDatabase::new().await;
     let scenario = reattach_scenario(&db, Obstacle::SchemaDrift).await;
@@ -314,6 +250,36 @@ async fn a_drifted_detached_table_is_not_left_detached_with_rows() {
         "first drop: {:?}; next reconcile: {next:?}; the month with a kept row is detached",
         scenario.outcome
     );
+}
+
+/// A NOT NULL column with a default, added while the month was detached:
+/// the month is attached again, its row carries the default (as the
+/// migration gave every attached month), and the audit names the column.
+#[tokio::test]
+async fn a_detached_month_gets_a_not_null_column_with_its_default_and_is_attached_again() {
+    let db = TestDatabase::new().await;
+    let scenario = reattach_scenario(&db, Obstacle::SchemaDriftNotNull).await;
+    assert_eq!(
+        attached(&db).await,
+        Some(true),
+        "drop outcome: {:?}",
+        scenario.outcome
+    );
+    let flags: Vec<bool> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+        "SELECT drift_flag FROM probe_minute WHERE tableoid = '{PARTITION}'::regclass"
+    )))
+    .fetch_all(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(flags, vec![true]);
+    let added: Option<serde_json::Value> = sqlx::query_scalar(
+        "SELECT payload -> 'columnsAdded' FROM operator_audit_log \
+         WHERE action = 'partition-drop-abandoned' AND payload ->> 'attachedAgain' = 'true'",
+    )
+    .fetch_optional(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(added, Some(serde_json::json!(["drift_flag"])));
 }
 
 /// Defect: a month left detached by a drop that did not finish (the
@@ -403,7 +369,7 @@ async fn reattach_then_next_cycles_tell_a_consistent_story() {
     sqlx::query(
         "UPDATE tenant_tier_history SET contract_minute_retention_days = NULL WHERE tenant_id = $1",
     )
-    .bind(tenant())
+    .bind(TENANT)
     .execute(&db.pool)
     .await
     .unwrap();
@@ -486,7 +452,7 @@ async fn a_retention_delete_of_the_month_does_not_deadlock_with_the_detach() {
                 "DELETE FROM probe_minute WHERE tenant_id = $1 \
                  AND minute_bucket >= $2 AND minute_bucket < $3",
             )
-            .bind(tenant())
+            .bind(TENANT)
             .bind(at(2027, 1, 10, 0, 0))
             .bind(at(2027, 1, 11, 0, 0))
             .execute(&pool)
@@ -600,7 +566,7 @@ async fn ingestion_does_not_wait_for_the_tier_history_lock_retries() {
         "INSERT INTO probe_minute (tenant_id, server_slug, region, minute_bucket, state) \
          VALUES ($1, 'ent', 'us-east', $2, 'up')",
     )
-    .bind(tenant())
+    .bind(TENANT)
     .bind(drop_now())
     .execute(&db.pool)
     .await
@@ -639,7 +605,7 @@ async fn a_clamped_far_valid_from_does_not_cover_a_gap() {
             "INSERT INTO tenant_tier_history (tenant_id, tier, valid_from, valid_to) \
              VALUES ($1, 'enterprise', $2::text::timestamptz, $3::text::timestamptz)",
         )
-        .bind(tenant())
+        .bind(TENANT)
         .bind(from)
         .bind(to)
         .execute(&db.pool)
@@ -649,7 +615,7 @@ async fn a_clamped_far_valid_from_does_not_cover_a_gap() {
     sqlx::query(
         "INSERT INTO far_rows VALUES (1, $1, '9999-12-31 06:00+00'), (2, $1, '9999-12-31 02:00+00')",
     )
-    .bind(tenant())
+    .bind(TENANT)
     .execute(&db.pool)
     .await
     .unwrap();

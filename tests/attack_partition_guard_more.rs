@@ -14,10 +14,10 @@
 
 use std::time::{Duration as StdDuration, Instant};
 
-use chrono::{DateTime, Duration, TimeZone, Timelike, Utc};
+use chrono::{DateTime, Duration, Timelike, Utc};
 use uuid::Uuid;
 
-use archiver_operator::api::retention_policy::{RetentionPolicy, Tier, TierRetention, Tiers};
+use archiver_operator::api::retention_policy::{Tier, TierRetention, Tiers};
 use archiver_operator::partitions::PartitionError;
 use archiver_operator::partitions::audit::LockDiscipline;
 use archiver_operator::partitions::removal::{self, DropSettings, rows_inside_retention};
@@ -26,15 +26,11 @@ use archiver_operator::retention::store;
 use archiver_operator::retention::tiers::{Table, contract_minute_days};
 use archiver_operator::testing::TestDatabase;
 
-fn example_tiers() -> Tiers {
-    let text = include_str!("../examples/retention-policy.yaml");
-    let policy: RetentionPolicy = serde_yaml_ng::from_str(text).expect("example parses");
-    policy.spec.tiers
-}
-
-fn at(y: i32, mo: u32, d: u32, h: u32, mi: u32) -> DateTime<Utc> {
-    Utc.with_ymd_and_hms(y, mo, d, h, mi, 0).unwrap()
-}
+#[path = "common/old_month.rs"]
+mod old_month;
+use old_month::{
+    PARTITION, at, drop_now, example_tiers, one_old_month, record_contract, wait_for_lock_wait,
+};
 
 fn tenant(n: u128) -> Uuid {
     Uuid::from_u128(0x6f1c_0000_0000_4000_8000_0000_0000_0000 + n)
@@ -655,80 +651,6 @@ async fn sub_microsecond_now_after_2000_and_whole_microseconds_before_keep_the_r
 }
 
 // ------------------------------------------------------------ under the lock
-
-const PARTITION: &str = "probe_minute_2027_01";
-
-async fn one_old_month(db: &TestDatabase) {
-    archiver_operator::partitions::ensure_partitions(
-        &db.pool,
-        at(2027, 1, 1, 0, 0),
-        1,
-        StdDuration::from_secs(1),
-    )
-    .await
-    .expect("the 2027-01 partition");
-    // An enterprise tenant (365 days) whose row of 2027-01-10 is 522 days
-    // old at `drop_now()`: past retention, until billing records a contract.
-    insert_spans(
-        db,
-        tenant(1),
-        &[Span {
-            tier: Tier::Enterprise,
-            from: at(2025, 1, 1, 0, 0),
-            to: None,
-            contract: None,
-        }],
-    )
-    .await;
-    sqlx::query(
-        "INSERT INTO probe_minute (tenant_id, server_slug, region, minute_bucket, state) \
-         VALUES ($1, 'ent', 'us-east', $2, 'up')",
-    )
-    .bind(tenant(1))
-    .bind(at(2027, 1, 10, 12, 0))
-    .execute(&db.pool)
-    .await
-    .unwrap();
-}
-
-fn drop_now() -> DateTime<Utc> {
-    at(2028, 6, 15, 3, 30)
-}
-
-/// Billing records a two-year contract for the tenant (730 days, the cap).
-async fn record_contract(db: &TestDatabase) {
-    sqlx::query(
-        "UPDATE tenant_tier_history SET contract_minute_retention_days = 730 WHERE tenant_id = $1",
-    )
-    .bind(tenant(1))
-    .execute(&db.pool)
-    .await
-    .unwrap();
-}
-
-/// Waits until a backend waits for a lock of `mode` in this test's database
-/// (pg_locks shows the whole cluster, shared by the tests running at once).
-async fn wait_for_lock_wait(db: &TestDatabase, mode: &str) {
-    let started = Instant::now();
-    loop {
-        let waiting: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM pg_locks WHERE NOT granted AND mode = $1 \
-                 AND database = (SELECT oid FROM pg_database WHERE datname = current_database())",
-        )
-        .bind(mode)
-        .fetch_one(&db.pool)
-        .await
-        .unwrap();
-        if waiting > 0 {
-            return;
-        }
-        assert!(
-            started.elapsed() < StdDuration::from_secs(20),
-            "nobody waited for a {mode} within 20 s"
-        );
-        tokio::time::sleep(StdDuration::from_millis(5)).await;
-    }
-}
 
 fn lock() -> LockDiscipline {
     LockDiscipline {

@@ -710,6 +710,7 @@ async fn attach_again(
         lock.apply(&mut tx)
             .await
             .map_err(sql("setting lock_timeout to attach"))?;
+        let added = add_missing_columns(&mut tx, &quoted, name).await?;
         let statement = format!(
             "ALTER TABLE {TABLE} ATTACH PARTITION {quoted} FOR VALUES FROM ('{}') TO ('{}')",
             bounds.from.to_rfc3339(),
@@ -736,6 +737,7 @@ async fn attach_again(
             serde_json::json!({
                 "table": TABLE, "step": "drop", "from": bounds.from, "to": bounds.to,
                 "rowsInsideRetention": rows, "attachedAgain": true,
+                "columnsAdded": added,
             }),
         )
         .await
@@ -754,6 +756,66 @@ async fn attach_again(
             Err(error)
         }
     }
+}
+
+/// Gives the detached table `quoted` every column `probe_minute` gained
+/// while it was detached (a migration that ran meanwhile), defined as the
+/// parent defines it: type, default or generation expression, NOT NULL. The
+/// migration did the same to every attached month, so the month's rows end
+/// up as they would have had it stayed attached (a volatile default is
+/// evaluated now, not when the migration ran). Without this the ATTACH
+/// fails and the month stays detached with rows inside retention.
+/// Columns the table has and the parent lost, or types that differ, are
+/// left for a person: aligning them would delete or rewrite data, and the
+/// ATTACH's error says which.
+async fn add_missing_columns(
+    tx: &mut PgConnection,
+    quoted: &str,
+    name: &str,
+) -> Result<Vec<String>, PartitionError> {
+    let missing: Vec<(String, String, Option<String>, bool, bool)> = sqlx::query_as(
+        "SELECT p.attname::text, format_type(p.atttypid, p.atttypmod), \
+                pg_get_expr(d.adbin, d.adrelid), p.attnotnull, p.attgenerated = 's' \
+         FROM pg_attribute p \
+         LEFT JOIN pg_attrdef d ON d.adrelid = p.attrelid AND d.adnum = p.attnum \
+         WHERE p.attrelid = $1::regclass AND p.attnum > 0 AND NOT p.attisdropped \
+           AND NOT EXISTS (SELECT FROM pg_attribute c WHERE c.attrelid = to_regclass($2) \
+                           AND c.attname = p.attname AND c.attnum > 0 AND NOT c.attisdropped) \
+         ORDER BY p.attnum",
+    )
+    .bind(TABLE)
+    .bind(quoted)
+    .fetch_all(&mut *tx)
+    .await
+    .map_err(db_error(format!(
+        "comparing the columns of {name} with {TABLE}"
+    )))?;
+    let mut added = Vec::with_capacity(missing.len());
+    for (column, type_, expression, not_null, generated) in missing {
+        let mut definition = format!("{} {type_}", super::quote_ident(&column));
+        match (expression, generated) {
+            (Some(expression), true) => {
+                definition.push_str(&format!(" GENERATED ALWAYS AS ({expression}) STORED"));
+            }
+            (Some(expression), false) => definition.push_str(&format!(" DEFAULT {expression}")),
+            (None, _) => {}
+        }
+        if not_null {
+            definition.push_str(" NOT NULL");
+        }
+        // The definition is the catalog's own rendering of the parent's column.
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "ALTER TABLE {quoted} ADD COLUMN {definition}"
+        )))
+        .execute(&mut *tx)
+        .await
+        .map_err(db_error(format!(
+            "adding {TABLE}'s column {column} to the detached {name}"
+        )))?;
+        tracing::warn!(partition = %name, column = %column, definition = %definition, "the detached month lacked a column probe_minute gained meanwhile; added as probe_minute defines it");
+        added.push(column);
+    }
+    Ok(added)
 }
 
 /// Records that a step gave up, so the audit log explains an intent row

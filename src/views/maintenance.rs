@@ -9,7 +9,7 @@ use sqlx::{PgConnection, PgPool};
 use super::clusters::{add_minute_to_clusters, snapshot_clusters};
 use super::plan_check::{PlanCheck, check_alert_query_plan, check_plan_if_due};
 use super::rollups::{add_minute_to_days, close_day};
-use super::{ViewsError, db};
+use super::{Periodic, ViewsError, db};
 use crate::db::locks;
 
 /// What one maintenance pass did.
@@ -231,15 +231,7 @@ pub async fn apply_minute_in(
 /// ANALYZE of the current month's partition every 5 minutes, so plans of
 /// the hot queries follow the data as the month fills up.
 async fn analyze_current_partition(pool: &PgPool, now: DateTime<Utc>) -> Result<(), ViewsError> {
-    let due = sqlx::query(
-        "UPDATE derived_views_watermark SET last_analyze_at = $1 \
-         WHERE last_analyze_at IS NULL OR last_analyze_at <= $1 - interval '5 minutes'",
-    )
-    .bind(now)
-    .execute(pool)
-    .await
-    .map_err(db("claiming the analyze"))?;
-    if due.rows_affected() == 0 {
+    if !Periodic::Analyze.claim_due(pool, now).await? {
         return Ok(());
     }
     let partition = format!("probe_minute_{:04}_{:02}", now.year(), now.month());

@@ -44,3 +44,47 @@ pub struct ViewsError {
 fn db(context: &'static str) -> impl FnOnce(sqlx::Error) -> ViewsError {
     move |source| ViewsError { context, source }
 }
+
+/// A periodic task of the views, scheduled by a time column of the views
+/// watermark row.
+#[derive(Debug, Clone, Copy)]
+enum Periodic {
+    /// ANALYZE of the current month's partition, every 5 minutes.
+    Analyze,
+    /// The alert router's plan check, every minute.
+    PlanCheck,
+}
+
+impl Periodic {
+    /// The claim: one statement that moves the task's time to `now` when it
+    /// is due, so only one pass (of one leader) runs it.
+    fn claim(self) -> &'static str {
+        match self {
+            Self::Analyze => {
+                "UPDATE derived_views_watermark SET last_analyze_at = $1 \
+                 WHERE last_analyze_at IS NULL OR last_analyze_at <= $1 - interval '5 minutes'"
+            }
+            Self::PlanCheck => {
+                "UPDATE derived_views_watermark SET plan_checked_at = $1 \
+                 WHERE plan_checked_at IS NULL OR plan_checked_at <= $1 - interval '1 minute'"
+            }
+        }
+    }
+
+    /// Claims the task at `now`: true when it is due and this pass runs it.
+    async fn claim_due(
+        self,
+        pool: &sqlx::PgPool,
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> Result<bool, ViewsError> {
+        let claimed = sqlx::query(self.claim())
+            .bind(now)
+            .execute(pool)
+            .await
+            .map_err(db(match self {
+                Self::Analyze => "claiming the analyze",
+                Self::PlanCheck => "claiming the plan check",
+            }))?;
+        Ok(claimed.rows_affected() == 1)
+    }
+}

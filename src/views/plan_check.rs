@@ -36,7 +36,7 @@
 use chrono::{DateTime, Utc};
 use sqlx::{PgConnection, PgPool};
 
-use super::{ViewsError, db};
+use super::{Periodic, ViewsError, db};
 
 /// The planner's estimate of the table's rows from which the alert router's
 /// query must use its index under normal planner settings. Below it, a
@@ -101,15 +101,7 @@ pub(super) async fn check_plan_if_due(
     pool: &PgPool,
     now: DateTime<Utc>,
 ) -> Result<Option<PlanCheck>, ViewsError> {
-    let due = sqlx::query(
-        "UPDATE derived_views_watermark SET plan_checked_at = $1 \
-         WHERE plan_checked_at IS NULL OR plan_checked_at <= $1 - interval '1 minute'",
-    )
-    .bind(now)
-    .execute(pool)
-    .await
-    .map_err(db("claiming the plan check"))?;
-    if due.rows_affected() == 0 {
+    if !Periodic::PlanCheck.claim_due(pool, now).await? {
         return Ok(None);
     }
     let check = check_alert_query_plan(pool, now).await?;
