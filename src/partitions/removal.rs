@@ -773,26 +773,36 @@ async fn add_missing_columns(
     quoted: &str,
     name: &str,
 ) -> Result<Vec<String>, PartitionError> {
-    let missing: Vec<(String, String, Option<String>, bool, bool)> = sqlx::query_as(
-        "SELECT p.attname::text, format_type(p.atttypid, p.atttypmod), \
-                pg_get_expr(d.adbin, d.adrelid), p.attnotnull, p.attgenerated = 's' \
+    // The collation only when it is not the type's own: `format_type`
+    // does not render it, and the ATTACH requires the parent's.
+    let missing: Vec<(String, String, Option<String>, bool, bool, Option<String>)> =
+        sqlx::query_as(
+            "SELECT p.attname::text, format_type(p.atttypid, p.atttypmod), \
+                pg_get_expr(d.adbin, d.adrelid), p.attnotnull, p.attgenerated = 's', \
+                (SELECT quote_ident(n.nspname) || '.' || quote_ident(co.collname) \
+                 FROM pg_collation co JOIN pg_namespace n ON n.oid = co.collnamespace \
+                 JOIN pg_type t ON t.oid = p.atttypid \
+                 WHERE co.oid = p.attcollation AND p.attcollation <> t.typcollation) \
          FROM pg_attribute p \
          LEFT JOIN pg_attrdef d ON d.adrelid = p.attrelid AND d.adnum = p.attnum \
          WHERE p.attrelid = $1::regclass AND p.attnum > 0 AND NOT p.attisdropped \
            AND NOT EXISTS (SELECT FROM pg_attribute c WHERE c.attrelid = to_regclass($2) \
                            AND c.attname = p.attname AND c.attnum > 0 AND NOT c.attisdropped) \
          ORDER BY p.attnum",
-    )
-    .bind(TABLE)
-    .bind(quoted)
-    .fetch_all(&mut *tx)
-    .await
-    .map_err(db_error(format!(
-        "comparing the columns of {name} with {TABLE}"
-    )))?;
+        )
+        .bind(TABLE)
+        .bind(quoted)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(db_error(format!(
+            "comparing the columns of {name} with {TABLE}"
+        )))?;
     let mut added = Vec::with_capacity(missing.len());
-    for (column, type_, expression, not_null, generated) in missing {
+    for (column, type_, expression, not_null, generated, collation) in missing {
         let mut definition = format!("{} {type_}", super::quote_ident(&column));
+        if let Some(collation) = collation {
+            definition.push_str(&format!(" COLLATE {collation}"));
+        }
         match (expression, generated) {
             (Some(expression), true) => {
                 definition.push_str(&format!(" GENERATED ALWAYS AS ({expression}) STORED"));
@@ -815,7 +825,71 @@ async fn add_missing_columns(
         tracing::warn!(partition = %name, column = %column, definition = %definition, "the detached month lacked a column probe_minute gained meanwhile; added as probe_minute defines it");
         added.push(column);
     }
+    add_missing_constraints(tx, quoted, name).await?;
     Ok(added)
+}
+
+/// Gives the detached table `quoted` the NOT NULL and CHECK constraints
+/// `probe_minute` gained while it was detached (the ATTACH requires every
+/// one of them). Each is checked against the month's rows as it is added:
+/// a row that violates one fails the attach, and the month stays detached
+/// with that error (nothing is rewritten to fit).
+async fn add_missing_constraints(
+    tx: &mut PgConnection,
+    quoted: &str,
+    name: &str,
+) -> Result<(), PartitionError> {
+    let not_null: Vec<String> = sqlx::query_scalar(
+        "SELECT p.attname::text FROM pg_attribute p \
+         JOIN pg_attribute c ON c.attrelid = to_regclass($2) AND c.attname = p.attname \
+              AND c.attnum > 0 AND NOT c.attisdropped \
+         WHERE p.attrelid = $1::regclass AND p.attnum > 0 AND NOT p.attisdropped \
+           AND p.attnotnull AND NOT c.attnotnull \
+         ORDER BY p.attnum",
+    )
+    .bind(TABLE)
+    .bind(quoted)
+    .fetch_all(&mut *tx)
+    .await
+    .map_err(db_error(format!(
+        "comparing the NOT NULL columns of {name} with {TABLE}"
+    )))?;
+    let checks: Vec<(String, String)> = sqlx::query_as(
+        "SELECT p.conname::text, pg_get_constraintdef(p.oid) FROM pg_constraint p \
+         WHERE p.conrelid = $1::regclass AND p.contype = 'c' AND NOT p.connoinherit \
+           AND NOT EXISTS (SELECT FROM pg_constraint c WHERE c.conrelid = to_regclass($2) \
+                           AND c.contype = 'c' AND c.conname = p.conname) \
+         ORDER BY p.conname",
+    )
+    .bind(TABLE)
+    .bind(quoted)
+    .fetch_all(&mut *tx)
+    .await
+    .map_err(db_error(format!(
+        "comparing the constraints of {name} with {TABLE}"
+    )))?;
+    let statements = not_null
+        .iter()
+        .map(|column| format!("ALTER COLUMN {} SET NOT NULL", super::quote_ident(column)))
+        .chain(checks.iter().map(|(constraint, definition)| {
+            format!(
+                "ADD CONSTRAINT {} {definition}",
+                super::quote_ident(constraint)
+            )
+        }));
+    for statement in statements {
+        // The catalog's own rendering of the parent's constraint.
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "ALTER TABLE {quoted} {statement}"
+        )))
+        .execute(&mut *tx)
+        .await
+        .map_err(db_error(format!(
+            "giving the detached {name} {TABLE}'s {statement}"
+        )))?;
+        tracing::warn!(partition = %name, %statement, "the detached month lacked a constraint probe_minute gained meanwhile; added as probe_minute defines it");
+    }
+    Ok(())
 }
 
 /// Records that a step gave up, so the audit log explains an intent row
