@@ -6,21 +6,22 @@
 //!    (tier in force at the row's minute); any -> abort;
 //! 3. the intent is committed to the audit log;
 //! 4. one short transaction takes a SHARE lock on the partition (writers to
-//!    it wait, readers do not), verifies again under that lock, and runs a
-//!    plain `DETACH PARTITION` under `lock_timeout`; a lost lock wait rolls
-//!    the whole attempt (lock, verification, DETACH) back to its savepoint
-//!    and tries again after a pause, so nothing of ours is held during the
-//!    pause (a writer that got `probe_minute` meanwhile would otherwise
-//!    wait for the partition while our DETACH waits for it: a deadlock);
-//!    then, under a SHARE lock on `tenant_tier_history`
-//!    (billing may have recorded a tier while the DETACH waited), the count
-//!    that decides: rows inside retention roll the DETACH back;
+//!    it wait, readers do not) and on `tenant_tier_history` (billing cannot
+//!    record a tier until the commit), verifies again under them (the count
+//!    that decides), and runs a plain `DETACH PARTITION` under
+//!    `lock_timeout`; a lost lock wait rolls the whole attempt (locks,
+//!    verification, DETACH) back to its savepoint and tries again after a
+//!    pause, so nothing of ours is held during the pause (a writer that got
+//!    `probe_minute` meanwhile would otherwise wait for the partition while
+//!    our DETACH waits for it: a deadlock). Nothing runs after the DETACH
+//!    but the audit row and the commit: ACCESS EXCLUSIVE on probe_minute
+//!    is held for no count and no other lock wait;
 //! 5. the intent to drop is committed; the drop's transaction locks the
 //!    detached table, counts once more under the tier history's SHARE lock,
 //!    and runs `DROP TABLE`, or attaches the table again when rows became
 //!    inside retention since the detach; lock waits are retried the same
-//!    way. The tier history is locked only for a count, never while one of
-//!    our lock waits is pending, so billing's writes wait at most that long.
+//!    way. Billing's writes wait for a count and at most one DETACH lock
+//!    wait, never for a pause.
 //!
 //! Why not `DETACH PARTITION ... CONCURRENTLY`: it cannot run in a
 //! transaction, so the verification could not be made atomic with the
@@ -383,26 +384,11 @@ async fn detach(
             Err(AttemptError::Failed(error)) => return Err(error),
         }
     }
-    // The count that decides: billing may have recorded a tier row while
-    // the DETACH waited for its lock. Under a SHARE lock on the tier history
-    // nothing changes until the commit, and it is held only for this count
-    // (billing's writes wait that long, never for a lock wait of ours).
-    // One attempt only: this transaction holds ACCESS EXCLUSIVE on
-    // probe_minute now, and ingestion must not wait for our retries. A lost
-    // wait rolls the DETACH back; the next reconcile tries again.
-    let once = LockDiscipline {
-        attempts: 1,
-        ..settings.lock
-    };
-    let mut once_attempt = 1;
-    let rows = locked_count(&mut tx, qualified, settings, once, &mut once_attempt, name).await?;
-    if rows > 0 {
-        // Dropping the transaction rolls the DETACH back.
-        return Err(PartitionError::RowsInsideRetention {
-            partition: name.to_string(),
-            rows,
-        });
-    }
+    // The attempt's count decided under the tier history's SHARE lock,
+    // held until the commit: no tier row changed since. Nothing is counted
+    // after the DETACH: that would hold ACCESS EXCLUSIVE on probe_minute
+    // (every insert of the drain waiting) through a count of the whole
+    // month and, before it, through a lock wait for the tier history.
     audit::record(
         &mut *tx,
         settings.now,
@@ -437,8 +423,8 @@ enum AttemptError {
 
 /// One attempt, each statement waiting at most `lock_timeout`: a SHARE
 /// lock on the partition (no row can be written into it from here on,
-/// while readers carry on), the bounds read again and the guard and the
-/// verification under it, then the `DETACH`.
+/// while readers carry on) and on the tier history, the bounds read again
+/// and the guard and the verification under them, then the `DETACH`.
 async fn detach_attempt(
     tx: &mut PgConnection,
     name: &str,
@@ -461,6 +447,15 @@ async fn detach_attempt(
     .execute(&mut *tx)
     .await
     .map_err(locked("lock", "locking"))?;
+    // The tier history too, before the count and until the commit: billing
+    // may record a tier row while the DETACH waits, and the count must be
+    // the one the detach commits with. Billing's writes wait for this
+    // attempt (its count and at most one `lock_timeout` of the DETACH),
+    // never for the pause: a lost wait rolls the lock back with the rest.
+    sqlx::query(LOCK_TIER_HISTORY)
+        .execute(&mut *tx)
+        .await
+        .map_err(locked("verify", "locking the tier history to verify"))?;
     let (_, locked_bounds) = attached_bounds_in(tx, name)
         .await
         .map_err(AttemptError::Failed)?;
