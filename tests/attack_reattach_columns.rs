@@ -17,6 +17,7 @@ use archiver_operator::partitions::removal::{self, DropSettings};
 use archiver_operator::testing::TestDatabase;
 
 #[path = "common/old_month.rs"]
+#[allow(dead_code)] // shared by several test binaries; each uses a part
 mod old_month;
 use old_month::{PARTITION, at, drop_now, example_tiers, one_old_month, record_contract};
 

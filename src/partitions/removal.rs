@@ -753,6 +753,11 @@ async fn attach_again(
     }
 }
 
+/// A column of probe_minute as the catalog renders it: name, type with
+/// modifiers, default or generation expression, NOT NULL, generated
+/// stored, and its collation when it is not its type's own.
+type ParentColumn = (String, String, Option<String>, bool, bool, Option<String>);
+
 /// Gives the detached table `quoted` every column `probe_minute` gained
 /// while it was detached (a migration that ran meanwhile), defined as the
 /// parent defines it: type, default or generation expression, NOT NULL. The
@@ -770,9 +775,8 @@ async fn add_missing_columns(
 ) -> Result<Vec<String>, PartitionError> {
     // The collation only when it is not the type's own: `format_type`
     // does not render it, and the ATTACH requires the parent's.
-    let missing: Vec<(String, String, Option<String>, bool, bool, Option<String>)> =
-        sqlx::query_as(
-            "SELECT p.attname::text, format_type(p.atttypid, p.atttypmod), \
+    let missing: Vec<ParentColumn> = sqlx::query_as(
+        "SELECT p.attname::text, format_type(p.atttypid, p.atttypmod), \
                 pg_get_expr(d.adbin, d.adrelid), p.attnotnull, p.attgenerated = 's', \
                 (SELECT quote_ident(n.nspname) || '.' || quote_ident(co.collname) \
                  FROM pg_collation co JOIN pg_namespace n ON n.oid = co.collnamespace \
@@ -784,14 +788,14 @@ async fn add_missing_columns(
            AND NOT EXISTS (SELECT FROM pg_attribute c WHERE c.attrelid = to_regclass($2) \
                            AND c.attname = p.attname AND c.attnum > 0 AND NOT c.attisdropped) \
          ORDER BY p.attnum",
-        )
-        .bind(TABLE)
-        .bind(quoted)
-        .fetch_all(&mut *tx)
-        .await
-        .map_err(db_error(format!(
-            "comparing the columns of {name} with {TABLE}"
-        )))?;
+    )
+    .bind(TABLE)
+    .bind(quoted)
+    .fetch_all(&mut *tx)
+    .await
+    .map_err(db_error(format!(
+        "comparing the columns of {name} with {TABLE}"
+    )))?;
     let mut added = Vec::with_capacity(missing.len());
     for (column, type_, expression, not_null, generated, collation) in missing {
         let mut definition = format!("{} {type_}", super::quote_ident(&column));
