@@ -363,3 +363,34 @@ async fn a_renamed_detached_month_is_not_dropped() {
         .unwrap();
     assert_eq!(rows, 1);
 }
+
+/// An index probe_minute gained while the month was detached (the ATTACH
+/// builds it for the month) and a NOT VALID CHECK constraint (added as NOT
+/// VALID too): the month is attached again with both. Failed before the
+/// constraints were carried over ("child table is missing constraint").
+#[tokio::test]
+async fn an_index_and_a_not_valid_check_probe_minute_gained_are_carried_over() {
+    let db = TestDatabase::new().await;
+    detached_then(
+        &db,
+        &[
+            "CREATE INDEX probe_minute_by_state ON probe_minute (state, minute_bucket)",
+            "ALTER TABLE probe_minute ADD CONSTRAINT asn_positive CHECK (asn > 0) NOT VALID",
+        ],
+    )
+    .await;
+    let outcome = drop_leftover(&db).await;
+    assert_eq!(attached(&db).await, Some(true), "{outcome:?}");
+    let indexes: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid \
+         WHERE i.inhparent = 'probe_minute_by_state'::regclass \
+           AND c.relname LIKE 'probe_minute_2027_01%'",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        indexes, 1,
+        "the month's index is a partition of the new index"
+    );
+}
