@@ -312,6 +312,55 @@ async fn billing_waits_for_at_most_one_detach_wait_and_the_month_stays_attached(
     assert_eq!(attached(&db).await, Some(true));
 }
 
+/// Held or not (the cycle the tier history's lock inside the attempt
+/// makes possible): a billing transaction that read probe_minute (ACCESS
+/// SHARE, which the DETACH waits for) then writes a tier row (which waits
+/// for the attempt's SHARE on the tier history). PostgreSQL breaks the
+/// cycle at the detach's deadlock check (it waited first), the attempt is
+/// rolled back whole, billing's write goes through well within one
+/// `lock_timeout`, and the next attempt detaches and drops the month.
+#[tokio::test]
+async fn a_billing_transaction_reading_probe_minute_first_is_not_aborted() {
+    let db = TestDatabase::new().await;
+    one_old_month(&db).await;
+    let lock = LockDiscipline {
+        lock_timeout: StdDuration::from_secs(3),
+        attempts: 5,
+        backoff: StdDuration::from_millis(100),
+    };
+    let mut billing = db.pool.begin().await.unwrap();
+    let _: i64 = sqlx::query_scalar("SELECT count(*) FROM probe_minute")
+        .fetch_one(&mut *billing)
+        .await
+        .unwrap();
+    let drop = spawn_drop(&db, lock);
+    wait_for_wait_on(&db, "AccessExclusiveLock", "probe_minute").await;
+    let started = Instant::now();
+    let written = sqlx::query(
+        "INSERT INTO tenant_tier_history (tenant_id, tier, valid_from) VALUES ($1, 'enterprise', $2)",
+    )
+    .bind(Uuid::from_u128(0x6f1c_0000_0000_4000_8000_0000_0000_1004))
+    .bind(drop_now())
+    .execute(&mut *billing)
+    .await;
+    let billing_wait = started.elapsed();
+    let committed = billing.commit().await;
+    let outcome = drop.await.unwrap();
+    assert!(
+        written.is_ok() && committed.is_ok(),
+        "billing's transaction was aborted: {written:?} {committed:?}; drop: {outcome:?}"
+    );
+    assert!(
+        billing_wait < lock.lock_timeout,
+        "billing waited {billing_wait:?}; drop: {outcome:?}"
+    );
+    assert!(
+        matches!(&outcome, Ok(dropped) if dropped.detach_attempts >= 2),
+        "{outcome:?}"
+    );
+    assert_eq!(attached(&db).await, None);
+}
+
 /// Held or not: a row of a tenant inside its retention inserted into the
 /// month during the pause between two attempts is seen by the next
 /// attempt: the month is not detached.
