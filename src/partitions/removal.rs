@@ -6,21 +6,22 @@
 //!    (tier in force at the row's minute); any -> abort;
 //! 3. the intent is committed to the audit log;
 //! 4. one short transaction takes a SHARE lock on the partition (writers to
-//!    it wait, readers do not), verifies again under that lock, and runs a
-//!    plain `DETACH PARTITION` under `lock_timeout`; a lost lock wait rolls
-//!    the whole attempt (lock, verification, DETACH) back to its savepoint
-//!    and tries again after a pause, so nothing of ours is held during the
-//!    pause (a writer that got `probe_minute` meanwhile would otherwise
-//!    wait for the partition while our DETACH waits for it: a deadlock);
-//!    then, under a SHARE lock on `tenant_tier_history`
-//!    (billing may have recorded a tier while the DETACH waited), the count
-//!    that decides: rows inside retention roll the DETACH back;
+//!    it wait, readers do not) and on `tenant_tier_history` (billing cannot
+//!    record a tier until the commit), verifies again under them (the count
+//!    that decides), and runs a plain `DETACH PARTITION` under
+//!    `lock_timeout`; a lost lock wait rolls the whole attempt (locks,
+//!    verification, DETACH) back to its savepoint and tries again after a
+//!    pause, so nothing of ours is held during the pause (a writer that got
+//!    `probe_minute` meanwhile would otherwise wait for the partition while
+//!    our DETACH waits for it: a deadlock). Nothing runs after the DETACH
+//!    but the audit row and the commit: ACCESS EXCLUSIVE on probe_minute
+//!    is held for no count and no other lock wait;
 //! 5. the intent to drop is committed; the drop's transaction locks the
 //!    detached table, counts once more under the tier history's SHARE lock,
 //!    and runs `DROP TABLE`, or attaches the table again when rows became
 //!    inside retention since the detach; lock waits are retried the same
-//!    way. The tier history is locked only for a count, never while one of
-//!    our lock waits is pending, so billing's writes wait at most that long.
+//!    way. Billing's writes wait for a count and at most one DETACH lock
+//!    wait, never for a pause.
 //!
 //! Why not `DETACH PARTITION ... CONCURRENTLY`: it cannot run in a
 //! transaction, so the verification could not be made atomic with the
@@ -383,26 +384,11 @@ async fn detach(
             Err(AttemptError::Failed(error)) => return Err(error),
         }
     }
-    // The count that decides: billing may have recorded a tier row while
-    // the DETACH waited for its lock. Under a SHARE lock on the tier history
-    // nothing changes until the commit, and it is held only for this count
-    // (billing's writes wait that long, never for a lock wait of ours).
-    // One attempt only: this transaction holds ACCESS EXCLUSIVE on
-    // probe_minute now, and ingestion must not wait for our retries. A lost
-    // wait rolls the DETACH back; the next reconcile tries again.
-    let once = LockDiscipline {
-        attempts: 1,
-        ..settings.lock
-    };
-    let mut once_attempt = 1;
-    let rows = locked_count(&mut tx, qualified, settings, once, &mut once_attempt, name).await?;
-    if rows > 0 {
-        // Dropping the transaction rolls the DETACH back.
-        return Err(PartitionError::RowsInsideRetention {
-            partition: name.to_string(),
-            rows,
-        });
-    }
+    // The attempt's count decided under the tier history's SHARE lock,
+    // held until the commit: no tier row changed since. Nothing is counted
+    // after the DETACH: that would hold ACCESS EXCLUSIVE on probe_minute
+    // (every insert of the drain waiting) through a count of the whole
+    // month and, before it, through a lock wait for the tier history.
     audit::record(
         &mut *tx,
         settings.now,
@@ -437,8 +423,8 @@ enum AttemptError {
 
 /// One attempt, each statement waiting at most `lock_timeout`: a SHARE
 /// lock on the partition (no row can be written into it from here on,
-/// while readers carry on), the bounds read again and the guard and the
-/// verification under it, then the `DETACH`.
+/// while readers carry on) and on the tier history, the bounds read again
+/// and the guard and the verification under them, then the `DETACH`.
 async fn detach_attempt(
     tx: &mut PgConnection,
     name: &str,
@@ -461,6 +447,15 @@ async fn detach_attempt(
     .execute(&mut *tx)
     .await
     .map_err(locked("lock", "locking"))?;
+    // The tier history too, before the count and until the commit: billing
+    // may record a tier row while the DETACH waits, and the count must be
+    // the one the detach commits with. Billing's writes wait for this
+    // attempt (its count and at most one `lock_timeout` of the DETACH),
+    // never for the pause: a lost wait rolls the lock back with the rest.
+    sqlx::query(LOCK_TIER_HISTORY)
+        .execute(&mut *tx)
+        .await
+        .map_err(locked("verify", "locking the tier history to verify"))?;
     let (_, locked_bounds) = attached_bounds_in(tx, name)
         .await
         .map_err(AttemptError::Failed)?;
@@ -758,6 +753,11 @@ async fn attach_again(
     }
 }
 
+/// A column of probe_minute as the catalog renders it: name, type with
+/// modifiers, default or generation expression, NOT NULL, generated
+/// stored, and its collation when it is not its type's own.
+type ParentColumn = (String, String, Option<String>, bool, bool, Option<String>);
+
 /// Gives the detached table `quoted` every column `probe_minute` gained
 /// while it was detached (a migration that ran meanwhile), defined as the
 /// parent defines it: type, default or generation expression, NOT NULL. The
@@ -773,9 +773,15 @@ async fn add_missing_columns(
     quoted: &str,
     name: &str,
 ) -> Result<Vec<String>, PartitionError> {
-    let missing: Vec<(String, String, Option<String>, bool, bool)> = sqlx::query_as(
+    // The collation only when it is not the type's own: `format_type`
+    // does not render it, and the ATTACH requires the parent's.
+    let missing: Vec<ParentColumn> = sqlx::query_as(
         "SELECT p.attname::text, format_type(p.atttypid, p.atttypmod), \
-                pg_get_expr(d.adbin, d.adrelid), p.attnotnull, p.attgenerated = 's' \
+                pg_get_expr(d.adbin, d.adrelid), p.attnotnull, p.attgenerated = 's', \
+                (SELECT quote_ident(n.nspname) || '.' || quote_ident(co.collname) \
+                 FROM pg_collation co JOIN pg_namespace n ON n.oid = co.collnamespace \
+                 JOIN pg_type t ON t.oid = p.atttypid \
+                 WHERE co.oid = p.attcollation AND p.attcollation <> t.typcollation) \
          FROM pg_attribute p \
          LEFT JOIN pg_attrdef d ON d.adrelid = p.attrelid AND d.adnum = p.attnum \
          WHERE p.attrelid = $1::regclass AND p.attnum > 0 AND NOT p.attisdropped \
@@ -791,8 +797,11 @@ async fn add_missing_columns(
         "comparing the columns of {name} with {TABLE}"
     )))?;
     let mut added = Vec::with_capacity(missing.len());
-    for (column, type_, expression, not_null, generated) in missing {
+    for (column, type_, expression, not_null, generated, collation) in missing {
         let mut definition = format!("{} {type_}", super::quote_ident(&column));
+        if let Some(collation) = collation {
+            definition.push_str(&format!(" COLLATE {collation}"));
+        }
         match (expression, generated) {
             (Some(expression), true) => {
                 definition.push_str(&format!(" GENERATED ALWAYS AS ({expression}) STORED"));
@@ -815,7 +824,71 @@ async fn add_missing_columns(
         tracing::warn!(partition = %name, column = %column, definition = %definition, "the detached month lacked a column probe_minute gained meanwhile; added as probe_minute defines it");
         added.push(column);
     }
+    add_missing_constraints(tx, quoted, name).await?;
     Ok(added)
+}
+
+/// Gives the detached table `quoted` the NOT NULL and CHECK constraints
+/// `probe_minute` gained while it was detached (the ATTACH requires every
+/// one of them). Each is checked against the month's rows as it is added:
+/// a row that violates one fails the attach, and the month stays detached
+/// with that error (nothing is rewritten to fit).
+async fn add_missing_constraints(
+    tx: &mut PgConnection,
+    quoted: &str,
+    name: &str,
+) -> Result<(), PartitionError> {
+    let not_null: Vec<String> = sqlx::query_scalar(
+        "SELECT p.attname::text FROM pg_attribute p \
+         JOIN pg_attribute c ON c.attrelid = to_regclass($2) AND c.attname = p.attname \
+              AND c.attnum > 0 AND NOT c.attisdropped \
+         WHERE p.attrelid = $1::regclass AND p.attnum > 0 AND NOT p.attisdropped \
+           AND p.attnotnull AND NOT c.attnotnull \
+         ORDER BY p.attnum",
+    )
+    .bind(TABLE)
+    .bind(quoted)
+    .fetch_all(&mut *tx)
+    .await
+    .map_err(db_error(format!(
+        "comparing the NOT NULL columns of {name} with {TABLE}"
+    )))?;
+    let checks: Vec<(String, String)> = sqlx::query_as(
+        "SELECT p.conname::text, pg_get_constraintdef(p.oid) FROM pg_constraint p \
+         WHERE p.conrelid = $1::regclass AND p.contype = 'c' AND NOT p.connoinherit \
+           AND NOT EXISTS (SELECT FROM pg_constraint c WHERE c.conrelid = to_regclass($2) \
+                           AND c.contype = 'c' AND c.conname = p.conname) \
+         ORDER BY p.conname",
+    )
+    .bind(TABLE)
+    .bind(quoted)
+    .fetch_all(&mut *tx)
+    .await
+    .map_err(db_error(format!(
+        "comparing the constraints of {name} with {TABLE}"
+    )))?;
+    let statements = not_null
+        .iter()
+        .map(|column| format!("ALTER COLUMN {} SET NOT NULL", super::quote_ident(column)))
+        .chain(checks.iter().map(|(constraint, definition)| {
+            format!(
+                "ADD CONSTRAINT {} {definition}",
+                super::quote_ident(constraint)
+            )
+        }));
+    for statement in statements {
+        // The catalog's own rendering of the parent's constraint.
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "ALTER TABLE {quoted} {statement}"
+        )))
+        .execute(&mut *tx)
+        .await
+        .map_err(db_error(format!(
+            "giving the detached {name} {TABLE}'s {statement}"
+        )))?;
+        tracing::warn!(partition = %name, %statement, "the detached month lacked a constraint probe_minute gained meanwhile; added as probe_minute defines it");
+    }
+    Ok(())
 }
 
 /// Records that a step gave up, so the audit log explains an intent row

@@ -14,7 +14,10 @@
 //!   its index at all?". It cannot when the index was dropped, rebuilt on
 //!   another expression, made partial with a predicate the query does not
 //!   imply, or when a column's type changed under it (then the query may
-//!   not even plan any more).
+//!   not even plan any more). An index whose first key is not
+//!   `minute_bucket` is unusable too, whatever the plan shows: its index
+//!   condition on the minute (a later key) reads every entry of the
+//!   leading keys, the whole index.
 //!
 //!   On a small table the unique key's index (whose last column is
 //!   `minute_bucket`) can cost the same or less, and the planner may take
@@ -133,9 +136,20 @@ pub async fn check_alert_query_plan(
         plan: String::new(),
         plan_without_seqscan: String::new(),
     };
-    let index_valid: bool = sqlx::query_scalar(
+    // Whether the index leads with `minute_bucket` itself: only then does
+    // an index condition on the minute find the minute's entries. An index
+    // with the minute as a later key (`(contributing_tenant_count,
+    // minute_bucket)`, `(error_kind, minute_bucket)`) shows the same index
+    // condition in the plan but reads every entry of its leading keys.
+    let (index_valid, leads_with_minute): (bool, bool) = sqlx::query_as(
         "SELECT EXISTS (SELECT FROM pg_index WHERE indexrelid = to_regclass($1) \
-         AND indrelid = 'suppression_clusters'::regclass AND indisvalid AND indisready)",
+                AND indrelid = 'suppression_clusters'::regclass AND indisvalid AND indisready), \
+                EXISTS (SELECT FROM pg_index i JOIN pg_attribute a \
+                          ON a.attrelid = i.indrelid AND a.attname = 'minute_bucket' \
+                         AND NOT a.attisdropped \
+                        WHERE i.indexrelid = to_regclass($1) \
+                          AND i.indrelid = 'suppression_clusters'::regclass \
+                          AND i.indkey[0] = a.attnum)",
     )
     .bind(ALERT_ROUTER_INDEX)
     .fetch_one(&mut *tx)
@@ -181,7 +195,7 @@ pub async fn check_alert_query_plan(
         .map_err(db("rolling the plan check back"))?;
     check.problem = if !index_valid {
         Some(PlanProblem::IndexMissing)
-    } else if !forced.uses(ALERT_ROUTER_INDEX) {
+    } else if !leads_with_minute || !forced.uses(ALERT_ROUTER_INDEX) {
         Some(PlanProblem::IndexUnusable)
     } else if estimated_table_rows >= PLAN_CHECK_MIN_ROWS && !normal.uses(ALERT_ROUTER_INDEX) {
         Some(PlanProblem::PlanFlipped)
