@@ -469,7 +469,8 @@ async fn a_retention_delete_of_the_month_does_not_deadlock_with_the_detach() {
     loop {
         let waiting: i64 = sqlx::query_scalar(
             "SELECT count(*) FROM pg_locks WHERE NOT granted AND mode = 'RowExclusiveLock' \
-             AND relation = to_regclass($1)",
+             AND relation = to_regclass($1) \
+             AND database = (SELECT oid FROM pg_database WHERE datname = current_database())",
         )
         .bind(PARTITION)
         .fetch_one(&db.pool)
@@ -546,7 +547,8 @@ async fn ingestion_does_not_wait_for_the_tier_history_lock_retries() {
     loop {
         let waiting: i64 = sqlx::query_scalar(
             "SELECT count(*) FROM pg_locks WHERE NOT granted AND mode = 'ShareLock' \
-             AND relation = to_regclass('tenant_tier_history')",
+             AND relation = to_regclass('tenant_tier_history') \
+             AND database = (SELECT oid FROM pg_database WHERE datname = current_database())",
         )
         .fetch_one(&db.pool)
         .await
