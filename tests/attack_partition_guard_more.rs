@@ -27,6 +27,7 @@ use archiver_operator::retention::tiers::{Table, contract_minute_days};
 use archiver_operator::testing::TestDatabase;
 
 #[path = "common/old_month.rs"]
+#[allow(dead_code)] // shared by several test binaries; each uses a part
 mod old_month;
 use old_month::{
     PARTITION, at, drop_now, example_tiers, one_old_month, record_contract, wait_for_lock_wait,

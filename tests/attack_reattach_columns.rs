@@ -13,13 +13,13 @@ use std::time::Duration as StdDuration;
 
 use archiver_operator::partitions::PartitionError;
 use archiver_operator::partitions::audit::LockDiscipline;
-use archiver_operator::partitions::removal::{self, DropSettings};
+use archiver_operator::partitions::removal;
 use archiver_operator::testing::TestDatabase;
 
 #[path = "common/old_month.rs"]
 #[allow(dead_code)] // shared by several test binaries; each uses a part
 mod old_month;
-use old_month::{PARTITION, at, drop_now, example_tiers, one_old_month, record_contract};
+use old_month::{PARTITION, attached, drop_leftover_with, one_old_month, record_contract};
 
 fn lock() -> LockDiscipline {
     LockDiscipline {
@@ -29,33 +29,8 @@ fn lock() -> LockDiscipline {
     }
 }
 
-fn recorded() -> serde_json::Value {
-    serde_json::json!({
-        "table": "probe_minute",
-        "from": at(2027, 1, 1, 0, 0),
-        "to": at(2027, 2, 1, 0, 0),
-    })
-}
-
-/// One reconcile's finishing of the leftover.
 async fn drop_leftover(db: &TestDatabase) -> Result<Option<removal::Dropped>, PartitionError> {
-    let tiers = example_tiers();
-    let settings = DropSettings {
-        now: drop_now(),
-        lock: lock(),
-        tiers: &tiers,
-        actor: "attack",
-    };
-    removal::drop_leftover(&db.pool, PARTITION, &recorded(), settings).await
-}
-
-/// `Some(true)` attached, `Some(false)` a detached plain table, `None` gone.
-async fn attached(db: &TestDatabase) -> Option<bool> {
-    sqlx::query_scalar("SELECT relispartition FROM pg_class WHERE oid = to_regclass($1)")
-        .bind(PARTITION)
-        .fetch_optional(&db.pool)
-        .await
-        .unwrap()
+    drop_leftover_with(db, lock()).await
 }
 
 async fn execute(db: &TestDatabase, sql: &str) {

@@ -705,7 +705,10 @@ async fn attach_again(
         lock.apply(&mut tx)
             .await
             .map_err(sql("setting lock_timeout to attach"))?;
+        // What probe_minute gained while the month was detached, which the
+        // ATTACH requires: first the columns, then the constraints on them.
         let added = add_missing_columns(&mut tx, &quoted, name).await?;
+        add_missing_constraints(&mut tx, &quoted, name).await?;
         let statement = format!(
             "ALTER TABLE {TABLE} ATTACH PARTITION {quoted} FOR VALUES FROM ('{}') TO ('{}')",
             bounds.from.to_rfc3339(),
@@ -824,7 +827,6 @@ async fn add_missing_columns(
         tracing::warn!(partition = %name, column = %column, definition = %definition, "the detached month lacked a column probe_minute gained meanwhile; added as probe_minute defines it");
         added.push(column);
     }
-    add_missing_constraints(tx, quoted, name).await?;
     Ok(added)
 }
 

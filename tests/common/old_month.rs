@@ -9,6 +9,9 @@ use chrono::{DateTime, TimeZone, Utc};
 use uuid::Uuid;
 
 use archiver_operator::api::retention_policy::{RetentionPolicy, Tiers};
+use archiver_operator::partitions::PartitionError;
+use archiver_operator::partitions::audit::LockDiscipline;
+use archiver_operator::partitions::removal::{self, DropSettings};
 use archiver_operator::testing::TestDatabase;
 
 /// The month these tests drop.
@@ -98,4 +101,38 @@ pub async fn wait_for_lock_wait(db: &TestDatabase, mode: &str) {
         );
         tokio::time::sleep(StdDuration::from_millis(5)).await;
     }
+}
+
+/// The month's bounds as the detach recorded them in its audit row (what
+/// `drop_leftover` attaches a month again with).
+pub fn recorded() -> serde_json::Value {
+    serde_json::json!({
+        "table": "probe_minute",
+        "from": at(2027, 1, 1, 0, 0),
+        "to": at(2027, 2, 1, 0, 0),
+    })
+}
+
+/// One reconcile's finishing of the month left detached, at `drop_now()`.
+pub async fn drop_leftover_with(
+    db: &TestDatabase,
+    lock: LockDiscipline,
+) -> Result<Option<removal::Dropped>, PartitionError> {
+    let tiers = example_tiers();
+    let settings = DropSettings {
+        now: drop_now(),
+        lock,
+        tiers: &tiers,
+        actor: "attack",
+    };
+    removal::drop_leftover(&db.pool, PARTITION, &recorded(), settings).await
+}
+
+/// `Some(true)` attached, `Some(false)` a detached plain table, `None` gone.
+pub async fn attached(db: &TestDatabase) -> Option<bool> {
+    sqlx::query_scalar("SELECT relispartition FROM pg_class WHERE oid = to_regclass($1)")
+        .bind(PARTITION)
+        .fetch_optional(&db.pool)
+        .await
+        .unwrap()
 }
