@@ -31,6 +31,20 @@ pub fn redacted_target(options: &PgConnectOptions) -> String {
     )
 }
 
+/// How long a pooled connection serves before it is closed and replaced.
+///
+/// A PostgreSQL backend keeps the high-water mark of its C heap (sort and
+/// COPY buffers, JIT code) until it exits, so a backend that once ran the
+/// drain's COPY of a 250,000-row minute stays that large. Measured in the
+/// soak: the COPY backend grew from 16 to 29 MiB over its first minutes and
+/// then held there, while PostgreSQL's own memory contexts grew by under
+/// 0.4 MB; with sqlx's default 30-minute lifetime the sum over the pool rose
+/// for a whole half hour. Replacing each connection after 5 minutes bounds
+/// that at a reconnect (a few milliseconds) per connection per 5 minutes.
+/// The check runs when a connection is acquired or released, so a
+/// transaction in flight is never cut.
+pub const CONNECTION_LIFETIME: Duration = Duration::from_secs(5 * 60);
+
 /// Opens a pool to `url`. The URL may hold a password, so it never appears in
 /// an error; only host, port and database do.
 pub async fn connect(url: &str, max_connections: u32) -> Result<PgPool, DbError> {
@@ -39,6 +53,7 @@ pub async fn connect(url: &str, max_connections: u32) -> Result<PgPool, DbError>
     PgPoolOptions::new()
         .max_connections(max_connections)
         .acquire_timeout(Duration::from_secs(10))
+        .max_lifetime(CONNECTION_LIFETIME)
         .after_release(|conn, _| Box::pin(not_inside_a_transaction(conn)))
         .connect_with(options)
         .await
