@@ -19,6 +19,13 @@
 //!   condition on the minute (a later key) reads every entry of the
 //!   leading keys, the whole index.
 //!
+//!   The index that finds the minute may also be another valid index of
+//!   the table leading with `minute_bucket` (a covering twin an operator
+//!   added, which the planner prefers for an index-only scan): the router is
+//!   served then too. `suppression_clusters_recent` itself must still exist,
+//!   be valid and lead with `minute_bucket`, so dropping it is reported even
+//!   while a twin serves.
+//!
 //!   On a small table the unique key's index (whose last column is
 //!   `minute_bucket`) can cost the same or less, and the planner may take
 //!   it. Then the question is asked once more, of the query ordered by
@@ -26,7 +33,8 @@
 //!   `minute_bucket` fixed by the query, only an index on
 //!   `(minute_bucket, contributing_tenant_count)` delivers that order
 //!   without a sort, so a healthy `suppression_clusters_recent` wins and
-//!   an unusable one still loses.
+//!   an unusable one still loses (a twin of the same key may win instead,
+//!   and serves as well).
 //! - **Used, on a big table.** When the planner itself estimates the table
 //!   at [`PLAN_CHECK_MIN_ROWS`] rows or more (its estimate scales with the
 //!   table's current size in pages, so statistics taken when the table was
@@ -138,25 +146,7 @@ pub async fn check_alert_query_plan(
         plan: String::new(),
         plan_without_seqscan: String::new(),
     };
-    // Whether the index leads with `minute_bucket` itself: only then does
-    // an index condition on the minute find the minute's entries. An index
-    // with the minute as a later key (`(contributing_tenant_count,
-    // minute_bucket)`, `(error_kind, minute_bucket)`) shows the same index
-    // condition in the plan but reads every entry of its leading keys.
-    let (index_valid, leads_with_minute): (bool, bool) = sqlx::query_as(
-        "SELECT EXISTS (SELECT FROM pg_index WHERE indexrelid = to_regclass($1) \
-                AND indrelid = 'suppression_clusters'::regclass AND indisvalid AND indisready), \
-                EXISTS (SELECT FROM pg_index i JOIN pg_attribute a \
-                          ON a.attrelid = i.indrelid AND a.attname = 'minute_bucket' \
-                         AND NOT a.attisdropped \
-                        WHERE i.indexrelid = to_regclass($1) \
-                          AND i.indrelid = 'suppression_clusters'::regclass \
-                          AND i.indkey[0] = a.attnum)",
-    )
-    .bind(ALERT_ROUTER_INDEX)
-    .fetch_one(&mut *tx)
-    .await
-    .map_err(db("looking up the index"))?;
+    let index = router_index(&mut tx).await?;
     let minute = crate::clock::minute_floor(now) - chrono::Duration::minutes(1);
     let normal = match explain(&mut tx, minute, Order::AsTheRouterAsks).await? {
         Ok(plan) => plan,
@@ -179,7 +169,7 @@ pub async fn check_alert_query_plan(
             return Ok(check);
         }
     };
-    if !forced.uses(ALERT_ROUTER_INDEX) {
+    if !forced.uses_any(&index.serving) {
         // Another index found the minute at no higher cost: ask for the
         // order only the router's index delivers (module comment).
         sqlx::query("SET LOCAL enable_sort = off")
@@ -191,9 +181,9 @@ pub async fn check_alert_query_plan(
         }
     }
     check.plan_without_seqscan = forced.describe();
-    let usable = index_valid && leads_with_minute && forced.uses(ALERT_ROUTER_INDEX);
+    let usable = index.valid && index.leads_with_minute && forced.uses_any(&index.serving);
     let scans_instead =
-        usable && estimated_table_rows >= PLAN_CHECK_MIN_ROWS && !normal.uses(ALERT_ROUTER_INDEX);
+        usable && estimated_table_rows >= PLAN_CHECK_MIN_ROWS && !normal.uses_any(&index.serving);
     // A sequential scan is the honest plan for a minute holding a large
     // share of the table (a burst): counted through the index (sequential
     // scans are still off here), so statistics that wrongly claim a burst
@@ -204,7 +194,7 @@ pub async fn check_alert_query_plan(
     tx.rollback()
         .await
         .map_err(db("rolling the plan check back"))?;
-    check.problem = if !index_valid {
+    check.problem = if !index.valid {
         Some(PlanProblem::IndexMissing)
     } else if !usable {
         Some(PlanProblem::IndexUnusable)
@@ -214,6 +204,60 @@ pub async fn check_alert_query_plan(
         None
     };
     Ok(check)
+}
+
+/// What the catalog says about the router's index and its peers.
+struct RouterIndex {
+    /// `suppression_clusters_recent` exists and is valid and ready.
+    valid: bool,
+    /// Its first key is the column `minute_bucket` itself. Only then does an
+    /// index condition on the minute find the minute's entries; an index
+    /// with the minute as a later key (`(contributing_tenant_count,
+    /// minute_bucket)`, `(error_kind, minute_bucket)`, the unique key) shows
+    /// the same index condition in the plan but reads every entry of its
+    /// leading keys.
+    leads_with_minute: bool,
+    /// The valid indexes of `suppression_clusters` whose first key is
+    /// `minute_bucket`, `suppression_clusters_recent` among them when it
+    /// qualifies: a plan that finds the minute through any of them serves
+    /// the router. An operator may add a covering twin the planner prefers
+    /// (an index-only scan); the router is served as well, and reporting
+    /// the healthy named index as unusable would page for nothing.
+    serving: Vec<String>,
+}
+
+async fn router_index(tx: &mut PgConnection) -> Result<RouterIndex, ViewsError> {
+    let (valid, leads_with_minute): (bool, bool) = sqlx::query_as(
+        "SELECT EXISTS (SELECT FROM pg_index WHERE indexrelid = to_regclass($1) \
+                AND indrelid = 'suppression_clusters'::regclass AND indisvalid AND indisready), \
+                EXISTS (SELECT FROM pg_index i JOIN pg_attribute a \
+                          ON a.attrelid = i.indrelid AND a.attname = 'minute_bucket' \
+                         AND NOT a.attisdropped \
+                        WHERE i.indexrelid = to_regclass($1) \
+                          AND i.indrelid = 'suppression_clusters'::regclass \
+                          AND i.indkey[0] = a.attnum)",
+    )
+    .bind(ALERT_ROUTER_INDEX)
+    .fetch_one(&mut *tx)
+    .await
+    .map_err(db("looking up the index"))?;
+    // `relname`: the plan names an index without its schema, as here.
+    let serving: Vec<String> = sqlx::query_scalar(
+        "SELECT c.relname::text FROM pg_index i \
+           JOIN pg_class c ON c.oid = i.indexrelid \
+           JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attname = 'minute_bucket' \
+                              AND NOT a.attisdropped \
+          WHERE i.indrelid = 'suppression_clusters'::regclass \
+            AND i.indisvalid AND i.indisready AND i.indkey[0] = a.attnum",
+    )
+    .fetch_all(&mut *tx)
+    .await
+    .map_err(db("listing the indexes that find a minute"))?;
+    Ok(RouterIndex {
+        valid,
+        leads_with_minute,
+        serving,
+    })
 }
 
 /// The share of the table's rows from which the minute is a burst: reading
@@ -347,14 +391,16 @@ impl Plan {
         out
     }
 
-    /// Whether `index` finds the minute's rows: a scan of it whose index
-    /// condition constrains `minute_bucket`. A scan of the whole index that
-    /// only checks `contributing_tenant_count` (possible when the index
+    /// Whether one of `indexes` finds the minute's rows: a scan of it whose
+    /// index condition constrains `minute_bucket`. A scan of the whole index
+    /// that only checks `contributing_tenant_count` (possible when the index
     /// was rebuilt on another leading expression) reads as much as a
     /// sequential scan and does not count.
-    fn uses(&self, index: &str) -> bool {
+    fn uses_any(&self, indexes: &[String]) -> bool {
         self.scans().iter().any(|scan| {
-            scan.index.as_deref() == Some(index)
+            scan.index
+                .as_deref()
+                .is_some_and(|name| indexes.iter().any(|index| index == name))
                 && scan
                     .index_condition
                     .as_deref()
