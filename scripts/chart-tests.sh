@@ -18,7 +18,8 @@
 # (apt-get download + dpkg-deb; apt-get update with sudo when not root and
 # the package lists lack it). Installing the package instead would also
 # start a Prometheus server on port 9090 wherever systemd runs. Without
-# promtool those tests are skipped, except in CI (CI=true), where they fail.
+# promtool those tests are skipped when pytest is run by hand; they fail in
+# CI (CI=true) and under scripts/test.sh (ARCHIVER_REQUIRE_PROMTOOL=1).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -66,7 +67,7 @@ fetch_promtool() {
 }
 if ! command -v promtool >/dev/null 2>&1; then
   if [ ! -x "$promtool_dir/usr/bin/promtool" ] && ! fetch_promtool; then
-    echo "promtool could not be fetched (Debian package prometheus): its tests are skipped (they fail with CI=true)" >&2
+    echo "promtool could not be fetched (Debian package prometheus): its tests fail under scripts/test.sh and CI, and are skipped otherwise" >&2
   fi
   if [ -x "$promtool_dir/usr/bin/promtool" ]; then
     PATH="$(cd "$promtool_dir/usr/bin" && pwd):$PATH"
