@@ -5,13 +5,21 @@
 # (`run`) and the shard workers (`worker --shard NS/NAME`). Built without
 # default features: no `demo` command, no throw-away servers, no test support.
 #
-#   docker build -t archiver-operator:0.1.0 .
+#   docker build --build-arg ARCHIVER_GIT_COMMIT="$(git rev-parse HEAD)" \
+#       -t archiver-operator:0.1.0 .
+#
+# The context has no .git (.dockerignore): without the build argument
+# /health reports the commit as "unknown".
 
 FROM rust:1.95-bookworm AS build
 WORKDIR /src
-# Everything the release binary is built from (Cargo.toml also declares the
-# benches, and sqlx embeds migrations/ at compile time).
-COPY Cargo.toml Cargo.lock ./
+# Everything the release binary is built from: build.rs records the commit
+# and build time /health reports, Cargo.toml also declares the benches and
+# examples, and sqlx embeds migrations/ at compile time. tests/dockerfile.rs
+# checks this list against cargo's own list of the package's targets.
+ARG ARCHIVER_GIT_COMMIT=""
+ARG SOURCE_DATE_EPOCH
+COPY Cargo.toml Cargo.lock build.rs ./
 COPY src ./src
 COPY migrations ./migrations
 COPY benches ./benches

@@ -1,5 +1,6 @@
-//! Records what `/health` reports about the build: the git commit (or
-//! "unknown" outside a git checkout, e.g. a container build from a tarball)
+//! Records what `/health` reports about the build: the git commit
+//! (`ARCHIVER_GIT_COMMIT` when set, as the Dockerfile sets it; else `git
+//! rev-parse HEAD`; "unknown" outside a git checkout)
 //! and the build time in seconds since the epoch (`SOURCE_DATE_EPOCH` when
 //! set, so reproducible builds stay reproducible).
 
@@ -7,14 +8,13 @@ use std::process::Command;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 fn main() {
-    let commit = Command::new("git")
-        .args(["rev-parse", "HEAD"])
-        .output()
+    // A container build has no `.git`: the Dockerfile passes the commit as
+    // the build argument ARCHIVER_GIT_COMMIT instead.
+    let commit = std::env::var("ARCHIVER_GIT_COMMIT")
         .ok()
-        .filter(|output| output.status.success())
-        .and_then(|output| String::from_utf8(output.stdout).ok())
         .map(|text| text.trim().to_string())
         .filter(|text| !text.is_empty())
+        .or_else(git_head)
         .unwrap_or_else(|| "unknown".to_string());
     let epoch = std::env::var("SOURCE_DATE_EPOCH")
         .ok()
@@ -28,6 +28,7 @@ fn main() {
     println!("cargo:rustc-env=ARCHIVER_GIT_COMMIT={commit}");
     println!("cargo:rustc-env=ARCHIVER_BUILD_EPOCH={epoch}");
     println!("cargo:rerun-if-env-changed=SOURCE_DATE_EPOCH");
+    println!("cargo:rerun-if-env-changed=ARCHIVER_GIT_COMMIT");
     // A new commit changes HEAD (or the branch file it points to).
     if let Ok(output) = Command::new("git")
         .args(["rev-parse", "--git-dir"])
@@ -52,4 +53,16 @@ fn main() {
         }
     }
     println!("cargo:rerun-if-changed=build.rs");
+}
+
+/// `git rev-parse HEAD`, when this is a git checkout.
+fn git_head() -> Option<String> {
+    Command::new("git")
+        .args(["rev-parse", "HEAD"])
+        .output()
+        .ok()
+        .filter(|output| output.status.success())
+        .and_then(|output| String::from_utf8(output.stdout).ok())
+        .map(|text| text.trim().to_string())
+        .filter(|text| !text.is_empty())
 }
