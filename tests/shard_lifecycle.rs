@@ -535,3 +535,62 @@ async fn a_shard_reactivated_while_not_ready_keeps_its_lifecycle_event() {
         "the reactivation's event was lost: {stored}\n{printed}"
     );
 }
+
+/// The condition `type` of a stored manifests-mode status: (status, reason).
+fn stored_condition(dir: &Path, object_file: &str, type_: &str) -> Option<(String, String)> {
+    let text = std::fs::read_to_string(dir.join(".archiver/status").join(object_file))
+        .expect("the stored status");
+    let stored: serde_json::Value = serde_yaml_ng::from_str(&text).expect("YAML");
+    let conditions = stored.pointer("/status/conditions")?.as_array()?;
+    conditions
+        .iter()
+        .find(|condition| condition["type"] == type_)
+        .map(|condition| {
+            (
+                condition["status"].as_str().unwrap_or_default().to_string(),
+                condition["reason"].as_str().unwrap_or_default().to_string(),
+            )
+        })
+}
+
+/// The shard the derived views wait on says so in its own status
+/// (`HoldsDerivedViews`), through the binary and a manifests directory;
+/// suspended, it no longer holds them.
+#[tokio::test]
+async fn the_shard_the_views_wait_on_says_so_in_its_status() {
+    let db = TestDatabase::new().await;
+    let redis = redis_server();
+    let (dir, shard_file, _) = shard_directory(&redis.url());
+    let status_file = "ArchiverShard_archiver_shard-0.yaml";
+    // The first pass creates the shard's row, then the views run and wait
+    // on it; the second pass's status reads what they recorded.
+    for now in ["2026-11-10T10:00:30Z", "2026-11-10T10:01:30Z"] {
+        let output = run_once(dir.path(), now, &db.url);
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    let recorded: Option<i32> =
+        sqlx::query_scalar("SELECT waiting_on_shard FROM derived_views_watermark")
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
+    assert_eq!(recorded, Some(0));
+    assert_eq!(
+        stored_condition(dir.path(), status_file, "HoldsDerivedViews"),
+        Some(("True".to_string(), "ViewsWaitOnThisShard".to_string()))
+    );
+
+    let suspended = std::fs::read_to_string(&shard_file)
+        .unwrap()
+        .replace("  shardId: 0\n", "  shardId: 0\n  suspend: true\n");
+    std::fs::write(&shard_file, suspended).unwrap();
+    let output = run_once(dir.path(), "2026-11-10T10:02:30Z", &db.url);
+    assert!(output.status.success());
+    assert_eq!(
+        stored_condition(dir.path(), status_file, "HoldsDerivedViews"),
+        Some(("False".to_string(), "ViewsNotWaiting".to_string()))
+    );
+}

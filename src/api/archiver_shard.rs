@@ -163,7 +163,8 @@ pub struct ArchiverShardStatus {
     /// Generation of the spec this status describes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
-    /// Ready, LagWithinSLO, GapDetected, PartitionMissing, StrayKeys.
+    /// Ready, LagWithinSLO, GapDetected, PartitionMissing, HoldsDerivedViews,
+    /// StrayKeys.
     /// Ready is False whenever the shard cannot make progress, with the
     /// reason: RedisUnavailable, DatabaseError, GapHeld, PartitionMissing,
     /// UnsealedWait, NoRecentTick.

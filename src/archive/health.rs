@@ -13,6 +13,7 @@ pub mod conditions {
     pub const GAP_DETECTED: &str = "GapDetected";
     pub const PARTITION_MISSING: &str = "PartitionMissing";
     pub const STRAY_KEYS: &str = "StrayKeys";
+    pub const HOLDS_DERIVED_VIEWS: &str = "HoldsDerivedViews";
 }
 
 /// A worker ticks every minute; a last tick older than this means it is not
@@ -37,6 +38,13 @@ pub struct ShardHealth {
     pub stray_audit_at: Option<DateTime<Utc>>,
     pub stray_keys: Option<i64>,
     pub stray_key_examples: Vec<String>,
+    /// The derived views wait on this shard: it is the slowest active one
+    /// (`derived_views_watermark.waiting_on_shard`), so every tenant's
+    /// `probe_day`, `probe_month` and suppression clusters advance only as
+    /// far as its last archived minute. As of the views' last run, and only
+    /// while the shard is active (a shard just suspended no longer holds
+    /// them, though the views have not run since).
+    pub holds_views: bool,
 }
 
 impl ShardHealth {
@@ -57,7 +65,10 @@ pub async fn read(pool: &PgPool, shard_id: i32) -> Result<Option<ShardHealth>, s
     sqlx::query_as(
         "SELECT last_minute, owner, expires_at, last_tick_at, rows_archived_last_tick, rows_rejected_last_tick, \
          waiting_minute, waiting_reason, last_error, last_warning, unsealed_timeout_minute, unsealed_timeout_keys, \
-         stray_audit_at, stray_keys, stray_key_examples FROM archive_watermark WHERE shard_id = $1",
+         stray_audit_at, stray_keys, stray_key_examples, \
+         (w.lifecycle = 'active' AND EXISTS (SELECT FROM derived_views_watermark v \
+           WHERE v.waiting_on_shard = w.shard_id)) AS holds_views \
+         FROM archive_watermark w WHERE shard_id = $1",
     )
     .bind(shard_id)
     .fetch_optional(pool)

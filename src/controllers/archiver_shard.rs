@@ -399,8 +399,8 @@ fn condition<'a>(
 }
 
 /// The drain's conditions as `health` shows them: lag against the SLO, a
-/// missing minute (or a sharp drop in keys), a missing partition and, once
-/// audited, stray keys.
+/// missing minute (or a sharp drop in keys), a missing partition, whether
+/// the derived views wait on this shard and, once audited, stray keys.
 fn health_conditions(
     health: &ShardHealth,
     lag_slo_seconds: u32,
@@ -440,6 +440,22 @@ fn health_conditions(
         "NoPartition",
         "PartitionsPresent",
         if missing { message } else { String::new() },
+    ));
+    updates.push(condition(
+        health::conditions::HOLDS_DERIVED_VIEWS,
+        health.holds_views,
+        "ViewsWaitOnThisShard",
+        "ViewsNotWaiting",
+        if health.holds_views {
+            format!(
+                "the derived views (probe_day, probe_month, suppression clusters) of every tenant \
+                 advance only through this shard's last archived minute, {}: it is the slowest \
+                 active shard",
+                health.last_minute.format("%Y-%m-%d %H:%M UTC")
+            )
+        } else {
+            String::new()
+        },
     ));
     if let Some(count) = health.stray_keys {
         updates.push(condition(
