@@ -186,3 +186,44 @@ async fn a_wrong_hash_or_a_broken_dump_is_a_surprise_and_leaves_nothing_behind()
         "the scratch database is dropped"
     );
 }
+
+/// A backup that misses a month the live database holds, while it holds
+/// later months (a partition left out of the dump, here a month emptied
+/// before it): a surprise, exit 1. Row counts that differ for the usual
+/// reasons (new data after the dump, retention) stay a report.
+#[tokio::test]
+async fn a_backup_missing_a_month_before_later_ones_is_a_surprise() {
+    let db = TestDatabase::new().await;
+    seed(&db).await;
+    let october = "probe_minute WHERE minute_bucket < '2026-11-01 00:00+00'";
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "CREATE TABLE october_kept AS SELECT * FROM {october}; DELETE FROM {october}"
+    )))
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let backup = dir.path().join("archiver.dump");
+    db.dump_custom(&backup);
+    sqlx::raw_sql("INSERT INTO probe_minute SELECT * FROM october_kept; DROP TABLE october_kept")
+        .execute(&db.pool)
+        .await
+        .unwrap();
+
+    let (output, report) = drill(&db, &backup, None);
+    assert_eq!(output.status.code(), Some(1), "{}", text(&output));
+    let surprises: Vec<String> = report["surprises"]
+        .as_array()
+        .expect("surprises")
+        .iter()
+        .map(|surprise| surprise.as_str().unwrap_or_default().to_string())
+        .collect();
+    assert_eq!(surprises.len(), 1, "{report:#}");
+    assert!(
+        surprises[0].starts_with(
+            "probe_minute 2026-10: the live database holds 40 row(s), the restore none"
+        ),
+        "{report:#}"
+    );
+    assert!(!scratch_left(&db, &report).await);
+}

@@ -8,8 +8,12 @@
 //!
 //! Differences in row counts are expected (retention pruned the live
 //! database since the dump, new data arrived after it) and are reported,
-//! not judged. A surprise — a hash mismatch, a restore that fails, a table
-//! missing, erased data that a second replay still finds — exits 1.
+//! not judged, with one exception: a month the live database holds but the
+//! restore has no row of, while the restore holds later months of the same
+//! table, is a hole in the backup (a partition or a table's month that was
+//! never dumped) and a surprise. A surprise — a hash mismatch, a restore
+//! that fails, a table missing, erased data that a second replay still
+//! finds, a hole — exits 1.
 
 use std::ffi::OsString;
 use std::io::Read;
@@ -232,6 +236,7 @@ async fn restore_and_check(
             .push(format!("{table} is missing from the restored database"));
     }
     report.counts = month_counts(&scratch, live).await?;
+    report.surprises.extend(holes(&report.counts));
     scratch.close().await;
     Ok(())
 }
@@ -492,6 +497,31 @@ async fn month_counts(scratch: &PgPool, live: &PgPool) -> Result<Vec<MonthCount>
     Ok(counts)
 }
 
+/// Months the backup misses: the live database holds rows of the month,
+/// the restore none, and the restore holds a later month of that table, so
+/// the month was not simply after the dump. (Retention only ever removes a
+/// table's oldest months, and the tombstones replayed into the restore were
+/// applied to the live database too, so neither empties a month in the
+/// restore alone.)
+fn holes(counts: &[MonthCount]) -> Vec<String> {
+    counts
+        .iter()
+        .filter(|count| count.restored == 0 && count.live > 0)
+        .filter(|hole| {
+            counts.iter().any(|later| {
+                later.table == hole.table && later.month > hole.month && later.restored > 0
+            })
+        })
+        .map(|hole| {
+            format!(
+                "{} {}: the live database holds {} row(s), the restore none, though it holds \
+                 later months: the backup misses that month",
+                hole.table, hole.month, hole.live
+            )
+        })
+        .collect()
+}
+
 fn print_report(report: &RestoreReport) {
     println!(
         "restore drill of {} (sha256 {})",
@@ -528,6 +558,32 @@ fn print_report(report: &RestoreReport) {
 
 #[cfg(test)]
 mod tests {
+    fn count(table: &str, month: &str, restored: i64, live: i64) -> super::MonthCount {
+        super::MonthCount {
+            table: table.into(),
+            month: month.into(),
+            restored,
+            live,
+        }
+    }
+
+    #[test]
+    fn a_month_missing_between_restored_months_is_a_hole() {
+        let counts = [
+            count("probe_minute", "2026-09", 5, 0),
+            count("probe_minute", "2026-10", 0, 7),
+            count("probe_minute", "2026-11", 3, 9),
+            // Newer than the dump: not a hole.
+            count("probe_minute", "2026-12", 0, 4),
+            // Another table's later month does not make this one a hole.
+            count("probe_day", "2026-10", 0, 2),
+            count("probe_month", "2026-11", 1, 1),
+        ];
+        let holes = super::holes(&counts);
+        assert_eq!(holes.len(), 1, "{holes:?}");
+        assert!(holes[0].starts_with("probe_minute 2026-10: the live database holds 7 row(s)"));
+    }
+
     use super::*;
 
     #[test]
