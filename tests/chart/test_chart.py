@@ -1050,6 +1050,47 @@ def test_lag_alerts_fire_on_the_series_they_watch(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stdout + result.stderr
 
 
+def test_lag_alert_thresholds_follow_the_values(tmp_path: Path) -> None:
+    """criticalLagSeconds and lagFor change when the lag alerts fire, not
+    only the rendered text: with 3600 and 10m, 1900 s behind is not
+    critical, 3700 s is, and 200 s above a 180 s SLO waits 10 minutes (the
+    two far shards have an SLO of 2 hours, above both)."""
+    values = copy.deepcopy(VARIANTS["monitoring"])
+    values["metrics"]["prometheusRule"].update({"criticalLagSeconds": 3600, "lagFor": "10m"})
+    (tmp_path / "rules.yaml").write_text(yaml.safe_dump(alert_rules_without_annotations(values)))
+    page = {"severity": "warning", "team": "platform", "namespace": "archiver-system", "shard": "tenants/slow"}
+    tests = {
+        "rule_files": ["rules.yaml"],
+        "evaluation_interval": "1m",
+        "tests": [
+            {
+                "interval": "1m",
+                "input_series": [
+                    *shard_series("tenants/slow", "200x40", "180x40"),
+                    *shard_series("tenants/far", "1900x40", "7200x40"),
+                    *shard_series("tenants/farther", "3700x40", "7200x40"),
+                ],
+                "alert_rule_test": [
+                    {"eval_time": "9m", "alertname": "ArchiverLagAboveSLO", "exp_alerts": []},
+                    {"eval_time": "11m", "alertname": "ArchiverLagAboveSLO", "exp_alerts": [{"exp_labels": page}]},
+                    {
+                        "eval_time": "11m",
+                        "alertname": "ArchiverLagCritical",
+                        "exp_alerts": [
+                            {"exp_labels": {"severity": "critical", "team": "platform", "namespace": "archiver-system", "shard": "tenants/farther"}}
+                        ],
+                    },
+                ],
+            },
+        ],
+    }
+    assert_series_are_exported(tests)
+    assert_alerts_exist(tests, alerts(values))
+    (tmp_path / "tests.yaml").write_text(yaml.safe_dump(tests))
+    result = run_promtool("test", "rules", str(tmp_path / "tests.yaml"))
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
 def test_every_alert_is_documented_with_what_to_do() -> None:
     """Each alert has a row in the chart README's table and one in the
     runbook (docs/OPERATIONS.md, section Alerts) with its severity."""
