@@ -834,6 +834,263 @@ def test_new_alerts_fire_on_the_series_they_watch(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stdout + result.stderr
 
 
+# The labels a scrape adds to every series of the operator (the ServiceMonitor
+# keeps the target's namespace), beside those the binary exports.
+SCRAPE_LABELS = {"namespace", "pod", "job", "instance"}
+
+
+def assert_series_are_exported(tests: dict[str, Any]) -> None:
+    """Every input series of a promtool test file is a sample name the binary
+    exports, with exactly its exported labels plus the scrape's: the synthetic
+    input is what a Prometheus scraping the operator holds."""
+    exported = exported_labels()
+    for test in tests["tests"]:
+        for series in test["input_series"]:
+            name, _, labels = series["series"].partition("{")
+            names = {pair.split("=", 1)[0] for pair in re.findall(r'[a-z_]+="[^"]*"', labels)}
+            assert name in exported, f"{name} is not exported"
+            assert names - SCRAPE_LABELS == exported[name], f"{series['series']}: labels {sorted(names)}"
+
+
+def assert_alerts_exist(tests: dict[str, Any], rendered: dict[str, Any]) -> None:
+    """promtool passes an `exp_alerts: []` check of an alert the rule file
+    does not have: a misspelt name would prove nothing."""
+    for test in tests["tests"]:
+        for check in test["alert_rule_test"]:
+            assert check["alertname"] in rendered, f"no alert {check['alertname']}"
+
+
+def shard_series(
+    shard: str, lag: str, slo: str | None, lifecycle: str = "active", pod: str = "leader", lifecycle_values: str = "x40"
+) -> list[dict[str, str]]:
+    """What the leader exports for one shard (src/archive/health.rs,
+    ShardLagExport; src/metrics.rs, observe_shard): its lag, its
+    spec.lagSloSeconds and its lifecycle (1 for the current state, 0 for
+    the two others). `lag` and `slo` are promtool value strings; `slo`
+    None leaves the SLO series out; `lifecycle_values` follows each
+    lifecycle series' value."""
+    target = f'namespace="archiver-system",pod="{pod}",job="archiver-operator"'
+    series = [{"series": f'archiver_shard_lag_seconds{{{target},shard="{shard}"}}', "values": lag}]
+    if slo is not None:
+        series.append({"series": f'archiver_shard_lag_slo_seconds{{{target},shard="{shard}"}}', "values": slo})
+    for state in ("active", "suspended", "retired"):
+        series.append(
+            {
+                "series": f'archiver_shard_lifecycle{{{target},shard="{shard}",state="{state}"}}',
+                "values": f"{int(state == lifecycle)}{lifecycle_values}",
+            }
+        )
+    return series
+
+
+def test_lag_alerts_fire_on_the_series_they_watch(tmp_path: Path) -> None:
+    """The four lag alerts on synthetic series shaped like the leader's
+    exports (promtool test rules): each fires on the input it watches and
+    stays silent on healthy input, suspended shards included."""
+    values = VARIANTS["monitoring"]
+    above_slo = alerts(values)["ArchiverLagAboveSLO"]["annotations"]
+    (tmp_path / "rules.yaml").write_text(yaml.safe_dump(alert_rules_without_annotations(values, keep=("ArchiverLagAboveSLO",))))
+    warning = {"severity": "warning", "team": "platform"}
+    critical = {"severity": "critical", "team": "platform"}
+
+    def shard(name: str) -> dict[str, str]:
+        return {"namespace": "archiver-system", "shard": name}
+
+    tests = {
+        "rule_files": ["rules.yaml"],
+        "evaluation_interval": "1m",
+        "tests": [
+            {
+                # 200 s behind: above an SLO of 180 s (fires after lagFor,
+                # 5m), within one of 300 s; suspended (left out); resumed
+                # (its suspended series is 0: not left out). The standby
+                # exports no lag.
+                "interval": "1m",
+                "input_series": [
+                    *shard_series("tenants/slow", "200x40", "180x40"),
+                    *shard_series("tenants/lenient", "200x40", "300x40"),
+                    *shard_series("tenants/paused", "200x40", "180x40", lifecycle="suspended"),
+                    *shard_series("tenants/resumed", "200x40", "180x40"),
+                ],
+                "alert_rule_test": [
+                    {"eval_time": "4m", "alertname": "ArchiverLagAboveSLO", "exp_alerts": []},
+                    {
+                        "eval_time": "6m",
+                        "alertname": "ArchiverLagAboveSLO",
+                        "exp_alerts": [
+                            {
+                                "exp_labels": {**warning, **shard("tenants/resumed")},
+                                "exp_annotations": {
+                                    "summary": "Shard tenants/resumed is 3m 20s behind, above its spec.lagSloSeconds",
+                                    "description": above_slo["description"],
+                                },
+                            },
+                            {
+                                "exp_labels": {**warning, **shard("tenants/slow")},
+                                "exp_annotations": {
+                                    "summary": "Shard tenants/slow is 3m 20s behind, above its spec.lagSloSeconds",
+                                    "description": above_slo["description"],
+                                },
+                            },
+                        ],
+                    },
+                    {"eval_time": "30m", "alertname": "ArchiverLagCritical", "exp_alerts": []},
+                    {"eval_time": "30m", "alertname": "ArchiverShardLagAbsent", "exp_alerts": []},
+                ],
+            },
+            {
+                # criticalLagSeconds 1800 (for 1m): 1900 s behind pages,
+                # 1700 s does not, nor does a suspended shard 1900 s behind;
+                # a shard crossing 1800 at minute 10 pages from minute 11.
+                "interval": "1m",
+                "input_series": [
+                    *shard_series("tenants/far", "1900x40", "180x40"),
+                    *shard_series("tenants/near", "1700x40", "180x40"),
+                    *shard_series("tenants/paused", "1900x40", "180x40", lifecycle="suspended"),
+                    *shard_series("tenants/falling-behind", "1200+60x40", "180x40"),
+                ],
+                "alert_rule_test": [
+                    {"eval_time": "0m", "alertname": "ArchiverLagCritical", "exp_alerts": []},
+                    {"eval_time": "2m", "alertname": "ArchiverLagCritical", "exp_alerts": [{"exp_labels": {**critical, **shard("tenants/far")}}]},
+                    {"eval_time": "10m", "alertname": "ArchiverLagCritical", "exp_alerts": [{"exp_labels": {**critical, **shard("tenants/far")}}]},
+                    {
+                        "eval_time": "13m",
+                        "alertname": "ArchiverLagCritical",
+                        "exp_alerts": [
+                            {"exp_labels": {**critical, **shard("tenants/falling-behind")}},
+                            {"exp_labels": {**critical, **shard("tenants/far")}},
+                        ],
+                    },
+                ],
+            },
+            {
+                # A shard the leader reconciles (SLO series) whose lag it
+                # cannot compute (no watermark row: never ticked) for 15m
+                # fires; one whose first tick comes at minute 10 does not,
+                # nor one with its lag all along.
+                "interval": "1m",
+                "input_series": [
+                    {"series": 'archiver_shard_lag_slo_seconds{namespace="archiver-system",pod="leader",job="archiver-operator",shard="tenants/new"}', "values": "180x40"},
+                    {"series": 'archiver_shard_lag_slo_seconds{namespace="archiver-system",pod="leader",job="archiver-operator",shard="tenants/late"}', "values": "180x40"},
+                    {"series": 'archiver_shard_lag_seconds{namespace="archiver-system",pod="leader",job="archiver-operator",shard="tenants/late"}', "values": "_x10 30x30"},
+                    *shard_series("tenants/ok", "30x40", "180x40"),
+                ],
+                "alert_rule_test": [
+                    {"eval_time": "14m", "alertname": "ArchiverShardLagAbsent", "exp_alerts": []},
+                    {"eval_time": "16m", "alertname": "ArchiverShardLagAbsent", "exp_alerts": [{"exp_labels": {**warning, **shard("tenants/new")}}]},
+                    {"eval_time": "30m", "alertname": "ArchiverShardLagAbsent", "exp_alerts": [{"exp_labels": {**warning, **shard("tenants/new")}}]},
+                ],
+            },
+            {
+                # No archiver_shard_lag_seconds at all (no leader scraped,
+                # or no ArchiverShard): fires after 15m, without labels of
+                # its own. The standby only exports its (flat) counter.
+                "interval": "1m",
+                "input_series": [
+                    {"series": 'archiver_watermark_read_failures_total{namespace="archiver-system",pod="standby",job="archiver-operator"}', "values": "0x40"},
+                ],
+                "alert_rule_test": [
+                    {"eval_time": "14m", "alertname": "ArchiverShardLagAbsent", "exp_alerts": []},
+                    {"eval_time": "16m", "alertname": "ArchiverShardLagAbsent", "exp_alerts": [{"exp_labels": warning}]},
+                ],
+            },
+            {
+                # The leader is gone at minute 11 (its pod deleted: the
+                # scrape marks its series stale) and no replica leads: no lag
+                # series at all, which fires 15m later.
+                "interval": "1m",
+                "input_series": [
+                    *shard_series("tenants/ok", "30x10 stale", "180x10 stale", lifecycle_values="x10 stale"),
+                    {"series": 'archiver_watermark_read_failures_total{namespace="archiver-system",pod="standby",job="archiver-operator"}', "values": "0x40"},
+                ],
+                "alert_rule_test": [
+                    {"eval_time": "10m", "alertname": "ArchiverShardLagAbsent", "exp_alerts": []},
+                    {"eval_time": "25m", "alertname": "ArchiverShardLagAbsent", "exp_alerts": []},
+                    {"eval_time": "27m", "alertname": "ArchiverShardLagAbsent", "exp_alerts": [{"exp_labels": warning}]},
+                ],
+            },
+            {
+                # The leader's reads of archive_watermark fail from minute 10
+                # (one every 10-20 s: two per 30 s scrape): pages after 5m of
+                # rising failures. The standby's counter is flat.
+                "interval": "30s",
+                "input_series": [
+                    {"series": 'archiver_watermark_read_failures_total{namespace="archiver-system",pod="leader",job="archiver-operator"}', "values": "0x20 2+2x60"},
+                    {"series": 'archiver_watermark_read_failures_total{namespace="archiver-system",pod="standby",job="archiver-operator"}', "values": "3x80"},
+                ],
+                "alert_rule_test": [
+                    {"eval_time": "10m", "alertname": "ArchiverWatermarkUnreadable", "exp_alerts": []},
+                    {"eval_time": "14m", "alertname": "ArchiverWatermarkUnreadable", "exp_alerts": []},
+                    {"eval_time": "17m", "alertname": "ArchiverWatermarkUnreadable", "exp_alerts": [{"exp_labels": critical}]},
+                    {"eval_time": "30m", "alertname": "ArchiverWatermarkUnreadable", "exp_alerts": [{"exp_labels": critical}]},
+                ],
+            },
+            {
+                # Healthy reads: a flat counter (failures long ago), one
+                # failed read at minute 10 (a blip: it leaves the 5m window
+                # before the alert's 5m "for" ends), and a counter reset by
+                # a restart: none pages.
+                "interval": "30s",
+                "input_series": [
+                    {"series": 'archiver_watermark_read_failures_total{namespace="archiver-system",pod="leader",job="archiver-operator"}', "values": "7x80"},
+                    {"series": 'archiver_watermark_read_failures_total{namespace="archiver-system",pod="blip",job="archiver-operator"}', "values": "0x20 1x60"},
+                    {"series": 'archiver_watermark_read_failures_total{namespace="archiver-system",pod="restarted",job="archiver-operator"}', "values": "5x20 0x60"},
+                ],
+                "alert_rule_test": [
+                    {"eval_time": eval_time, "alertname": "ArchiverWatermarkUnreadable", "exp_alerts": []}
+                    for eval_time in ("5m", "11m", "13m", "15m", "17m", "30m")
+                ],
+            },
+        ],
+    }
+    assert_series_are_exported(tests)
+    assert_alerts_exist(tests, alerts(values))
+    (tmp_path / "tests.yaml").write_text(yaml.safe_dump(tests))
+    result = run_promtool("test", "rules", str(tmp_path / "tests.yaml"))
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_lag_alert_thresholds_follow_the_values(tmp_path: Path) -> None:
+    """criticalLagSeconds and lagFor change when the lag alerts fire, not
+    only the rendered text: with 3600 and 10m, 1900 s behind is not
+    critical, 3700 s is, and 200 s above a 180 s SLO waits 10 minutes (the
+    two far shards have an SLO of 2 hours, above both)."""
+    values = copy.deepcopy(VARIANTS["monitoring"])
+    values["metrics"]["prometheusRule"].update({"criticalLagSeconds": 3600, "lagFor": "10m"})
+    (tmp_path / "rules.yaml").write_text(yaml.safe_dump(alert_rules_without_annotations(values)))
+    page = {"severity": "warning", "team": "platform", "namespace": "archiver-system", "shard": "tenants/slow"}
+    tests = {
+        "rule_files": ["rules.yaml"],
+        "evaluation_interval": "1m",
+        "tests": [
+            {
+                "interval": "1m",
+                "input_series": [
+                    *shard_series("tenants/slow", "200x40", "180x40"),
+                    *shard_series("tenants/far", "1900x40", "7200x40"),
+                    *shard_series("tenants/farther", "3700x40", "7200x40"),
+                ],
+                "alert_rule_test": [
+                    {"eval_time": "9m", "alertname": "ArchiverLagAboveSLO", "exp_alerts": []},
+                    {"eval_time": "11m", "alertname": "ArchiverLagAboveSLO", "exp_alerts": [{"exp_labels": page}]},
+                    {
+                        "eval_time": "11m",
+                        "alertname": "ArchiverLagCritical",
+                        "exp_alerts": [
+                            {"exp_labels": {"severity": "critical", "team": "platform", "namespace": "archiver-system", "shard": "tenants/farther"}}
+                        ],
+                    },
+                ],
+            },
+        ],
+    }
+    assert_series_are_exported(tests)
+    assert_alerts_exist(tests, alerts(values))
+    (tmp_path / "tests.yaml").write_text(yaml.safe_dump(tests))
+    result = run_promtool("test", "rules", str(tmp_path / "tests.yaml"))
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
 def test_every_alert_is_documented_with_what_to_do() -> None:
     """Each alert has a row in the chart README's table and one in the
     runbook (docs/OPERATIONS.md, section Alerts) with its severity."""
