@@ -868,3 +868,85 @@ async fn argo_cd_health_scripts_judge_the_live_objects_as_documented() {
     );
     drop(worker);
 }
+
+// ---------------------------------------------------------------------------
+// An ArchiverShard's lifecycle through kubectl (issue 16 item 2)
+
+/// The shard the derived views wait on says so in its status
+/// (`HoldsDerivedViews=True`), and `kubectl delete` of the ArchiverShard
+/// retires its watermark row, so the views stop waiting on it. No kubelet
+/// runs here, so no worker pod ticks: the test writes the row a first tick
+/// would have written.
+#[tokio::test]
+async fn a_shard_says_it_holds_the_views_and_is_retired_when_deleted_with_kubectl() {
+    let cluster = with_crds();
+    let namespace = "flows-retire";
+    cluster.ensure_namespace(namespace).expect("namespace");
+    let database = TestDatabase::new().await;
+    let redis = redis_server();
+    let shard = example("archiver-shard.yaml", namespace);
+    let shard_id = shard["spec"]["shardId"]
+        .as_i64()
+        .expect("the example's shardId") as i32;
+    sqlx::query(
+        "INSERT INTO archive_watermark (shard_id, last_minute, owner, expires_at) \
+         VALUES ($1, date_trunc('minute', now()) - interval '2 minutes', 'stand-in for a tick', now())",
+    )
+    .bind(shard_id)
+    .execute(&database.pool)
+    .await
+    .expect("the watermark row of a first tick");
+    apply(
+        cluster,
+        &json!({
+            "apiVersion": "v1", "kind": "Secret",
+            "metadata": {"name": "redis-shard-0", "namespace": namespace},
+            "type": "Opaque",
+            "stringData": {"url": format!("{}0", redis.url())},
+        }),
+    );
+    let (_credentials, kubeconfig) =
+        chart_identity(cluster, namespace, &json!({"watchNamespace": namespace}));
+    let operator = Operator::start_as(&kubeconfig, &database.url, namespace, Some(namespace));
+    apply(cluster, &shard);
+    let object = "archivershard/shard-0";
+    let holding = wait_for(
+        cluster,
+        namespace,
+        object,
+        Duration::from_secs(150),
+        "HoldsDerivedViews=True",
+        &operator,
+        |live| condition(live, "HoldsDerivedViews").is_some_and(|c| c["status"] == "True"),
+    );
+    let held = condition(&holding, "HoldsDerivedViews").expect("the condition");
+    assert_eq!(held["reason"], "ViewsWaitOnThisShard", "{held}");
+
+    cluster
+        .kubectl_ok(&["delete", "-n", namespace, object, "--timeout=60s"])
+        .expect("kubectl delete the shard");
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let (lifecycle, shard_object): (String, Option<String>) = sqlx::query_as(
+            "SELECT lifecycle, shard_object FROM archive_watermark WHERE shard_id = $1",
+        )
+        .bind(shard_id)
+        .fetch_one(&database.pool)
+        .await
+        .expect("the watermark row stays");
+        if lifecycle == "retired" {
+            assert_eq!(
+                shard_object.as_deref(),
+                Some("flows-retire/shard-0"),
+                "the controller recorded which ArchiverShard the row is"
+            );
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the deleted shard is still {lifecycle}\noperator log:\n{}",
+            operator.log()
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
