@@ -535,4 +535,21 @@ async fn a_worker_is_not_ready_when_its_redis_is_down() {
     assert_eq!(down["ready"], false, "{down}");
     assert_eq!(down["redis"], "unreachable", "{down}");
     assert_eq!(down["database"], "ok", "{down}");
+
+    // The worker's next tick (within a minute) records why the shard holds:
+    // `/ready` then says the shard is not progressing, and why.
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let mut held = None;
+    while Instant::now() < deadline && held.is_none() {
+        held = ready(503).filter(|body| body["shard"]["progressing"] == false);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let held = held.expect("/ready never said the shard stopped progressing without its Redis");
+    assert_eq!(held["shard"]["reason"], "RedisUnavailable", "{held}");
+    assert!(
+        held["shard"]["message"]
+            .as_str()
+            .is_some_and(|m| !m.is_empty()),
+        "{held}"
+    );
 }
