@@ -178,3 +178,159 @@ async fn the_pull_request_check_validates_plans_and_holds_an_unconfirmed_shrink(
         .expect("the enforced policy");
     assert_ne!(enforced, hash, "plan never enforces");
 }
+
+/// The GitHub Actions workflow's own steps, as a runner would execute them
+/// (their `run:` text under bash with the workflow's environment, the
+/// `${{ }}` expressions a pull request gives them, `GITHUB_OUTPUT`), in a
+/// clone of the manifests repository whose `origin` holds the base branch:
+/// the check step records exit 3 for an unconfirmed shrink, the plan is
+/// there for the comment step, and the last step fails the job. An
+/// expression this runner does not know fails the test, so a workflow
+/// edited to need something new is seen here.
+#[tokio::test]
+async fn the_workflow_steps_run_the_script_and_fail_the_job_on_an_unconfirmed_shrink() {
+    let (origin, manifests) = manifests_repository();
+    let db = database_enforcing(&manifests.join("retention-policy.yaml")).await;
+    let workflow: serde_json::Value = serde_yaml_ng::from_str(
+        &std::fs::read_to_string(repo().join("examples/ci/github-actions.yaml"))
+            .expect("the workflow"),
+    )
+    .expect("the workflow is YAML");
+    let steps = workflow
+        .pointer("/jobs/check/steps")
+        .and_then(|steps| steps.as_array())
+        .expect("jobs.check.steps");
+    let step = |name: &str| {
+        steps
+            .iter()
+            .find(|step| step["name"] == name)
+            .unwrap_or_else(|| panic!("a step named {name:?}"))
+    };
+    let manifests_dir = workflow["env"]["MANIFESTS"]
+        .as_str()
+        .expect("env.MANIFESTS");
+    assert_eq!(manifests_dir, "manifests");
+    assert_eq!(
+        workflow
+            .pointer("/on/pull_request/paths/0")
+            .and_then(|path| path.as_str()),
+        Some("manifests/**")
+    );
+
+    // The pull request, as actions/checkout with fetch-depth 0 leaves it.
+    let workspace = tempfile::tempdir().expect("a workspace");
+    let checkout = workspace.path().join("repo");
+    git(
+        workspace.path(),
+        &["clone", "-q", origin.path().to_str().unwrap(), "repo"],
+    );
+    git(&checkout, &["checkout", "-q", "change"]);
+    let policy = checkout.join("manifests/retention-policy.yaml");
+    let original = std::fs::read_to_string(&policy).expect("the policy");
+    std::fs::write(
+        &policy,
+        original.replace(
+            "public:     {perMinuteDays: 7,",
+            "public:     {perMinuteDays: 3,",
+        ),
+    )
+    .expect("shrink");
+    commit(&checkout, "shorter public retention");
+    // The copy of the script the workflow's comment asks for, and the binary
+    // on PATH as the first step installs it.
+    std::fs::create_dir(checkout.join("ci")).expect("ci/");
+    std::fs::copy(
+        repo().join("examples/ci/check-manifests.sh"),
+        checkout.join("ci/check-manifests.sh"),
+    )
+    .expect("copy the script");
+    let bin = workspace.path().join("bin");
+    std::fs::create_dir(&bin).expect("bin/");
+    std::os::unix::fs::symlink(
+        env!("CARGO_BIN_EXE_archiver-operator"),
+        bin.join("archiver-operator"),
+    )
+    .expect("the binary on PATH");
+    let path = format!(
+        "{}:{}",
+        bin.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let github_output = workspace.path().join("github_output");
+    std::fs::write(&github_output, "").expect("GITHUB_OUTPUT");
+
+    let run_step = |step: &serde_json::Value, outputs: &[(&str, String)]| -> Output {
+        let expressions: Vec<(String, String)> = [
+            ("github.base_ref".to_string(), "main".to_string()),
+            (
+                "secrets.ARCHIVER_PLAN_DATABASE_URL".to_string(),
+                db.url.clone(),
+            ),
+        ]
+        .into_iter()
+        .chain(
+            outputs
+                .iter()
+                .map(|(name, value)| (format!("steps.check.outputs.{name}"), value.clone())),
+        )
+        .collect();
+        let expand = |text: &str| {
+            let mut out = String::new();
+            let mut rest = text;
+            while let Some(start) = rest.find("${{") {
+                out.push_str(&rest[..start]);
+                let end = rest[start..].find("}}").expect("a closed expression") + start;
+                let name = rest[start + 3..end].trim();
+                let value = expressions
+                    .iter()
+                    .find(|(known, _)| known == name)
+                    .map(|(_, value)| value.clone())
+                    .unwrap_or_else(|| panic!("the workflow uses ${{{{ {name} }}}}"));
+                out.push_str(&value);
+                rest = &rest[end + 2..];
+            }
+            out.push_str(rest);
+            out
+        };
+        let mut command = Command::new("bash");
+        command
+            .args(["--noprofile", "--norc", "-eo", "pipefail", "-c"])
+            .arg(expand(step["run"].as_str().expect("a run step")))
+            .current_dir(&checkout)
+            .env("PATH", &path)
+            .env("MANIFESTS", manifests_dir)
+            .env("GITHUB_OUTPUT", &github_output);
+        for (name, value) in step["env"].as_object().into_iter().flatten() {
+            command.env(name, expand(value.as_str().expect("a string")));
+        }
+        command.output().expect("bash runs the step")
+    };
+
+    let check = step("Validate and plan");
+    assert_eq!(check["id"], "check");
+    let ran = run_step(check, &[]);
+    assert_eq!(
+        ran.status.code(),
+        Some(0),
+        "the step itself passes: {}",
+        text(&ran)
+    );
+    let recorded = std::fs::read_to_string(&github_output).expect("the step's outputs");
+    assert_eq!(recorded.trim(), "status=3", "{}", text(&ran));
+    let plan = std::fs::read_to_string(checkout.join("plan.md")).expect("plan.md for the comment");
+    assert!(plan.contains("NEEDED"), "{plan}");
+    assert_eq!(
+        step("Comment the plan on the pull request")["if"],
+        "hashFiles('plan.md') != ''"
+    );
+
+    let fail = step("Fail on an invalid manifest or an unconfirmed shrink");
+    assert_eq!(fail["if"], "steps.check.outputs.status != '0'");
+    let failed = run_step(fail, &[("status", "3".to_string())]);
+    assert_eq!(failed.status.code(), Some(1), "{}", text(&failed));
+    assert!(
+        String::from_utf8_lossy(&failed.stdout).contains("exited 3"),
+        "{}",
+        text(&failed)
+    );
+}
