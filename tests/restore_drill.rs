@@ -226,4 +226,26 @@ async fn a_backup_missing_a_month_before_later_ones_is_a_surprise() {
         "{report:#}"
     );
     assert!(!scratch_left(&db, &report).await);
+
+    // The text form (for the drill log) says the same.
+    let output = Command::new(env!("CARGO_BIN_EXE_archiver-operator"))
+        .args(["restore-drill", "--dump"])
+        .arg(&backup)
+        .env("DATABASE_URL", &db.url)
+        .output()
+        .expect("restore-drill runs");
+    assert_eq!(output.status.code(), Some(1), "{}", text(&output));
+    let printed = String::from_utf8_lossy(&output.stdout);
+    assert!(printed.contains("0 tombstone(s) replayed"), "{printed}");
+    assert!(
+        printed.contains("SURPRISE: probe_minute 2026-10: the live database holds 40 row(s)"),
+        "{printed}"
+    );
+    assert!(
+        printed
+            .lines()
+            .any(|line| line.split_whitespace().collect::<Vec<_>>()
+                == ["probe_minute", "2026-10", "0", "40"]),
+        "the counts table: {printed}"
+    );
 }
