@@ -420,3 +420,82 @@ async fn a_child_table_no_index_can_read_is_unusable() {
         "a plan with a sequential scan passed as usable: {found:?}"
     );
 }
+
+/// Defect: an inheritance child whose only index has the minute as a later
+/// key, `(error_kind, minute_bucket)`. With sequential scans off its scan
+/// shows an index condition on `minute_bucket` but reads every entry of
+/// its leading key; the parent's scan uses `suppression_clusters_recent`,
+/// and the check passed the plan as usable.
+#[tokio::test]
+async fn a_child_table_whose_index_has_the_minute_second_is_unusable() {
+    let db = TestDatabase::new().await;
+    execute(
+        &db.pool,
+        "CREATE TABLE suppression_clusters_child () INHERITS (suppression_clusters)",
+    )
+    .await;
+    execute(
+        &db.pool,
+        "CREATE INDEX child_by_kind ON suppression_clusters_child (error_kind, minute_bucket)",
+    )
+    .await;
+    clusters(&db.pool, "suppression_clusters_child", now(), 300, 1440).await;
+    execute(&db.pool, "VACUUM ANALYZE suppression_clusters_child").await;
+    execute(&db.pool, "VACUUM ANALYZE suppression_clusters").await;
+    let found = check(&db.pool).await;
+    assert!(
+        found.plan_without_seqscan.contains("using child_by_kind"),
+        "the setup did not read the child through its index: {found:?}"
+    );
+    assert_eq!(
+        found.problem,
+        Some(PlanProblem::IndexUnusable),
+        "a child read through an index with the minute second passed: {found:?}"
+    );
+}
+
+/// Held or not: a child with its own index leading with the minute is
+/// read through it, and the plan passes.
+#[tokio::test]
+async fn a_child_table_with_an_index_on_the_minute_passes() {
+    let db = TestDatabase::new().await;
+    execute(
+        &db.pool,
+        "CREATE TABLE suppression_clusters_child () INHERITS (suppression_clusters)",
+    )
+    .await;
+    execute(
+        &db.pool,
+        "CREATE INDEX child_recent ON suppression_clusters_child \
+         (minute_bucket, contributing_tenant_count)",
+    )
+    .await;
+    clusters(&db.pool, "suppression_clusters_child", now(), 300, 1440).await;
+    execute(&db.pool, "VACUUM ANALYZE suppression_clusters_child").await;
+    execute(&db.pool, "VACUUM ANALYZE suppression_clusters").await;
+    let found = check(&db.pool).await;
+    assert_eq!(found.problem, None, "{found:?}");
+}
+
+/// Held or not: a twin marked valid but not ready (`indisready = false`,
+/// set in the catalog as a superuser; CREATE INDEX CONCURRENTLY passes
+/// through that state) does not serve, though the planner may use it.
+#[tokio::test]
+async fn a_twin_that_is_not_ready_does_not_serve() {
+    let db = TestDatabase::new().await;
+    clusters(&db.pool, "suppression_clusters", now(), 300, 1440).await;
+    rebuild_index(&db.pool, UNUSABLE_RECENT).await;
+    execute(
+        &db.pool,
+        "CREATE INDEX twin ON suppression_clusters (minute_bucket, contributing_tenant_count)",
+    )
+    .await;
+    execute(
+        &db.pool,
+        "UPDATE pg_index SET indisready = false WHERE indexrelid = 'twin'::regclass",
+    )
+    .await;
+    execute(&db.pool, "VACUUM ANALYZE suppression_clusters").await;
+    let found = check(&db.pool).await;
+    assert_eq!(found.problem, Some(PlanProblem::IndexUnusable), "{found:?}");
+}

@@ -194,7 +194,7 @@ pub async fn check_alert_query_plan(
     let usable = index.valid
         && index.leads_with_minute
         && forced.uses_any(&index.serving)
-        && !forced.reads_a_relation_whole();
+        && !forced.reads_a_relation_whole(&index.finders());
     let scans_instead =
         usable && estimated_table_rows >= PLAN_CHECK_MIN_ROWS && !normal.uses_any(&index.serving);
     // A sequential scan is the honest plan for a minute holding a large
@@ -237,6 +237,21 @@ struct RouterIndex {
     /// (an index-only scan); the router is served as well, and reporting
     /// the healthy named index as unusable would page for nothing.
     serving: Vec<String>,
+    /// The same for the tables that inherit from `suppression_clusters`
+    /// (the router's query reads them too): a scan of one of them finds the
+    /// minute only through one of these.
+    serving_in_children: Vec<String>,
+}
+
+impl RouterIndex {
+    /// Every index through which a scan of the query finds the minute.
+    fn finders(&self) -> Vec<String> {
+        self.serving
+            .iter()
+            .chain(&self.serving_in_children)
+            .cloned()
+            .collect()
+    }
 }
 
 async fn router_index(tx: &mut PgConnection) -> Result<RouterIndex, ViewsError> {
@@ -266,10 +281,29 @@ async fn router_index(tx: &mut PgConnection) -> Result<RouterIndex, ViewsError> 
     .fetch_all(&mut *tx)
     .await
     .map_err(db("listing the indexes that find a minute"))?;
+    let serving_in_children: Vec<String> = sqlx::query_scalar(
+        "WITH RECURSIVE children(relid) AS ( \
+             SELECT inhrelid FROM pg_inherits \
+              WHERE inhparent = 'suppression_clusters'::regclass \
+             UNION \
+             SELECT h.inhrelid FROM pg_inherits h JOIN children c ON h.inhparent = c.relid) \
+         SELECT c.relname::text FROM pg_index i \
+           JOIN pg_class c ON c.oid = i.indexrelid \
+           JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attname = 'minute_bucket' \
+                              AND NOT a.attisdropped \
+          WHERE i.indrelid IN (SELECT relid FROM children) \
+            AND i.indisvalid AND i.indisready AND i.indkey[0] = a.attnum",
+    )
+    .fetch_all(&mut *tx)
+    .await
+    .map_err(db(
+        "listing the indexes of inheriting tables that find a minute",
+    ))?;
     Ok(RouterIndex {
         valid,
         leads_with_minute,
         serving,
+        serving_in_children,
     })
 }
 
@@ -452,19 +486,23 @@ impl Plan {
     }
 
     /// Whether a scan of the plan reads a relation or an index whole: a
-    /// sequential scan, or an index scan whose condition does not constrain
-    /// `minute_bucket`. With sequential scans made unattractive that is a
-    /// part of the query no index can find the minute in (an inheritance
-    /// child of `suppression_clusters` without such an index), however
-    /// well another scan of the same plan finds it.
-    fn reads_a_relation_whole(&self) -> bool {
-        self.scans().iter().any(|scan| {
-            scan.kind == "Seq Scan"
-                || (scan.index.is_some()
-                    && !scan
+    /// sequential scan, or an index scan that does not find the minute
+    /// through one of `finders` (its condition does not constrain
+    /// `minute_bucket`, or the minute is not its index's first key). With
+    /// sequential scans made unattractive that is a part of the query no
+    /// index can find the minute in (an inheritance child of
+    /// `suppression_clusters` without such an index), however well another
+    /// scan of the same plan finds it.
+    fn reads_a_relation_whole(&self, finders: &[String]) -> bool {
+        self.scans().iter().any(|scan| match scan.index.as_deref() {
+            Some(name) => {
+                !finders.iter().any(|finder| finder == name)
+                    || !scan
                         .index_condition
                         .as_deref()
-                        .is_some_and(|condition| condition.contains("(minute_bucket = ")))
+                        .is_some_and(|condition| condition.contains("(minute_bucket = "))
+            }
+            None => scan.kind == "Seq Scan",
         })
     }
 
