@@ -499,3 +499,49 @@ async fn a_twin_that_is_not_ready_does_not_serve() {
     let found = check(&db.pool).await;
     assert_eq!(found.problem, Some(PlanProblem::IndexUnusable), "{found:?}");
 }
+
+/// Defect: the flip question was asked with the literal threshold 10, a
+/// value the router may not send. On a big table whose costs make random
+/// reads expensive (`random_page_cost = 60`), the router asking above 3
+/// tenants (more of the minute's rows) scans the table, while the check's
+/// query above 10 tenants goes through a covering twin partial on `> 5`
+/// (the same happens without the twin, through the named index): no flip
+/// reported. The flip question is asked now with the least selective
+/// threshold (1: every cluster has at least 2 tenants), so whatever share
+/// the router asks, its plan is at least as selective as the one checked.
+#[tokio::test]
+async fn a_flip_of_a_router_asking_below_ten_tenants_is_reported() {
+    let db = TestDatabase::new().await;
+    install_plan_of_router(&db.pool).await;
+    clusters(&db.pool, "suppression_clusters", now(), 30000, 1440).await;
+    execute(
+        &db.pool,
+        "CREATE INDEX twin ON suppression_clusters (minute_bucket, contributing_tenant_count) \
+         INCLUDE (error_kind, asn, registry_of_origin) WHERE contributing_tenant_count > 5",
+    )
+    .await;
+    execute(&db.pool, "VACUUM ANALYZE suppression_clusters").await;
+    execute(
+        &db.pool,
+        &format!("ALTER DATABASE {} SET random_page_cost = 60", db.name),
+    )
+    .await;
+    // New sessions, which take the database's setting.
+    let pool = archiver_operator::db::connect(&db.url, 2).await.unwrap();
+    let minute = archiver_operator::clock::minute_floor(now()) - Duration::minutes(1);
+    let router: serde_json::Value = sqlx::query_scalar("SELECT plan_of_router($1, 3)")
+        .bind(minute)
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert!(
+        router.to_string().contains("\"Node Type\":\"Seq Scan\""),
+        "the setup did not flip the router's plan: {router}"
+    );
+    let found = views::check_alert_query_plan(&pool, now()).await.unwrap();
+    assert_eq!(
+        found.problem,
+        Some(PlanProblem::PlanFlipped),
+        "the router (above 3 tenants) scans the table, the check saw no flip: {found:?}"
+    );
+}

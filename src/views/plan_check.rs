@@ -45,7 +45,8 @@
 //! - **Used, on a big table.** When the planner itself estimates the table
 //!   at [`PLAN_CHECK_MIN_ROWS`] rows or more (its estimate scales with the
 //!   table's current size in pages, so statistics taken when the table was
-//!   small do not hide a big one), the plan under the normal settings must
+//!   small do not hide a big one), the plan under the normal settings,
+//!   asked with the least selective tenant threshold ([`Threshold`]), must
 //!   use the index: anything else is the flip of the seed, unless the
 //!   minute, counted through the index, holds a fifth of the table or more
 //!   (a burst, for which reading the whole table is the honest plan).
@@ -155,7 +156,7 @@ pub async fn check_alert_query_plan(
     };
     let index = router_index(&mut tx).await?;
     let minute = crate::clock::minute_floor(now) - chrono::Duration::minutes(1);
-    let normal = match explain(&mut tx, minute, Order::AsTheRouterAsks, Threshold::Typical).await? {
+    let normal = match explain(&mut tx, minute, Order::AsTheRouterAsks, Threshold::Lowest).await? {
         Ok(plan) => plan,
         Err(why) => {
             check.plan = why;
@@ -396,13 +397,15 @@ async fn explain(
 /// literal, the planner would prove a partial index's predicate on the
 /// count (`WHERE contributing_tenant_count > 5` from `> 10`), an index a
 /// router asking above 3 tenants cannot use. Whether the planner chooses
-/// the index on a big table is asked with a typical threshold, whose
-/// selectivity the planner estimates as it does for the router's own
-/// custom plans.
+/// the index on a big table is asked with the least selective threshold,
+/// 1 (every cluster has at least 2 tenants): the more of the minute's rows
+/// the query returns, the likelier a sequential scan, so a router asking
+/// above any share plans at least as well as the plan checked (a literal
+/// 10 let a router asking above 3 tenants flip unreported).
 #[derive(Debug, Clone, Copy)]
 enum Threshold {
-    /// 10 tenants, a literal.
-    Typical,
+    /// `1`, a literal: every row of the minute.
+    Lowest,
     /// `(SELECT 10)`, a value known only when the plan runs.
     Unseen,
 }
@@ -410,7 +413,7 @@ enum Threshold {
 impl Threshold {
     fn sql(self) -> &'static str {
         match self {
-            Self::Typical => "10",
+            Self::Lowest => "1",
             Self::Unseen => "(SELECT 10)",
         }
     }
