@@ -41,8 +41,12 @@ pub fn redacted_target(options: &PgConnectOptions) -> String {
 /// 0.4 MB; with sqlx's default 30-minute lifetime the sum over the pool rose
 /// for a whole half hour. Replacing each connection after 5 minutes bounds
 /// that at a reconnect (a few milliseconds) per connection per 5 minutes.
-/// The check runs when a connection is acquired or released, so a
-/// transaction in flight is never cut.
+/// sqlx 0.9 checks the lifetime when a connection is released and, for
+/// idle connections, in its reaper every min(lifetime, idle timeout) = 5
+/// minutes; never while a connection is checked out, so a transaction in
+/// flight is never cut (it is closed at its release). Not when one is
+/// acquired: an idle connection past its lifetime may still be handed out
+/// until the next reaper pass (tests/attack_pool_lifetime.rs).
 pub const CONNECTION_LIFETIME: Duration = Duration::from_secs(5 * 60);
 
 /// Opens a pool to `url`. The URL may hold a password, so it never appears in

@@ -26,6 +26,13 @@
 //!   be valid and lead with `minute_bucket`, so dropping it is reported even
 //!   while a twin serves.
 //!
+//!   This question is asked with a tenant threshold the planner cannot see
+//!   ([`Threshold`]), so a predicate on the count is never proved from a
+//!   value the router may not send; and every scan of the plan must find
+//!   the minute (a relation of the query read whole, such as an
+//!   inheritance child without an index on the minute, is unusable however
+//!   well another scan finds it).
+//!
 //!   On a small table the unique key's index (whose last column is
 //!   `minute_bucket`) can cost the same or less, and the planner may take
 //!   it. Then the question is asked once more, of the query ordered by
@@ -38,7 +45,8 @@
 //! - **Used, on a big table.** When the planner itself estimates the table
 //!   at [`PLAN_CHECK_MIN_ROWS`] rows or more (its estimate scales with the
 //!   table's current size in pages, so statistics taken when the table was
-//!   small do not hide a big one), the plan under the normal settings must
+//!   small do not hide a big one), the plan under the normal settings,
+//!   asked with the least selective tenant threshold ([`Threshold`]), must
 //!   use the index: anything else is the flip of the seed, unless the
 //!   minute, counted through the index, holds a fifth of the table or more
 //!   (a burst, for which reading the whole table is the honest plan).
@@ -148,7 +156,7 @@ pub async fn check_alert_query_plan(
     };
     let index = router_index(&mut tx).await?;
     let minute = crate::clock::minute_floor(now) - chrono::Duration::minutes(1);
-    let normal = match explain(&mut tx, minute, Order::AsTheRouterAsks).await? {
+    let normal = match explain(&mut tx, minute, Order::AsTheRouterAsks, Threshold::Lowest).await? {
         Ok(plan) => plan,
         Err(why) => {
             check.plan = why;
@@ -161,14 +169,15 @@ pub async fn check_alert_query_plan(
         .execute(&mut *tx)
         .await
         .map_err(db("making sequential scans unattractive"))?;
-    let mut forced = match explain(&mut tx, minute, Order::AsTheRouterAsks).await? {
-        Ok(plan) => plan,
-        Err(why) => {
-            check.plan_without_seqscan = why;
-            check.problem = Some(PlanProblem::QueryFails);
-            return Ok(check);
-        }
-    };
+    let mut forced =
+        match explain(&mut tx, minute, Order::AsTheRouterAsks, Threshold::Unseen).await? {
+            Ok(plan) => plan,
+            Err(why) => {
+                check.plan_without_seqscan = why;
+                check.problem = Some(PlanProblem::QueryFails);
+                return Ok(check);
+            }
+        };
     if !forced.uses_any(&index.serving) {
         // Another index found the minute at no higher cost: ask for the
         // order only the router's index delivers (module comment).
@@ -176,12 +185,17 @@ pub async fn check_alert_query_plan(
             .execute(&mut *tx)
             .await
             .map_err(db("making sorts unattractive"))?;
-        if let Ok(ordered) = explain(&mut tx, minute, Order::ByTenantCount).await? {
+        if let Ok(ordered) =
+            explain(&mut tx, minute, Order::ByTenantCount, Threshold::Unseen).await?
+        {
             forced = ordered;
         }
     }
     check.plan_without_seqscan = forced.describe();
-    let usable = index.valid && index.leads_with_minute && forced.uses_any(&index.serving);
+    let usable = index.valid
+        && index.leads_with_minute
+        && forced.uses_any(&index.serving)
+        && !forced.reads_a_relation_whole(&index.finders());
     let scans_instead =
         usable && estimated_table_rows >= PLAN_CHECK_MIN_ROWS && !normal.uses_any(&index.serving);
     // A sequential scan is the honest plan for a minute holding a large
@@ -224,6 +238,21 @@ struct RouterIndex {
     /// (an index-only scan); the router is served as well, and reporting
     /// the healthy named index as unusable would page for nothing.
     serving: Vec<String>,
+    /// The same for the tables that inherit from `suppression_clusters`
+    /// (the router's query reads them too): a scan of one of them finds the
+    /// minute only through one of these.
+    serving_in_children: Vec<String>,
+}
+
+impl RouterIndex {
+    /// Every index through which a scan of the query finds the minute.
+    fn finders(&self) -> Vec<String> {
+        self.serving
+            .iter()
+            .chain(&self.serving_in_children)
+            .cloned()
+            .collect()
+    }
 }
 
 async fn router_index(tx: &mut PgConnection) -> Result<RouterIndex, ViewsError> {
@@ -253,10 +282,29 @@ async fn router_index(tx: &mut PgConnection) -> Result<RouterIndex, ViewsError> 
     .fetch_all(&mut *tx)
     .await
     .map_err(db("listing the indexes that find a minute"))?;
+    let serving_in_children: Vec<String> = sqlx::query_scalar(
+        "WITH RECURSIVE children(relid) AS ( \
+             SELECT inhrelid FROM pg_inherits \
+              WHERE inhparent = 'suppression_clusters'::regclass \
+             UNION \
+             SELECT h.inhrelid FROM pg_inherits h JOIN children c ON h.inhparent = c.relid) \
+         SELECT c.relname::text FROM pg_index i \
+           JOIN pg_class c ON c.oid = i.indexrelid \
+           JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attname = 'minute_bucket' \
+                              AND NOT a.attisdropped \
+          WHERE i.indrelid IN (SELECT relid FROM children) \
+            AND i.indisvalid AND i.indisready AND i.indkey[0] = a.attnum",
+    )
+    .fetch_all(&mut *tx)
+    .await
+    .map_err(db(
+        "listing the indexes of inheriting tables that find a minute",
+    ))?;
     Ok(RouterIndex {
         valid,
         leads_with_minute,
         serving,
+        serving_in_children,
     })
 }
 
@@ -301,6 +349,7 @@ async fn explain(
     tx: &mut PgConnection,
     minute: DateTime<Utc>,
     order: Order,
+    threshold: Threshold,
 ) -> Result<Result<Plan, String>, ViewsError> {
     // A savepoint: a query that no longer plans must not abort the check's
     // transaction (the second EXPLAIN and the rollback still run).
@@ -308,7 +357,8 @@ async fn explain(
         .execute(&mut *tx)
         .await
         .map_err(db("taking a savepoint"))?;
-    // The literals are a timestamp this code formats and a constant.
+    // The minute is a literal (a timestamp this code formats): the router's
+    // custom plans see its value too. The threshold: see [`Threshold`].
     let order_by = match order {
         Order::AsTheRouterAsks => "",
         Order::ByTenantCount => " ORDER BY contributing_tenant_count",
@@ -317,7 +367,7 @@ async fn explain(
         "EXPLAIN (FORMAT JSON) {}{order_by}",
         ALERT_ROUTER_QUERY
             .replace("$1", &format!("'{}'::timestamptz", minute.to_rfc3339()))
-            .replace("$2", "10")
+            .replace("$2", threshold.sql())
     )))
     // A new text every minute: not worth a cached prepared statement.
     .persistent(false)
@@ -337,6 +387,36 @@ async fn explain(
         Err(source) => return Err(db("explaining the alert router query")(source)),
     };
     Ok(outcome)
+}
+
+/// What the explained query compares `contributing_tenant_count` with.
+///
+/// The router asks above a share of all tenants, a number this check does
+/// not know. Whether the query can use an index at all is asked with a
+/// threshold the planner cannot see (an uncorrelated sub-select): with a
+/// literal, the planner would prove a partial index's predicate on the
+/// count (`WHERE contributing_tenant_count > 5` from `> 10`), an index a
+/// router asking above 3 tenants cannot use. Whether the planner chooses
+/// the index on a big table is asked with the least selective threshold,
+/// 1 (every cluster has at least 2 tenants): the more of the minute's rows
+/// the query returns, the likelier a sequential scan, so a router asking
+/// above any share plans at least as well as the plan checked (a literal
+/// 10 let a router asking above 3 tenants flip unreported).
+#[derive(Debug, Clone, Copy)]
+enum Threshold {
+    /// `1`, a literal: every row of the minute.
+    Lowest,
+    /// `(SELECT 10)`, a value known only when the plan runs.
+    Unseen,
+}
+
+impl Threshold {
+    fn sql(self) -> &'static str {
+        match self {
+            Self::Lowest => "1",
+            Self::Unseen => "(SELECT 10)",
+        }
+    }
 }
 
 /// In which order the router's query is explained.
@@ -405,6 +485,27 @@ impl Plan {
                     .index_condition
                     .as_deref()
                     .is_some_and(|condition| condition.contains("(minute_bucket = "))
+        })
+    }
+
+    /// Whether a scan of the plan reads a relation or an index whole: a
+    /// sequential scan, or an index scan that does not find the minute
+    /// through one of `finders` (its condition does not constrain
+    /// `minute_bucket`, or the minute is not its index's first key). With
+    /// sequential scans made unattractive that is a part of the query no
+    /// index can find the minute in (an inheritance child of
+    /// `suppression_clusters` without such an index), however well another
+    /// scan of the same plan finds it.
+    fn reads_a_relation_whole(&self, finders: &[String]) -> bool {
+        self.scans().iter().any(|scan| match scan.index.as_deref() {
+            Some(name) => {
+                !finders.iter().any(|finder| finder == name)
+                    || !scan
+                        .index_condition
+                        .as_deref()
+                        .is_some_and(|condition| condition.contains("(minute_bucket = "))
+            }
+            None => scan.kind == "Seq Scan",
         })
     }
 
