@@ -489,6 +489,7 @@ async fn a_fault_while_the_detach_waits_leaves_the_month_attached_and_the_next_r
         let pool = cluster.database(None).await;
         one_old_month(&pool).await;
         let reader = Holder::spawn(&pool, vec!["SELECT count(*) FROM probe_minute".into()]);
+        holder(&pool, "AccessShareLock", "probe_minute").await;
         let drop = spawn_drop(&pool, PARTITION, patient());
         let waiting = waiter(&pool, "AccessExclusiveLock", "probe_minute", "true").await;
         cluster.inject(fault, &pool, waiting).await;
@@ -520,6 +521,7 @@ async fn drop_waiting_after_the_detach(
     // A reader of the month makes the DETACH wait for the month's lock
     // (its SHARE lock is granted: both only read).
     let month_reader = Holder::spawn(pool, vec![format!("SELECT count(*) FROM {table}")]);
+    holder(pool, "AccessShareLock", table).await;
     let drop = spawn_drop(pool, PARTITION, patient());
     waiter(pool, "AccessExclusiveLock", table, "true").await;
     // Queued behind the DETACH: granted the moment the detach commits, before
@@ -592,6 +594,7 @@ async fn a_fault_while_attaching_again_keeps_the_row_and_the_next_reconcile_atta
     let mut cluster = Cluster::start();
     for fault in FAULTS {
         let pool = cluster.database(None).await;
+        one_old_month(&pool).await;
         let context = attach_again_scenario(&mut cluster, &pool, fault, PARTITION).await;
         let next = next_reconcile(&pool, true).await;
         check_finished(
@@ -603,15 +606,14 @@ async fn a_fault_while_attaching_again_keeps_the_row_and_the_next_reconcile_atta
     }
 }
 
-/// The two faults of the re-attach (see above), on the month's `table`;
-/// returns what happened, for messages.
+/// The two faults of the re-attach (see above), on the month's `table`
+/// (made already); returns what happened, for messages.
 async fn attach_again_scenario(
     cluster: &mut Cluster,
     pool: &PgPool,
     fault: Fault,
     table: &str,
 ) -> String {
-    one_old_month(pool).await;
     let (drop, table_reader, _) = drop_waiting_after_the_detach(pool, table).await;
     record_contract(pool).await;
     let parent_lock = Holder::spawn(pool, vec!["LOCK TABLE probe_minute IN SHARE MODE".into()]);
@@ -687,6 +689,7 @@ async fn a_schema_other_than_public_through_the_search_path() {
 
     // Inside retention: attached again after the faults of the re-attach.
     let pool = cluster.database(Some("archive")).await;
+    one_old_month(&pool).await;
     let context = attach_again_scenario(&mut cluster, &pool, fault, PARTITION).await;
     let next = next_reconcile(&pool, true).await;
     check_finished(
@@ -715,14 +718,14 @@ async fn month_in_cold(pool: &PgPool) {
 
 const COLD: &str = "cold.probe_minute_2027_01";
 
-/// Defect: a month off the search_path is detached (by its qualified name)
-/// and then left: the drop looks the detached table up by its bare name,
+/// Defect (fixed: the drop names the table by the schema it was detached
+/// from, recorded with the detach): a month off the search_path was
+/// detached (by its qualified name) and then left: the drop looks the detached table up by its bare name,
 /// finds nothing, reports "not a detached table any more; left as is", and
 /// every later reconcile's `drop_leftover` finds nothing either and
 /// returns `Ok(None)`. The month stays a detached table for ever, invisible
 /// to every query of probe_minute, and no reconcile reports it again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "defect (open): the drop looks the detached month up by its bare name; a month off the search_path is left detached for ever"]
 async fn a_month_off_the_search_path_is_dropped_not_left_detached() {
     let mut cluster = Cluster::start();
     let pool = cluster.database(None).await;
@@ -738,14 +741,13 @@ async fn a_month_off_the_search_path_is_dropped_not_left_detached() {
     pool.close().await;
 }
 
-/// Defect: the same month off the search_path, and a plain table of the
-/// same name in `public` (a copy restored for inspection). The drop detaches
-/// `cold.probe_minute_2027_01`, then locks, counts and drops
-/// `public.probe_minute_2027_01` — a table that was never a partition —
-/// and records `partition-drop`: the audit claims the month is dropped
-/// while it is still there, detached.
+/// Defect (fixed with the one above): the same month off the search_path,
+/// and a plain table of the same name in `public` (a copy restored for
+/// inspection). The drop detached `cold.probe_minute_2027_01`, then locked,
+/// counted and dropped `public.probe_minute_2027_01` — a table that was
+/// never a partition — and recorded `partition-drop`: the audit claimed the
+/// month dropped while it was still there, detached.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "defect (open): the drop drops the bare name's table on the search_path, not the month it detached"]
 async fn the_drop_drops_the_month_it_detached_not_a_namesake_on_the_search_path() {
     let mut cluster = Cluster::start();
     let pool = cluster.database(None).await;
@@ -772,5 +774,46 @@ async fn the_drop_drops_the_month_it_detached_not_a_namesake_on_the_search_path(
              {after:?}"
         );
     }
+    check_finished(&after, false, &context);
+    pool.close().await;
+}
+
+/// The month off the search_path under the faults: between DETACH and DROP
+/// (past retention; the next reconcile's `drop_leftover` must find the
+/// table in the schema recorded with the detach and drop it), and in the
+/// re-attach (inside retention; attached again from `cold`). On the code
+/// before the fix the drop never reaches its lock wait on the detached
+/// table: it looks up the bare name, finds nothing and returns.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_month_off_the_search_path_under_faults_is_finished_by_the_next_reconcile() {
+    let mut cluster = Cluster::start();
+    let fault = Fault::FastRestart;
+    let pool = cluster.database(None).await;
+    month_in_cold(&pool).await;
+    let (drop, table_reader, waiting) = drop_waiting_after_the_detach(&pool, COLD).await;
+    cluster.inject(fault, &pool, waiting).await;
+    let outcome = finish(drop, "the drop").await;
+    table_reader.release().await;
+    let context = format!("{COLD}, {fault:?} between DETACH and DROP, drop: {outcome:?}");
+    let after = month(&pool, COLD).await;
+    check_after_fault(&after, false, &context);
+    assert_eq!(after.attached, Some(false), "{context}: {after:?}");
+    let next = next_reconcile_of(&pool, false, COLD).await;
+    check_finished(
+        &month(&pool, COLD).await,
+        false,
+        &format!("{context}; next: {next:?}"),
+    );
+    pool.close().await;
+
+    let pool = cluster.database(None).await;
+    month_in_cold(&pool).await;
+    let context = attach_again_scenario(&mut cluster, &pool, fault, COLD).await;
+    let next = next_reconcile_of(&pool, true, COLD).await;
+    check_finished(
+        &month(&pool, COLD).await,
+        true,
+        &format!("{COLD}, {context}; next: {next:?}"),
+    );
     pool.close().await;
 }
