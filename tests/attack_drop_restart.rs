@@ -242,6 +242,11 @@ impl Holder {
         Self { release, done }
     }
 
+    /// A holder of `mode` on `table`, for a pool given later.
+    fn spawn_locking(table: &'static str, mode: &'static str) -> impl Fn(&PgPool) -> Self {
+        move |pool| Self::spawn(pool, vec![format!("LOCK TABLE {table} IN {mode} MODE")])
+    }
+
     async fn release(self) {
         let _ = self.release.send(());
         let _ = tokio::time::timeout(StdDuration::from_secs(20), self.done).await;
@@ -816,4 +821,99 @@ async fn a_month_off_the_search_path_under_faults_is_finished_by_the_next_reconc
         &format!("{COLD}, {context}; next: {next:?}"),
     );
     pool.close().await;
+}
+
+/// The fault hits after a statement that changes the month ran and before
+/// its transaction commits: the audit row written in the same transaction
+/// waits (another session holds SHARE on operator_audit_log). First after
+/// the DETACH (ACCESS EXCLUSIVE on probe_minute held, `partition-detach`
+/// not yet written): the month must be attached and the next reconcile
+/// drops it. Then after the DROP TABLE (`partition-drop` not yet
+/// written): the month must still be there, detached and recorded, with
+/// no drop claimed, and the next reconcile drops it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fault_before_the_audit_row_of_the_detach_or_the_drop_commits_claims_nothing() {
+    let mut cluster = Cluster::start();
+    let audit_lock = || Holder::spawn_locking("operator_audit_log", "SHARE");
+    for fault in FAULTS {
+        // After the DETACH.
+        let pool = cluster.database(None).await;
+        one_old_month(&pool).await;
+        let month_reader = Holder::spawn(&pool, vec![format!("SELECT count(*) FROM {PARTITION}")]);
+        holder(&pool, "AccessShareLock", PARTITION).await;
+        let drop = spawn_drop(&pool, PARTITION, patient());
+        // The DETACH waits for the month: its intent is recorded already.
+        waiter(&pool, "AccessExclusiveLock", PARTITION, "true").await;
+        let audit = audit_lock()(&pool);
+        holder(&pool, "ShareLock", "operator_audit_log").await;
+        month_reader.release().await;
+        let waiting = waiter(&pool, "RowExclusiveLock", "operator_audit_log", "true").await;
+        let detached_uncommitted: bool = sqlx::query_scalar(
+            "SELECT EXISTS (SELECT FROM pg_locks WHERE pid = $1 AND granted \
+             AND mode = 'AccessExclusiveLock' AND relation = 'probe_minute'::regclass)",
+        )
+        .bind(waiting)
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+        assert!(
+            detached_uncommitted,
+            "the DETACH ran before the audit row waits"
+        );
+        cluster.inject(fault, &pool, waiting).await;
+        let outcome = finish(drop, "the drop").await;
+        audit.release().await;
+        let context = format!("{fault:?} before the detach's audit row, drop: {outcome:?}");
+        assert!(outcome.is_err(), "{context}");
+        let after = month(&pool, PARTITION).await;
+        check_after_fault(&after, false, &context);
+        assert_eq!(after.attached, Some(true), "{context}: {after:?}");
+        let next = next_reconcile(&pool, false).await;
+        check_finished(
+            &month(&pool, PARTITION).await,
+            false,
+            &format!("{context}; next: {next:?}"),
+        );
+        pool.close().await;
+
+        // After the DROP TABLE.
+        let pool = cluster.database(None).await;
+        one_old_month(&pool).await;
+        let (drop, table_reader, _) = drop_waiting_after_the_detach(&pool, PARTITION).await;
+        // The drop's intent is recorded before its transaction asks for the table.
+        let audit = audit_lock()(&pool);
+        holder(&pool, "ShareLock", "operator_audit_log").await;
+        table_reader.release().await;
+        let waiting = waiter(&pool, "RowExclusiveLock", "operator_audit_log", "true").await;
+        let dropped_uncommitted: bool = sqlx::query_scalar(
+            "SELECT EXISTS (SELECT FROM pg_locks l JOIN pg_class c ON c.oid = l.relation \
+             WHERE l.pid = $1 AND l.granted AND l.mode = 'AccessExclusiveLock' \
+               AND c.relname = $2)",
+        )
+        .bind(waiting)
+        .bind(PARTITION)
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+        // (Nothing here may read the table: it would wait for the drop.)
+        assert!(
+            dropped_uncommitted,
+            "the drop holds the detached table while its audit row waits"
+        );
+        cluster.inject(fault, &pool, waiting).await;
+        let outcome = finish(drop, "the drop").await;
+        audit.release().await;
+        let context = format!("{fault:?} before the drop's audit row, drop: {outcome:?}");
+        assert!(outcome.is_err(), "{context}");
+        let after = month(&pool, PARTITION).await;
+        check_after_fault(&after, false, &context);
+        assert_eq!(after.attached, Some(false), "{context}: {after:?}");
+        let next = next_reconcile(&pool, false).await;
+        check_finished(
+            &month(&pool, PARTITION).await,
+            false,
+            &format!("{context}; next: {next:?}"),
+        );
+        pool.close().await;
+    }
 }
