@@ -709,10 +709,15 @@ async fn a_schema_other_than_public_through_the_search_path() {
 /// (moved to `cold`, e.g. onto slower storage by hand). The catalog reads
 /// it as `cold.probe_minute_2027_01` and the DETACH uses that name.
 async fn month_in_cold(pool: &PgPool) {
+    month_in_schema(pool, "cold").await;
+}
+
+/// The month moved to `schema` (a quoted identifier or a plain name).
+async fn month_in_schema(pool: &PgPool, schema: &str) {
     one_old_month(pool).await;
     for statement in [
-        "CREATE SCHEMA cold".to_string(),
-        format!("ALTER TABLE {PARTITION} SET SCHEMA cold"),
+        format!("CREATE SCHEMA {schema}"),
+        format!("ALTER TABLE {PARTITION} SET SCHEMA {schema}"),
     ] {
         sqlx::query(sqlx::AssertSqlSafe(statement))
             .execute(pool)
@@ -916,4 +921,32 @@ async fn a_fault_before_the_audit_row_of_the_detach_or_the_drop_commits_claims_n
         );
         pool.close().await;
     }
+}
+
+/// A month off the search_path in a schema whose name needs quotes
+/// (`"Cold Store"`): a fault between DETACH and DROP, and the next
+/// reconcile's `drop_leftover` finds the table by the recorded schema and
+/// drops it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_month_in_a_schema_whose_name_needs_quotes_is_finished_after_a_fault() {
+    let table = format!("\"Cold Store\".{PARTITION}");
+    let mut cluster = Cluster::start();
+    let fault = Fault::KillBackend;
+    let pool = cluster.database(None).await;
+    month_in_schema(&pool, "\"Cold Store\"").await;
+    let (drop, table_reader, waiting) = drop_waiting_after_the_detach(&pool, &table).await;
+    cluster.inject(fault, &pool, waiting).await;
+    let outcome = finish(drop, "the drop").await;
+    table_reader.release().await;
+    let context = format!("{table}, {fault:?} between DETACH and DROP, drop: {outcome:?}");
+    let after = month(&pool, &table).await;
+    check_after_fault(&after, false, &context);
+    assert_eq!(after.attached, Some(false), "{context}: {after:?}");
+    let next = next_reconcile_of(&pool, false, &table).await;
+    check_finished(
+        &month(&pool, &table).await,
+        false,
+        &format!("{context}; next: {next:?}"),
+    );
+    pool.close().await;
 }
