@@ -650,9 +650,9 @@ async fn attach_again_scenario(
 }
 
 /// Every table in a schema other than `public`, found through the
-/// operator's search_path (the database's `search_path = archive`): the
-/// same faults between DETACH and DROP and in the re-attach end as they do
-/// in `public`, and nothing is created in `public`.
+/// operator's search_path (the database's `search_path = archive`): a fast
+/// restart between DETACH and DROP, and the two in the re-attach, end as
+/// they do in `public`, and nothing is created in `public`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_schema_other_than_public_through_the_search_path() {
     let mut cluster = Cluster::start();
