@@ -101,16 +101,31 @@ pub(crate) async fn relation_exists<'e>(
         .await
 }
 
-/// Whether `name` is a table that is not (or no longer) a partition.
+/// Whether `relation` (a quoted name, schema-qualified or found through the
+/// search_path) is a table that is not (or no longer) a partition.
 pub(crate) async fn is_detached_table<'e>(
     executor: impl PgExecutor<'e>,
-    name: &str,
+    relation: &str,
 ) -> Result<bool, sqlx::Error> {
     sqlx::query_scalar(
         "SELECT EXISTS (SELECT 1 FROM pg_class c \
-         WHERE c.oid = to_regclass(quote_ident($1)) AND c.relkind = 'r' AND NOT c.relispartition)",
+         WHERE c.oid = to_regclass($1) AND c.relkind = 'r' AND NOT c.relispartition)",
     )
-    .bind(name)
+    .bind(relation)
+    .fetch_one(executor)
+    .await
+}
+
+/// The schema of the relation `qualified` (`oid::regclass::text`).
+pub(crate) async fn schema_of<'e>(
+    executor: impl PgExecutor<'e>,
+    qualified: &str,
+) -> Result<String, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT n.nspname::text FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+         WHERE c.oid = $1::regclass",
+    )
+    .bind(qualified)
     .fetch_one(executor)
     .await
 }

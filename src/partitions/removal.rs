@@ -197,25 +197,34 @@ pub async fn detach_and_drop(
             rows,
         });
     }
-    let payload = serde_json::json!({"table": TABLE, "from": bounds.from, "to": bounds.to});
+    // The drop, its re-attach and a later reconcile's `drop_leftover` name
+    // the detached table by its schema, recorded with the detach: the bare
+    // name resolves through the search_path, which may not hold the month's
+    // schema (the table is not found and left detached) or may hold a
+    // namesake first (a table that was never the month would be dropped).
+    let schema = catalog::schema_of(&mut *conn, &qualified)
+        .await
+        .map_err(db_error(format!("reading the schema of {name}")))?;
+    let detached = DetachedTable::new(name, Some(&schema));
+    let payload = detached.payload(bounds);
     audit::record(
         &mut *conn,
         settings.now,
         actions::DETACH_INTENT,
         name,
         settings.actor,
-        payload.clone(),
+        payload,
     )
     .await
     .map_err(db_error(format!("recording the intent to detach {name}")))?;
-    let detach_attempts = match detach(&mut conn, name, &qualified, bounds, settings).await {
+    let detach_attempts = match detach(&mut conn, &detached, &qualified, bounds, settings).await {
         Ok(attempts) => attempts,
         Err(error) => {
             abandon(&mut conn, name, "detach", &error, settings).await;
             return Err(error);
         }
     };
-    let drop_attempts = drop_detached(&mut conn, name, bounds, settings).await?;
+    let drop_attempts = drop_detached(&mut conn, &detached, bounds, settings).await?;
     Ok(Dropped {
         name: name.to_string(),
         bounds,
@@ -224,10 +233,45 @@ pub async fn detach_and_drop(
     })
 }
 
+/// A table detached from probe_minute: its name (the audit rows' subject)
+/// and how statements name it (schema-qualified when the schema is known).
+struct DetachedTable<'a> {
+    name: &'a str,
+    schema: Option<String>,
+    relation: String,
+}
+
+impl<'a> DetachedTable<'a> {
+    /// Without a schema (a detach recorded by an older version) the bare
+    /// name is looked up through the search_path.
+    fn new(name: &'a str, schema: Option<&str>) -> Self {
+        let relation = match schema {
+            Some(schema) => format!(
+                "{}.{}",
+                super::quote_ident(schema),
+                super::quote_ident(name)
+            ),
+            None => super::quote_ident(name),
+        };
+        Self {
+            name,
+            schema: schema.map(str::to_string),
+            relation,
+        }
+    }
+
+    /// The audit payload's fields for this table and `bounds`.
+    fn payload(&self, bounds: Bounds) -> serde_json::Value {
+        serde_json::json!({
+            "table": TABLE, "from": bounds.from, "to": bounds.to, "schema": self.schema,
+        })
+    }
+}
+
 /// Finishes a drop whose detach committed but whose drop did not (the
-/// process died, or the drop ran out of retries): the table is checked
-/// against the guard with the bounds recorded at detach time, verified
-/// again, and dropped.
+/// process died, or the drop ran out of retries): the table (in the schema
+/// recorded with the detach) is checked against the guard with the bounds
+/// recorded at detach time, verified again, and dropped.
 pub async fn drop_leftover(
     pool: &PgPool,
     name: &str,
@@ -238,7 +282,9 @@ pub async fn drop_leftover(
         .acquire()
         .await
         .map_err(db_error("acquiring a connection"))?;
-    if !catalog::is_detached_table(&mut *conn, name)
+    let schema = recorded.get("schema").and_then(serde_json::Value::as_str);
+    let detached = DetachedTable::new(name, schema);
+    if !catalog::is_detached_table(&mut *conn, &detached.relation)
         .await
         .map_err(db_error(format!("looking up {name}")))?
     {
@@ -250,22 +296,17 @@ pub async fn drop_leftover(
         reason: "its detach was recorded without bounds".into(),
     })?;
     guard(name, bounds, settings.now, "drop")?;
-    let rows = rows_inside_retention(
-        &mut conn,
-        &super::quote_ident(name),
-        settings.now,
-        settings.tiers,
-    )
-    .await?;
+    let rows =
+        rows_inside_retention(&mut conn, &detached.relation, settings.now, settings.tiers).await?;
     if rows > 0 {
         // Its rows are kept after all: back into probe_minute.
-        attach_again(&mut conn, name, bounds, rows, settings).await?;
+        attach_again(&mut conn, &detached, bounds, rows, settings).await?;
         return Err(PartitionError::RowsInsideRetention {
             partition: name.to_string(),
             rows,
         });
     }
-    let drop_attempts = drop_detached(&mut conn, name, bounds, settings).await?;
+    let drop_attempts = drop_detached(&mut conn, &detached, bounds, settings).await?;
     Ok(Some(Dropped {
         name: name.to_string(),
         bounds,
@@ -335,11 +376,12 @@ fn qualified_and_bounds(
 /// The detach transaction; returns how many DETACH attempts it took.
 async fn detach(
     conn: &mut PgConnection,
-    name: &str,
+    detached: &DetachedTable<'_>,
     qualified: &str,
     bounds: Bounds,
     settings: DropSettings<'_>,
 ) -> Result<u32, PartitionError> {
+    let name = detached.name;
     let lock = settings.lock;
     let context = |what: &str| format!("{what} {name}");
     let mut tx = conn
@@ -396,7 +438,7 @@ async fn detach(
         name,
         settings.actor,
         serde_json::json!({
-            "table": TABLE, "from": bounds.from, "to": bounds.to,
+            "table": TABLE, "from": bounds.from, "to": bounds.to, "schema": detached.schema,
             "rowsInsideRetention": 0, "attempts": attempt,
         }),
     )
@@ -593,12 +635,13 @@ enum DropStep {
 /// look) is seen, and the table goes back into probe_minute instead.
 async fn drop_detached(
     conn: &mut PgConnection,
-    name: &str,
+    detached: &DetachedTable<'_>,
     bounds: Bounds,
     settings: DropSettings<'_>,
 ) -> Result<u32, PartitionError> {
+    let name = detached.name;
     let lock = settings.lock;
-    let payload = serde_json::json!({"table": TABLE, "from": bounds.from, "to": bounds.to});
+    let payload = detached.payload(bounds);
     audit::record(
         &mut *conn,
         settings.now,
@@ -610,7 +653,7 @@ async fn drop_detached(
     .await
     .map_err(db_error(format!("recording the intent to drop {name}")))?;
     let mut attempt = 1;
-    let quoted = super::quote_ident(name);
+    let quoted = &detached.relation;
     let result = async {
         let sql = |context: &str| db_error(format!("{context} {name}"));
         let mut tx = conn.begin().await.map_err(sql("starting the drop of"))?;
@@ -620,7 +663,7 @@ async fn drop_detached(
         // Only a plain table that is no longer a partition may go here:
         // whatever happened since the detach, an attached partition is not
         // dropped by this path.
-        if !catalog::is_detached_table(&mut *tx, name)
+        if !catalog::is_detached_table(&mut *tx, quoted)
             .await
             .map_err(sql("looking up"))?
         {
@@ -632,7 +675,7 @@ async fn drop_detached(
         retry_locked(&mut tx, &statement, lock, &mut attempt)
             .await
             .map_err(|e| lock_error(e, "drop", name, attempt, lock, format!("locking {name}")))?;
-        let rows = locked_count(&mut tx, &quoted, settings, lock, &mut attempt, name).await?;
+        let rows = locked_count(&mut tx, quoted, settings, lock, &mut attempt, name).await?;
         if rows > 0 {
             // Rolled back when the transaction is dropped: the tier history
             // is free again before the table is attached (keeping is safe
@@ -650,7 +693,8 @@ async fn drop_detached(
             name,
             settings.actor,
             serde_json::json!({
-                "table": TABLE, "from": bounds.from, "to": bounds.to, "attempts": attempt,
+                "table": TABLE, "from": bounds.from, "to": bounds.to, "schema": detached.schema,
+                "attempts": attempt,
             }),
         )
         .await
@@ -669,7 +713,7 @@ async fn drop_detached(
             reason: "it is not a detached table any more; left as is".into(),
         }),
         Ok(DropStep::Keep { rows }) => {
-            attach_again(conn, name, bounds, rows, settings).await?;
+            attach_again(conn, detached, bounds, rows, settings).await?;
             Err(PartitionError::RowsInsideRetention {
                 partition: name.to_string(),
                 rows,
@@ -691,13 +735,14 @@ async fn drop_detached(
 /// (`drop_leftover`), and the error says so.
 async fn attach_again(
     conn: &mut PgConnection,
-    name: &str,
+    detached: &DetachedTable<'_>,
     bounds: Bounds,
     rows: i64,
     settings: DropSettings<'_>,
 ) -> Result<(), PartitionError> {
+    let name = detached.name;
     let lock = settings.lock;
-    let quoted = super::quote_ident(name);
+    let quoted = &detached.relation;
     let mut attempt = 1;
     let result = async {
         let sql = |context: &str| db_error(format!("{context} {name}"));
@@ -707,8 +752,8 @@ async fn attach_again(
             .map_err(sql("setting lock_timeout to attach"))?;
         // What probe_minute gained while the month was detached, which the
         // ATTACH requires: first the columns, then the constraints on them.
-        let added = add_missing_columns(&mut tx, &quoted, name).await?;
-        add_missing_constraints(&mut tx, &quoted, name).await?;
+        let added = add_missing_columns(&mut tx, quoted, name).await?;
+        add_missing_constraints(&mut tx, quoted, name).await?;
         let statement = format!(
             "ALTER TABLE {TABLE} ATTACH PARTITION {quoted} FOR VALUES FROM ('{}') TO ('{}')",
             bounds.from.to_rfc3339(),
