@@ -8,7 +8,7 @@ use clap::{Parser, Subcommand};
 
 use crate::api;
 use crate::runtime::config::OperatorArgs;
-use crate::runtime::status_store::{StatusStore, StoredObject};
+use crate::runtime::status_store::{SPEC_CHANGE_REFUSED, StatusStore, StoredObject};
 
 /// Output format of `status`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -463,8 +463,13 @@ pub fn status_table(objects: &[StoredObject]) -> String {
                 .unwrap_or("-")
                 .to_string()
         };
+        let refused = object.status["conditions"]
+            .as_array()
+            .is_some_and(|c| c.iter().any(|c| c["type"] == SPEC_CHANGE_REFUSED));
         let reason = if object.paused {
             "Paused".to_string()
+        } else if refused {
+            format!("{},{SPEC_CHANGE_REFUSED}", field("reason"))
         } else {
             field("reason")
         };

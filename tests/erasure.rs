@@ -1510,6 +1510,7 @@ async fn the_receipt_command_prints_the_receipt_and_checks_its_hash() {
         paused: false,
         status: serde_json::to_value(&st).unwrap(),
         events: Vec::new(),
+        accepted_spec: None,
     };
     store.save(&stored).unwrap();
     let run = || async {

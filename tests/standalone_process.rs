@@ -325,6 +325,7 @@ fn stored_object(index: usize) -> archiver_operator::runtime::status_store::Stor
         paused: false,
         status: serde_json::json!({"phase": "Completed"}),
         events: Vec::new(),
+        accepted_spec: None,
     }
 }
 

@@ -99,6 +99,9 @@ fn labels(request: &ErasureRequest) -> DeletionLabels {
 impl Managed for DeletionRequest {
     type Status = DeletionRequestStatus;
 
+    /// `SPEC_TRANSITION_RULE`: only an extension may be added, once.
+    const SPEC_TRANSITION_RULE: bool = true;
+
     fn status(&self) -> Option<&Self::Status> {
         self.status.as_ref()
     }

@@ -19,7 +19,10 @@ use super::context::{Context, SecretMap, SecretSource, SecretValue};
 use super::kubernetes::backoff;
 use super::leader::Leadership;
 use super::reconcile::{Event, Managed, failed_status, failure_event, is_paused, object_label};
-use super::status_store::{EVENTS_KEPT, StatusStore, StoredEvent, StoredObject};
+use super::status_store::{
+    EVENTS_KEPT, SPEC_CHANGE_REFUSED, StatusStore, StoredEvent, StoredObject,
+};
+use crate::api::common::{ConditionUpdate, set_condition};
 use crate::api::validation::{
     Document, FileReading, Problem, duplicate_problems, list_manifests, policy_conflict_problems,
     read_manifest, validate_document,
@@ -550,12 +553,25 @@ impl ManifestsEngine {
                 return;
             }
         };
-        let spec_hash = sha256_hex(
-            &serde_json::to_value(&object)
+        let spec_of = |object: &K| {
+            serde_json::to_value(object)
                 .map(|v| v["spec"].clone())
-                .unwrap_or_default(),
-        );
-        let trigger_hash = sha256_hex(&(spec_hash.as_str(), object.annotations()));
+                .unwrap_or_default()
+        };
+        let file_spec_hash = sha256_hex(&spec_of(&object));
+        // A change the kind's transition rule refuses is not taken, as the
+        // API server would not take it: the object runs on as accepted.
+        let mut spec_hash = file_spec_hash.clone();
+        let mut refusal = None;
+        if let Some(stored) = &previous
+            && let Some((accepted, why)) = refused_change(&object, stored, &file_spec_hash)
+        {
+            object = accepted;
+            spec_hash = stored.spec_hash.clone();
+            refusal = Some(why);
+        }
+        // The manifest as written: any edit wakes a reconcile, refused or not.
+        let trigger_hash = sha256_hex(&(file_spec_hash.as_str(), object.annotations()));
         let mut stored = previous.clone().unwrap_or_else(|| StoredObject {
             kind: kind.clone(),
             namespace: namespace.clone(),
@@ -571,13 +587,21 @@ impl ManifestsEngine {
             paused: false,
             status: Value::Null,
             events: Vec::new(),
+            accepted_spec: None,
         });
         if stored.spec_hash != spec_hash {
             stored.generation += 1;
             stored.spec_hash = spec_hash;
         }
+        if K::SPEC_TRANSITION_RULE {
+            stored.accepted_spec = Some(spec_of(&object));
+        }
         let changed = stored.trigger_hash != trigger_hash;
         stored.trigger_hash = trigger_hash;
+        if let Some(why) = &refusal {
+            report.invalid.push(format!("{label}: {why}"));
+        }
+        mark_refusal(&mut stored, &label, refusal.as_deref(), force, now);
         self.dress(&mut object, &stored);
 
         stored.paused = is_paused(&object);
@@ -736,6 +760,107 @@ impl ManifestsEngine {
             }
         }
     }
+}
+
+/// The manifest's object with the spec last accepted, and why its own spec
+/// is refused, when the kind's transition rule (the CEL rule the API server
+/// runs on update) refuses the change from the accepted spec.
+fn refused_change<K: Managed>(
+    object: &K,
+    stored: &StoredObject,
+    file_spec_hash: &str,
+) -> Option<(K, String)> {
+    if !K::SPEC_TRANSITION_RULE || stored.spec_hash == file_spec_hash {
+        return None;
+    }
+    // A status written before specs were remembered has nothing to compare.
+    let accepted_spec = stored.accepted_spec.as_ref()?;
+    let mut accepted = serde_json::to_value(object).ok()?;
+    let changed = changed_fields(&accepted["spec"], accepted_spec);
+    accepted["spec"] = accepted_spec.clone();
+    let accepted: K = match serde_json::from_value(accepted) {
+        Ok(accepted) => accepted,
+        Err(error) => {
+            tracing::warn!(object = %object_label(object), %error, "the accepted spec no longer reads; the manifest's spec is taken");
+            return None;
+        }
+    };
+    let errors = kube::core::cel::validate_cel_update(object, &accepted).err()?;
+    let reasons: Vec<String> = errors.iter().map(ToString::to_string).collect();
+    Some((
+        accepted,
+        format!(
+            "{} (changed: {changed}); the object runs on with its accepted spec",
+            reasons.join("; ")
+        ),
+    ))
+}
+
+/// The top-level spec fields that differ, as `spec.a, spec.b`.
+fn changed_fields(new: &Value, old: &Value) -> String {
+    let keys: BTreeSet<&String> = [new, old]
+        .into_iter()
+        .filter_map(Value::as_object)
+        .flat_map(|fields| fields.keys())
+        .collect();
+    keys.into_iter()
+        .filter(|key| new.get(key) != old.get(key))
+        .map(|key| format!("spec.{key}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Sets or clears the [`SPEC_CHANGE_REFUSED`] condition of a stored status.
+/// A new (or different) refusal is logged and recorded as a warning event;
+/// with `force` (a new process, `--once`) a standing one is logged again.
+fn mark_refusal(
+    stored: &mut StoredObject,
+    label: &str,
+    refusal: Option<&str>,
+    force: bool,
+    now: DateTime<Utc>,
+) {
+    let mut conditions: Vec<k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition> =
+        serde_json::from_value(stored.status["conditions"].clone()).unwrap_or_default();
+    let standing = conditions
+        .iter()
+        .position(|c| c.type_ == SPEC_CHANGE_REFUSED);
+    match (refusal, standing) {
+        (None, None) => return,
+        (None, Some(index)) => {
+            tracing::info!(object = %label, "the manifest's spec is allowed again: refusal cleared");
+            conditions.remove(index);
+        }
+        (Some(why), standing) => {
+            let news = standing.is_none_or(|index| conditions[index].message != why);
+            if news || force {
+                tracing::warn!(object = %label, refusal = %why, "spec change refused by the CRD's transition rule");
+            }
+            if !news {
+                return;
+            }
+            record_events(
+                stored,
+                &[Event::warning(SPEC_CHANGE_REFUSED, "Validate", why)],
+                now,
+            );
+            set_condition(
+                &mut conditions,
+                ConditionUpdate {
+                    type_: SPEC_CHANGE_REFUSED,
+                    status: true,
+                    reason: "TransitionRule",
+                    message: why.to_string(),
+                },
+                Some(stored.generation),
+                now,
+            );
+        }
+    }
+    if !stored.status.is_object() {
+        stored.status = Value::Object(serde_json::Map::new());
+    }
+    stored.status["conditions"] = serde_json::to_value(conditions).unwrap_or_default();
 }
 
 /// `spec.suspend: true`: the object was stopped on purpose, so its

@@ -167,9 +167,22 @@ object_status!(
 
 /// A kind the operator reconciles.
 pub trait Managed:
-    Resource<DynamicType = ()> + Clone + Serialize + DeserializeOwned + Debug + Send + Sync + 'static
+    Resource<DynamicType = ()>
+    + kube::CustomResourceExt
+    + Clone
+    + Serialize
+    + DeserializeOwned
+    + Debug
+    + Send
+    + Sync
+    + 'static
 {
     type Status: ObjectStatus;
+
+    /// Whether the CRD has a transition rule on the spec (CEL `oldSelf`).
+    /// The API server enforces it on update; the manifests source, which
+    /// has no API server, remembers the last accepted spec and enforces it.
+    const SPEC_TRANSITION_RULE: bool = false;
 
     fn status(&self) -> Option<&Self::Status>;
 

@@ -13,6 +13,10 @@ use crate::api::common::{is_dns1123_label, is_dns1123_subdomain};
 /// Events kept per object (the newest last).
 pub const EVENTS_KEPT: usize = 20;
 
+/// Condition set while the manifest's spec is one the kind's transition
+/// rule refuses (the object runs on with its accepted spec).
+pub const SPEC_CHANGE_REFUSED: &str = "SpecChangeRefused";
+
 /// Everything the manifests source remembers about one object.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -43,6 +47,11 @@ pub struct StoredObject {
     pub status: serde_json::Value,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub events: Vec<StoredEvent>,
+    /// The spec last accepted, for kinds whose CRD has a transition rule:
+    /// a changed manifest is checked against it, as the API server checks
+    /// an update against the stored object.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub accepted_spec: Option<serde_json::Value>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -388,6 +397,7 @@ mod tests {
             paused: false,
             status: serde_json::Value::Null,
             events: Vec::new(),
+            accepted_spec: None,
         }
     }
 
