@@ -8,58 +8,16 @@
 //! plan"): a broken setup is always reported, a healthy one never is, and
 //! the plan the check logs names the index that served.
 
-use chrono::{DateTime, Duration, Utc};
+use chrono::Duration;
 use sqlx::PgPool;
 
 use archiver_operator::testing::TestDatabase;
 use archiver_operator::views::{self, PlanProblem};
 
-fn now() -> DateTime<Utc> {
-    archiver_operator::clock::minute_floor(Utc::now()) + Duration::seconds(20)
-}
-
-/// `count` clusters over the `minutes` minutes before `now` (the last
-/// minute included), as tests/plan_check.rs writes them; tenant counts
-/// run from 2 to 41.
-async fn clusters(pool: &PgPool, table: &str, now: DateTime<Utc>, count: i64, minutes: i64) {
-    sqlx::query(sqlx::AssertSqlSafe(format!(
-        "INSERT INTO {table} (error_kind, asn, registry_of_origin, minute_bucket, \
-             contributing_tenant_count, contributing_tenant_hashes, contributing_pair_count) \
-         SELECT 'kind-' || (g % 7), g, 'mcp.so', \
-                date_trunc('minute', $1::timestamptz) - (1 + g % $3) * interval '1 minute', \
-                2 + g % 40, ARRAY['a', 'b'], 3 \
-         FROM generate_series(1::bigint, $2::bigint) g"
-    )))
-    .bind(now)
-    .bind(count)
-    .bind(minutes)
-    .execute(pool)
-    .await
-    .expect("insert clusters");
-}
-
-async fn execute(pool: &PgPool, sql: &str) {
-    sqlx::query(sqlx::AssertSqlSafe(sql.to_string()))
-        .execute(pool)
-        .await
-        .unwrap_or_else(|error| panic!("{sql}: {error}"));
-}
-
-async fn check(pool: &PgPool) -> views::PlanCheck {
-    views::check_alert_query_plan(pool, now())
-        .await
-        .expect("the plan check runs")
-}
-
-/// Replaces `suppression_clusters_recent` by `definition` (same name).
-async fn rebuild_index(pool: &PgPool, definition: &str) {
-    execute(pool, "DROP INDEX suppression_clusters_recent").await;
-    execute(
-        pool,
-        &format!("CREATE INDEX suppression_clusters_recent ON suppression_clusters {definition}"),
-    )
-    .await;
-}
+#[path = "common/plan_fixtures.rs"]
+#[allow(dead_code)]
+mod plan_fixtures;
+use plan_fixtures::{check, clusters_into as clusters, execute, now, rebuild_index};
 
 /// `suppression_clusters_recent` made partial with a predicate no minute
 /// of today implies: valid and leading with the minute, so only a twin can

@@ -6,6 +6,7 @@
 use std::time::{Duration as StdDuration, Instant};
 
 use chrono::{DateTime, TimeZone, Utc};
+use sqlx::PgPool;
 use uuid::Uuid;
 
 use archiver_operator::api::retention_policy::{RetentionPolicy, Tiers};
@@ -40,8 +41,13 @@ pub fn drop_now() -> DateTime<Utc> {
 /// The 2027-01 partition with one row of an enterprise tenant (365 days):
 /// past retention at `drop_now()` until billing records a 730-day contract.
 pub async fn one_old_month(db: &TestDatabase) {
+    one_old_month_in(&db.pool).await;
+}
+
+/// [`one_old_month`] on any pool (a private cluster of a restart test).
+pub async fn one_old_month_in(pool: &PgPool) {
     archiver_operator::partitions::ensure_partitions(
-        &db.pool,
+        pool,
         at(2027, 1, 1, 0, 0),
         1,
         StdDuration::from_secs(1),
@@ -54,7 +60,7 @@ pub async fn one_old_month(db: &TestDatabase) {
     )
     .bind(TENANT)
     .bind(at(2025, 1, 1, 0, 0))
-    .execute(&db.pool)
+    .execute(pool)
     .await
     .unwrap();
     sqlx::query(
@@ -63,18 +69,23 @@ pub async fn one_old_month(db: &TestDatabase) {
     )
     .bind(TENANT)
     .bind(at(2027, 1, 10, 12, 0))
-    .execute(&db.pool)
+    .execute(pool)
     .await
     .unwrap();
 }
 
 /// Billing records a two-year contract for the tenant (730 days, the cap).
 pub async fn record_contract(db: &TestDatabase) {
+    record_contract_in(&db.pool).await;
+}
+
+/// [`record_contract`] on any pool.
+pub async fn record_contract_in(pool: &PgPool) {
     sqlx::query(
         "UPDATE tenant_tier_history SET contract_minute_retention_days = 730 WHERE tenant_id = $1",
     )
     .bind(TENANT)
-    .execute(&db.pool)
+    .execute(pool)
     .await
     .unwrap();
 }
