@@ -433,14 +433,20 @@ fn check_finished(month: &Month, kept: bool, context: &str) {
     }
 }
 
-/// The next reconcile's drop step: leftovers first, then the month itself
-/// when it is still attached and past retention.
-async fn next_reconcile(pool: &PgPool, kept: bool) -> Vec<String> {
-    next_reconcile_of(pool, kept, PARTITION).await
+/// The next reconcile (see [`next_reconcile_of`]) finishes the job on
+/// `table`: dropped and recorded, or attached with its row when `kept`.
+async fn finished_by_next_reconcile(pool: &PgPool, table: &str, kept: bool, context: &str) {
+    let next = next_reconcile_of(pool, kept, table).await;
+    check_finished(
+        &month(pool, table).await,
+        kept,
+        &format!("{context}; next: {next:?}"),
+    );
 }
 
-/// The same, for the month's table named `table` (schema-qualified when
-/// it is off the search_path).
+/// The next reconcile's drop step: leftovers first, then the month itself
+/// when it is still attached and past retention; the month's table is
+/// named `table` (schema-qualified when it is off the search_path).
 async fn next_reconcile_of(pool: &PgPool, kept: bool, table: &str) -> Vec<String> {
     let mut outcomes = spawn_leftovers(pool, brisk()).await.unwrap();
     if !kept && month(pool, table).await.attached == Some(true) {
@@ -479,12 +485,7 @@ async fn a_fault_while_the_detach_waits_leaves_the_month_attached_and_the_next_r
         let after = month(&pool, PARTITION).await;
         check_after_fault(&after, false, &context);
         landed(&after, Some(true), fault, &context);
-        let next = next_reconcile(&pool, false).await;
-        check_finished(
-            &month(&pool, PARTITION).await,
-            false,
-            &format!("{context}; next: {next:?}"),
-        );
+        finished_by_next_reconcile(&pool, PARTITION, false, &context).await;
         pool.close().await;
     }
 }
@@ -557,12 +558,7 @@ async fn a_fault_between_detach_and_drop_and_again_in_drop_leftover_ends_in_the_
         check_after_fault(&after, false, &context);
         landed(&after, Some(false), fault, &context);
 
-        let next = next_reconcile(&pool, false).await;
-        check_finished(
-            &month(&pool, PARTITION).await,
-            false,
-            &format!("{context}; next: {next:?}"),
-        );
+        finished_by_next_reconcile(&pool, PARTITION, false, &context).await;
         pool.close().await;
     }
 }
@@ -580,12 +576,7 @@ async fn a_fault_while_attaching_again_keeps_the_row_and_the_next_reconcile_atta
         let pool = cluster.database(None).await;
         one_old_month(&pool).await;
         let context = attach_again_scenario(&mut cluster, &pool, fault, PARTITION).await;
-        let next = next_reconcile(&pool, true).await;
-        check_finished(
-            &month(&pool, PARTITION).await,
-            true,
-            &format!("{context}; next: {next:?}"),
-        );
+        finished_by_next_reconcile(&pool, PARTITION, true, &context).await;
         pool.close().await;
     }
 }
@@ -661,12 +652,7 @@ async fn a_schema_other_than_public_through_the_search_path() {
     table_reader.release().await;
     let context = format!("archive schema, {fault:?} between DETACH and DROP, drop: {outcome:?}");
     check_after_fault(&month(&pool, PARTITION).await, false, &context);
-    let next = next_reconcile(&pool, false).await;
-    check_finished(
-        &month(&pool, PARTITION).await,
-        false,
-        &format!("{context}; next: {next:?}"),
-    );
+    finished_by_next_reconcile(&pool, PARTITION, false, &context).await;
     let in_public: i64 = sqlx::query_scalar(
         "SELECT count(*) FROM pg_class WHERE relnamespace = 'public'::regnamespace",
     )
@@ -680,12 +666,13 @@ async fn a_schema_other_than_public_through_the_search_path() {
     let pool = cluster.database(Some("archive")).await;
     one_old_month(&pool).await;
     let context = attach_again_scenario(&mut cluster, &pool, fault, PARTITION).await;
-    let next = next_reconcile(&pool, true).await;
-    check_finished(
-        &month(&pool, PARTITION).await,
+    finished_by_next_reconcile(
+        &pool,
+        PARTITION,
         true,
-        &format!("archive schema, {context}; next: {next:?}"),
-    );
+        &format!("archive schema, {context}"),
+    )
+    .await;
     pool.close().await;
 }
 
@@ -792,23 +779,13 @@ async fn a_month_off_the_search_path_under_faults_is_finished_by_the_next_reconc
     let after = month(&pool, COLD).await;
     check_after_fault(&after, false, &context);
     landed(&after, Some(false), fault, &context);
-    let next = next_reconcile_of(&pool, false, COLD).await;
-    check_finished(
-        &month(&pool, COLD).await,
-        false,
-        &format!("{context}; next: {next:?}"),
-    );
+    finished_by_next_reconcile(&pool, COLD, false, &context).await;
     pool.close().await;
 
     let pool = cluster.database(None).await;
     month_in_cold(&pool).await;
     let context = attach_again_scenario(&mut cluster, &pool, fault, COLD).await;
-    let next = next_reconcile_of(&pool, true, COLD).await;
-    check_finished(
-        &month(&pool, COLD).await,
-        true,
-        &format!("{COLD}, {context}; next: {next:?}"),
-    );
+    finished_by_next_reconcile(&pool, COLD, true, &format!("{COLD}, {context}")).await;
     pool.close().await;
 }
 
@@ -856,12 +833,7 @@ async fn a_fault_before_the_audit_row_of_the_detach_or_the_drop_commits_claims_n
         let after = month(&pool, PARTITION).await;
         check_after_fault(&after, false, &context);
         landed(&after, Some(true), fault, &context);
-        let next = next_reconcile(&pool, false).await;
-        check_finished(
-            &month(&pool, PARTITION).await,
-            false,
-            &format!("{context}; next: {next:?}"),
-        );
+        finished_by_next_reconcile(&pool, PARTITION, false, &context).await;
         pool.close().await;
 
         // After the DROP TABLE.
@@ -895,12 +867,7 @@ async fn a_fault_before_the_audit_row_of_the_detach_or_the_drop_commits_claims_n
         let after = month(&pool, PARTITION).await;
         check_after_fault(&after, false, &context);
         landed(&after, Some(false), fault, &context);
-        let next = next_reconcile(&pool, false).await;
-        check_finished(
-            &month(&pool, PARTITION).await,
-            false,
-            &format!("{context}; next: {next:?}"),
-        );
+        finished_by_next_reconcile(&pool, PARTITION, false, &context).await;
         pool.close().await;
     }
 }
@@ -924,11 +891,6 @@ async fn a_month_in_a_schema_whose_name_needs_quotes_is_finished_after_a_fault()
     let after = month(&pool, &table).await;
     check_after_fault(&after, false, &context);
     landed(&after, Some(false), fault, &context);
-    let next = next_reconcile_of(&pool, false, &table).await;
-    check_finished(
-        &month(&pool, &table).await,
-        false,
-        &format!("{context}; next: {next:?}"),
-    );
+    finished_by_next_reconcile(&pool, &table, false, &context).await;
     pool.close().await;
 }
